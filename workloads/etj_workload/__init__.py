@@ -1,0 +1,1 @@
+"""EfficientTrainingJob training harness."""
