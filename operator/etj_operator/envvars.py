@@ -1,0 +1,149 @@
+"""Environment of a worker pod's trainer container, one generator per feature.
+
+Each generator takes an :class:`EnvContext` and returns ``V1EnvVar``-shaped dicts. Adding a feature adds a
+generator to :data:`GENERATORS`; nothing else changes. Names come from :mod:`etj_operator.contract`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from etj_operator import contract as c
+from etj_operator.models import JobSpec
+
+EnvVar = dict[str, str]
+
+
+@dataclass(frozen=True)
+class EnvContext:
+    """What the generators need to know about one worker pod."""
+
+    job_name: str
+    namespace: str
+    spec: JobSpec
+    replica_index: int
+    gang_generation: int
+    control_poll_steps: int = 10
+    gpu_backend: str = "auto"
+    metrics_port: int = c.DEFAULT_METRICS_PORT
+    master_port: int = c.DEFAULT_MASTER_PORT
+
+    @property
+    def master_addr(self) -> str:
+        """DNS name of worker 0 through the job's headless Service (pod hostname.subdomain)."""
+        return f"{worker_pod_name(self.job_name, 0)}.{self.job_name}.{self.namespace}.svc"
+
+
+def worker_pod_name(job_name: str, index: int) -> str:
+    """Deterministic pod name: an operator restart recreates nothing under a new name."""
+    return f"{job_name}-worker-{index}"
+
+
+def _var(name: str, value: object) -> EnvVar:
+    return {"name": name, "value": str(value)}
+
+
+def torchrun_env(ctx: EnvContext) -> list[EnvVar]:
+    """Static rendezvous variables, as torchrun and torch.distributed read them (not used when elastic)."""
+    if ctx.spec.elastic is not None:
+        return [_var(c.ENV_MASTER_ADDR, ctx.master_addr), _var(c.ENV_MASTER_PORT, ctx.master_port)]
+    return [
+        _var(c.ENV_MASTER_ADDR, ctx.master_addr),
+        _var(c.ENV_MASTER_PORT, ctx.master_port),
+        _var(c.ENV_WORLD_SIZE, ctx.spec.world_size),
+        _var(c.ENV_RANK, ctx.replica_index),
+        _var(c.ENV_NODE_RANK, ctx.replica_index),
+        _var(c.ENV_PET_NNODES, ctx.spec.replicas),
+        _var(c.ENV_PET_NPROC_PER_NODE, ctx.spec.nproc_per_node),
+        _var(c.ENV_PET_NODE_RANK, ctx.replica_index),
+        _var(c.ENV_PET_MASTER_ADDR, ctx.master_addr),
+        _var(c.ENV_PET_MASTER_PORT, ctx.master_port),
+    ]
+
+
+def elastic_env(ctx: EnvContext) -> list[EnvVar]:
+    """c10d rendezvous variables: torchrun assigns ranks, so no RANK or WORLD_SIZE is set."""
+    elastic = ctx.spec.elastic
+    if elastic is None:
+        return []
+    return [
+        _var(c.ENV_PET_NNODES, f"{elastic.min_replicas}:{elastic.max_replicas}"),
+        _var(c.ENV_PET_NPROC_PER_NODE, ctx.spec.nproc_per_node),
+        _var(c.ENV_PET_RDZV_BACKEND, "c10d"),
+        _var(c.ENV_PET_RDZV_ENDPOINT, f"{ctx.master_addr}:{ctx.master_port}"),
+        _var(c.ENV_PET_RDZV_ID, f"{ctx.namespace}-{ctx.job_name}-{ctx.gang_generation}"),
+        _var(c.ENV_PET_MAX_RESTARTS, elastic.max_restarts),
+    ]
+
+
+def harness_env(ctx: EnvContext) -> list[EnvVar]:
+    """Identity of the job and the pod, and how the harness talks back to the operator."""
+    return [
+        _var(c.ENV_ETJ_NAME, ctx.job_name),
+        _var(c.ENV_ETJ_NAMESPACE, ctx.namespace),
+        _var(c.ENV_ETJ_REPLICA_INDEX, ctx.replica_index),
+        _var(c.ENV_ETJ_GANG_GENERATION, ctx.gang_generation),
+        _var(c.ENV_ETJ_CONTROL_POLL_STEPS, ctx.control_poll_steps),
+        _var(c.ENV_ETJ_METRICS_PORT, ctx.metrics_port),
+        _var(c.ENV_ETJ_GPU_BACKEND, ctx.gpu_backend),
+    ]
+
+
+def power_env(ctx: EnvContext) -> list[EnvVar]:
+    """The power policy (spec.energy.power) as JSON for the harness's power controller."""
+    power = ctx.spec.energy.power
+    policy: dict[str, Any] = {"mode": power.mode}
+    if power.limit_watts is not None:
+        policy["limitWatts"] = power.limit_watts
+    if power.auto is not None:
+        a = power.auto
+        policy["auto"] = {
+            "eta": a.eta,
+            "warmupSteps": a.warmup_steps,
+            "profileSteps": a.profile_steps,
+            "stepWatts": a.step_watts,
+            "maxSlowdown": a.max_slowdown,
+        }
+    policy["budgetWatts"] = power.budget_watts
+    return [_var(c.ENV_ETJ_POWER_POLICY, json.dumps(policy, sort_keys=True))]
+
+
+def compression_env(ctx: EnvContext) -> list[EnvVar]:
+    """The compression plan (stages in order, with the accuracy guard) as JSON; absent when empty."""
+    comp = ctx.spec.compression
+    if not comp.stages:
+        return []
+    plan = {
+        "stages": [dict(s.raw) for s in comp.stages],
+        "accuracyGuard": {"maxDrop": comp.max_accuracy_drop, "action": comp.guard_action},
+    }
+    return [_var(c.ENV_ETJ_COMPRESSION_PLAN, json.dumps(plan, sort_keys=True))]
+
+
+def checkpoint_env(ctx: EnvContext) -> list[EnvVar]:
+    """Where the harness saves and resumes; absent when the job has no checkpoint spec."""
+    if ctx.spec.checkpoint is None:
+        return []
+    return [_var(c.ENV_ETJ_CHECKPOINT_DIR, ctx.spec.checkpoint.path)]
+
+
+GENERATORS: tuple[Callable[[EnvContext], list[EnvVar]], ...] = (
+    torchrun_env,
+    elastic_env,
+    harness_env,
+    power_env,
+    compression_env,
+    checkpoint_env,
+)
+
+
+def worker_env(ctx: EnvContext) -> list[EnvVar]:
+    """All generated variables, in generator order, each name once (a later generator wins)."""
+    merged: dict[str, EnvVar] = {}
+    for generate in GENERATORS:
+        for var in generate(ctx):
+            merged[var["name"]] = var
+    return list(merged.values())

@@ -1,0 +1,332 @@
+"""The job lifecycle as one pure function: what is observed in, what to do out.
+
+:func:`reconcile` takes an :class:`Observation` (the job's parsed spec, its current status, its pods as
+the operator's pod index sees them, and the time) and returns a :class:`Plan`: children to create, pods to
+create or delete, the new status, events, whether to delete the job, and when to look again. The handlers
+apply plans; nothing here does I/O, so every transition is unit-tested.
+
+Gang semantics: every pod carries the gang generation it was created for (``status.restarts`` at the
+time). A failed pod fails the whole gang: all pods are deleted, ``restarts`` goes up by one and a new gang
+is created once the old pods are gone (pod names are reused, so the old ones must disappear first).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from etj_operator import conditions as cond
+from etj_operator.envvars import worker_pod_name
+from etj_operator.models import InvalidSpecError, JobSpec
+
+PENDING = "Pending"
+RUNNING = "Running"
+RESTARTING = "Restarting"
+SUSPENDED = "Suspended"
+SUCCEEDED = "Succeeded"
+FAILED = "Failed"
+
+
+@dataclass(frozen=True)
+class PodView:
+    """What the lifecycle needs to know of one worker pod."""
+
+    name: str
+    index: int
+    gang_generation: int
+    phase: str  # Pending | Running | Succeeded | Failed | Unknown
+    terminating: bool = False
+    exit_code: int | None = None
+    reason: str | None = None
+    node_name: str | None = None
+    pod_ip: str | None = None
+
+    @classmethod
+    def from_pod(cls, pod: Mapping[str, Any], index_label: str, generation_annotation: str) -> PodView:
+        """Summarise a Pod object (as a dict)."""
+        meta = pod.get("metadata") or {}
+        status = pod.get("status") or {}
+        labels = meta.get("labels") or {}
+        annotations = meta.get("annotations") or {}
+        exit_code, reason = _terminated(status)
+        return cls(
+            name=meta.get("name", ""),
+            index=_int(labels.get(index_label), -1),
+            gang_generation=_int(annotations.get(generation_annotation), 0),
+            phase=status.get("phase") or "Pending",
+            terminating=bool(meta.get("deletionTimestamp")),
+            exit_code=exit_code,
+            reason=reason,
+            node_name=(pod.get("spec") or {}).get("nodeName"),
+            pod_ip=status.get("podIP"),
+        )
+
+
+def _int(value: Any, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _terminated(status: Mapping[str, Any]) -> tuple[int | None, str | None]:
+    for cs in status.get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated")
+        if term and cs.get("name") == "trainer":
+            return term.get("exitCode"), term.get("reason")
+    for cs in status.get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated")
+        if term and term.get("exitCode"):
+            return term.get("exitCode"), term.get("reason")
+    return None, status.get("reason")
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything the lifecycle decides from."""
+
+    name: str
+    generation: int
+    spec: JobSpec | None
+    spec_error: InvalidSpecError | None
+    status: Mapping[str, Any]
+    pods: Sequence[PodView]
+    now: datetime
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event to record on the job."""
+
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Plan:
+    """What the handlers should do, in this order: children, deletions, creations, status, job deletion."""
+
+    status: dict[str, Any]
+    ensure_children: bool = False
+    create_pods: list[int] = field(default_factory=list)
+    delete_pods: list[str] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    delete_job: bool = False
+    requeue_after_seconds: float | None = None
+
+
+def to_rfc3339(moment: datetime) -> str:
+    """Kubernetes' timestamp format (UTC, seconds, Z)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def from_rfc3339(text: str | None) -> datetime | None:
+    """Parse a Kubernetes timestamp; None for missing or unreadable values."""
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+class _Builder:
+    """Accumulates the new status and the plan's actions."""
+
+    def __init__(self, obs: Observation) -> None:
+        self.obs = obs
+        self.now = to_rfc3339(obs.now)
+        self.status: dict[str, Any] = copy.deepcopy(dict(obs.status))
+        self.plan = Plan(status=self.status)
+        self.old_phase = self.status.get("phase")
+
+    @property
+    def conditions(self) -> list[dict[str, Any]]:
+        return list(self.status.get("conditions") or [])
+
+    def condition(self, ctype: str, value: bool, reason: str, message: str) -> None:
+        self.status["conditions"] = cond.set_condition(
+            self.conditions, ctype, value, reason, message, self.now, self.obs.generation
+        )
+
+    def phase(self, phase: str, event: Event | None = None) -> None:
+        if self.status.get("phase") != phase and event is not None:
+            self.plan.events.append(event)
+        self.status["phase"] = phase
+
+    def finish(self, phase: str, reason: str, message: str) -> None:
+        warning = phase == FAILED
+        self.condition(phase, True, reason, message)
+        self.phase(phase, Event("Warning" if warning else "Normal", reason, message))
+        self.status.setdefault("completionTime", self.now)
+
+    def delete(self, pods: Sequence[PodView]) -> None:
+        for pod in pods:
+            if not pod.terminating and pod.name not in self.plan.delete_pods:
+                self.plan.delete_pods.append(pod.name)
+
+
+def reconcile(obs: Observation) -> Plan:
+    """Decide the next actions and status for one job."""
+    b = _Builder(obs)
+    b.status["observedGeneration"] = obs.generation
+    b.status.setdefault("restarts", 0)
+    _replica_statuses(b)
+
+    if obs.spec is None or obs.spec_error is not None:
+        _invalid(b, obs.spec_error)
+        return b.plan
+    spec = obs.spec
+    if cond.is_true(b.conditions, cond.INVALID):
+        b.condition(cond.INVALID, False, cond.REASON_SPEC_FIXED, "the spec is valid now")
+        b.status["conditions"] = cond.clear_final(b.conditions)
+        b.status.pop("completionTime", None)
+        b.status["phase"] = PENDING
+    if b.status.get("phase") in (SUCCEEDED, FAILED):
+        _finished(b, spec)
+        return b.plan
+    if spec.suspend:
+        _suspend(b)
+        return b.plan
+    if cond.is_true(b.conditions, cond.SUSPENDED):
+        b.condition(cond.SUSPENDED, False, cond.REASON_RESUMED, "spec.suspend is false; pods are recreated")
+        b.plan.events.append(Event("Normal", cond.REASON_RESUMED, "job resumed"))
+    if _deadline_passed(b, spec):
+        return b.plan
+    _run(b, spec)
+    return b.plan
+
+
+def _replica_statuses(b: _Builder) -> None:
+    counts = {"active": 0, "pending": 0, "succeeded": 0, "failed": 0}
+    for pod in b.obs.pods:
+        if pod.terminating:
+            continue
+        key = {"Running": "active", "Succeeded": "succeeded", "Failed": "failed"}.get(pod.phase, "pending")
+        counts[key] += 1
+    b.status["replicaStatuses"] = {"Worker": counts}
+
+
+def _invalid(b: _Builder, error: InvalidSpecError | None) -> None:
+    message = str(error) if error else "spec is missing"
+    b.condition(cond.INVALID, True, cond.REASON_INVALID_SPEC, message)
+    b.delete(b.obs.pods)
+    if b.status.get("phase") != FAILED or not cond.is_true(b.conditions, cond.FAILED):
+        b.status["conditions"] = cond.clear_final(b.conditions)
+    b.finish(FAILED, cond.REASON_INVALID_SPEC, message)
+
+
+def _finished(b: _Builder, spec: JobSpec) -> None:
+    policy = spec.run_policy.clean_pod_policy
+    if policy == "All":
+        b.delete(b.obs.pods)
+    elif policy == "Running":
+        b.delete([p for p in b.obs.pods if p.phase in ("Running", "Pending", "Unknown")])
+    ttl = spec.run_policy.ttl_seconds_after_finished
+    done = from_rfc3339(b.status.get("completionTime"))
+    if ttl is not None and done is not None:
+        left = ttl - (b.obs.now - done).total_seconds()
+        if left <= 0:
+            b.plan.delete_job = True
+        else:
+            b.plan.requeue_after_seconds = left
+
+
+def _suspend(b: _Builder) -> None:
+    b.delete(b.obs.pods)
+    message = "spec.suspend is true; the job's pods are deleted"
+    if not cond.is_true(b.conditions, cond.SUSPENDED):
+        b.condition(cond.SUSPENDED, True, cond.REASON_SUSPENDED, message)
+        for ctype in (cond.RUNNING, cond.RESTARTING):
+            if cond.find(b.conditions, ctype) is not None:
+                b.condition(ctype, False, cond.REASON_SUSPENDED, message)
+    # Kueue semantics: a suspended job's clock stops; activeDeadlineSeconds counts again from the resume.
+    b.status.pop("startTime", None)
+    b.phase(SUSPENDED, Event("Normal", cond.REASON_SUSPENDED, message))
+
+
+def _deadline_passed(b: _Builder, spec: JobSpec) -> bool:
+    deadline = spec.run_policy.active_deadline_seconds
+    start = from_rfc3339(b.status.get("startTime"))
+    if deadline is None or start is None:
+        return False
+    left = deadline - (b.obs.now - start).total_seconds()
+    if left > 0:
+        b.plan.requeue_after_seconds = left
+        return False
+    b.delete(b.obs.pods)
+    b.finish(FAILED, cond.REASON_DEADLINE_EXCEEDED, f"the job ran longer than activeDeadlineSeconds={deadline}")
+    _finished(b, spec)
+    return True
+
+
+def _run(b: _Builder, spec: JobSpec) -> None:
+    restarts = int(b.status.get("restarts") or 0)
+    live = [p for p in b.obs.pods if not p.terminating]
+    stale = [p for p in live if p.gang_generation != restarts or not 0 <= p.index < spec.replicas]
+    b.delete(stale)
+    gang = {p.index: p for p in live if p not in stale}
+
+    if not cond.is_true(b.conditions, cond.CREATED):
+        b.plan.ensure_children = True
+        b.condition(cond.CREATED, True, cond.REASON_JOB_CREATED, f"{spec.replicas} worker pod(s) requested")
+        b.plan.events.append(Event("Normal", cond.REASON_JOB_CREATED, f"creating {spec.replicas} worker pod(s)"))
+
+    failed = sorted((p for p in gang.values() if p.phase == "Failed"), key=lambda p: p.index)
+    if failed:
+        _gang_failed(b, spec, failed[0], restarts)
+        return
+
+    worker0 = gang.get(0)
+    if worker0 is not None and worker0.phase == "Succeeded":
+        b.finish(SUCCEEDED, cond.REASON_JOB_SUCCEEDED, f"{worker0.name} completed")
+        _finished(b, spec)
+        return
+
+    # A name held by a terminating (or just-deleted stale) pod cannot be reused until that pod is gone.
+    held = {p.name for p in b.obs.pods if p.terminating} | {p.name for p in stale}
+    job = b.obs.name
+    b.plan.create_pods = [
+        i for i in range(spec.replicas) if i not in gang and worker_pod_name(job, i) not in held
+    ]
+    if (b.plan.create_pods or gang) and not b.status.get("startTime"):
+        b.status["startTime"] = b.now
+        if spec.run_policy.active_deadline_seconds is not None:
+            b.plan.requeue_after_seconds = float(spec.run_policy.active_deadline_seconds)
+
+    all_running = len(gang) == spec.replicas and all(p.phase == "Running" for p in gang.values())
+    if all_running:
+        b.condition(cond.RUNNING, True, cond.REASON_PODS_RUNNING, f"all {spec.replicas} worker pod(s) are running")
+        b.phase(RUNNING, Event("Normal", cond.REASON_PODS_RUNNING, "all worker pods are running"))
+    elif b.status.get("phase") == RESTARTING or cond.is_true(b.conditions, cond.RESTARTING):
+        b.phase(RESTARTING)
+    elif b.status.get("phase") in (None, SUSPENDED, PENDING, ""):
+        b.phase(PENDING)
+    elif b.status.get("phase") == RUNNING:
+        # A pod of a running gang went missing (deleted by hand or evicted): it is recreated.
+        b.phase(PENDING)
+
+
+def _gang_failed(b: _Builder, spec: JobSpec, pod: PodView, restarts: int) -> None:
+    code = "unknown" if pod.exit_code is None else str(pod.exit_code)
+    why = f" ({pod.reason})" if pod.reason else ""
+    cause = f"pod {pod.name} failed with exit code {code}{why}"
+    limit = spec.run_policy.backoff_limit
+    if restarts < limit:
+        b.delete(b.obs.pods)
+        b.status["restarts"] = restarts + 1
+        message = f"{cause}; restarting the whole gang ({restarts + 1}/{limit})"
+        b.condition(cond.RESTARTING, True, cond.REASON_POD_FAILED, message)
+        b.phase(RESTARTING)
+        b.plan.events.append(Event("Warning", cond.REASON_GANG_RESTARTED, message))
+        return
+    message = f"{cause}; backoffLimit {limit} reached after {restarts} restart(s)"
+    b.finish(FAILED, cond.REASON_BACKOFF_LIMIT_EXCEEDED, message)
+    # A failed DDP rank fails the world, so running pods are always stopped (Kubeflow leaves them running);
+    # cleanPodPolicy then decides whether the finished pods stay for their logs.
+    b.delete([p for p in b.obs.pods if p.phase in ("Running", "Pending", "Unknown")])
+    _finished(b, spec)
