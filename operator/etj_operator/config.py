@@ -1,0 +1,54 @@
+"""Operator-wide settings, read once from the environment (the Helm chart sets them)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Settings that apply to every job the operator manages."""
+
+    #: Seconds between two level-triggered reconciles of a job when nothing happens.
+    reconcile_interval_seconds: float = 10.0
+    #: Steps between two reads of status.control by the harness's rank 0.
+    control_poll_steps: int = 10
+    #: GPU backend the harness uses: auto (NVML when a GPU is visible), nvml, or simulated.
+    gpu_backend: str = "auto"
+    #: Port of the operator's own Prometheus metrics (0 disables).
+    metrics_port: int = 8080
+    #: Default Prometheus base URL for telemetry (a job may override it).
+    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    #: Threads for blocking API and Prometheus calls.
+    max_workers: int = 16
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
+        """Read ETJ_* variables; a malformed value raises ValueError naming the variable."""
+        env = os.environ if env is None else env
+
+        def number(name: str, default: float) -> float:
+            raw = env.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                value = float(raw)
+            except ValueError as e:
+                raise ValueError(f"{name}={raw!r} is not a number") from e
+            if value < 0:
+                raise ValueError(f"{name}={raw!r} must not be negative")
+            return value
+
+        backend = env.get("ETJ_GPU_BACKEND", cls.gpu_backend)
+        if backend not in ("auto", "nvml", "simulated"):
+            raise ValueError(f"ETJ_GPU_BACKEND={backend!r} must be auto, nvml or simulated")
+        return cls(
+            reconcile_interval_seconds=number("ETJ_RECONCILE_INTERVAL_SECONDS", cls.reconcile_interval_seconds),
+            control_poll_steps=max(1, int(number("ETJ_CONTROL_POLL_STEPS", cls.control_poll_steps))),
+            gpu_backend=backend,
+            metrics_port=int(number("ETJ_METRICS_PORT", cls.metrics_port)),
+            prometheus_url=env.get("ETJ_PROMETHEUS_URL", cls.prometheus_url),
+            max_workers=max(1, int(number("ETJ_MAX_WORKERS", cls.max_workers))),
+        )

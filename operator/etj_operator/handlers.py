@@ -1,0 +1,145 @@
+"""Every Kopf handler of the operator, in one place. Each is a guard plus one call into a domain module.
+
+* ``worker_pods``: an index of the operator's pods by job, kept current by Kopf's pod watch (fully
+  populated before any handler runs, so a restarted operator sees every existing pod).
+* ``wake_on_pod_event`` / ``wake_on_job_event``: wake the job's lifecycle loop when something changed.
+* ``job_lifecycle``: one daemon per job; a level-triggered loop of observe -> decide -> act
+  (:mod:`etj_operator.reconciler`), every ``reconcile_interval_seconds`` or as soon as it is woken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from etj_operator import contract
+from etj_operator.config import OperatorConfig
+from etj_operator.kubeapi import KubeApi, make_api_client
+from etj_operator.lifecycle import Event, PodView
+from etj_operator.metrics import RECONCILE_ERRORS, serve
+from etj_operator.reconciler import JobReconciler, JobState, pod_view
+
+logger = logging.getLogger(__name__)
+
+OPERATOR_PODS = {contract.LABEL_JOB_NAME: kopf.PRESENT, contract.LABEL_MANAGED_BY: contract.MANAGED_BY}
+
+
+class Wakers:
+    """One asyncio.Event per job: set by watch events, awaited by the job's lifecycle loop."""
+
+    def __init__(self) -> None:
+        self._events: dict[tuple[str, str], asyncio.Event] = {}
+
+    def get(self, key: tuple[str, str]) -> asyncio.Event:
+        """The job's event (created on first use)."""
+        return self._events.setdefault(key, asyncio.Event())
+
+    def wake(self, key: tuple[str, str]) -> None:
+        """Wake the job's loop if it exists (or make it run at once when it starts)."""
+        self.get(key).set()
+
+    def forget(self, key: tuple[str, str]) -> None:
+        """Drop the job's event (its daemon stopped)."""
+        self._events.pop(key, None)
+
+
+WAKERS = Wakers()
+
+
+def post_event(body: Mapping[str, Any], event: Event) -> None:
+    """Record a Kubernetes Event on the job through Kopf's event poster."""
+    kopf.event(dict(body), type=event.type, reason=event.reason, message=event.message)
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Operator settings, the API wrapper and the metrics endpoint."""
+    config = OperatorConfig.from_env()
+    settings.persistence.finalizer = f"{contract.GROUP}/operator"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=contract.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=contract.GROUP)
+    settings.execution.max_workers = config.max_workers
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    memo.config = config
+    memo.api = KubeApi(make_api_client(), max_workers=config.max_workers)
+    memo.reconciler = JobReconciler(memo.api, config, post_event)
+    serve(config.metrics_port)
+
+
+@kopf.on.cleanup()
+async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    """Release the API wrapper's threads."""
+    api = getattr(memo, "api", None)
+    if isinstance(api, KubeApi):
+        api.close()
+
+
+@kopf.index("pods", labels=OPERATOR_PODS)
+def worker_pods(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> Any:
+    """Index pods by (namespace, job name), as compact PodView summaries."""
+    return {(namespace, labels[contract.LABEL_JOB_NAME]): pod_view(body)}
+
+
+@kopf.on.event("pods", labels=OPERATOR_PODS)
+def wake_on_pod_event(namespace: str, labels: Mapping[str, str], **_: Any) -> None:
+    """A worker pod changed: its job's loop looks again now."""
+    WAKERS.wake((namespace, labels[contract.LABEL_JOB_NAME]))
+
+
+@kopf.on.event(contract.GROUP, contract.VERSION, contract.PLURAL)
+def wake_on_job_event(namespace: str, name: str, **_: Any) -> None:
+    """The job changed (spec edited, status written by others): its loop looks again now."""
+    WAKERS.wake((namespace, name))
+
+
+@kopf.daemon(contract.GROUP, contract.VERSION, contract.PLURAL, cancellation_timeout=10.0)
+async def job_lifecycle(
+    stopped: kopf.DaemonStopped,
+    body: kopf.Body,
+    name: str,
+    namespace: str,
+    memo: kopf.Memo,
+    worker_pods: kopf.Index[tuple[str, str], PodView],
+    **_: Any,
+) -> None:
+    """Reconcile one job until it is deleted or the operator stops."""
+    key = (namespace, name)
+    reconciler: JobReconciler = memo.reconciler
+    config: OperatorConfig = memo.config
+    state = JobState()
+    waker = WAKERS.get(key)
+    try:
+        while not stopped:
+            waker.clear()
+            delay = config.reconcile_interval_seconds
+            try:
+                pods = list(worker_pods.get(key, []))
+                plan = await reconciler.reconcile(body, pods, state)
+                if plan.delete_job:
+                    return
+                if plan.requeue_after_seconds is not None:
+                    delay = max(0.05, min(delay, plan.requeue_after_seconds))
+            except (kopf.TemporaryError, kopf.PermanentError) as e:
+                RECONCILE_ERRORS.inc()
+                logger.warning("reconcile of %s/%s failed, retrying: %s", namespace, name, e)
+                delay = min(delay, 2.0)
+            await _wait(stopped, waker, delay)
+    finally:
+        WAKERS.forget(key)
+        reconciler.phase_counter.set(key, None)
+
+
+async def _wait(stopped: kopf.DaemonStopped, waker: asyncio.Event, seconds: float) -> None:
+    """Sleep until woken, stopped, or the timeout passes."""
+    wake = asyncio.ensure_future(waker.wait())
+    stop = asyncio.ensure_future(stopped.wait())
+    try:
+        await asyncio.wait({wake, stop}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (wake, stop):
+            task.cancel()
