@@ -109,3 +109,14 @@ PHASES: Final = (
     "Failed",
 )
 TERMINAL_PHASES: Final = ("Succeeded", "Failed")
+
+# --- added by the harness (etj_workload) ----------------------------------------------------------
+#: Why the workload stopped before its last epoch: "StopRequested", "SIGTERM", "AccuracyGuard" (the
+#: guard's Stop action), "Quantized" (a kept quantize stage ends training) or "StepLimit" (--stop-after-steps).
+WORKLOAD_STOP_REASON: Final = "stopReason"
+#: DCGM-compatible metric names the harness's /metrics endpoint serves (dcgm-exporter units: W and mJ).
+METRIC_POWER_USAGE: Final = "DCGM_FI_DEV_POWER_USAGE"
+METRIC_TOTAL_ENERGY_CONSUMPTION: Final = "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"
+METRIC_POWER_MGMT_LIMIT: Final = "DCGM_FI_DEV_POWER_MGMT_LIMIT"
+#: Extra label on the harness's GPU series: "nvml" or "simulated" (dcgm-exporter itself has no such label).
+METRIC_LABEL_SOURCE: Final = "source"
