@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -25,7 +25,7 @@ from etj_operator.reconciler import JobReconciler, JobState, pod_view
 
 logger = logging.getLogger(__name__)
 
-OPERATOR_PODS = {contract.LABEL_JOB_NAME: kopf.PRESENT, contract.LABEL_MANAGED_BY: contract.MANAGED_BY}
+OPERATOR_PODS: dict[str, Any] = {contract.LABEL_JOB_NAME: kopf.PRESENT, contract.LABEL_MANAGED_BY: contract.MANAGED_BY}
 
 
 class Wakers:
@@ -52,7 +52,7 @@ WAKERS = Wakers()
 
 def post_event(body: Mapping[str, Any], event: Event) -> None:
     """Record a Kubernetes Event on the job through Kopf's event poster."""
-    kopf.event(dict(body), type=event.type, reason=event.reason, message=event.message)
+    kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason, message=event.message)
 
 
 @kopf.on.startup()
@@ -80,21 +80,21 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.index("pods", labels=OPERATOR_PODS)
-def worker_pods(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> Any:
+def worker_pods(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> Any:
     """Index pods by (namespace, job name), as compact PodView summaries."""
-    return {(namespace, labels[contract.LABEL_JOB_NAME]): pod_view(body)}
+    return {(namespace or "", labels[contract.LABEL_JOB_NAME]): pod_view(body)}
 
 
 @kopf.on.event("pods", labels=OPERATOR_PODS)
-def wake_on_pod_event(namespace: str, labels: Mapping[str, str], **_: Any) -> None:
+def wake_on_pod_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
     """A worker pod changed: its job's loop looks again now."""
-    WAKERS.wake((namespace, labels[contract.LABEL_JOB_NAME]))
+    WAKERS.wake((namespace or "", labels[contract.LABEL_JOB_NAME]))
 
 
 @kopf.on.event(contract.GROUP, contract.VERSION, contract.PLURAL)
-def wake_on_job_event(namespace: str, name: str, **_: Any) -> None:
+def wake_on_job_event(namespace: str | None, name: str, **_: Any) -> None:
     """The job changed (spec edited, status written by others): its loop looks again now."""
-    WAKERS.wake((namespace, name))
+    WAKERS.wake((namespace or "", name))
 
 
 @kopf.daemon(contract.GROUP, contract.VERSION, contract.PLURAL, cancellation_timeout=10.0)
@@ -102,13 +102,13 @@ async def job_lifecycle(
     stopped: kopf.DaemonStopped,
     body: kopf.Body,
     name: str,
-    namespace: str,
+    namespace: str | None,
     memo: kopf.Memo,
-    worker_pods: kopf.Index[tuple[str, str], PodView],
+    worker_pods: kopf.Index[tuple[str, str], PodView] | None = None,
     **_: Any,
 ) -> None:
     """Reconcile one job until it is deleted or the operator stops."""
-    key = (namespace, name)
+    key = (namespace or "", name)
     reconciler: JobReconciler = memo.reconciler
     config: OperatorConfig = memo.config
     state = JobState()
@@ -118,7 +118,7 @@ async def job_lifecycle(
             waker.clear()
             delay = config.reconcile_interval_seconds
             try:
-                pods = list(worker_pods.get(key, []))
+                pods = list(worker_pods.get(key, [])) if worker_pods is not None else []
                 plan = await reconciler.reconcile(body, pods, state)
                 if plan.delete_job:
                     return
