@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -47,12 +48,17 @@ class Wakers:
         self._events.pop(key, None)
 
 
-WAKERS = Wakers()
-
-
 def post_event(body: Mapping[str, Any], event: Event) -> None:
     """Record a Kubernetes Event on the job through Kopf's event poster."""
     kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason, message=event.message)
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """$KUBECONFIG when set (read now, not at import), else the pod's service account, else ~/.kube/config."""
+    if os.environ.get("KUBECONFIG"):
+        return kopf.login_with_kubeconfig(**kwargs)
+    return kopf.login_with_service_account(**kwargs) or kopf.login_via_client(**kwargs)
 
 
 @kopf.on.startup()
@@ -66,6 +72,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
     memo.config = config
+    memo.wakers = Wakers()  # per operator run: asyncio events must not outlive their event loop
     memo.api = KubeApi(make_api_client(), max_workers=config.max_workers)
     memo.reconciler = JobReconciler(memo.api, config, post_event)
     serve(config.metrics_port)
@@ -86,15 +93,15 @@ def worker_pods(namespace: str | None, labels: Mapping[str, str], body: kopf.Bod
 
 
 @kopf.on.event("pods", labels=OPERATOR_PODS)
-def wake_on_pod_event(namespace: str | None, labels: Mapping[str, str], **_: Any) -> None:
+def wake_on_pod_event(namespace: str | None, labels: Mapping[str, str], memo: kopf.Memo, **_: Any) -> None:
     """A worker pod changed: its job's loop looks again now."""
-    WAKERS.wake((namespace or "", labels[contract.LABEL_JOB_NAME]))
+    memo.wakers.wake((namespace or "", labels[contract.LABEL_JOB_NAME]))
 
 
 @kopf.on.event(contract.GROUP, contract.VERSION, contract.PLURAL)
-def wake_on_job_event(namespace: str | None, name: str, **_: Any) -> None:
+def wake_on_job_event(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
     """The job changed (spec edited, status written by others): its loop looks again now."""
-    WAKERS.wake((namespace or "", name))
+    memo.wakers.wake((namespace or "", name))
 
 
 @kopf.daemon(contract.GROUP, contract.VERSION, contract.PLURAL, cancellation_timeout=10.0)
@@ -112,7 +119,8 @@ async def job_lifecycle(
     reconciler: JobReconciler = memo.reconciler
     config: OperatorConfig = memo.config
     state = JobState()
-    waker = WAKERS.get(key)
+    wakers: Wakers = memo.wakers
+    waker = wakers.get(key)
     try:
         while not stopped:
             waker.clear()
@@ -130,7 +138,7 @@ async def job_lifecycle(
                 delay = min(delay, 2.0)
             await _wait(stopped, waker, delay)
     finally:
-        WAKERS.forget(key)
+        wakers.forget(key)
         reconciler.phase_counter.set(key, None)
 
 
