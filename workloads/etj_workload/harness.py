@@ -1,0 +1,563 @@
+"""The harness a training loop calls: power control, control channel, compression, checkpoints, metrics.
+
+Use it around your own loop::
+
+    with Harness(ddp_model, optimizer, evaluate=evaluate, steps_per_epoch=n, samples_per_step=b) as h:
+        position = h.train_begin()                 # resumes from the newest checkpoint, if any
+        for epoch in range(position.epoch, epochs):
+            h.epoch_begin(epoch)
+            for x, y in my_batches(epoch, skip=h.skip_batches(epoch)):
+                h.step_begin()
+                loss = ...; loss.backward(); optimizer.step()
+                h.step_end(loss)
+                if h.should_stop:
+                    break
+            if h.should_stop:
+                break
+            h.epoch_end(epoch)                     # evaluates, fires epoch-triggered stages
+        h.train_end()                              # final stages, final checkpoint, limits restored
+    sys.exit(h.exit_code)
+
+Every rank calls every hook at the same step; the collectives inside (a small all-gather every
+``ETJ_CONTROL_POLL_STEPS`` steps, all-reduces while Auto profiles, evaluation) rely on it.
+Exit codes: 0 finished, or stopped on request (stopRequested, the accuracy guard's Stop, a kept
+quantize stage); 143 after SIGTERM (the checkpoint is saved first when all ranks get to it in time).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from types import FrameType, TracebackType
+from typing import Any
+
+import torch
+from torch import nn
+
+from etj_operator import contract
+from etj_workload import checkpoint as ckpt
+from etj_workload.compression import CompressionManager
+from etj_workload.config import (
+    ENV_SIMULATED_COMPUTE_FRACTION,
+    ENV_SIMULATED_SLEEP,
+    ENV_SIMULATED_STATE_FILE,
+    ENV_SIMULATED_STEP_SECONDS,
+    HarnessEnv,
+)
+from etj_workload.control import Actions, ControlChannel, ControlState, JobApi, KubernetesJobApi, decide, utc_now_iso
+from etj_workload.distributed import DistOps, LocalOps, TorchDistOps
+from etj_workload.gpu import Gpu, GpuReading, open_gpu
+from etj_workload.metrics import MetricsServer, MetricsSnapshot
+from etj_workload.power import PowerController
+from etj_workload.power_model import H100_SXM, SimulatedPowerModel
+
+__all__ = ["EXIT_OK", "EXIT_SIGTERM", "Callback", "Harness", "Position"]
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_SIGTERM = 143
+#: After SIGTERM, the harness exits by itself after this long even if a collective hangs.
+SIGTERM_GRACE_SECONDS = 20.0
+
+
+class Callback:
+    """No-op hooks; subclass and override what you need, pass instances to :class:`Harness`."""
+
+    def on_train_begin(self, harness: Harness) -> None:
+        """Training starts (after any resume)."""
+
+    def on_train_end(self, harness: Harness) -> None:
+        """Training ended (normally or by a stop)."""
+
+    def on_epoch_begin(self, harness: Harness, epoch: int) -> None:
+        """An epoch starts."""
+
+    def on_epoch_end(self, harness: Harness, epoch: int) -> None:
+        """An epoch ended (after its evaluation)."""
+
+    def on_step_begin(self, harness: Harness, step: int) -> None:
+        """A step starts; ``step`` is the global step about to run (0-based)."""
+
+    def on_step_end(self, harness: Harness, step: int) -> None:
+        """A step ended; ``step`` is the number of steps done."""
+
+    def on_evaluate(self, harness: Harness, accuracy: float) -> None:
+        """An evaluation finished with ``accuracy`` (0..1)."""
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where training (re)starts."""
+
+    epoch: int
+    batch_in_epoch: int
+    step: int
+
+
+def _simulated_gpu_options() -> dict[str, Any]:
+    step_seconds = os.environ.get(ENV_SIMULATED_STEP_SECONDS)
+    fraction = os.environ.get(ENV_SIMULATED_COMPUTE_FRACTION)
+    model: SimulatedPowerModel = H100_SXM
+    if fraction:
+        model = SimulatedPowerModel(compute_fraction=float(fraction))
+    return {
+        "sleep_slowdown": os.environ.get(ENV_SIMULATED_SLEEP, "1") != "0",
+        "fixed_step_seconds": float(step_seconds) if step_seconds else None,
+        "state_file": os.environ.get(ENV_SIMULATED_STATE_FILE) or None,
+        "model": model,
+    }
+
+
+class Harness:
+    """Energy-aware training around a user's loop (see the module docstring for the call pattern)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        *,
+        evaluate: Callable[[nn.Module], float],
+        steps_per_epoch: int,
+        samples_per_step: int,
+        env: HarnessEnv | None = None,
+        gpu: Gpu | None = None,
+        job_api: JobApi | None = None,
+        dist_ops: DistOps | None = None,
+        callbacks: Sequence[Callback] = (),
+        stop_after_steps: int | None = None,
+        install_signal_handlers: bool = True,
+    ) -> None:
+        self.env = env or HarnessEnv.from_env()
+        self.model = model
+        self.module: nn.Module = getattr(model, "module", model)
+        self.optimizer = optimizer
+        self.steps_per_epoch = steps_per_epoch
+        self.samples_per_step = samples_per_step
+        self.callbacks = list(callbacks)
+        self.stop_after_steps = stop_after_steps
+        self._install_signal_handlers = install_signal_handlers
+        if dist_ops is None:
+            dist_ops = (
+                TorchDistOps()
+                if torch.distributed.is_available() and torch.distributed.is_initialized()
+                else LocalOps()
+            )
+        self.dist = dist_ops
+        self.rank = dist_ops.rank
+        self.gpu = gpu or open_gpu(self.env.gpu_backend, self.env.dist.local_rank, **_simulated_gpu_options())
+        sync = torch.cuda.synchronize if torch.cuda.is_available() else None
+        self.power = PowerController(
+            self.gpu, self.env.power, world_size=dist_ops.world_size, reducer=dist_ops.reduce_window, sync=sync
+        )
+        self._evaluate_fn = evaluate
+        self.compression = CompressionManager(self.env.compression, self._evaluate_module)
+        self.channel: ControlChannel | None = None
+        if self.rank == 0:
+            api = job_api
+            if api is None and self.env.job_name and self.env.job_namespace:
+                try:
+                    api = KubernetesJobApi(self.env.job_name, self.env.job_namespace)
+                except Exception as e:  # no credentials: train anyway, without the operator's control
+                    log.warning("no Kubernetes API for the control channel (%s); training without it", e)
+            if api is not None:
+                self.channel = ControlChannel(api)
+        self.metrics: MetricsServer | None = None
+        # progress
+        self.epoch = 0
+        self.step = 0
+        self.batch_in_epoch = 0
+        self.accuracy: float | None = None
+        self.should_stop = False
+        self.stop_reason: str | None = None
+        self.exit_code = EXIT_OK
+        self.acknowledged_checkpoint = 0
+        self.last_checkpoint: dict[str, Any] | None = None
+        self.control = ControlState()
+        self._resume_skip: tuple[int, int] | None = None
+        self._sigterm = False
+        self._previous_sigterm: Any = None
+        self._loss_sum: torch.Tensor | None = None
+        self._loss_count = 0
+        self._interval_start = time.perf_counter()
+        self._interval_step = 0
+        self._samples_per_second = 0.0
+        self._last_loss: float | None = None
+        self._step_started = 0.0
+        self._peer_readings: list[GpuReading] = []
+        self._has_step_triggers = any(s.trigger.step is not None for s in self.env.compression.stages)
+        self._published_stages = 0
+        self._closed = False
+
+    # --- context manager: whatever happens, limits are restored and threads stopped ------------------
+    def __enter__(self) -> Harness:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is not None:
+            log.error("training failed: %r; restoring the power limit", exc)
+        self.close()
+
+    def close(self) -> None:
+        """Restore the power limit, flush the status, stop the threads (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.power.restore()
+        if self.channel is not None:
+            self.channel.publish(self._status(), urgent=True)
+            self.channel.close(timeout_seconds=5.0)
+        if self.metrics is not None:
+            self.metrics.close()
+        if self._previous_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
+        self.gpu.close()
+
+    # --- signals ---------------------------------------------------------------------------------
+    def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
+        self.power.restore()  # first: never leave a GPU capped, whatever happens next
+        if self._sigterm:
+            return
+        self._sigterm = True
+        log.warning("SIGTERM: power limit restored; stopping at the next step boundary")
+
+        def give_up() -> None:
+            log.error("SIGTERM grace of %.0f s elapsed; exiting now", SIGTERM_GRACE_SECONDS)
+            self.power.restore()
+            os._exit(EXIT_SIGTERM)
+
+        timer = threading.Timer(SIGTERM_GRACE_SECONDS, give_up)
+        timer.daemon = True
+        timer.start()
+
+    # --- hooks -----------------------------------------------------------------------------------
+    def train_begin(self) -> Position:
+        """Resume from the newest checkpoint (if any), apply the power policy, start metrics."""
+        if self._install_signal_handlers and threading.current_thread() is threading.main_thread():
+            self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
+        self._resume()
+        self.power.train_begin()
+        self._start_metrics()
+        for stage in self.compression.due(epoch=self.epoch, step=self.step):
+            self._apply_stage(stage.name)
+        for cb in self.callbacks:
+            cb.on_train_begin(self)
+        self._publish(urgent=True)
+        self._interval_start = time.perf_counter()
+        self._interval_step = self.step
+        return Position(self.epoch, self.batch_in_epoch, self.step)
+
+    def skip_batches(self, epoch: int) -> int:
+        """Return how many batches of ``epoch`` a resumed run has already done (0 otherwise)."""
+        if self._resume_skip is not None and self._resume_skip[0] == epoch:
+            return self._resume_skip[1]
+        return 0
+
+    def epoch_begin(self, epoch: int) -> None:
+        """An epoch starts."""
+        self.epoch = epoch
+        self.batch_in_epoch = self.skip_batches(epoch)
+        for cb in self.callbacks:
+            cb.on_epoch_begin(self, epoch)
+
+    def step_begin(self) -> None:
+        """A step starts (marks its start time)."""
+        for cb in self.callbacks:
+            cb.on_step_begin(self, self.step)
+        self._step_started = time.perf_counter()
+
+    def step_end(self, loss: torch.Tensor | float | None = None) -> None:
+        """A step ended: account energy, advance profiling, poll control every N steps."""
+        measured = time.perf_counter() - self._step_started
+        device_seconds = self.gpu.account_step(measured)
+        self.step += 1
+        self.batch_in_epoch += 1
+        if loss is not None:
+            detached = loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
+            self._loss_sum = detached if self._loss_sum is None else self._loss_sum + detached
+            self._loss_count += 1
+        self.power.step_end(device_seconds)
+        if self._has_step_triggers:
+            for stage in self.compression.due(epoch=self.epoch, step=self.step):
+                self._apply_stage(stage.name)
+        if self.step % self.env.control_poll_steps == 0:
+            self._poll()
+        if self.stop_after_steps is not None and self.step >= self.stop_after_steps and not self.should_stop:
+            self._save_checkpoint()
+            self._stop("StepLimit")
+        for cb in self.callbacks:
+            cb.on_step_end(self, self.step)
+
+    def epoch_end(self, epoch: int) -> None:
+        """An epoch ended: evaluate, fire stages triggered by the next epoch, save a checkpoint."""
+        self.evaluate()
+        self.epoch = epoch + 1
+        self.batch_in_epoch = 0
+        for stage in self.compression.due(epoch=self.epoch, step=self.step):
+            self._apply_stage(stage.name)
+        if self.env.checkpoint_dir:
+            self._save_checkpoint()
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, epoch)
+        self._publish()
+
+    def evaluate(self) -> float:
+        """Evaluate the current model (the quantized one once a quantize stage is kept)."""
+        self.accuracy = self._evaluate_module(self.compression.quantized or self.module)
+        for cb in self.callbacks:
+            cb.on_evaluate(self, self.accuracy)
+        return self.accuracy
+
+    def train_end(self) -> None:
+        """Training is over: fire the remaining epoch/step stages, save, publish, restore the limit."""
+        if not self.should_stop:
+            for stage in self.compression.due(epoch=self.epoch, step=self.step, final=True):
+                self._apply_stage(stage.name)
+            if self.accuracy is None:
+                self.evaluate()
+            if self.env.checkpoint_dir:
+                self._save_checkpoint()
+                self._export()
+        if self._sigterm:
+            self.exit_code = EXIT_SIGTERM
+        for cb in self.callbacks:
+            cb.on_train_end(self)
+        self.power.restore()
+        self._publish(urgent=True)
+
+    # --- internals -------------------------------------------------------------------------------
+    def _evaluate_module(self, module: nn.Module) -> float:
+        was_training = module.training
+        module.eval()
+        try:
+            with torch.no_grad():
+                return float(self._evaluate_fn(module))
+        finally:
+            module.train(was_training)
+
+    def _stop(self, reason: str) -> None:
+        self.should_stop = True
+        self.stop_reason = self.stop_reason or reason
+        log.info("stopping: %s", reason)
+
+    def _apply_stage(self, name: str) -> None:
+        stage = self.env.compression.stage(name)
+        if stage is None or name in self.compression.done:
+            return
+        result = self.compression.apply(stage, self.module, epoch=self.epoch, step=self.step)
+        log.info("stage %s: %s", name, result.to_status())
+        if self.compression.guard_stopped:
+            self._save_checkpoint()
+            self._stop("AccuracyGuard")
+        elif stage.quantize is not None and result.applied:
+            # torchao int8 weights are inference-only: the quantized model is the final one.
+            self.accuracy = result.accuracy_after
+            self._stop("Quantized")
+        self._publish(urgent=True)
+
+    def _poll(self) -> None:
+        payload: dict[str, Any] = {
+            "sigterm": self._sigterm,
+            "host": socket.gethostname(),
+            "gpu": self.gpu.reading().as_dict() if self.metrics is not None or self.rank != 0 else None,
+        }
+        if self.rank == 0 and self.channel is not None:
+            payload["control"] = asdict(self.channel.poll())
+        gathered = self.dist.all_gather_object(payload)
+        me = gathered[self.rank]
+        self._peer_readings = [
+            GpuReading(**p["gpu"])
+            for i, p in enumerate(gathered)
+            if i != self.rank and p["gpu"] and p["host"] == me["host"]
+        ]
+        if gathered[0].get("control") is not None:
+            self.control = ControlState(**gathered[0]["control"])
+        actions = decide(
+            self.control,
+            acknowledged_checkpoint=self.acknowledged_checkpoint,
+            pending_energy_stages=self.compression.pending_energy_stages(),
+            done_stages=self.compression.done,
+            known_stages=frozenset(s.name for s in self.env.compression.stages),
+        )
+        self._perform(actions)
+        if any(p["sigterm"] for p in gathered) and not self.should_stop:
+            self._save_checkpoint()
+            self._stop("SIGTERM")
+        self._update_interval()
+        self._publish()
+
+    def _perform(self, actions: Actions) -> None:
+        self.power.set_cap(actions.power_cap_watts)
+        for name in actions.stages:
+            self._apply_stage(name)
+        if actions.checkpoint_request is not None or actions.stop:
+            self._save_checkpoint(acknowledge=actions.checkpoint_request)
+        if actions.stop and not self.should_stop:
+            self._stop("StopRequested")
+
+    def _update_interval(self) -> None:
+        now = time.perf_counter()
+        steps = self.step - self._interval_step
+        if steps > 0 and now > self._interval_start:
+            self._samples_per_second = steps * self.samples_per_step / (now - self._interval_start)
+        self._interval_start, self._interval_step = now, self.step
+        if self._loss_sum is not None and self._loss_count:
+            self._last_loss = float(self._loss_sum.item()) / self._loss_count
+        self._loss_sum, self._loss_count = None, 0
+
+    def _save_checkpoint(self, acknowledge: int | None = None) -> None:
+        """Save on rank 0 with every rank's RNG state (collective: all ranks call it at the same step)."""
+        rngs = self.dist.all_gather_object(ckpt.capture_rng())
+        if acknowledge is not None:
+            self.acknowledged_checkpoint = max(self.acknowledged_checkpoint, acknowledge)
+        if not self.env.checkpoint_dir:
+            if acknowledge is not None:
+                log.warning("checkpoint %d requested but ETJ_CHECKPOINT_DIR is unset; acknowledging", acknowledge)
+                self.last_checkpoint = {"acknowledged": self.acknowledged_checkpoint, "time": utc_now_iso()}
+                self._publish(urgent=True)
+            return
+        path = None
+        if self.rank == 0:
+            harness_state = {
+                "compression": self.compression.state_dict(),
+                "power": self.power.state_dict(),
+                "acknowledged_checkpoint": self.acknowledged_checkpoint,
+                "accuracy": self.accuracy,
+            }
+            checkpoint = ckpt.Checkpoint(
+                model=self.module.state_dict(),
+                optimizer=self.optimizer.state_dict() if self.optimizer is not None else None,
+                epoch=self.epoch,
+                batch_in_epoch=self.batch_in_epoch,
+                step=self.step,
+                rng=rngs,
+                harness=harness_state,
+            )
+            path = ckpt.save_checkpoint(self.env.checkpoint_dir, checkpoint)
+            self.last_checkpoint = {
+                "acknowledged": self.acknowledged_checkpoint,
+                "step": self.step,
+                "epoch": self.epoch,
+                "path": path,
+                "time": utc_now_iso(),
+            }
+            self._publish(urgent=True)
+        self.dist.barrier()
+
+    def _resume(self) -> None:
+        path = ckpt.latest_checkpoint(self.env.checkpoint_dir)
+        if path is None:
+            return
+        state = ckpt.load_checkpoint(path)
+        self.compression.reapply_structure(self.module, state.harness.get("compression", {}))
+        self.module.load_state_dict(state.model)
+        if self.optimizer is not None and state.optimizer is not None:
+            self.optimizer.load_state_dict(state.optimizer)
+        self.compression.requantize(self.module)
+        self.power.load_state_dict(state.harness.get("power", {}))
+        self.acknowledged_checkpoint = int(state.harness.get("acknowledged_checkpoint", 0))
+        self.accuracy = state.harness.get("accuracy")
+        if len(state.rng) == self.dist.world_size:
+            ckpt.restore_rng(state.rng[self.rank])
+        else:
+            log.warning(
+                "checkpoint from a world of %d ranks, now %d: RNG states not restored",
+                len(state.rng),
+                self.dist.world_size,
+            )
+        self.step = state.step
+        epoch, batch = state.epoch, state.batch_in_epoch
+        if batch >= self.steps_per_epoch:
+            epoch, batch = epoch + 1, 0
+        self.epoch, self.batch_in_epoch = epoch, batch
+        self._resume_skip = (epoch, batch)
+        self.last_checkpoint = {
+            "acknowledged": self.acknowledged_checkpoint,
+            "step": state.step,
+            "epoch": state.epoch,
+            "path": path,
+        }
+        if self.compression.guard_stopped or self.compression.quantized is not None:
+            self._stop("AccuracyGuard" if self.compression.guard_stopped else "Quantized")
+        log.info("resumed from %s at epoch %d, batch %d, step %d", path, epoch, batch, state.step)
+
+    def _export(self) -> None:
+        """Save the final (possibly pruned and quantized) model next to the checkpoints (rank 0)."""
+        if self.rank != 0 or not self.env.checkpoint_dir:
+            return
+        from etj_workload.compression import export_state_dict
+
+        final = self.compression.quantized or self.module
+        target = os.path.join(self.env.checkpoint_dir, "model-final.pt")
+        tmp = target + ".tmp"
+        torch.save(export_state_dict(final), tmp)
+        os.replace(tmp, target)
+
+    def _start_metrics(self) -> None:
+        if self.env.metrics_port is None or self.env.dist.local_rank != 0:
+            return
+        try:
+            self.metrics = MetricsServer(self._metrics_snapshot, self.env.metrics_port)
+        except OSError as e:
+            log.warning("metrics endpoint on port %d unavailable: %s", self.env.metrics_port, e)
+
+    def _metrics_snapshot(self) -> MetricsSnapshot:
+        gpus = sorted([self.gpu.reading(), *self._peer_readings], key=lambda g: g.index)
+        progress = {
+            "training_step": float(self.step),
+            "training_epoch": float(self.epoch),
+            "training_samples_per_second": self._samples_per_second,
+            "power_limit_watts": self.gpu.power_limit_mw() / 1000.0,
+            "compression_stages_applied": float(len(self.compression.kept)),
+        }
+        if self._last_loss is not None:
+            progress["training_loss"] = self._last_loss
+        if self.accuracy is not None:
+            progress["training_accuracy"] = self.accuracy
+        return MetricsSnapshot(
+            gpus=gpus,
+            progress=progress,
+            job=self.env.job_name or "",
+            namespace=self.env.job_namespace or "",
+            pod=os.environ.get("POD_NAME") or os.environ.get("HOSTNAME") or socket.gethostname(),
+        )
+
+    def _status(self) -> dict[str, Any]:
+        status: dict[str, Any] = {
+            contract.WORKLOAD_EPOCH: self.epoch,
+            contract.WORKLOAD_STEP: self.step,
+            contract.WORKLOAD_SAMPLES_PER_SECOND: round(self._samples_per_second, 3),
+            contract.WORKLOAD_GPU_SOURCE: self.gpu.source,
+            contract.WORKLOAD_POWER_LIMIT_WATTS: round(self.gpu.power_limit_mw() / 1000.0, 3),
+            contract.WORKLOAD_STAGES: [r.to_status() for r in self.compression.results],
+            contract.WORKLOAD_UPDATED: utc_now_iso(),
+        }
+        if self._last_loss is not None:
+            status[contract.WORKLOAD_LOSS] = round(self._last_loss, 6)
+        if self.accuracy is not None:
+            status[contract.WORKLOAD_ACCURACY] = round(self.accuracy, 6)
+        profile = self.power.profile_report()
+        if profile is not None:
+            status[contract.WORKLOAD_POWER_PROFILE] = profile
+        if self.last_checkpoint is not None:
+            status[contract.WORKLOAD_CHECKPOINT] = self.last_checkpoint
+        if self.stop_reason is not None:
+            status[contract.WORKLOAD_STOP_REASON] = self.stop_reason
+        return status
+
+    def _publish(self, urgent: bool = False) -> None:
+        if self.channel is not None:
+            self.channel.publish(self._status(), urgent=urgent)
+
+    def status(self) -> dict[str, Any]:
+        """Return the status.workload this rank would publish now."""
+        return self._status()
