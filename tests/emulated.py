@@ -74,6 +74,9 @@ class Cluster:
         return sum(
             1
             for r in self.server.requests
-            if r.method == "POST" and r.resource == "pods" and r.status == 201 and (r.path or "").endswith("/pods")
+            if r.method == "POST"
+            and r.resource == "pods"
+            and r.status == 201
+            and (r.path or "").endswith("/pods")
             and job in str(r.query) + r.path + (r.name or "")
         )

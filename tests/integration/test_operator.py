@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from jobs import job_manifest
-from emulated import NS, ROOT, Cluster, wait_until
 
 from etj_operator import contract as c
 from etj_operator.runner import OperatorThread
 from etj_operator.sandbox.emulator import EmulatorServer
+
+from emulated import NS, ROOT, Cluster, wait_until
+from jobs import job_manifest
 
 
 @pytest.fixture
@@ -86,7 +87,9 @@ def test_backoff_limit_exhausted_fails_with_the_pod_and_exit_code(cluster):
     assert failed["reason"] == "BackoffLimitExceeded"
     assert "flaky-worker-0 failed with exit code 3" in failed["message"]
     # the still-running worker is stopped, the failed one is kept for its logs (cleanPodPolicy Running)
-    wait_until(lambda: [p["metadata"]["name"] for p in cluster.live_pods("flaky")] == ["flaky-worker-0"], what="cleanup")
+    wait_until(
+        lambda: [p["metadata"]["name"] for p in cluster.live_pods("flaky")] == ["flaky-worker-0"], what="cleanup"
+    )
 
 
 def test_suspend_deletes_pods_and_resume_recreates_them(cluster):
