@@ -627,11 +627,11 @@ def resource_types_from_crd(crd: Mapping[str, Any]) -> list[ResourceType]:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _prune(value: Any, schema: Mapping[str, Any] | None) -> Any:
+def _prune(value: Any, schema: Mapping[str, Any] | None, path: str, dropped: list[str]) -> Any:
     if schema is None or not isinstance(value, (dict, list)):
         return value
     if isinstance(value, list):
-        return [_prune(item, schema.get("items")) for item in value]
+        return [_prune(item, schema.get("items"), f"{path}[{n}]", dropped) for n, item in enumerate(value)]
     if schema.get("x-kubernetes-preserve-unknown-fields") and "properties" not in schema:
         return value
     properties: Mapping[str, Any] = schema.get("properties") or {}
@@ -639,11 +639,13 @@ def _prune(value: Any, schema: Mapping[str, Any] | None) -> Any:
     result: Json = {}
     for key, item in value.items():
         if key in properties:
-            result[key] = _prune(item, properties[key])
+            result[key] = _prune(item, properties[key], f"{path}.{key}", dropped)
         elif isinstance(additional, dict):
-            result[key] = _prune(item, additional)
+            result[key] = _prune(item, additional, f"{path}.{key}", dropped)
         elif additional is True or schema.get("x-kubernetes-preserve-unknown-fields"):
             result[key] = item
+        else:
+            dropped.append(f"{path}.{key}".lstrip("."))
     return result
 
 
@@ -669,12 +671,18 @@ def _default(value: Any, schema: Mapping[str, Any] | None) -> Any:
     return result
 
 
-def prune_and_default(obj: Json, schema: Mapping[str, Any] | None) -> Json:
-    """Drop fields the CRD schema does not know and fill in its defaults; ``metadata`` is left alone."""
+def prune_and_default(obj: Json, schema: Mapping[str, Any] | None, *, strict: bool = False) -> Json:
+    """Drop fields the CRD schema does not know and fill in its defaults; ``metadata`` is left alone.
+
+    With ``strict`` (``?fieldValidation=Strict``, what kubectl sends), unknown fields are a 400 instead.
+    """
     if not schema:
         return obj
     body = _without(obj, "apiVersion", "kind", "metadata")
-    body = _default(_prune(body, schema), schema)
+    dropped: list[str] = []
+    body = _default(_prune(body, schema, "", dropped), schema)
+    if strict and dropped:
+        raise _bad_request("strict decoding error: " + ", ".join(f'unknown field "{f}"' for f in dropped))
     result: Json = {k: obj[k] for k in ("apiVersion", "kind", "metadata") if k in obj}
     result.update(body)
     return result
@@ -1119,7 +1127,7 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
                            f" RFC 1123 name of at most {limit} characters")
 
     def create_object(self, rt: ResourceType, namespace: str | None, body: Any, *,
-                      dry_run: bool = False) -> Json:
+                      dry_run: bool = False, strict_fields: bool = False) -> Json:
         """Create an object as ``POST`` does: server-set metadata, 409 on duplicates, 201 semantics."""
         if not isinstance(body, dict):
             raise _bad_request("the request body must be a JSON object")
@@ -1158,7 +1166,7 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         if rt.has_status:
             obj.pop("status", None)  # status is written through the subresource only
         if rt.custom:
-            obj = prune_and_default(obj, rt.schema)
+            obj = prune_and_default(obj, rt.schema, strict=strict_fields)
         self._initialise_builtin(rt, obj)
         if dry_run:
             return obj
@@ -1209,7 +1217,7 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
     # ----- update and patch --------------------------------------------------------------------------
 
     def replace_object(self, rt: ResourceType, namespace: str | None, name: str, body: Any, *,
-                       subresource: str | None = None, dry_run: bool = False) -> Json:
+                       subresource: str | None = None, dry_run: bool = False, strict_fields: bool = False) -> Json:
         """``PUT``: replace the object (or only ``.status`` via the status subresource)."""
         if not isinstance(body, dict):
             raise _bad_request("the request body must be a JSON object")
@@ -1220,17 +1228,19 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         expected_rv = body_meta.get("resourceVersion")
         if expected_rv and expected_rv != _meta(old)["resourceVersion"]:
             raise _conflict(rt, name)
-        return self._update(rt, old, copy.deepcopy(body), subresource=subresource, dry_run=dry_run)
+        return self._update(rt, old, copy.deepcopy(body), subresource=subresource, dry_run=dry_run,
+                            strict_fields=strict_fields)
 
     def patch_object(self, rt: ResourceType, namespace: str | None, name: str, patch: Any, *,
-                     patch_type: str = "merge", subresource: str | None = None, dry_run: bool = False) -> Json:
+                     patch_type: str = "merge", subresource: str | None = None, dry_run: bool = False,
+                     strict_fields: bool = False) -> Json:
         """``PATCH`` with ``merge``, ``strategic``, ``json`` or ``apply`` semantics."""
         if patch_type == "apply":
             if not isinstance(patch, dict):
                 raise _bad_request("an apply patch must be an object")
             if (namespace or "", name) not in self._bucket(rt):
                 return self.create_object(rt, namespace, {**patch, "metadata": {**_meta(patch), "name": name}},
-                                          dry_run=dry_run)
+                                          dry_run=dry_run, strict_fields=strict_fields)
         old = self.read_object(rt, namespace, name)
         if patch_type == "json":
             try:
@@ -1255,10 +1265,11 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         patched_rv = _meta(patched).get("resourceVersion")
         if patched_rv is not None and patched_rv != _meta(old)["resourceVersion"]:
             raise _conflict(rt, name)
-        return self._update(rt, old, patched, subresource=subresource, dry_run=dry_run)
+        return self._update(rt, old, patched, subresource=subresource, dry_run=dry_run,
+                            strict_fields=strict_fields)
 
     def _update(self, rt: ResourceType, old: Json, candidate: Json, *, subresource: str | None,
-                dry_run: bool) -> Json:
+                dry_run: bool, strict_fields: bool = False) -> Json:
         old_meta = _meta(old)
         name = old_meta["name"]
         if subresource not in (None, "status"):
@@ -1287,7 +1298,7 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
                 new_meta.pop(field, None)
         new["apiVersion"], new["kind"] = old["apiVersion"], old["kind"]
         if rt.custom:
-            new = prune_and_default(new, rt.schema)
+            new = prune_and_default(new, rt.schema, strict=strict_fields)
             new_meta = new["metadata"]
         if old_meta.get("deletionTimestamp"):
             added = set(new_meta.get("finalizers") or []) - set(old_meta.get("finalizers") or [])
@@ -1678,6 +1689,7 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         query = raw.query
         body_bytes = await raw.read()
         dry_run = query.get("dryRun") == "All"
+        strict_fields = query.get("fieldValidation") == "Strict"
         watch = path.legacy_watch or query.get("watch") in ("true", "1")
         method = raw.method
         if method == "GET" and watch:
@@ -1692,18 +1704,20 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
             return self._object_response(raw, rt, obj)
         if method == "POST" and path.name is None:
             record.verb = "create"
-            obj = self.create_object(rt, path.namespace, _load_body(raw, body_bytes), dry_run=dry_run)
+            obj = self.create_object(rt, path.namespace, _load_body(raw, body_bytes), dry_run=dry_run,
+                                     strict_fields=strict_fields)
             return self._object_response(raw, rt, obj, status=201)
         if method == "PUT" and path.name is not None:
             record.verb = "update"
             obj = self.replace_object(rt, path.namespace, path.name, _load_body(raw, body_bytes),
-                                      subresource=path.subresource, dry_run=dry_run)
+                                      subresource=path.subresource, dry_run=dry_run, strict_fields=strict_fields)
             return self._object_response(raw, rt, obj)
         if method == "PATCH" and path.name is not None:
             record.verb = "patch"
             patch_type = _patch_type(raw.content_type)
             obj = self.patch_object(rt, path.namespace, path.name, _load_body(raw, body_bytes),
-                                    patch_type=patch_type, subresource=path.subresource, dry_run=dry_run)
+                                    patch_type=patch_type, subresource=path.subresource, dry_run=dry_run,
+                                    strict_fields=strict_fields)
             return self._object_response(raw, rt, obj)
         if method == "DELETE":
             options = _load_body(raw, body_bytes) if body_bytes.strip() else {}
@@ -1846,8 +1860,19 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         else:
             raise _endpoint_not_found()
         schemas: Json = {}
+        paths: Json = {}
         for rt in self._types.values():
             if rt.group == group and rt.version == version:
+                # kubectl looks for a PATCH operation of the GVK that accepts fieldValidation (and dryRun)
+                # before it trusts the server to validate; otherwise it falls back to OpenAPI v2.
+                base = f"/apis/{group}/{version}" if group else f"/api/{version}"
+                scope = "/namespaces/{namespace}" if rt.namespaced else ""
+                paths[f"{base}{scope}/{rt.plural}/{{name}}"] = {"patch": {
+                    "x-kubernetes-group-version-kind": {"group": group, "version": version, "kind": rt.kind},
+                    "parameters": [{"name": p, "in": "query", "schema": {"type": "string"}}
+                                   for p in ("dryRun", "fieldManager", "fieldValidation", "force")],
+                    "responses": {"200": {"description": "OK"}},
+                }}
                 prefix = ".".join(reversed(rt.group.split("."))) if rt.group else "io.k8s.api.core"
                 schema: Json = copy.deepcopy(rt.schema) if rt.schema else {
                     "type": "object", "x-kubernetes-preserve-unknown-fields": True}
@@ -1856,7 +1881,7 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         if not schemas:
             raise _endpoint_not_found()
         return {"openapi": "3.0.0", "info": {"title": "Kubernetes (etj emulator)", "version": "v1.32.0"},
-                "paths": {}, "components": {"schemas": schemas}}
+                "paths": paths, "components": {"schemas": schemas}}
 
 
 def _version_priority(version: str) -> tuple[int, int, int]:
@@ -2206,8 +2231,11 @@ class EmulatorServer:
                 state = {"running": {"startedAt": now}}
             else:
                 state = {"waiting": {"reason": reason or "ContainerCreating"}}
-            statuses.append({"name": cname, "image": container.get("image", ""), "ready": phase == "Running",
-                             "restartCount": 0, "started": phase == "Running", "state": state})
+            image = container.get("image", "")
+            statuses.append({"name": cname, "image": image, "imageID": f"emulated://{image}",
+                             "containerID": f"emulated://{pod['metadata']['uid']}/{cname}",
+                             "ready": phase == "Running", "restartCount": 0, "started": phase == "Running",
+                             "state": state})
         status: Json = {"phase": phase, "containerStatuses": statuses,
                         "conditions": [{"type": "Ready", "status": "True" if phase == "Running" else "False",
                                         "lastTransitionTime": now}]}
