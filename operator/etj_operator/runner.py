@@ -16,11 +16,16 @@ def run_operator(
     stop_flag: threading.Event | None = None,
     ready_flag: threading.Event | None = None,
     verbose: bool = False,
+    quiet: bool = False,
 ) -> None:
     """Run the operator until stopped; watches all namespaces unless ``namespaces`` are given."""
     import etj_operator.handlers  # noqa: F401  (registers every handler with kopf's default registry)
 
     kopf.configure(verbose=verbose, log_prefix=True)
+    if quiet:  # the demo prints its own progress; keep only warnings from kopf and the HTTP server
+        for name in ("kopf", "aiohttp.access", "etj_operator"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger("kopf._core.reactor.running").setLevel(logging.ERROR)  # "OS signals are ignored"
     asyncio.run(
         kopf.operator(
             clusterwide=not namespaces,
@@ -36,7 +41,10 @@ def run_operator(
 class OperatorThread:
     """The operator in a background thread with its own event loop; ``stop()`` ends it cleanly."""
 
-    def __init__(self, namespaces: Sequence[str] = (), liveness_endpoint: str | None = None) -> None:
+    def __init__(
+        self, namespaces: Sequence[str] = (), liveness_endpoint: str | None = None, quiet: bool = False
+    ) -> None:
+        self._quiet = quiet
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._namespaces = tuple(namespaces)
@@ -46,7 +54,7 @@ class OperatorThread:
 
     def _main(self) -> None:
         try:
-            run_operator(self._namespaces, self._liveness, self._stop, self._ready)
+            run_operator(self._namespaces, self._liveness, self._stop, self._ready, quiet=self._quiet)
         except BaseException as e:  # reported to the caller through .error and wait_ready()
             self.error = e
             logging.getLogger(__name__).exception("operator thread ended with an error")
