@@ -94,3 +94,99 @@ def launch(tmp_path: Path) -> Any:
         return run_world(args, tmp_path, **kwargs)
 
     return _launch
+
+
+class FakeJobApiServer:
+    """A minimal Kubernetes API for one EfficientTrainingJob: GET the object, merge-PATCH its status.
+
+    Real HTTP, so the harness's real kubernetes client is exercised; ``patches`` records every body and
+    content type. Not an emulator of anything else.
+    """
+
+    def __init__(self, name: str = "job", namespace: str = "ns") -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from etj_workload.control import merge_patch
+
+        self.name, self.namespace = name, namespace
+        self.obj: dict[str, Any] = {
+            "apiVersion": "efficienttraining.dev/v1alpha1",
+            "kind": "EfficientTrainingJob",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {},
+            "status": {"control": {}},
+        }
+        self.patches: list[tuple[str, dict[str, Any]]] = []
+        self.lock = threading.Lock()
+        base = f"/apis/efficienttraining.dev/v1alpha1/namespaces/{namespace}/efficienttrainingjobs/{name}"
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _send(self, code: int, body: Any) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                if self.path.split("?")[0] != base:
+                    self._send(404, {"kind": "Status", "code": 404})
+                    return
+                with outer.lock:
+                    self._send(200, outer.obj)
+
+            def do_PATCH(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path.split("?")[0] != base + "/status":
+                    self._send(404, {"kind": "Status", "code": 404})
+                    return
+                with outer.lock:
+                    outer.patches.append((self.headers["Content-Type"], body))
+                    merge_patch(outer.obj, {"status": body.get("status", {})})
+                    self._send(200, outer.obj)
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def set_control(self, **control: Any) -> None:
+        with self.lock:
+            self.obj["status"]["control"].update(control)
+
+    def workload(self) -> dict[str, Any]:
+        with self.lock:
+            return dict(self.obj["status"].get("workload", {}))
+
+    def write_kubeconfig(self, path: Path) -> Path:
+        path.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{self.port}"}}],
+                    "users": [{"name": "u", "user": {"token": "t"}}],
+                    "contexts": [{"name": "c", "context": {"cluster": "fake", "user": "u", "namespace": "ns"}}],
+                    "current-context": "c",
+                }
+            )
+        )
+        return path
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake_api(tmp_path: Path) -> Any:
+    server = FakeJobApiServer()
+    server.kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig")  # type: ignore[attr-defined]
+    yield server
+    server.close()

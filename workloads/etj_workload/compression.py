@@ -75,9 +75,22 @@ def _make_permanent(model: nn.Module) -> None:
             prune.remove(module, "weight")  # type: ignore[no-untyped-call]
 
 
+def _copy(model: nn.Module) -> nn.Module:
+    """Deep-copy a model that may carry pruning reparametrizations.
+
+    A pruned module's ``weight`` attribute is recomputed by a forward pre-hook and, after a forward with
+    autograd on, is a non-leaf tensor that ``deepcopy`` refuses; recompute it without autograd first.
+    """
+    with torch.no_grad():
+        for _, module in _weighted_modules(model):
+            if hasattr(module, "weight_orig") and hasattr(module, "weight_mask"):
+                module.weight = module.weight_orig * module.weight_mask
+    return copy.deepcopy(model)
+
+
 def export_state_dict(model: nn.Module) -> dict[str, Any]:
     """Return the state dict a deployment would ship: pruning made permanent, masks dropped."""
-    exported = copy.deepcopy(model)
+    exported = _copy(model)
     _make_permanent(exported)
     return exported.state_dict()
 
@@ -124,7 +137,7 @@ def quantized_copy(model: nn.Module) -> nn.Module:
     """
     from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
-    quantized = copy.deepcopy(model).eval()
+    quantized = _copy(model).eval()
     _make_permanent(quantized)
     quantize_(quantized, Int8WeightOnlyConfig())
     return quantized

@@ -46,6 +46,7 @@ __all__ = [
     "GpuUnknownError",
     "NvmlGpu",
     "SimulatedGpu",
+    "limits_restored",
     "open_gpu",
 ]
 
