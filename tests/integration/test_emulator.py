@@ -63,10 +63,11 @@ def custom(kube_client: kubernetes.client.ApiClient) -> kubernetes.client.Custom
 @pytest.fixture
 def raw(emulator: EmulatorServer) -> Callable[..., Any]:
     """Send any request with a bearer token (as clients do) and return (status, parsed JSON body)."""
-    def call(method: str, path: str, body: Any = None, content_type: str = "application/json") -> tuple[int, Any]:
+    def call(method: str, path: str, body: Any = None, content_type: str = "application/json",
+             accept: str = "application/json") -> tuple[int, Any]:
         request = urllib.request.Request(
             emulator.url + path, method=method, data=None if body is None else json.dumps(body).encode(),
-            headers={"Authorization": "Bearer t", "Accept": "application/json", "Content-Type": content_type})
+            headers={"Authorization": "Bearer t", "Accept": accept, "Content-Type": content_type})
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 return response.status, json.loads(response.read())
@@ -538,6 +539,29 @@ def test_crd_created_through_the_api_becomes_served(kube_client: kubernetes.clie
 
     crds.delete_custom_resource_definition("widgets.example.dev")
     assert raw("GET", "/apis/example.dev/v1")[0] == 404
+
+
+def test_strict_field_validation_and_dry_run(raw: Callable[..., Any],
+                                            custom: kubernetes.client.CustomObjectsApi) -> None:
+    collection = f"/apis/{GROUP}/{VERSION}/namespaces/{NS}/{PLURAL}"
+    status, body = raw("POST", f"{collection}?fieldValidation=Strict", job_body("typo", replicaz=2))
+    assert status == 400 and 'unknown field "spec.replicaz"' in body["message"]
+    status, body = raw("POST", f"{collection}?dryRun=All", job_body("dry"))
+    assert status == 201 and body["metadata"]["name"] == "dry"
+    assert custom.list_namespaced_custom_object(GROUP, VERSION, NS, PLURAL)["items"] == []
+
+
+def test_tables_for_kubectl(raw: Callable[..., Any], emulator: EmulatorServer,
+                            custom: kubernetes.client.CustomObjectsApi) -> None:
+    create_job(custom, "t")
+    emulator.patch_status("etj", NS, "t", {"phase": "Running"})
+    table_accept = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
+    status, table = raw("GET", f"/apis/{GROUP}/{VERSION}/namespaces/{NS}/{PLURAL}", accept=table_accept)
+    assert status == 200 and table["kind"] == "Table"
+    columns = [c["name"] for c in table["columnDefinitions"]]
+    assert columns[:3] == ["Name", "Phase", "Replicas"] and columns[-1] == "Age"
+    assert table["rows"][0]["cells"][:3] == ["t", "Running", 1]
+    assert table["rows"][0]["object"]["metadata"]["name"] == "t"
 
 
 def test_crd_schema_prunes_unknown_fields_and_applies_defaults(custom: kubernetes.client.CustomObjectsApi) -> None:

@@ -1504,6 +1504,9 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
                 self._remove(rt, obj)
         self._unregister_group_plural(group, plural)
         self._store.pop((group, plural), None)
+        for watcher in self._watchers:  # a real server ends the watches of a resource that is gone
+            if watcher.store_key == (group, plural):
+                watcher.queue.put_nowait(None)
 
     # ----- watch -------------------------------------------------------------------------------------
 
@@ -1783,12 +1786,15 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
             label_selector=query.get("labelSelector", ""), field_selector=field_selector,
             send_initial_events=query.get("sendInitialEvents") == "true")
         bookmarks = query.get("allowWatchBookmarks") == "true"
+        as_table = _wants_table(raw)  # kubectl get -w: every event object is a one-row Table
         loop = asyncio.get_running_loop()
         deadline = loop.time() + float(timeout_text) if timeout_text else None
         response = aiohttp.web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         try:
             await response.prepare(raw)
             for item in backlog:
+                if as_table and item["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                    item = {"type": item["type"], "object": self._table(rt, [item["object"]])}
                 await response.write(json.dumps(item).encode() + b"\n")
                 if item["type"] == "ERROR":
                     return response
@@ -1808,7 +1814,8 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
                     break
                 event_type = watcher.translate(event)
                 if event_type is not None:
-                    item = {"type": event_type, "object": self._present(rt, event.obj)}
+                    shown = self._present(rt, event.obj)
+                    item = {"type": event_type, "object": self._table(rt, [shown]) if as_table else shown}
                     await response.write(json.dumps(item).encode() + b"\n")
             await response.write_eof()
         except ConnectionError:
