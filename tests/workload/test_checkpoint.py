@@ -19,7 +19,8 @@ def test_save_is_atomic_and_latest_wins(tmp_path: Path) -> None:
     latest = ck.latest_checkpoint(str(tmp_path))
     assert latest is not None and latest.endswith("ckpt-0000000020.pt")
     assert sorted(n for n in os.listdir(tmp_path) if n.startswith("ckpt-")) == [
-        "ckpt-0000000010.pt", "ckpt-0000000020.pt"
+        "ckpt-0000000010.pt",
+        "ckpt-0000000020.pt",
     ]
     loaded = ck.load_checkpoint(latest)
     assert loaded.step == 20 and loaded.harness == {"k": 20} and torch.equal(loaded.model["w"], torch.tensor([20.0]))

@@ -11,8 +11,11 @@ def test_power_policy_defaults_to_unmanaged() -> None:
 
 
 def test_power_policy_auto_fields() -> None:
-    raw = {"mode": "Auto", "auto": {"eta": 0.3, "warmupSteps": 1, "profileSteps": 4, "stepWatts": 50,
-                                    "maxSlowdown": 1.1}, "budgetWatts": 2000}
+    raw = {
+        "mode": "Auto",
+        "auto": {"eta": 0.3, "warmupSteps": 1, "profileSteps": 4, "stepWatts": 50, "maxSlowdown": 1.1},
+        "budgetWatts": 2000,
+    }
     policy = parse_power_policy(json.dumps(raw))
     assert (policy.mode, policy.auto.eta, policy.auto.warmup_steps, policy.auto.profile_steps) == ("Auto", 0.3, 1, 4)
     assert (policy.auto.step_watts, policy.auto.max_slowdown, policy.budget_watts) == (50, 1.1, 2000)
@@ -34,14 +37,18 @@ def test_power_policy_errors_name_the_field(raw: str, fragment: str) -> None:
 
 
 def test_compression_plan_parses_triggers_and_guard() -> None:
-    plan = parse_compression_plan(json.dumps({
-        "stages": [
-            {"name": "p", "trigger": {"epoch": 2}, "prune": {"amount": 0.5, "method": "lnStructured"}},
-            {"name": "s", "trigger": {"step": 10}, "prune": {"amount": 0.2}},
-            {"name": "q", "trigger": {"energyFraction": 0.5}, "quantize": {"dtype": "int8"}},
-        ],
-        "accuracyGuard": {"maxDrop": 0.02, "action": "Stop"},
-    }))
+    plan = parse_compression_plan(
+        json.dumps(
+            {
+                "stages": [
+                    {"name": "p", "trigger": {"epoch": 2}, "prune": {"amount": 0.5, "method": "lnStructured"}},
+                    {"name": "s", "trigger": {"step": 10}, "prune": {"amount": 0.2}},
+                    {"name": "q", "trigger": {"energyFraction": 0.5}, "quantize": {"dtype": "int8"}},
+                ],
+                "accuracyGuard": {"maxDrop": 0.02, "action": "Stop"},
+            }
+        )
+    )
     assert [s.name for s in plan.stages] == ["p", "s", "q"]
     assert plan.stages[0].prune is not None and plan.stages[0].prune.method == "lnStructured"
     assert plan.stages[1].trigger.step == 10 and plan.stages[1].prune is not None
@@ -66,12 +73,22 @@ def test_compression_plan_errors(stage: dict[str, object], fragment: str) -> Non
 
 
 def test_harness_env_reads_operator_and_torchrun_env() -> None:
-    env = HarnessEnv.from_env({
-        "RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
-        "ETJ_NAME": "j", "ETJ_NAMESPACE": "n", "ETJ_CHECKPOINT_DIR": "/ckpt", "ETJ_METRICS_PORT": "9400",
-        "ETJ_CONTROL_POLL_STEPS": "5", "ETJ_GPU_BACKEND": "simulated", "ETJ_GANG_GENERATION": "2",
-        "ETJ_POWER_POLICY": '{"mode": "Fixed", "limitWatts": 400}',
-    })
+    env = HarnessEnv.from_env(
+        {
+            "RANK": "3",
+            "WORLD_SIZE": "4",
+            "LOCAL_RANK": "1",
+            "LOCAL_WORLD_SIZE": "2",
+            "ETJ_NAME": "j",
+            "ETJ_NAMESPACE": "n",
+            "ETJ_CHECKPOINT_DIR": "/ckpt",
+            "ETJ_METRICS_PORT": "9400",
+            "ETJ_CONTROL_POLL_STEPS": "5",
+            "ETJ_GPU_BACKEND": "simulated",
+            "ETJ_GANG_GENERATION": "2",
+            "ETJ_POWER_POLICY": '{"mode": "Fixed", "limitWatts": 400}',
+        }
+    )
     assert (env.dist.rank, env.dist.world_size, env.dist.local_rank, env.dist.distributed) == (3, 4, 1, True)
     assert (env.job_name, env.job_namespace, env.checkpoint_dir, env.metrics_port) == ("j", "n", "/ckpt", 9400)
     assert (env.control_poll_steps, env.gpu_backend, env.gang_generation) == (5, "simulated", 2)

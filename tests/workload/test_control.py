@@ -9,10 +9,15 @@ from etj_workload.control import ControlChannel, ControlState, KubernetesJobApi,
 
 
 def test_control_state_parses_and_ignores_malformed_fields() -> None:
-    state = ControlState.from_status({
-        "powerLimitWattsPerGPU": 300, "checkpointRequested": 2, "stopRequested": True,
-        "stageRequested": "int8", "energyFraction": 0.4,
-    })
+    state = ControlState.from_status(
+        {
+            "powerLimitWattsPerGPU": 300,
+            "checkpointRequested": 2,
+            "stopRequested": True,
+            "stageRequested": "int8",
+            "energyFraction": 0.4,
+        }
+    )
     assert state == ControlState(300, 2, True, "int8", 0.4)
     assert ControlState.from_status({"powerLimitWattsPerGPU": "lots", "checkpointRequested": True}) == ControlState()
     assert ControlState.from_status(None) == ControlState()
@@ -22,7 +27,9 @@ def test_decide_checkpoints_new_requests_only() -> None:
     kwargs: dict[str, Any] = {"pending_energy_stages": {}, "done_stages": frozenset(), "known_stages": frozenset()}
     assert decide(ControlState(checkpoint_requested=3), acknowledged_checkpoint=2, **kwargs).checkpoint_request == 3
     assert decide(ControlState(checkpoint_requested=2), acknowledged_checkpoint=2, **kwargs).checkpoint_request is None
-    actions = decide(ControlState(power_limit_watts_per_gpu=250, stop_requested=True), acknowledged_checkpoint=0, **kwargs)
+    actions = decide(
+        ControlState(power_limit_watts_per_gpu=250, stop_requested=True), acknowledged_checkpoint=0, **kwargs
+    )
     assert actions.power_cap_watts == 250 and actions.stop
 
 
@@ -36,11 +43,21 @@ def test_decide_fires_energy_and_requested_stages_once() -> None:
         known_stages=known,
     )
     assert actions.stages == ("a", "c")
-    again = decide(ControlState(stage_requested="c"), acknowledged_checkpoint=0, pending_energy_stages={},
-                   done_stages=frozenset({"c"}), known_stages=known)
+    again = decide(
+        ControlState(stage_requested="c"),
+        acknowledged_checkpoint=0,
+        pending_energy_stages={},
+        done_stages=frozenset({"c"}),
+        known_stages=known,
+    )
     assert again.stages == ()
-    unknown = decide(ControlState(stage_requested="zz"), acknowledged_checkpoint=0, pending_energy_stages={},
-                     done_stages=frozenset(), known_stages=known)
+    unknown = decide(
+        ControlState(stage_requested="zz"),
+        acknowledged_checkpoint=0,
+        pending_energy_stages={},
+        done_stages=frozenset(),
+        known_stages=known,
+    )
     assert unknown.stages == ()
 
 
@@ -133,5 +150,3 @@ def test_kubernetes_job_api_reads_control_and_merge_patches_status(
     assert content_type == "application/merge-patch+json"
     assert body == {"status": {"workload": {"step": 7, "checkpoint": {"acknowledged": 1}}}}
     assert fake_api.workload()["step"] == 7
-
-

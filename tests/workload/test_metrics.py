@@ -11,8 +11,12 @@ READING = GpuReading(0, "GPU-simulated-00000000", "Simulated H100", "simulated",
 
 def snapshot() -> MetricsSnapshot:
     return MetricsSnapshot(
-        gpus=[READING], progress={"training_step": 42.0, "training_accuracy": 0.97}, job="j", namespace="ns",
-        pod="j-worker-0", hostname="node-a",
+        gpus=[READING],
+        progress={"training_step": 42.0, "training_accuracy": 0.97},
+        job="j",
+        namespace="ns",
+        pod="j-worker-0",
+        hostname="node-a",
     )
 
 

@@ -1,4 +1,4 @@
-"""Helpers for the workload tests: launch real 2-rank gloo worlds as subprocesses on 127.0.0.1."""
+"""Helpers for the workload tests: real 2-rank gloo worlds as subprocesses on 127.0.0.1, a fake job API."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHONPATH = os.pathsep.join([str(REPO / "workloads"), str(REPO / "operator")])
@@ -86,14 +84,6 @@ def assert_ok(world: WorldResult) -> dict[str, Any]:
     assert world.returncodes == [0] * len(world.returncodes), "\n".join(o[-3000:] for o in world.outputs)
     assert world.result is not None
     return world.result
-
-
-@pytest.fixture
-def launch(tmp_path: Path) -> Any:
-    def _launch(args: Sequence[str], **kwargs: Any) -> WorldResult:
-        return run_world(args, tmp_path, **kwargs)
-
-    return _launch
 
 
 class FakeJobApiServer:
@@ -182,11 +172,3 @@ class FakeJobApiServer:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-@pytest.fixture
-def fake_api(tmp_path: Path) -> Any:
-    server = FakeJobApiServer()
-    server.kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig")  # type: ignore[attr-defined]
-    yield server
-    server.close()

@@ -1,0 +1,191 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from workload_support import base_env
+
+from etj_workload.config import HarnessEnv, parse_compression_plan, parse_power_policy
+from etj_workload.control import ControlChannel
+from etj_workload.gpu import SimulatedGpu
+from etj_workload.harness import EXIT_SIGTERM, Callback, Harness
+from etj_workload.models import DigitsMlp
+
+
+class MemoryApi:
+    def __init__(self) -> None:
+        self.control: dict[str, Any] = {}
+        self.workload: dict[str, Any] = {}
+
+    def read_control(self) -> Mapping[str, Any] | None:
+        return dict(self.control)
+
+    def patch_workload(self, workload: Mapping[str, Any]) -> None:
+        self.workload.update(workload)
+
+
+class Recorder(Callback):
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def on_train_begin(self, harness: Harness) -> None:
+        self.events.append("train_begin")
+
+    def on_step_end(self, harness: Harness, step: int) -> None:
+        self.events.append(f"step{step}")
+
+    def on_evaluate(self, harness: Harness, accuracy: float) -> None:
+        self.events.append("evaluate")
+
+    def on_train_end(self, harness: Harness) -> None:
+        self.events.append("train_end")
+
+
+def make_harness(api: MemoryApi | None = None, **env_fields: Any) -> tuple[Harness, SimulatedGpu, nn.Module]:
+    torch.manual_seed(0)
+    model = DigitsMlp()
+    gpu = SimulatedGpu(fixed_step_seconds=0.01)
+    env = HarnessEnv(control_poll_steps=1, **env_fields)
+    x = torch.rand(32, 64)
+    y = model(x).argmax(dim=1).detach()
+
+    def evaluate(m: nn.Module) -> float:
+        return float((m(x).argmax(dim=1) == y).float().mean())
+
+    harness = Harness(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.0),
+        evaluate=evaluate,
+        steps_per_epoch=10,
+        samples_per_step=8,
+        env=env,
+        gpu=gpu,
+        install_signal_handlers=False,
+    )
+    if api is not None:
+        harness.channel = ControlChannel(api, min_patch_interval_seconds=0.0, min_read_interval_seconds=0.0)
+    return harness, gpu, model
+
+
+def steps(harness: Harness, n: int) -> None:
+    for _ in range(n):
+        harness.step_begin()
+        harness.step_end(torch.tensor(1.0))
+
+
+def until(harness: Harness, condition: Any, limit: int = 500) -> None:
+    for _ in range(limit):
+        if condition():
+            return
+        steps(harness, 1)
+        time.sleep(0.005)
+    raise AssertionError("condition not reached")
+
+
+def test_control_drives_cap_stages_and_stop_in_process() -> None:
+    api = MemoryApi()
+    plan = parse_compression_plan(
+        json.dumps(
+            {
+                "stages": [
+                    {"name": "energy", "trigger": {"energyFraction": 0.5}, "prune": {"amount": 0.1}},
+                    {"name": "commanded", "trigger": {"epoch": 99}, "prune": {"amount": 0.1}},
+                ],
+                "accuracyGuard": {"maxDrop": 1.0},
+            }
+        )
+    )
+    harness, gpu, _ = make_harness(
+        api, power=parse_power_policy('{"mode": "Fixed", "limitWatts": 600}'), compression=plan
+    )
+    recorder = Recorder()
+    harness.callbacks.append(recorder)
+    with harness:
+        harness.train_begin()
+        harness.epoch_begin(0)
+        assert gpu.power_limit_mw() == 600_000
+        api.control.update(powerLimitWattsPerGPU=400, energyFraction=0.6)
+        until(harness, lambda: gpu.power_limit_mw() == 400_000 and "energy" in harness.compression.done)
+        api.control["stageRequested"] = "commanded"
+        until(harness, lambda: "commanded" in harness.compression.done)
+        api.control["stopRequested"] = True
+        until(harness, lambda: harness.should_stop)
+        harness.train_end()
+    assert harness.stop_reason == "StopRequested" and harness.exit_code == 0
+    assert gpu.power_limit_mw() == 700_000
+    assert api.workload["stopReason"] == "StopRequested"
+    assert [s["name"] for s in api.workload["stages"]] == ["energy", "commanded"]
+    assert recorder.events[0] == "train_begin" and recorder.events[-1] == "train_end" and "step1" in recorder.events
+
+
+def test_limit_restored_when_the_loop_raises() -> None:
+    harness, gpu, _ = make_harness(power=parse_power_policy('{"mode": "Fixed", "limitWatts": 300}'))
+    with pytest.raises(RuntimeError, match="loss is NaN"), harness:
+        harness.train_begin()
+        steps(harness, 2)
+        assert gpu.power_limit_mw() == 300_000
+        raise RuntimeError("loss is NaN")
+    assert gpu.power_limit_mw() == 700_000
+
+
+def test_auto_profiles_during_training_and_reports() -> None:
+    policy = parse_power_policy(
+        json.dumps({"mode": "Auto", "auto": {"eta": 0.5, "warmupSteps": 1, "profileSteps": 1, "stepWatts": 100}})
+    )
+    harness, gpu, _ = make_harness(power=policy)
+    with harness:
+        harness.train_begin()
+        steps(harness, 12)
+        status = harness.status()
+    assert status["powerProfile"]["chosenWatts"] in (400, 500)  # analytic optimum ~468 W
+    assert len(status["powerProfile"]["candidates"]) == 6
+    assert gpu.power_limit_mw() == 700_000  # restored on exit
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_sigterm_restores_the_limit_in_a_real_process(tmp_path: Path) -> None:
+    state = tmp_path / "gpu.json"
+    env = base_env(
+        {
+            "ETJ_SIMULATED_GPU_STATE_FILE": str(state),
+            "ETJ_POWER_POLICY": json.dumps({"mode": "Fixed", "limitWatts": 300}),
+            "ETJ_CHECKPOINT_DIR": str(tmp_path / "ckpt"),
+        }
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "etj_workload",
+        "train",
+        "--model",
+        "synthetic-mlp",
+        "--width",
+        "64",
+        "--depth",
+        "2",
+        "--epochs",
+        "100000",
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while not (state.exists() and json.loads(state.read_text())["powerLimitWatts"] == 300):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == EXIT_SIGTERM, out[-3000:]
+    assert json.loads(state.read_text())["powerLimitWatts"] == 700
+    assert list((tmp_path / "ckpt").glob("ckpt-*.pt")), "no checkpoint saved on SIGTERM"
