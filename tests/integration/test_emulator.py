@@ -114,7 +114,11 @@ def test_generate_name(core: kubernetes.client.CoreV1Api) -> None:
     pod = core.create_namespaced_pod(NS, {"metadata": {"generateName": "worker-"},
                                           "spec": {"containers": [{"name": "c", "image": "i"}]}})
     assert re.fullmatch(r"worker-[a-z0-9]{5}", pod.metadata.name)
-    assert pod.status.phase == "Pending"
+    assert pod.status.phase == "Pending" and pod.status.qos_class == "BestEffort"
+    limited = {"limits": {"cpu": "1", "memory": "1Gi"}}
+    pod = core.create_namespaced_pod(NS, {"metadata": {"generateName": "worker-"},
+                                          "spec": {"containers": [{"name": "c", "image": "i", "resources": limited}]}})
+    assert pod.status.qos_class == "Guaranteed"
 
 
 def test_missing_object_is_404_status(core: kubernetes.client.CoreV1Api,
@@ -599,11 +603,13 @@ def test_core_resources_the_operator_uses(emulator: EmulatorServer, kube_client:
     assert rbac.read_namespaced_role("r", NS).rules[0].resource_names == ["j"]
     kubernetes.client.CoordinationV1Api(kube_client).create_namespaced_lease(NS, {"metadata": {"name": "l"}})
 
-    core.create_node({"metadata": {"name": "gpu-node-1"}})  # cluster-scoped
+    # Cluster-scoped; a kubelet registers its node with a status, which the server keeps.
+    core.create_node({"metadata": {"name": "gpu-node-1"},
+                      "status": {"capacity": {"nvidia.com/gpu": "8"}, "allocatable": {"nvidia.com/gpu": "8"}}})
     pressure = {"efficienttraining.dev/power-pressure": "high"}
     node = core.patch_node("gpu-node-1", {"metadata": {"annotations": pressure}})
     assert node.metadata.annotations["efficienttraining.dev/power-pressure"] == "high"
-    assert node.metadata.namespace is None
+    assert node.metadata.namespace is None and node.status.capacity == {"nvidia.com/gpu": "8"}
     assert [n["metadata"]["name"] for n in emulator.list("nodes")] == ["gpu-node-1"]
 
 

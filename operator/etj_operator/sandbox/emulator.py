@@ -83,6 +83,8 @@ EMULATED_VERSION: Final = {"major": "1", "minor": "32", "gitVersion": "v1.32.0-e
 DEFAULT_EVENT_LOG_SIZE: Final = 20_000
 # A real server sends a BOOKMARK about once a minute; kopf >= 1.44 reconnects after 70 s of silence.
 DEFAULT_BOOKMARK_INTERVAL_SECONDS: Final = 20.0
+# The request log keeps this many of the latest requests (a sandbox can run for hours).
+DEFAULT_REQUEST_LOG_SIZE: Final = 200_000
 # kmock keeps every version of every object; the emulator trims that history to keep memory bounded.
 DEFAULT_HISTORY_LIMIT: Final = 50
 
@@ -926,7 +928,8 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
     _events: deque[_Event] = attrs.field(factory=deque, init=False)
     _compacted_rv: int = attrs.field(default=0, init=False)  # resumes from at or before this get 410
     _watchers: set[_Watcher] = attrs.field(factory=set, init=False)
-    _log: list[RequestRecord] = attrs.field(factory=list, init=False)
+    request_log_size: int = DEFAULT_REQUEST_LOG_SIZE
+    _log: deque[RequestRecord] = attrs.field(factory=deque, init=False)
     _log_lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
     _loop: asyncio.AbstractEventLoop | None = attrs.field(default=None, init=False)
     _deferred: list[Callable[[], None]] = attrs.field(factory=list, init=False)
@@ -1163,8 +1166,9 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         else:
             meta.pop("namespace", None)
         obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
-        if rt.has_status:
-            obj.pop("status", None)  # status is written through the subresource only
+        if rt.has_status and rt.plural != "nodes":
+            # Status is written through the subresource only (a kubelet registers its node with a status).
+            obj.pop("status", None)
         if rt.custom:
             obj = prune_and_default(obj, rt.schema, strict=strict_fields)
         self._initialise_builtin(rt, obj)
@@ -1180,8 +1184,8 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         if rt.group != "":
             return
         if rt.plural == "pods":
-            obj["status"] = {"phase": "Pending", "qosClass": "BestEffort"}
             spec = obj.setdefault("spec", {})
+            obj["status"] = {"phase": "Pending", "qosClass": _qos_class(spec)}
             spec.setdefault("restartPolicy", "Always")
             spec.setdefault("schedulerName", "default-scheduler")
             spec.setdefault("serviceAccountName", "default")
@@ -1588,6 +1592,8 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
                                user_agent=raw.headers.get("User-Agent", ""), started_at=time.monotonic())
         with self._log_lock:
             self._log.append(record)
+            while len(self._log) > self.request_log_size:
+                self._log.popleft()
         try:
             fault = self.faults.take(raw.method, raw.path_qs)
             if fault is not None:
@@ -1762,7 +1768,7 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
                 start = int(base64.urlsafe_b64decode(query["continue"].encode()).decode())
             except ValueError as e:
                 raise _bad_request("invalid continue token") from e
-        limit = int(query.get("limit") or 0)
+        limit = _int_param(query, "limit")
         end = start + limit if limit > 0 else len(items)
         token = base64.urlsafe_b64encode(str(end).encode()).decode() if end < len(items) else ""
         page = items[start:end]
@@ -1788,7 +1794,7 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         bookmarks = query.get("allowWatchBookmarks") == "true"
         as_table = _wants_table(raw)  # kubectl get -w: every event object is a one-row Table
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + float(timeout_text) if timeout_text else None
+        deadline = loop.time() + _int_param(query, "timeoutSeconds") if timeout_text else None
         response = aiohttp.web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         try:
             await response.prepare(raw)
@@ -1891,6 +1897,20 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
                 "paths": paths, "components": {"schemas": schemas}}
 
 
+def _qos_class(pod_spec: Mapping[str, Any]) -> str:
+    """The pod QoS class as the API server computes it from requests and limits of cpu and memory."""
+    containers = list(pod_spec.get("containers") or [])
+    resources = [c.get("resources") or {} for c in containers]
+    if not any((r.get("requests") or {}) or (r.get("limits") or {}) for r in resources):
+        return "BestEffort"
+    for r in resources:
+        limits, requests = r.get("limits") or {}, r.get("requests") or {}
+        for name in ("cpu", "memory"):
+            if name not in limits or str(requests.get(name, limits[name])) != str(limits[name]):
+                return "Burstable"
+    return "Guaranteed"
+
+
 def _version_priority(version: str) -> tuple[int, int, int]:
     """Kubernetes' version order: GA before beta before alpha, higher numbers first."""
     match = re.fullmatch(r"v(\d+)(?:(alpha|beta)(\d+))?", version)
@@ -1899,6 +1919,13 @@ def _version_priority(version: str) -> tuple[int, int, int]:
     major, stage, minor = match.groups()
     stage_rank = {None: 0, "beta": 1, "alpha": 2}[stage]
     return (stage_rank, -int(major), -int(minor or 0))
+
+
+def _int_param(query: Mapping[str, str], name: str) -> int:
+    try:
+        return int(query.get(name) or 0)
+    except ValueError:
+        raise _bad_request(f"invalid {name}: {query.get(name)!r}") from None
 
 
 def _load_body(raw: aiohttp.web.BaseRequest, body: bytes) -> Any:
@@ -1973,13 +2000,14 @@ class EmulatorServer:
         self, *, host: str = "127.0.0.1", port: int = 0, crds: Iterable[Mapping[str, Any] | str | pathlib.Path] = (),
         bookmark_interval_seconds: float = DEFAULT_BOOKMARK_INTERVAL_SECONDS, strict_namespaces: bool = False,
         history_limit: int = DEFAULT_HISTORY_LIMIT, event_log_size: int = DEFAULT_EVENT_LOG_SIZE,
+        request_log_size: int = DEFAULT_REQUEST_LOG_SIZE,
     ) -> None:
         self.host = host
         self._requested_port = port
         self._port: int | None = None
         self.emulator = KubeApiEmulator(bookmark_interval_seconds=bookmark_interval_seconds,
                                         strict_namespaces=strict_namespaces, history_limit=history_limit,
-                                        event_log_size=event_log_size)
+                                        event_log_size=event_log_size, request_log_size=request_log_size)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested: asyncio.Event | None = None
