@@ -1,0 +1,220 @@
+"""Energy accounting per job (pure): integrate GPU readings into totals that live in the job's status.
+
+Each GPU series (pod/gpu) contributes, per cycle:
+
+* with an energy counter (DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION, mJ): the counter's increase since the
+  series' last value. A decrease means the counter reset (driver reload): the new value itself is the
+  energy since the reset. A series unseen for longer than ``max_counter_gap_seconds`` is re-baselined
+  without counting the gap (the GPU may have served other jobs meanwhile).
+* without a counter: power x time, trapezoidal between the last and the current reading, with the gap
+  capped at ``max_power_gap_seconds`` (a conservative bound: nothing is invented for long outages).
+
+The state (totals, the last counter value per series, a bounded history) is serialised into
+``status.energy``; an operator restart reads it back and continues, so nothing is lost (counters cover the
+downtime) or counted twice (the stored counter values are the baseline).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from etj_operator.telemetry.base import GpuSample
+
+JOULES_PER_KWH: Final = 3.6e6
+HISTORY_MAX_POINTS: Final = 240
+#: Series not seen for this long are forgotten (bounded status size).
+FORGET_SERIES_AFTER_SECONDS: Final = 3600.0
+
+
+@dataclass
+class SeriesState:
+    """The last reading of one GPU series."""
+
+    last_seen_seconds: float
+    counter_mj: float | None = None
+    power_watts: float | None = None
+
+
+@dataclass
+class EnergyState:
+    """A job's energy account; round-trips through ``status.energy``."""
+
+    joules: float = 0.0
+    grams_co2e: float = 0.0
+    peak_watts: float = 0.0
+    current_watts: float = 0.0
+    covered_seconds: float = 0.0
+    last_sample_seconds: float | None = None
+    source: str = ""
+    simulated: bool = False
+    series: dict[str, SeriesState] = field(default_factory=dict)
+    #: [unix_seconds, job_watts, per_gpu_limit_watts | None, cumulative_joules]
+    history: list[list[float | None]] = field(default_factory=list)
+
+    @property
+    def kilowatt_hours(self) -> float:
+        """Total energy in kWh."""
+        return self.joules / JOULES_PER_KWH
+
+    @property
+    def average_watts(self) -> float:
+        """Mean job power over the time covered by readings."""
+        return self.joules / self.covered_seconds if self.covered_seconds > 0 else 0.0
+
+    def to_status(self) -> dict[str, Any]:
+        """The ``status.energy`` object (totals rounded for display; the state keeps full precision)."""
+        return {
+            "joules": round(self.joules, 6),
+            "kilowattHours": round(self.kilowatt_hours, 9),
+            "averageWatts": round(self.average_watts, 2),
+            "peakWatts": round(self.peak_watts, 2),
+            "currentWatts": round(self.current_watts, 2),
+            "gramsCO2e": round(self.grams_co2e, 9),
+            "coveredSeconds": round(self.covered_seconds, 3),
+            "source": self.source + (" (simulated)" if self.simulated and self.source else ""),
+            "simulated": self.simulated,
+            "lastSampleTime": self.last_sample_seconds,
+            "series": {
+                key: {"t": s.last_seen_seconds, "counterMillijoules": s.counter_mj, "watts": s.power_watts}
+                for key, s in sorted(self.series.items())
+            },
+            "history": [list(point) for point in self.history],
+        }
+
+    @classmethod
+    def from_status(cls, raw: Mapping[str, Any] | None) -> EnergyState:
+        """Rebuild the state from ``status.energy`` (tolerant: unreadable parts start from zero)."""
+        raw = raw or {}
+
+        def num(key: str) -> float:
+            value = raw.get(key)
+            return float(value) if isinstance(value, int | float) and math.isfinite(value) else 0.0
+
+        series: dict[str, SeriesState] = {}
+        for key, entry in (raw.get("series") or {}).items():
+            if isinstance(entry, Mapping) and isinstance(entry.get("t"), int | float):
+                series[str(key)] = SeriesState(
+                    float(entry["t"]),
+                    _opt_float(entry.get("counterMillijoules")),
+                    _opt_float(entry.get("watts")),
+                )
+        last = raw.get("lastSampleTime")
+        source = str(raw.get("source") or "").replace(" (simulated)", "")
+        history = [list(p) for p in raw.get("history") or [] if isinstance(p, list) and len(p) == 4]
+        return cls(
+            joules=num("joules"),
+            grams_co2e=num("gramsCO2e"),
+            peak_watts=num("peakWatts"),
+            current_watts=num("currentWatts"),
+            covered_seconds=num("coveredSeconds"),
+            last_sample_seconds=float(last) if isinstance(last, int | float) else None,
+            source=source,
+            simulated=bool(raw.get("simulated")),
+            series=series,
+            history=history,
+        )
+
+
+def _opt_float(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+@dataclass(frozen=True)
+class AccountingSettings:
+    """Limits of the integration."""
+
+    max_counter_gap_seconds: float = 600.0
+    max_power_gap_seconds: float = 60.0
+
+
+def integrate(
+    state: EnergyState,
+    samples: Sequence[GpuSample],
+    *,
+    source: str,
+    intensity_grams_per_kwh: float | None = None,
+    limit_watts_per_gpu: float | None = None,
+    settings: AccountingSettings | None = None,
+) -> float:
+    """Add one cycle of ``samples`` (all of one job's GPUs) to ``state``; return the joules added."""
+    settings = settings or AccountingSettings()
+    added = 0.0
+    cycle_watts = 0.0
+    have_power = False
+    newest = state.last_sample_seconds
+    for sample in samples:
+        t = sample.timestamp_seconds
+        if not math.isfinite(t):
+            continue
+        prev = state.series.get(sample.series)
+        delta = _series_delta(prev, sample, settings)
+        added += delta
+        entry = SeriesState(t, _valid(sample.energy_mj), _valid(sample.power_watts))
+        if prev is not None and t < prev.last_seen_seconds:
+            continue  # an out-of-order (older) reading never moves the baseline back
+        state.series[sample.series] = entry
+        if entry.power_watts is not None:
+            cycle_watts += entry.power_watts
+            have_power = True
+        newest = t if newest is None else max(newest, t)
+        state.simulated = state.simulated or sample.simulated
+
+    if newest is not None and state.last_sample_seconds is not None and newest > state.last_sample_seconds:
+        gap = newest - state.last_sample_seconds
+        state.covered_seconds += min(gap, settings.max_counter_gap_seconds)
+    state.joules += added
+    if intensity_grams_per_kwh is not None and intensity_grams_per_kwh >= 0:
+        state.grams_co2e += added / JOULES_PER_KWH * intensity_grams_per_kwh
+    if have_power:
+        state.current_watts = cycle_watts
+        state.peak_watts = max(state.peak_watts, cycle_watts)
+    if samples:
+        state.source = source
+    if newest is not None:
+        state.last_sample_seconds = newest
+        _forget_old_series(state, newest)
+        _record(state, newest, limit_watts_per_gpu)
+    return added
+
+
+def _valid(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) and value >= 0 else None
+
+
+def _series_delta(prev: SeriesState | None, sample: GpuSample, settings: AccountingSettings) -> float:
+    counter = _valid(sample.energy_mj)
+    power = _valid(sample.power_watts)
+    if prev is None:
+        return 0.0  # the first reading of a series is its baseline
+    gap = sample.timestamp_seconds - prev.last_seen_seconds
+    if gap <= 0:
+        return 0.0
+    if counter is not None and prev.counter_mj is not None:
+        if gap > settings.max_counter_gap_seconds:
+            return 0.0
+        increase = counter - prev.counter_mj if counter >= prev.counter_mj else counter  # reset: since zero
+        return increase / 1000.0
+    if power is not None:
+        start = prev.power_watts if prev.power_watts is not None else power
+        return (start + power) / 2.0 * min(gap, settings.max_power_gap_seconds)
+    return 0.0
+
+
+def _forget_old_series(state: EnergyState, now: float) -> None:
+    for key in [k for k, s in state.series.items() if now - s.last_seen_seconds > FORGET_SERIES_AFTER_SECONDS]:
+        del state.series[key]
+
+
+def _record(state: EnergyState, t: float, limit: float | None) -> None:
+    point: list[float | None] = [round(t, 3), round(state.current_watts, 2), limit, round(state.joules, 3)]
+    if state.history and state.history[-1][0] == point[0]:
+        state.history[-1] = point
+    else:
+        state.history.append(point)
+    if len(state.history) > HISTORY_MAX_POINTS:
+        # Halve the resolution of the older half; recent points stay dense.
+        half = len(state.history) // 2
+        state.history = state.history[:half:2] + state.history[half:]
