@@ -349,14 +349,13 @@ def test_watch_resumes_from_resource_version_without_replay(custom: kubernetes.c
     assert list(watch_jobs(custom, resource_version=last_rv, timeout_seconds=1)) == []
 
 
+@pytest.mark.timeout(30)  # without timeoutSeconds honoured, the stream would never end
 def test_watch_bookmarks_and_timeout(tmp_path: Path) -> None:
     with EmulatorServer(bookmark_interval_seconds=0.2) as server:
         client = kubernetes.config.new_client_from_config(config_file=str(server.write_kubeconfig(tmp_path / "kc")))
         core = kubernetes.client.CoreV1Api(client)
-        started = time.monotonic()
         events = list(kubernetes.watch.Watch().stream(core.list_namespaced_pod, NS, resource_version="1",
                                                       allow_watch_bookmarks=True, timeout_seconds=1))
-        assert time.monotonic() - started < 4  # ended by timeoutSeconds, not by the client
         assert events and {e["type"] for e in events} == {"BOOKMARK"}
         client.close()
 
@@ -384,14 +383,13 @@ def test_label_watch_sees_objects_enter_and_leave_the_selection(emulator: Emulat
     stream.close()
 
 
+@pytest.mark.timeout(30)  # the stream would otherwise last its 600 s
 def test_break_watches_ends_open_streams(emulator: EmulatorServer, custom: kubernetes.client.CustomObjectsApi) -> None:
     create_job(custom, "b")
-    stream = watch_jobs(custom, timeout_seconds=10)
+    stream = watch_jobs(custom, timeout_seconds=600)
     assert next(stream)["type"] == "ADDED"
-    started = time.monotonic()
     assert emulator.break_watches() == 1
     assert list(stream) == []
-    assert time.monotonic() - started < 5
 
 
 # ----- deletion: finalizers, garbage collection, namespaces -------------------------------------------------
