@@ -7,6 +7,7 @@ kubelet), as they would in the operator's tests.
 import json
 import re
 import shutil
+import socket
 import subprocess
 import textwrap
 import time
@@ -663,6 +664,15 @@ def test_request_log_records_verbs_and_statuses(emulator: EmulatorServer,
                    ("PATCH", "patch", PLURAL, "status", "log", 200), ("GET", "get", PLURAL, None, "missing", 404)]
 
 
+def test_server_binds_a_given_port() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with EmulatorServer(port=port) as server:
+        assert server.url == f"http://127.0.0.1:{port}"
+        assert server.get("namespaces", None, "default") is not None
+
+
 def test_other_paths_fall_through_to_kmock_reactions(emulator: EmulatorServer, raw: Callable[..., Any]) -> None:
     emulator.emulator["get /custom-endpoint"] << {"hello": "kmock"}
     assert raw("GET", "/custom-endpoint") == (200, {"hello": "kmock"})
@@ -732,7 +742,8 @@ def test_kopf_handles_objects_through_the_emulator(emulator: EmulatorServer, emu
 
     assert runner.exit_code == 0, runner.output
     assert runner.exception is None
-    # The finalizer was added by a JSON patch whose `test` op checked the resourceVersion.
-    json_patches = [r for r in emulator.requests if r.method == "PATCH" and r.resource == PLURAL and r.status == 200]
-    assert json_patches
+    # The finalizer was added (and removed) by JSON patches whose `test` op checked the resourceVersion.
+    json_patches = [r for r in emulator.requests if r.method == "PATCH" and r.resource == PLURAL
+                    and r.content_type == "application/json-patch+json"]
+    assert json_patches and all(r.status == 200 for r in json_patches)
     assert "Traceback" not in runner.output

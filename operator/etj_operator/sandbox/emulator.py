@@ -710,6 +710,7 @@ class RequestRecord:
     namespace: str | None = None
     name: str | None = None
     user_agent: str = ""
+    content_type: str = ""  # e.g. application/json-patch+json for kopf's finalizer patches
     fault: bool = False  # answered by an injected fault
     started_at: float = 0.0  # time.monotonic()
 
@@ -1589,7 +1590,9 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         """Serve one HTTP request: record it, inject faults, then answer as a Kubernetes API server."""
         await raw.read()
         record = RequestRecord(method=raw.method, path=raw.path, query=dict(raw.query),
-                               user_agent=raw.headers.get("User-Agent", ""), started_at=time.monotonic())
+                               user_agent=raw.headers.get("User-Agent", ""),
+                               content_type=raw.content_type if raw.body_exists else "",
+                               started_at=time.monotonic())
         with self._log_lock:
             self._log.append(record)
             while len(self._log) > self.request_log_size:
