@@ -199,9 +199,8 @@ def main() -> int:
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"\nreport written to {args.out}")
     print(f"gpu_name: {report['reading']['name']}")
-    print(
-        f"limit_restored: {report.get('final_limit_after_train_mw', report['final_limit_mw']) == reading['default_limit_mw']}"
-    )
+    final_mw = report.get("final_limit_after_train_mw", report["final_limit_mw"])
+    print(f"limit_restored: {final_mw == reading['default_limit_mw']}")
     return 0
 
 

@@ -84,7 +84,9 @@ def _copy(model: nn.Module) -> nn.Module:
     with torch.no_grad():
         for _, module in _weighted_modules(model):
             if hasattr(module, "weight_orig") and hasattr(module, "weight_mask"):
-                module.weight = module.weight_orig * module.weight_mask
+                orig: torch.Tensor = getattr(module, "weight_orig")  # noqa: B009 - typed access
+                mask: torch.Tensor = getattr(module, "weight_mask")  # noqa: B009
+                module.weight = orig * mask
     return copy.deepcopy(model)
 
 
