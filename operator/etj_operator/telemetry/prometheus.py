@@ -1,0 +1,323 @@
+"""Telemetry from Prometheus scraping NVIDIA dcgm-exporter: one instant query per metric per cycle.
+
+Each cycle asks Prometheus for every GPU series of each metric at once, aggregated by the labels that
+identify a GPU of a pod::
+
+    max by (namespace, pod, UUID, gpu, source) (DCGM_FI_DEV_POWER_USAGE{pod!=""})
+
+and maps the answer onto the operator's pods through an index ``{(namespace, pod): target}``. Series of
+pods the operator does not manage (other workloads, idle GPUs, the exporter's own pod) are dropped. The
+number of queries per cycle is therefore the number of metrics (2 or 3), whatever the number of jobs.
+
+``max by`` (not ``sum by``) keeps one series per GPU even when two scrape jobs read the same exporter,
+and still gives every GPU its own counter so that accounting can handle counter resets per GPU.
+
+The blocking HTTP client (prometheus-api-client over requests) runs in worker threads
+(:func:`asyncio.to_thread`), never on the event loop. Failures (Prometheus down, timeouts, HTTP errors,
+malformed answers) come back as ``TelemetryResult(error=...)``; :meth:`PrometheusTelemetry.collect`
+never raises for them.
+
+Label schemes (see ``LABEL_SCHEMES``): dcgm-exporter's own ``pod``/``namespace`` (scraped with
+``honor_labels: true``), ``exported_pod``/``exported_namespace`` (scraped with ``honor_labels: false``
+from a target that carries its own ``pod``/``namespace`` labels, the usual ServiceMonitor case), and
+the ``pod_name``/``pod_namespace`` of dcgm-exporter releases before 2.0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from etj_operator.telemetry.base import GpuSample, PodTarget, TelemetryResult
+
+__all__ = [
+    "DEFAULT_ENERGY_METRIC",
+    "DEFAULT_LIMIT_METRIC",
+    "DEFAULT_POWER_METRIC",
+    "LABEL_SCHEMES",
+    "SIMULATED_SOURCE",
+    "PrometheusTelemetry",
+    "prometheus_telemetry_from_env",
+]
+
+log = logging.getLogger(__name__)
+
+#: dcgm-exporter's power draw gauge (W).
+DEFAULT_POWER_METRIC: Final = "DCGM_FI_DEV_POWER_USAGE"
+#: dcgm-exporter's cumulative energy counter (mJ since the driver loaded; resets on reload).
+DEFAULT_ENERGY_METRIC: Final = "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"
+#: The power management limit in force (W): DCGM field 157. Not in dcgm-exporter's default counter list
+#: (add it to the exporter's counters CSV); the project's harness always exports it.
+DEFAULT_LIMIT_METRIC: Final = "DCGM_FI_DEV_POWER_MGMT_LIMIT"
+#: Value of the ``source`` label on series produced by the simulated GPU (the harness's and test exporters').
+SIMULATED_SOURCE: Final = "simulated"
+
+#: Known label schemes: name -> (pod label, namespace label).
+LABEL_SCHEMES: Final[Mapping[str, tuple[str, str]]] = {
+    "pod": ("pod", "namespace"),
+    "exported_pod": ("exported_pod", "exported_namespace"),
+    "pod_name": ("pod_name", "pod_namespace"),
+}
+
+_LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_METRIC_NAME = re.compile(r"^[A-Za-z_:][A-Za-z0-9_:]*$")
+
+
+def _check_name(pattern: re.Pattern[str], value: str, what: str) -> str:
+    if not pattern.match(value):
+        raise ValueError(f"{what} {value!r} is not a valid Prometheus name")
+    return value
+
+
+@dataclass(frozen=True)
+class _Query:
+    """One metric and the PromQL that reads it for all pods."""
+
+    field: str  # "power_watts" | "energy_mj" | "power_limit_watts"
+    metric: str
+    promql: str
+
+
+@dataclass
+class _GpuReadings:
+    timestamp_seconds: float
+    simulated: bool
+    power_watts: float | None = None
+    energy_mj: float | None = None
+    power_limit_watts: float | None = None
+
+
+class PrometheusTelemetry:
+    """Reads GPU power, energy and limits of many pods from Prometheus with one query per metric."""
+
+    name = "Prometheus"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pod_label: str = "pod",
+        namespace_label: str = "namespace",
+        power_metric: str = DEFAULT_POWER_METRIC,
+        energy_metric: str = DEFAULT_ENERGY_METRIC,
+        limit_metric: str | None = DEFAULT_LIMIT_METRIC,
+        gpu_label: str = "UUID",
+        fallback_gpu_label: str = "gpu",
+        extra_matchers: str = "",
+        timeout_seconds: float = 5.0,
+        headers: Mapping[str, str] | None = None,
+        disable_ssl: bool = False,
+    ) -> None:
+        """Configure the source.
+
+        ``extra_matchers`` is added inside each selector's braces (e.g. ``job="dcgm-exporter"``) to narrow
+        the series Prometheus returns; ``limit_metric=None`` skips the limit query (2 queries per cycle).
+        A GPU is named by ``gpu_label`` (the UUID, stable across pod moves) or, when a series lacks it,
+        by ``fallback_gpu_label`` (the index).
+        """
+        if not url:
+            raise ValueError("a Prometheus URL is required")
+        if timeout_seconds <= 0:
+            raise ValueError("timeout_seconds must be positive")
+        self.url = url.rstrip("/")
+        self.pod_label = _check_name(_LABEL_NAME, pod_label, "pod label")
+        self.namespace_label = _check_name(_LABEL_NAME, namespace_label, "namespace label")
+        self.gpu_label = _check_name(_LABEL_NAME, gpu_label, "GPU label")
+        self.fallback_gpu_label = _check_name(_LABEL_NAME, fallback_gpu_label, "GPU fallback label")
+        self.timeout_seconds = timeout_seconds
+        self._headers = dict(headers or {})
+        self._disable_ssl = disable_ssl
+        matchers = f'{self.pod_label}!=""' + (f",{extra_matchers}" if extra_matchers else "")
+        by = ", ".join(dict.fromkeys([self.namespace_label, self.pod_label, self.gpu_label, self.fallback_gpu_label]))
+        metrics = [("power_watts", power_metric), ("energy_mj", energy_metric)]
+        if limit_metric:
+            metrics.append(("power_limit_watts", limit_metric))
+        for _, metric in metrics:
+            _check_name(_METRIC_NAME, metric, "metric")
+        self.queries: tuple[_Query, ...] = tuple(
+            _Query(field, metric, f"max by ({by}, source) ({metric}{{{matchers}}})") for field, metric in metrics
+        )
+        # One HTTP client per concurrent query: requests.Session is not documented as thread-safe.
+        self._clients: dict[int, Any] = {}
+        self._clients_lock = threading.Lock()
+
+    # --- the blocking part (worker threads) -----------------------------------------------------------
+    def _client(self, slot: int) -> Any:
+        with self._clients_lock:
+            client = self._clients.get(slot)
+            if client is None:
+                from prometheus_api_client import PrometheusConnect
+                from urllib3.util.retry import Retry
+
+                client = PrometheusConnect(
+                    url=self.url,
+                    headers=self._headers or None,
+                    disable_ssl=self._disable_ssl,
+                    # No client-side retries: the next cycle is the retry, and an outage must show quickly.
+                    retry=Retry(total=0, raise_on_status=False),
+                )
+                self._clients[slot] = client
+            return client
+
+    def _query_blocking(self, slot: int, promql: str) -> Any:
+        client = self._client(slot)
+        return client.custom_query(
+            promql,
+            params={"timeout": f"{self.timeout_seconds:g}s"},
+            timeout=self.timeout_seconds,
+        )
+
+    def close(self) -> None:
+        """Close the HTTP sessions (a later call opens new ones)."""
+        with self._clients_lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()
+
+    # --- the interface ---------------------------------------------------------------------------------
+    async def collect(self, targets: Sequence[PodTarget]) -> TelemetryResult:
+        """Read every target's GPUs with one query per metric; errors land in ``result.error``."""
+        index = {(t.namespace, t.pod): t for t in targets}
+        if not index:
+            return TelemetryResult()
+        answers = await asyncio.gather(
+            *(asyncio.to_thread(self._query_blocking, slot, q.promql) for slot, q in enumerate(self.queries)),
+            return_exceptions=True,
+        )
+        result = TelemetryResult(requests=len(self.queries))
+        failures = [
+            f"{q.metric}: {_describe(a)}"
+            for q, a in zip(self.queries, answers, strict=True)
+            if isinstance(a, BaseException)
+        ]
+        if failures:
+            result.error = f"Prometheus at {self.url} failed: " + "; ".join(failures)
+            return result
+        readings: dict[tuple[str, str, str], _GpuReadings] = {}
+        try:
+            for query, answer in zip(self.queries, answers, strict=True):
+                self._merge(query, answer, index, readings)
+        except (TypeError, ValueError, KeyError, IndexError) as e:
+            result.error = f"Prometheus at {self.url} gave a malformed answer: {e}"
+            return result
+        result.samples = [
+            GpuSample(
+                namespace=ns,
+                pod=pod,
+                gpu=gpu,
+                timestamp_seconds=r.timestamp_seconds,
+                power_watts=r.power_watts,
+                energy_mj=r.energy_mj,
+                power_limit_watts=r.power_limit_watts,
+                simulated=r.simulated,
+            )
+            for (ns, pod, gpu), r in sorted(readings.items())
+        ]
+        return result
+
+    def _merge(
+        self,
+        query: _Query,
+        answer: Any,
+        index: Mapping[tuple[str, str], PodTarget],
+        readings: dict[tuple[str, str, str], _GpuReadings],
+    ) -> None:
+        if not isinstance(answer, list):
+            raise ValueError(f"{query.metric}: expected a vector, got {type(answer).__name__}")
+        for series in answer:
+            labels: Mapping[str, str] = series["metric"]
+            key_pod = (labels.get(self.namespace_label, ""), labels.get(self.pod_label, ""))
+            if key_pod not in index:
+                continue
+            gpu = labels.get(self.gpu_label) or labels.get(self.fallback_gpu_label) or ""
+            timestamp_seconds, raw = series["value"]
+            value = float(raw)
+            if math.isnan(value):
+                continue
+            key = (key_pod[0], key_pod[1], gpu)
+            entry = readings.get(key)
+            if entry is None:
+                entry = readings[key] = _GpuReadings(float(timestamp_seconds), False)
+            entry.timestamp_seconds = max(entry.timestamp_seconds, float(timestamp_seconds))
+            entry.simulated = entry.simulated or labels.get("source") == SIMULATED_SOURCE
+            setattr(entry, query.field, value)
+
+    async def query_scalar(self, promql: str) -> float | None:
+        """Evaluate ``promql`` (e.g. grid carbon intensity in gCO2/kWh); None when empty, NaN or failed."""
+        try:
+            answer = await asyncio.to_thread(self._query_blocking, len(self.queries), promql)
+        except Exception as e:
+            log.warning("Prometheus query %r failed: %s", promql, _describe(e))
+            return None
+        return _scalar(answer)
+
+
+def _scalar(answer: Any) -> float | None:
+    """The number in an instant-query answer: a scalar ``[t, "v"]`` or the first element of a vector."""
+    try:
+        if isinstance(answer, list) and len(answer) == 2 and not isinstance(answer[0], dict):
+            value = float(answer[1])
+        elif isinstance(answer, list) and answer and isinstance(answer[0], dict):
+            if len(answer) > 1:
+                log.warning("scalar query returned %d series; using the first", len(answer))
+            value = float(answer[0]["value"][1])
+        else:
+            return None
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    return None if math.isnan(value) or math.isinf(value) else value
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return f"{type(error).__name__}: {text[:300]}"
+
+
+def prometheus_telemetry_from_env(
+    env: Mapping[str, str] | None = None, *, url: str | None = None
+) -> PrometheusTelemetry | None:
+    """Build the source from ``ETJ_PROMETHEUS_*`` variables; None when no URL is known.
+
+    Variables: ``ETJ_PROMETHEUS_URL`` (overridden by ``url``, e.g. a job's spec.energy.telemetry override),
+    ``ETJ_PROMETHEUS_LABEL_SCHEME`` (``pod``, ``exported_pod`` or ``pod_name``; default ``pod``), then
+    ``ETJ_PROMETHEUS_POD_LABEL`` and ``ETJ_PROMETHEUS_NAMESPACE_LABEL`` override single labels,
+    ``ETJ_PROMETHEUS_GPU_LABEL`` (default ``UUID``), ``ETJ_PROMETHEUS_POWER_METRIC``,
+    ``ETJ_PROMETHEUS_ENERGY_METRIC``, ``ETJ_PROMETHEUS_LIMIT_METRIC`` (empty: do not query limits),
+    ``ETJ_PROMETHEUS_EXTRA_MATCHERS`` and ``ETJ_PROMETHEUS_TIMEOUT_SECONDS``.
+    A malformed value raises ValueError naming the variable.
+    """
+    env = os.environ if env is None else env
+    base = url or env.get("ETJ_PROMETHEUS_URL", "")
+    if not base:
+        return None
+    scheme = env.get("ETJ_PROMETHEUS_LABEL_SCHEME", "pod") or "pod"
+    if scheme not in LABEL_SCHEMES:
+        raise ValueError(f"ETJ_PROMETHEUS_LABEL_SCHEME={scheme!r} must be one of {', '.join(LABEL_SCHEMES)}")
+    pod_label, namespace_label = LABEL_SCHEMES[scheme]
+    raw_timeout = env.get("ETJ_PROMETHEUS_TIMEOUT_SECONDS", "") or "5"
+    try:
+        timeout_seconds = float(raw_timeout)
+    except ValueError as e:
+        raise ValueError(f"ETJ_PROMETHEUS_TIMEOUT_SECONDS={raw_timeout!r} is not a number") from e
+    limit = env.get("ETJ_PROMETHEUS_LIMIT_METRIC", DEFAULT_LIMIT_METRIC)
+    try:
+        return PrometheusTelemetry(
+            base,
+            pod_label=env.get("ETJ_PROMETHEUS_POD_LABEL", "") or pod_label,
+            namespace_label=env.get("ETJ_PROMETHEUS_NAMESPACE_LABEL", "") or namespace_label,
+            gpu_label=env.get("ETJ_PROMETHEUS_GPU_LABEL", "") or "UUID",
+            power_metric=env.get("ETJ_PROMETHEUS_POWER_METRIC", "") or DEFAULT_POWER_METRIC,
+            energy_metric=env.get("ETJ_PROMETHEUS_ENERGY_METRIC", "") or DEFAULT_ENERGY_METRIC,
+            limit_metric=limit or None,
+            extra_matchers=env.get("ETJ_PROMETHEUS_EXTRA_MATCHERS", ""),
+            timeout_seconds=timeout_seconds,
+        )
+    except ValueError as e:
+        raise ValueError(f"ETJ_PROMETHEUS_*: {e}") from e
