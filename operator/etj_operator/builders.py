@@ -137,6 +137,43 @@ def pod_service_account(spec: JobSpec, job: JobRef) -> str:
 
 
 @dataclass(frozen=True)
+class PlacementDirective:
+    """Where new pods may go: nodes to avoid (reschedules) and node pools to prefer."""
+
+    avoid_nodes: tuple[str, ...] = ()
+    preferred_pools: tuple[str, ...] = ()
+    pool_label: str = "efficienttraining.dev/node-pool"
+
+
+def apply_placement(pod_spec: dict[str, Any], directive: PlacementDirective) -> None:
+    """Merge the directive into the pod's nodeAffinity, keeping every term the template already has."""
+    if not directive.avoid_nodes and not directive.preferred_pools:
+        return
+    affinity = pod_spec.setdefault("affinity", {})
+    node = affinity.setdefault("nodeAffinity", {})
+    if directive.avoid_nodes:
+        avoid = {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": sorted(directive.avoid_nodes)}
+        required = node.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
+        terms = required.setdefault("nodeSelectorTerms", [])
+        if not terms:
+            terms.append({"matchExpressions": []})
+        for term in terms:  # terms are ORed: the exclusion must hold in every one of them
+            term.setdefault("matchExpressions", []).append(dict(avoid))
+    if directive.preferred_pools:
+        preferred = node.setdefault("preferredDuringSchedulingIgnoredDuringExecution", [])
+        preferred.append(
+            {
+                "weight": 50,
+                "preference": {
+                    "matchExpressions": [
+                        {"key": directive.pool_label, "operator": "In", "values": list(directive.preferred_pools)}
+                    ]
+                },
+            }
+        )
+
+
+@dataclass(frozen=True)
 class PodOptions:
     """Operator-wide settings that shape worker pods."""
 
@@ -150,11 +187,11 @@ def build_worker_pod(
     index: int,
     gang_generation: int,
     options: PodOptions | None = None,
-    scheduling: Mapping[str, Any] | None = None,
+    placement: PlacementDirective | None = None,
 ) -> Manifest:
     """One worker pod from the job's template, with the distributed env and the operator's labels.
 
-    ``scheduling`` holds extra pod-spec fields (affinity) that placement decisions add.
+    ``placement`` adds node affinity (nodes to avoid after a reschedule, preferred pools).
     """
     options = options or PodOptions()
     template = copy.deepcopy(dict(spec.template))
@@ -174,8 +211,8 @@ def build_worker_pod(
     pod_spec["hostname"] = name
     pod_spec["subdomain"] = job.name
     pod_spec["serviceAccountName"] = pod_service_account(spec, job)
-    if scheduling:
-        pod_spec.update(copy.deepcopy(dict(scheduling)))
+    if placement is not None:
+        apply_placement(pod_spec, placement)
 
     ctx = EnvContext(
         job_name=job.name,

@@ -23,6 +23,17 @@ class OperatorConfig:
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
     #: Threads for blocking API and Prometheus calls.
     max_workers: int = 16
+    #: Seconds between two telemetry cycles (one batched read for all jobs).
+    telemetry_interval_seconds: float = 15.0
+    #: Prometheus label names that carry the pod and namespace of a GPU's user (dcgm-exporter's pod mapping;
+    #: exported_pod/exported_namespace when Prometheus scrapes with honor_labels=false).
+    prometheus_pod_label: str = "pod"
+    prometheus_namespace_label: str = "namespace"
+    #: Range of per-GPU power limits the throttle may set (H100 SXM: 200..700 W).
+    gpu_min_limit_watts: int = 200
+    gpu_max_limit_watts: int = 700
+    #: How long a policy waits for the harness to acknowledge a checkpoint before stopping pods anyway.
+    checkpoint_timeout_seconds: float = 120.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -51,4 +62,12 @@ class OperatorConfig:
             metrics_port=int(number("ETJ_METRICS_PORT", cls.metrics_port)),
             prometheus_url=env.get("ETJ_PROMETHEUS_URL", cls.prometheus_url),
             max_workers=max(1, int(number("ETJ_MAX_WORKERS", cls.max_workers))),
+            telemetry_interval_seconds=max(
+                0.1, number("ETJ_TELEMETRY_INTERVAL_SECONDS", cls.telemetry_interval_seconds)
+            ),
+            prometheus_pod_label=env.get("ETJ_PROMETHEUS_POD_LABEL", cls.prometheus_pod_label),
+            prometheus_namespace_label=env.get("ETJ_PROMETHEUS_NAMESPACE_LABEL", cls.prometheus_namespace_label),
+            gpu_min_limit_watts=int(number("ETJ_GPU_MIN_LIMIT_WATTS", cls.gpu_min_limit_watts)),
+            gpu_max_limit_watts=int(number("ETJ_GPU_MAX_LIMIT_WATTS", cls.gpu_max_limit_watts)),
+            checkpoint_timeout_seconds=number("ETJ_CHECKPOINT_TIMEOUT_SECONDS", cls.checkpoint_timeout_seconds),
         )

@@ -22,7 +22,12 @@ from etj_operator.config import OperatorConfig
 from etj_operator.kubeapi import KubeApi, make_api_client
 from etj_operator.lifecycle import Event, PodView
 from etj_operator.metrics import RECONCILE_ERRORS, serve
+from etj_operator.policies import POWER_PRESSURE_ANNOTATION
 from etj_operator.reconciler import JobReconciler, JobState, pod_view
+from etj_operator.telemetry.base import TelemetrySource
+from etj_operator.telemetry.direct import DirectTelemetry
+from etj_operator.telemetry.hub import TelemetryHub
+from etj_operator.telemetry.prometheus import PrometheusTelemetry
 
 logger = logging.getLogger(__name__)
 
@@ -74,13 +79,37 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.config = config
     memo.wakers = Wakers()  # per operator run: asyncio events must not outlive their event loop
     memo.api = KubeApi(make_api_client(), max_workers=config.max_workers)
-    memo.reconciler = JobReconciler(memo.api, config, post_event)
+    memo.pressured_nodes = set()
+    memo.hub = TelemetryHub(lambda kind, url: make_source(config, kind, url), memo.wakers.wake)
+    memo.reconciler = JobReconciler(
+        memo.api, config, post_event, hub=memo.hub, node_pressure=memo.pressured_nodes.__contains__
+    )
+    memo.telemetry_stop = asyncio.Event()
+    memo.telemetry_task = asyncio.create_task(
+        memo.hub.run_forever(config.telemetry_interval_seconds, memo.telemetry_stop), name="etj-telemetry"
+    )
     serve(config.metrics_port)
+
+
+def make_source(config: OperatorConfig, kind: str, url: str) -> TelemetrySource:
+    """A telemetry source for spec.energy.telemetry.source (and a Prometheus URL)."""
+    if kind == "Direct":
+        return DirectTelemetry(carbon_prometheus_url=url or None)
+    return PrometheusTelemetry(
+        url or config.prometheus_url,
+        pod_label=config.prometheus_pod_label,
+        namespace_label=config.prometheus_namespace_label,
+    )
 
 
 @kopf.on.cleanup()
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
-    """Release the API wrapper's threads."""
+    """Stop the telemetry cycle and release the API wrapper's threads."""
+    stop = getattr(memo, "telemetry_stop", None)
+    task = getattr(memo, "telemetry_task", None)
+    if isinstance(stop, asyncio.Event) and isinstance(task, asyncio.Task):
+        stop.set()
+        await task
     api = getattr(memo, "api", None)
     if isinstance(api, KubeApi):
         api.close()
@@ -90,6 +119,16 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
 def worker_pods(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> Any:
     """Index pods by (namespace, job name), as compact PodView summaries."""
     return {(namespace or "", labels[contract.LABEL_JOB_NAME]): pod_view(body)}
+
+
+@kopf.on.event("nodes")
+def node_power_pressure(name: str, annotations: Mapping[str, str], type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """Track nodes annotated efficienttraining.dev/power-pressure="true" (placement policy)."""
+    pressured: set[str] = memo.pressured_nodes
+    if type != "DELETED" and annotations.get(POWER_PRESSURE_ANNOTATION) == "true":
+        pressured.add(name)
+    else:
+        pressured.discard(name)
 
 
 @kopf.on.event("pods", labels=OPERATOR_PODS)
@@ -127,7 +166,8 @@ async def job_lifecycle(
             delay = config.reconcile_interval_seconds
             try:
                 pods = list(worker_pods.get(key, [])) if worker_pods is not None else []
-                plan = await reconciler.reconcile(body, pods, state)
+                telemetry = reconciler.hub.take(key) if reconciler.hub is not None else None
+                plan = await reconciler.reconcile(body, pods, state, telemetry=telemetry)
                 if plan.delete_job:
                     return
                 if plan.requeue_after_seconds is not None:
@@ -139,7 +179,7 @@ async def job_lifecycle(
             await _wait(stopped, waker, delay)
     finally:
         wakers.forget(key)
-        reconciler.phase_counter.set(key, None)
+        reconciler.forget(*key)
 
 
 async def _wait(stopped: kopf.DaemonStopped, waker: asyncio.Event, seconds: float) -> None:

@@ -28,6 +28,9 @@ RESTARTING = "Restarting"
 SUSPENDED = "Suspended"
 SUCCEEDED = "Succeeded"
 FAILED = "Failed"
+PAUSED = "Paused"
+THROTTLED = "Throttled"
+RESCHEDULING = "Rescheduling"
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,16 @@ class Observation:
     status: Mapping[str, Any]
     pods: Sequence[PodView]
     now: datetime
+    #: From the energy policies: keep the pods deleted and show this phase (Paused | Suspended).
+    hold: str | None = None
+    #: From the energy policies: finish the job as Failed with (reason, message).
+    fail: tuple[str, str] | None = None
+    #: From the energy policies: delete the gang now and recreate it (reschedule), without a restart.
+    recreate: bool = False
+    #: The job's GPUs are capped by the power budget (Running shows as Throttled).
+    throttled: bool = False
+    #: A reschedule is under way (not-yet-running gangs show as Rescheduling).
+    rescheduling: bool = False
 
 
 @dataclass(frozen=True)
@@ -197,6 +210,18 @@ def reconcile(obs: Observation) -> Plan:
         b.plan.events.append(Event("Normal", cond.REASON_RESUMED, "job resumed"))
     if _deadline_passed(b, spec):
         return b.plan
+    if obs.fail is not None:
+        reason, message = obs.fail
+        b.delete(b.obs.pods)
+        b.finish(FAILED, reason, message)
+        _finished(b, spec)
+        return b.plan
+    if obs.hold is not None:
+        b.delete(b.obs.pods)
+        b.phase(obs.hold)
+        return b.plan
+    if obs.recreate:
+        b.delete(b.obs.pods)
     _run(b, spec)
     return b.plan
 
@@ -298,16 +323,22 @@ def _run(b: _Builder, spec: JobSpec) -> None:
         if spec.run_policy.active_deadline_seconds is not None:
             b.plan.requeue_after_seconds = float(spec.run_policy.active_deadline_seconds)
 
-    all_running = len(gang) == spec.replicas and all(p.phase == "Running" for p in gang.values())
+    all_running = (
+        not b.obs.recreate
+        and len(gang) == spec.replicas
+        and all(p.phase == "Running" for p in gang.values())
+    )
     if all_running:
         b.condition(cond.RUNNING, True, cond.REASON_PODS_RUNNING, f"all {spec.replicas} worker pod(s) are running")
-        b.phase(RUNNING, Event("Normal", cond.REASON_PODS_RUNNING, "all worker pods are running"))
-    elif b.status.get("phase") == RESTARTING or cond.is_true(b.conditions, cond.RESTARTING):
+        if b.status.get("phase") not in (RUNNING, THROTTLED):
+            b.plan.events.append(Event("Normal", cond.REASON_PODS_RUNNING, "all worker pods are running"))
+        b.phase(THROTTLED if b.obs.throttled else RUNNING)
+    elif cond.is_true(b.conditions, cond.RESTARTING):
         b.phase(RESTARTING)
-    elif b.status.get("phase") in (None, SUSPENDED, PENDING, ""):
-        b.phase(PENDING)
-    elif b.status.get("phase") == RUNNING:
-        # A pod of a running gang went missing (deleted by hand or evicted): it is recreated.
+    elif b.obs.rescheduling or b.obs.recreate:
+        b.phase(RESCHEDULING)
+    else:
+        # New, resumed, or a pod of a running gang went missing (deleted by hand, evicted): recreated.
         b.phase(PENDING)
 
 

@@ -134,7 +134,6 @@ class PlacementSpec:
     """When and where to move the job's pods."""
 
     reschedule_on_power_pressure: bool = True
-    reschedule_on_budget_pressure: bool = False
     node_pool_label: str = "efficienttraining.dev/node-pool"
     preferred_node_pools: tuple[str, ...] = ()
 
@@ -490,7 +489,6 @@ def _parse_placement(r: _Reader, raw: Mapping[str, Any], p: str) -> PlacementSpe
         pools = []
     return PlacementSpec(
         reschedule_on_power_pressure=r.boolean(raw, "rescheduleOnPowerPressure", p, True),
-        reschedule_on_budget_pressure=r.boolean(raw, "rescheduleOnBudgetPressure", p, False),
         node_pool_label=r.string(raw, "nodePoolLabel", p, "efficienttraining.dev/node-pool") or "",
         preferred_node_pools=tuple(pools),
     )

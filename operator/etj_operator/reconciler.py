@@ -11,17 +11,32 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
 from etj_operator import builders, contract
+from etj_operator import conditions as cond
 from etj_operator.config import OperatorConfig
+from etj_operator.energy import EnergyState, integrate
 from etj_operator.kubeapi import KubeApi
-from etj_operator.lifecycle import Event, Observation, Plan, PodView, reconcile
-from etj_operator.metrics import GANG_RESTARTS, JOBS_BY_PHASE, RECONCILE_SECONDS
+from etj_operator.lifecycle import Event, Observation, Plan, PodView, reconcile, to_rfc3339
+from etj_operator.metrics import (
+    GANG_RESTARTS,
+    JOB_CARBON_GRAMS,
+    JOB_ENERGY_JOULES,
+    JOB_POWER_LIMIT_WATTS,
+    JOB_POWER_WATTS,
+    JOBS_BY_PHASE,
+    POLICY_DECISIONS,
+    RECONCILE_SECONDS,
+    forget_job,
+)
 from etj_operator.models import InvalidSpecError, JobSpec, parse_spec
+from etj_operator.policies import RESCHEDULING, PolicyInputs, PolicyOutcome, PolicySettings, decide
+from etj_operator.telemetry.base import PodTarget
+from etj_operator.telemetry.hub import JobRegistration, JobTelemetry, TelemetryHub
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +48,13 @@ OWNED_KEYS: Final = (
     "completionTime",
     "restarts",
     "replicaStatuses",
+    "energy",
+    "control",
+    "policy",
+    "placement",
+    "stage",
 )
+HELD_PHASES: Final = ("Suspended", "Paused", "Succeeded", "Failed")
 
 
 class EventSink(Protocol):
@@ -50,6 +71,8 @@ class JobState:
     owned: dict[str, Any] | None = None
     children_ensured: bool = False
     last_phase: str | None = None
+    #: GPUs seen in the last telemetry cycle (the throttle divides the budget among them).
+    gpu_count: int = 0
 
 
 @dataclass
@@ -71,6 +94,14 @@ class PhaseCounter:
             JOBS_BY_PHASE.labels(phase=name).set(count)
 
 
+def _placement_directive(spec: JobSpec, placement: Mapping[str, Any]) -> builders.PlacementDirective:
+    return builders.PlacementDirective(
+        avoid_nodes=tuple(placement.get("avoidedNodes") or ()),
+        preferred_pools=spec.energy.placement.preferred_node_pools,
+        pool_label=spec.energy.placement.node_pool_label,
+    )
+
+
 def pod_view(pod: Mapping[str, Any]) -> PodView:
     """Summarise a pod for the lifecycle."""
     return PodView.from_pod(pod, contract.LABEL_REPLICA_INDEX, contract.ANNOTATION_GANG_GENERATION)
@@ -79,19 +110,40 @@ def pod_view(pod: Mapping[str, Any]) -> PodView:
 class JobReconciler:
     """Observe -> decide -> act, for any job."""
 
-    def __init__(self, api: KubeApi, config: OperatorConfig, events: EventSink) -> None:
+    def __init__(
+        self,
+        api: KubeApi,
+        config: OperatorConfig,
+        events: EventSink,
+        hub: TelemetryHub | None = None,
+        node_pressure: Callable[[str], bool] | None = None,
+    ) -> None:
         self.api = api
         self.config = config
         self.events = events
+        self.hub = hub
+        self.node_pressure = node_pressure or (lambda _node: False)
         self.phase_counter = PhaseCounter()
+        self.policy_settings = PolicySettings(
+            gpu_min_limit_watts=config.gpu_min_limit_watts,
+            gpu_max_limit_watts=config.gpu_max_limit_watts,
+            checkpoint_timeout_seconds=config.checkpoint_timeout_seconds,
+        )
 
     async def reconcile(
-        self, body: Mapping[str, Any], pods: Iterable[PodView], state: JobState, now: datetime | None = None
+        self,
+        body: Mapping[str, Any],
+        pods: Iterable[PodView],
+        state: JobState,
+        now: datetime | None = None,
+        telemetry: JobTelemetry | None = None,
     ) -> Plan:
         """Run one reconcile of the job ``body`` given its current ``pods``; update ``state``."""
         started = time.perf_counter()
+        now = now or datetime.now(UTC)
         meta = body.get("metadata") or {}
         name, namespace = meta["name"], meta.get("namespace") or "default"
+        pods = list(pods)
         spec: JobSpec | None = None
         error: InvalidSpecError | None = None
         try:
@@ -104,16 +156,41 @@ class JobReconciler:
             for key in OWNED_KEYS:
                 if key not in state.owned:
                     status.pop(key, None)
+        before = dict(status)
+
+        outcome: PolicyOutcome | None = None
+        if spec is not None and not spec.suspend and status.get("phase") not in ("Succeeded", "Failed"):
+            outcome = self._policies(spec, status, pods, state, now, telemetry)
+            for change in outcome.conditions:
+                status["conditions"] = cond.set_condition(
+                    list(status.get("conditions") or []),
+                    change.type,
+                    change.status,
+                    change.reason,
+                    change.message,
+                    to_rfc3339(now),
+                    int(meta.get("generation") or 1),
+                )
+        placement = dict(status.get("placement") or {})
         obs = Observation(
             name=name,
             generation=int(meta.get("generation") or 1),
             spec=spec,
             spec_error=error,
             status=status,
-            pods=list(pods),
-            now=now or datetime.now(UTC),
+            pods=pods,
+            now=now,
+            hold=outcome.hold if outcome else None,
+            fail=outcome.fail if outcome else None,
+            recreate=outcome.recreate_pods if outcome else False,
+            throttled=outcome.throttled if outcome else False,
+            rescheduling=bool(placement.get("rescheduling")),
         )
         plan = reconcile(obs)
+        if outcome is not None:
+            plan.events.extend(outcome.events)
+        self._after(plan, now, int(meta.get("generation") or 1))
+
         job = builders.JobRef.from_body(body)
         if plan.ensure_children and spec is not None and not state.children_ensured:
             await self._ensure_children(job, spec)
@@ -126,20 +203,154 @@ class JobReconciler:
                 state.children_ensured = True
             generation = int(plan.status.get("restarts") or 0)
             options = builders.PodOptions(self.config.control_poll_steps, self.config.gpu_backend)
+            directive = _placement_directive(spec, plan.status.get("placement") or {})
             for index in plan.create_pods:
-                await self.api.create(builders.build_worker_pod(job, spec, index, generation, options))
-        await self._write_status(namespace, name, status, plan.status, state)
+                await self.api.create(builders.build_worker_pod(job, spec, index, generation, options, directive))
+        await self._write_status(namespace, name, before, plan.status, state)
         for event in plan.events:
             self.events(body, event)
             if event.reason == "GangRestarted":
                 GANG_RESTARTS.labels(namespace=namespace, job=name).inc()
+        if outcome is not None:
+            for decision in outcome.decisions:
+                POLICY_DECISIONS.labels(namespace=namespace, job=name, decision=decision).inc()
+        self._register_telemetry(namespace, name, spec, plan, pods)
+        self._export(namespace, name, plan)
         if plan.delete_job:
             await self.api.delete(contract.KIND, namespace, name)
-            self.phase_counter.set((namespace, name), None)
+            self.forget(namespace, name)
         else:
             self.phase_counter.set((namespace, name), plan.status.get("phase"))
         RECONCILE_SECONDS.observe(time.perf_counter() - started)
         return plan
+
+    def forget(self, namespace: str, name: str) -> None:
+        """The job is gone (or its loop stopped): drop its telemetry registration and metrics."""
+        self.phase_counter.set((namespace, name), None)
+        if self.hub is not None:
+            self.hub.unregister((namespace, name))
+        forget_job(namespace, name)
+
+    def _policies(
+        self,
+        spec: JobSpec,
+        status: dict[str, Any],
+        pods: list[PodView],
+        state: JobState,
+        now: datetime,
+        telemetry: JobTelemetry | None,
+    ) -> PolicyOutcome:
+        energy = EnergyState.from_status(status.get("energy"))
+        control = dict(status.get("control") or {})
+        carbon = spec.energy.carbon
+        intensity = None
+        if carbon is not None:
+            intensity = carbon.intensity_grams_per_kwh
+            if carbon.intensity_query is not None:
+                intensity = telemetry.intensity_grams_per_kwh if telemetry else None
+        if telemetry is not None:
+            integrate(
+                energy,
+                telemetry.samples,
+                source=telemetry.source,
+                intensity_grams_per_kwh=intensity,
+                limit_watts_per_gpu=control.get(contract.CONTROL_POWER_LIMIT_WATTS_PER_GPU),
+            )
+            gpus = {s.series for s in telemetry.samples}
+            if gpus:
+                state.gpu_count = len(gpus)
+        placement = dict(status.get("placement") or {})
+        avoided = set(placement.get("avoidedNodes") or [])
+        live = [p for p in pods if not p.terminating]
+        nodes = {p.node_name for p in live if p.node_name and p.node_name not in avoided}
+        pressured = sorted(node for node in nodes if self.node_pressure(node))
+        inputs = PolicyInputs(
+            spec=spec,
+            energy=energy,
+            now_seconds=now.timestamp(),
+            control=control,
+            policy=dict(status.get("policy") or {}),
+            placement=placement,
+            workload=dict(status.get(contract.WORKLOAD) or {}),
+            fresh_telemetry=telemetry is not None,
+            telemetry_ok=telemetry.ok if telemetry else False,
+            telemetry_reason=telemetry.reason if telemetry else "",
+            gpu_count=state.gpu_count or spec.world_size,
+            intensity_grams_per_kwh=intensity,
+            pods_exist=bool(live),
+            pressured_nodes=pressured,
+            settings=self.policy_settings,
+        )
+        outcome = decide(inputs)
+        if telemetry is not None or status.get("energy") is not None:
+            status["energy"] = energy.to_status()
+        status["control"] = outcome.control
+        status["policy"] = outcome.policy
+        if outcome.placement:
+            status["placement"] = outcome.placement
+        return outcome
+
+    def _after(self, plan: Plan, now: datetime, generation: int) -> None:
+        """Status touches that depend on the lifecycle's result."""
+        status = plan.status
+        placement = status.get("placement")
+        if isinstance(placement, dict) and placement.get("rescheduling") and status.get("phase") in (
+            "Running",
+            "Throttled",
+        ):
+            placement["rescheduling"] = False
+            status["conditions"] = cond.set_condition(
+                list(status.get("conditions") or []),
+                RESCHEDULING,
+                False,
+                "Rescheduled",
+                f"all pods run again, avoiding {', '.join(placement.get('avoidedNodes') or [])}",
+                to_rfc3339(now),
+                generation,
+            )
+        applied = [
+            s.get("name")
+            for s in (status.get(contract.WORKLOAD) or {}).get(contract.WORKLOAD_STAGES) or []
+            if isinstance(s, Mapping) and s.get("applied") and not s.get("rolledBack")
+        ]
+        if applied:
+            status["stage"] = applied[-1]
+
+    def _register_telemetry(
+        self, namespace: str, name: str, spec: JobSpec | None, plan: Plan, pods: list[PodView]
+    ) -> None:
+        if self.hub is None:
+            return
+        key = (namespace, name)
+        if spec is None or plan.delete_job or plan.status.get("phase") in HELD_PHASES:
+            self.hub.unregister(key)
+            return
+        telemetry = spec.energy.telemetry
+        carbon = spec.energy.carbon
+        targets = tuple(
+            PodTarget(namespace, p.name, name, p.pod_ip, contract.DEFAULT_METRICS_PORT)
+            for p in pods
+            if not p.terminating and p.phase == "Running"
+        )
+        self.hub.register(
+            JobRegistration(
+                key=key,
+                source=telemetry.source,
+                prometheus_url=telemetry.prometheus_url or self.config.prometheus_url,
+                targets=targets,
+                intensity_query=carbon.intensity_query if carbon else None,
+            )
+        )
+
+    def _export(self, namespace: str, name: str, plan: Plan) -> None:
+        energy = plan.status.get("energy") or {}
+        control = plan.status.get("control") or {}
+        if energy:
+            JOB_ENERGY_JOULES.labels(namespace=namespace, job=name).set(float(energy.get("joules") or 0))
+            JOB_POWER_WATTS.labels(namespace=namespace, job=name).set(float(energy.get("currentWatts") or 0))
+            JOB_CARBON_GRAMS.labels(namespace=namespace, job=name).set(float(energy.get("gramsCO2e") or 0))
+        limit = control.get(contract.CONTROL_POWER_LIMIT_WATTS_PER_GPU)
+        JOB_POWER_LIMIT_WATTS.labels(namespace=namespace, job=name).set(float(limit or 0))
 
     async def _ensure_children(self, job: builders.JobRef, spec: JobSpec) -> None:
         await self.api.create(builders.build_service_account(job))

@@ -1,0 +1,165 @@
+"""The telemetry cycle: one batched read for all jobs, results handed to each job's lifecycle loop.
+
+Job loops :meth:`TelemetryHub.register` what they need read (their pods, their source). Every cycle the hub
+groups the registrations by source (Prometheus URL, or Direct), asks each source once for *all* its pods,
+splits the readings per job, evaluates each distinct carbon-intensity query once, and delivers a
+:class:`JobTelemetry` per job (``take``), waking the job's loop. The hub holds no accounting state: energy
+totals live in each job's status, written by the job's own loop (one writer per job).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from etj_operator.metrics import TELEMETRY_CYCLE_SECONDS, TELEMETRY_ERRORS, TELEMETRY_REQUESTS
+from etj_operator.telemetry.base import GpuSample, PodTarget, TelemetrySource
+
+logger = logging.getLogger(__name__)
+
+JobKey = tuple[str, str]
+SourceKey = tuple[str, str]  # (kind, Prometheus URL or "")
+
+
+@dataclass(frozen=True)
+class JobRegistration:
+    """What a job needs read each cycle."""
+
+    key: JobKey
+    source: str  # "Prometheus" | "Direct"
+    prometheus_url: str
+    targets: tuple[PodTarget, ...]
+    intensity_query: str | None = None
+
+
+@dataclass
+class JobTelemetry:
+    """One cycle's readings for one job."""
+
+    cycle: int
+    time_seconds: float
+    source: str
+    samples: list[GpuSample] = field(default_factory=list)
+    ok: bool = False
+    reason: str = ""
+    intensity_grams_per_kwh: float | None = None
+
+
+@dataclass
+class CycleStats:
+    """What one cycle cost."""
+
+    cycle: int
+    jobs: int
+    requests: int
+    seconds: float
+
+
+SourceFactory = Callable[[str, str], TelemetrySource]
+
+
+class TelemetryHub:
+    """Runs telemetry cycles for every registered job."""
+
+    def __init__(self, factory: SourceFactory, on_delivery: Callable[[JobKey], None] | None = None) -> None:
+        self._factory = factory
+        self._sources: dict[SourceKey, TelemetrySource] = {}
+        self._jobs: dict[JobKey, JobRegistration] = {}
+        self._inbox: dict[JobKey, JobTelemetry] = {}
+        self._on_delivery = on_delivery
+        self.cycle = 0
+
+    def register(self, registration: JobRegistration) -> None:
+        """Add or update a job's registration (called by the job's loop on every reconcile)."""
+        self._jobs[registration.key] = registration
+
+    def unregister(self, key: JobKey) -> None:
+        """Stop reading a job (finished, deleted, or its loop stopped)."""
+        self._jobs.pop(key, None)
+        self._inbox.pop(key, None)
+
+    def take(self, key: JobKey) -> JobTelemetry | None:
+        """The job's newest undelivered readings, or None."""
+        return self._inbox.pop(key, None)
+
+    def source(self, kind: str, url: str) -> TelemetrySource:
+        """The (cached) source for a kind and URL."""
+        skey = (kind, url if kind == "Prometheus" else "")
+        if skey not in self._sources:
+            self._sources[skey] = self._factory(*skey)
+        return self._sources[skey]
+
+    async def run_cycle(self) -> CycleStats:
+        """Read every registered job once."""
+        started = time.perf_counter()
+        self.cycle += 1
+        now = time.time()
+        groups: dict[SourceKey, list[JobRegistration]] = defaultdict(list)
+        for reg in self._jobs.values():
+            groups[(reg.source, reg.prometheus_url if reg.source == "Prometheus" else "")].append(reg)
+        requests = 0
+        results = await asyncio.gather(*(self._read_group(skey, regs, now) for skey, regs in groups.items()))
+        for group_requests in results:
+            requests += group_requests
+        requests += await self._intensities(now)
+        for key in list(self._inbox):
+            if self._on_delivery is not None:
+                self._on_delivery(key)
+        elapsed = time.perf_counter() - started
+        TELEMETRY_CYCLE_SECONDS.observe(elapsed)
+        return CycleStats(self.cycle, len(self._jobs), requests, elapsed)
+
+    async def _read_group(self, skey: SourceKey, regs: Sequence[JobRegistration], now: float) -> int:
+        source = self.source(*skey)
+        targets = [t for reg in regs for t in reg.targets]
+        result = await source.collect(targets)
+        TELEMETRY_REQUESTS.labels(source=skey[0]).inc(result.requests)
+        if result.error:
+            TELEMETRY_ERRORS.labels(source=skey[0]).inc()
+            logger.warning("telemetry from %s failed: %s", skey[0], result.error)
+        by_pod: dict[tuple[str, str], list[GpuSample]] = defaultdict(list)
+        for sample in result.samples:
+            by_pod[(sample.namespace, sample.pod)].append(sample)
+        for reg in regs:
+            samples = [s for t in reg.targets for s in by_pod.get((t.namespace, t.pod), [])]
+            delivery = JobTelemetry(self.cycle, now, skey[0], samples)
+            if result.error:
+                delivery.reason = f"{skey[0]} unavailable: {result.error}"
+            elif not reg.targets:
+                delivery.reason = "no running pods to read"
+            elif not samples:
+                errors = [result.pod_errors[t.pod] for t in reg.targets if t.pod in result.pod_errors]
+                delivery.reason = f"no GPU readings for this job's pods{': ' + errors[0] if errors else ''}"
+            delivery.ok = bool(samples)
+            self._inbox[reg.key] = delivery
+        return result.requests
+
+    async def _intensities(self, now: float) -> int:
+        """Evaluate each distinct carbon-intensity query once and attach the value to its jobs."""
+        wanted: dict[tuple[str, str], list[JobKey]] = defaultdict(list)
+        for reg in self._jobs.values():
+            if reg.intensity_query:
+                wanted[(reg.prometheus_url, reg.intensity_query)].append(reg.key)
+        for (url, query), keys in wanted.items():
+            value = await self.source("Prometheus", url).query_scalar(query)
+            for key in keys:
+                delivery = self._inbox.get(key)
+                if delivery is not None:
+                    delivery.intensity_grams_per_kwh = value
+        return len(wanted)
+
+    async def run_forever(self, interval_seconds: float, stopped: asyncio.Event) -> None:
+        """Run cycles until ``stopped`` is set; a failing cycle is logged and the next one runs."""
+        while not stopped.is_set():
+            try:
+                await self.run_cycle()
+            except Exception:  # a bug in one cycle must not end telemetry for good
+                logger.exception("telemetry cycle failed")
+            try:
+                await asyncio.wait_for(stopped.wait(), timeout=interval_seconds)
+            except TimeoutError:
+                pass

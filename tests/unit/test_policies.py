@@ -1,0 +1,202 @@
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from etj_operator import contract as c
+from etj_operator.energy import JOULES_PER_KWH, EnergyState
+from etj_operator.models import parse_spec
+from etj_operator.policies import PolicyInputs, PolicySettings, decide, throttle_limit
+
+from jobs import job_manifest
+
+
+def spec(**overrides):
+    return parse_spec(job_manifest(**overrides)["spec"], "digits")
+
+
+def energy(kwh=0.0, watts=0.0):
+    return EnergyState(joules=kwh * JOULES_PER_KWH, current_watts=watts)
+
+
+def inputs(sp, en=None, **kw):
+    base = dict(
+        spec=sp,
+        energy=en or energy(),
+        now_seconds=1000.0,
+        control={},
+        policy={},
+        placement={},
+        workload={},
+        fresh_telemetry=True,
+        telemetry_ok=True,
+        gpu_count=4,
+    )
+    base.update(kw)
+    return PolicyInputs(**base)
+
+
+def cond(out, ctype):
+    return next((x for x in out.conditions if x.type == ctype), None)
+
+
+# --- throttle ----------------------------------------------------------------------------------------------
+BUDGET = {"energy": {"power": {"budgetWatts": 1000}}}
+
+
+def test_throttle_caps_when_over_budget_and_releases_with_hysteresis():
+    sp = spec(**BUDGET)
+    out = decide(inputs(sp, energy(watts=1400)))
+    assert out.control[c.CONTROL_POWER_LIMIT_WATTS_PER_GPU] == 250 and out.throttled
+    assert cond(out, "Throttled").status is True
+    control, policy = out.control, out.policy
+    # at the cap the job draws about the budget: no release
+    out = decide(inputs(sp, energy(watts=990), control=control, policy=policy))
+    assert out.control[c.CONTROL_POWER_LIMIT_WATTS_PER_GPU] == 250 and out.policy["lowCycles"] == 0
+    # demand drops: released only after 3 low cycles in a row
+    for cycle in range(1, 4):
+        out = decide(inputs(sp, energy(watts=500), control=out.control, policy=out.policy))
+        if cycle < 3:
+            assert out.control[c.CONTROL_POWER_LIMIT_WATTS_PER_GPU] == 250
+    assert out.control[c.CONTROL_POWER_LIMIT_WATTS_PER_GPU] is None and not out.throttled
+    assert cond(out, "Throttled").status is False
+
+
+def test_no_throttle_decision_on_stale_or_missing_telemetry():
+    sp = spec(**BUDGET)
+    out = decide(inputs(sp, energy(watts=5000), telemetry_ok=False, telemetry_reason="Prometheus down"))
+    assert c.CONTROL_POWER_LIMIT_WATTS_PER_GPU not in out.control
+    assert cond(out, "TelemetryAvailable").status is False
+    assert "Prometheus down" in cond(out, "TelemetryAvailable").message
+    capped = {c.CONTROL_POWER_LIMIT_WATTS_PER_GPU: 250}
+    out = decide(inputs(sp, energy(watts=10), control=capped, fresh_telemetry=False))
+    assert out.control == capped  # kept, not released on old data
+
+
+def test_budget_below_the_gpus_minimum_uses_the_minimum_and_says_so():
+    sp = spec(energy={"power": {"budgetWatts": 500}})
+    out = decide(inputs(sp, energy(watts=900)))
+    assert out.control[c.CONTROL_POWER_LIMIT_WATTS_PER_GPU] == 200
+    assert "below 4 GPUs x 200 W" in cond(out, "Throttled").message
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.integers(min_value=1, max_value=100_000),
+    st.integers(min_value=1, max_value=64),
+    st.integers(min_value=50, max_value=400),
+    st.integers(min_value=0, max_value=600),
+)
+def test_throttle_never_exceeds_the_budget_and_stays_in_range(budget, gpus, min_w, extra):
+    max_w = min_w + extra
+    limit, reachable = throttle_limit(budget, gpus, min_w, max_w)
+    assert min_w <= limit <= max_w
+    if reachable:
+        assert limit * gpus <= budget
+    else:
+        assert budget < gpus * min_w
+
+
+# --- energy budget -------------------------------------------------------------------------------------------
+def budget_spec(action, checkpoint=True):
+    extra = {"checkpoint": {"path": "/ckpt"}} if checkpoint else {}
+    return spec(energy={"energyBudget": {"kilowattHours": 1.0, "action": action}}, **extra)
+
+
+def test_budget_stop_requests_a_checkpoint_first_then_fails():
+    sp = budget_spec("Stop")
+    out = decide(inputs(sp, energy(kwh=1.2)))
+    assert out.fail is None
+    assert out.control[c.CONTROL_CHECKPOINT_REQUESTED] == 1 and out.control[c.CONTROL_STOP_REQUESTED] is True
+    assert cond(out, "BudgetExceeded").status is True
+    # not acknowledged yet: still waiting
+    out = decide(inputs(sp, energy(kwh=1.2), control=out.control, policy=out.policy, now_seconds=1010))
+    assert out.fail is None
+    # acknowledged: stop
+    ack = {c.WORKLOAD_CHECKPOINT: {"acknowledged": 1}}
+    out = decide(inputs(sp, energy(kwh=1.2), control=out.control, policy=out.policy, workload=ack, now_seconds=1020))
+    assert out.fail is not None and out.fail[0] == "EnergyBudgetExceeded"
+
+
+def test_budget_stop_goes_on_after_the_checkpoint_timeout():
+    sp = budget_spec("Stop")
+    out = decide(inputs(sp, energy(kwh=2)))
+    later = 1000 + PolicySettings().checkpoint_timeout_seconds + 1
+    out = decide(inputs(sp, energy(kwh=2), control=out.control, policy=out.policy, now_seconds=later))
+    assert out.fail is not None
+    assert any(e.reason == "CheckpointTimeout" for e in out.events)
+
+
+def test_budget_without_checkpoint_spec_stops_at_once():
+    out = decide(inputs(budget_spec("Stop", checkpoint=False), energy(kwh=1.0)))
+    assert out.fail is not None
+
+
+def test_budget_suspend_holds_until_the_budget_is_raised():
+    sp = budget_spec("Suspend", checkpoint=False)
+    out = decide(inputs(sp, energy(kwh=1.5)))
+    assert out.hold == "Suspended"
+    out = decide(inputs(sp, energy(kwh=1.5), policy=out.policy, control=out.control))
+    assert out.hold == "Suspended"
+    raised = spec(energy={"energyBudget": {"kilowattHours": 3.0, "action": "Suspend"}})
+    out = decide(inputs(raised, energy(kwh=1.5), policy=out.policy, control=out.control))
+    assert out.hold is None and cond(out, "BudgetExceeded").status is False
+
+
+def test_budget_notify_only_records():
+    sp = budget_spec("Notify")
+    out = decide(inputs(sp, energy(kwh=1.5)))
+    assert out.hold is None and out.fail is None and [e.reason for e in out.events] == ["EnergyBudgetExceeded"]
+    out = decide(inputs(sp, energy(kwh=1.6), policy=out.policy))
+    assert out.events == []
+
+
+def test_energy_fraction_requests_the_stage_once():
+    sp = spec(
+        energy={"energyBudget": {"kilowattHours": 1.0, "action": "Notify"}},
+        compression={"stages": [{"name": "late", "trigger": {"energyFraction": 0.5}, "quantize": {}}]},
+    )
+    out = decide(inputs(sp, energy(kwh=0.4)))
+    assert c.CONTROL_STAGE_REQUESTED not in out.control and out.control[c.CONTROL_ENERGY_FRACTION] == 0.4
+    out = decide(inputs(sp, energy(kwh=0.6), control=out.control))
+    assert out.control[c.CONTROL_STAGE_REQUESTED] == "late"
+    applied = {c.WORKLOAD_STAGES: [{"name": "late", "applied": True}]}
+    out2 = decide(inputs(sp, energy(kwh=0.7), control=out.control, workload=applied))
+    assert out2.events == []
+
+
+# --- carbon ----------------------------------------------------------------------------------------------------
+def test_carbon_pause_and_resume_with_dwell():
+    sp = spec(energy={"carbon": {"intensityGramsPerKWh": 0, "maxGramsPerKWh": 300, "minDwellSeconds": 60}})
+    out = decide(inputs(sp, intensity_grams_per_kwh=450))
+    assert out.hold == "Paused" and cond(out, "Paused").status is True
+    # still high, and low again too soon: stays paused
+    out = decide(inputs(sp, intensity_grams_per_kwh=100, policy=out.policy, now_seconds=1030))
+    assert out.hold == "Paused"
+    out = decide(inputs(sp, intensity_grams_per_kwh=100, policy=out.policy, now_seconds=1061))
+    assert out.hold is None and cond(out, "Paused").status is False
+    # high again before the dwell passed: not paused yet
+    out = decide(inputs(sp, intensity_grams_per_kwh=900, policy=out.policy, now_seconds=1070))
+    assert out.hold is None
+
+
+def test_carbon_unknown_intensity_changes_nothing():
+    sp = spec(energy={"carbon": {"intensityQuery": "grid_intensity", "maxGramsPerKWh": 300}})
+    out = decide(inputs(sp, intensity_grams_per_kwh=None))
+    assert out.hold is None and out.events == []
+
+
+# --- reschedule ---------------------------------------------------------------------------------------------
+def test_power_pressure_reschedules_after_a_checkpoint():
+    sp = spec(checkpoint={"path": "/ckpt"})
+    out = decide(inputs(sp, pressured_nodes=["node-a"]))
+    assert not out.recreate_pods and out.control[c.CONTROL_CHECKPOINT_REQUESTED] == 1
+    ack = {c.WORKLOAD_CHECKPOINT: {"acknowledged": 1}}
+    out = decide(inputs(sp, pressured_nodes=["node-a"], control=out.control, policy=out.policy, workload=ack))
+    assert out.recreate_pods
+    assert out.placement["avoidedNodes"] == ["node-a"] and out.placement["reschedules"] == 1
+    assert "drain" not in out.policy
+
+
+def test_power_pressure_ignored_when_disabled():
+    sp = spec(energy={"placement": {"rescheduleOnPowerPressure": False}})
+    out = decide(inputs(sp, pressured_nodes=["node-a"]))
+    assert not out.recreate_pods and out.events == []
