@@ -1,0 +1,108 @@
+{{/*
+Names and labels shared by every template.
+*/}}
+{{- define "etj.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "etj.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "etj.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "etj.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "etj.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "etj.labels" -}}
+helm.sh/chart: {{ include "etj.chart" . }}
+{{ include "etj.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: operator
+app.kubernetes.io/part-of: efficient-training-operator
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "etj.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "etj.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "etj.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+RBAC: the rules the operator needs, and nothing else (tests/chart/test_rbac.py runs the real operator through a
+job's lifecycle and checks both directions).
+
+Namespaced rules: what the operator does inside the namespaces it watches.
+  - efficienttrainingjobs: kopf lists and watches them and patches them (finalizer, progress annotations); the
+    operator deletes finished jobs (ttlSecondsAfterFinished). get is not used by the operator itself: it is held
+    so that the operator may create each job's Role granting get/watch (RBAC forbids granting what one lacks).
+  - efficienttrainingjobs/status: the operator patches status; get is held for the per-job Role, as above.
+  - pods: kopf lists and watches worker pods; the operator creates them and deletes them (gang restart, suspend,
+    cleanup).
+  - services, serviceaccounts, roles, rolebindings: created once per job (owned by the job; garbage-collected).
+  - events: kopf posts Kubernetes events on jobs.
+*/}}
+{{- define "etj.rbac.namespacedRules" -}}
+- apiGroups: ["efficienttraining.dev"]
+  resources: ["efficienttrainingjobs"]
+  verbs: ["get", "list", "watch", "patch", "delete"]
+- apiGroups: ["efficienttraining.dev"]
+  resources: ["efficienttrainingjobs/status"]
+  verbs: ["get", "patch"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "watch", "create", "delete"]
+- apiGroups: [""]
+  resources: ["services", "serviceaccounts"]
+  verbs: ["create"]
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["create"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end }}
+
+{{/*
+Cluster-scoped rules.
+  - customresourcedefinitions: kopf lists and watches CRDs to find the resources it serves.
+  - namespaces: kopf lists and watches namespaces when it watches named namespaces only.
+  - nodes: the placement policy watches nodes' power-pressure annotation (efficienttraining.dev/power-pressure).
+*/}}
+{{- define "etj.rbac.clusterRules" -}}
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["list", "watch"]
+{{- if .Values.watchNamespaces }}
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["list", "watch"]
+{{- end }}
+- apiGroups: [""]
+  resources: ["nodes"]
+  verbs: ["list", "watch"]
+{{- end }}
