@@ -167,7 +167,9 @@ class DcgmExporter:
     def start(self) -> DcgmExporter:
         """Serve from a daemon thread; returns self."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self._server.serve_forever, name="dcgm-exporter", daemon=True)
+            self._thread = threading.Thread(
+                target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="dcgm-exporter", daemon=True
+            )
             self._thread.start()
         return self
 
