@@ -339,6 +339,7 @@ class JobReconciler:
                 prometheus_url=telemetry.prometheus_url or self.config.prometheus_url,
                 targets=targets,
                 intensity_query=carbon.intensity_query if carbon else None,
+                interval_seconds=float(telemetry.interval_seconds),
             )
         )
 

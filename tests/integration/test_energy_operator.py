@@ -49,6 +49,7 @@ def cluster(prometheus, tmp_path, monkeypatch):
 
 
 def start_job(cluster, exporter, name, watts, **spec):
+    spec.setdefault("energy", {})["telemetry"] = {"source": "Prometheus", "intervalSeconds": 1}
     for i in range(spec.get("replicas", 2)):
         exporter.add_pod(NS, f"{name}-worker-{i}", gpus=1, watts=watts)
     cluster.apply(job_manifest(name, **spec))

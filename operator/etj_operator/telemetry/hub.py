@@ -34,6 +34,9 @@ class JobRegistration:
     prometheus_url: str
     targets: tuple[PodTarget, ...]
     intensity_query: str | None = None
+    #: The job's own spec.energy.telemetry.intervalSeconds: it is read on the first cycle at least this long
+    #: after its previous read (so its effective interval is the larger of this and the hub's).
+    interval_seconds: float = 0.0
 
 
 @dataclass
@@ -71,6 +74,7 @@ class TelemetryHub:
         self._jobs: dict[JobKey, JobRegistration] = {}
         self._inbox: dict[JobKey, JobTelemetry] = {}
         self._on_delivery = on_delivery
+        self._last_read: dict[JobKey, float] = {}
         self.cycle = 0
 
     def register(self, registration: JobRegistration) -> None:
@@ -81,6 +85,7 @@ class TelemetryHub:
         """Stop reading a job (finished, deleted, or its loop stopped)."""
         self._jobs.pop(key, None)
         self._inbox.pop(key, None)
+        self._last_read.pop(key, None)
 
     def take(self, key: JobKey) -> JobTelemetry | None:
         """The job's newest undelivered readings, or None."""
@@ -100,6 +105,11 @@ class TelemetryHub:
         now = time.time()
         groups: dict[SourceKey, list[JobRegistration]] = defaultdict(list)
         for reg in self._jobs.values():
+            last = self._last_read.get(reg.key)
+            # 5% slack: a job whose interval equals the hub's is read every cycle despite timer jitter
+            if last is not None and now - last < 0.95 * reg.interval_seconds:
+                continue
+            self._last_read[reg.key] = now
             groups[(reg.source, reg.prometheus_url if reg.source == "Prometheus" else "")].append(reg)
         requests = 0
         results = await asyncio.gather(*(self._read_group(skey, regs, now) for skey, regs in groups.items()))
@@ -142,7 +152,7 @@ class TelemetryHub:
         """Evaluate each distinct carbon-intensity query once and attach the value to its jobs."""
         wanted: dict[tuple[str, str], list[JobKey]] = defaultdict(list)
         for reg in self._jobs.values():
-            if reg.intensity_query:
+            if reg.intensity_query and reg.key in self._inbox:
                 wanted[(reg.prometheus_url, reg.intensity_query)].append(reg.key)
         for (url, query), keys in wanted.items():
             value = await self.source("Prometheus", url).query_scalar(query)
