@@ -1,0 +1,69 @@
+# syntax=docker/dockerfile:1
+# Two images from one file (docs/deploy.md):
+#   docker build --target operator -t etj-operator:0.1.0 .   the operator: kopf and clients, no torch
+#   docker build --target workload -t etj-workload:0.1.0 .   the training harness: torch, torchao, scikit-learn
+#
+# The base image is a build argument. Production builds should pin it by digest, e.g.
+#   --build-arg PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:<digest>
+# (`docker buildx imagetools inspect python:3.11-slim-bookworm` prints the current digest). The default below is a
+# tag because the digest cannot be resolved where this file is written and tested (no registry access).
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# ---- build: one wheel of the project (both packages; extras decide what each image installs) -----------------
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+COPY pyproject.toml constraints.txt README.md ./
+COPY operator/ operator/
+COPY workloads/ workloads/
+RUN python -m pip wheel --no-deps --wheel-dir /wheels .
+
+# ---- the operator's virtual environment: the base distribution only (never the workload extra) ------------
+FROM build AS operator-venv
+RUN python -m venv /opt/etj \
+    && /opt/etj/bin/pip install --constraint constraints.txt /wheels/efficient_training_operator-*.whl
+
+# ---- the workload's virtual environment: the workload extra (torch, torchao, scikit-learn, numpy) ----------
+FROM build AS workload-venv
+# PyPI's torch wheel for Linux x86_64 carries CUDA; for a CPU-only image pass
+#   --build-arg PIP_EXTRA_INDEX_URL=<the PyTorch CPU wheel index>
+ARG PIP_EXTRA_INDEX_URL=""
+RUN python -m venv /opt/etj \
+    && wheel="$(echo /wheels/efficient_training_operator-*.whl)" \
+    && /opt/etj/bin/pip install --constraint constraints.txt "${wheel}[workload]"
+
+# ---- operator image ----------------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS operator
+LABEL org.opencontainers.image.title="etj-operator" \
+      org.opencontainers.image.description="EfficientTrainingJob operator (kopf): runs PyTorch DDP jobs and manages their GPU energy" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV PATH=/opt/etj/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+COPY --from=operator-venv /opt/etj /opt/etj
+# A numeric non-root user: Kubernetes can check runAsNonRoot without a passwd entry.
+USER 65532:65532
+# 8080: Prometheus metrics (ETJ_METRICS_PORT); 8081: kopf's liveness endpoint.
+EXPOSE 8080 8081
+ENTRYPOINT ["etj"]
+CMD ["operator"]
+
+# ---- workload image ----------------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE} AS workload
+LABEL org.opencontainers.image.title="etj-workload" \
+      org.opencontainers.image.description="EfficientTrainingJob training harness (torch DDP with energy control)" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV PATH=/opt/etj/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    HOME=/tmp
+COPY --from=workload-venv /opt/etj /opt/etj
+WORKDIR /tmp
+# Non-root by default. Setting GPU power limits through NVML needs root and CAP_SYS_ADMIN: jobs whose
+# spec.energy.power.mode is Fixed or Auto run the trainer with runAsUser: 0 (docs/deploy.md, "Images").
+USER 65532:65532
+# 29500: torch.distributed rendezvous; 9400: the harness's DCGM-compatible /metrics.
+EXPOSE 29500 9400
+CMD ["python", "-m", "etj_workload", "--help"]
