@@ -1,0 +1,464 @@
+"""The per-job energy report: a JSON summary and a PNG plot, from what the operator keeps in the job's status.
+
+Inputs, all from the EfficientTrainingJob object:
+
+* ``status.energy`` totals (joules, kilowattHours, averageWatts, peakWatts, gramsCO2e, source,
+  lastSampleTime) and ``status.energy.history``: a bounded, downsampled list of points
+  ``[unix_seconds, job_watts, per_gpu_limit_watts | null, cumulative_joules]``;
+* ``status.workload.stages``: compression stage results (name, applied, rolledBack, step, epoch, optional
+  time, sizes and accuracy before/after);
+* ``status.conditions``: Paused and Throttled with their lastTransitionTime;
+* ``spec`` for the GPU count (replicas x nprocPerNode) and the energy budget.
+
+The plot has two panels sharing a UTC time axis: job power with the power limit (per-GPU limit x GPUs),
+stage and condition markers, a shaded span while the job is paused; and cumulative energy with the
+budget line. Data from the simulated GPU is labelled as such in the JSON and the plot title.
+
+:func:`write_report` takes a job dict (no cluster needed); :func:`fetch_job` reads one with the
+``kubernetes`` client (a plain GET of the object); :func:`run_report_command` is what ``etj report``
+runs. matplotlib (Agg backend) and kubernetes are imported only when needed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from etj_operator import contract
+
+__all__ = [
+    "HistoryPoint",
+    "ReportError",
+    "build_summary",
+    "fetch_job",
+    "parse_history",
+    "plot_report",
+    "run_report_command",
+    "write_report",
+]
+
+JOULES_PER_KWH = 3.6e6
+#: Condition types whose transitions the report marks.
+MARKED_CONDITIONS = ("Paused", "Throttled")
+
+
+class ReportError(Exception):
+    """The report cannot be made (job not found, API unreachable, matplotlib missing)."""
+
+
+@dataclass(frozen=True)
+class HistoryPoint:
+    """One point of ``status.energy.history``."""
+
+    time_seconds: float
+    job_watts: float
+    per_gpu_limit_watts: float | None
+    cumulative_joules: float
+
+
+# --- reading the job ----------------------------------------------------------------------------------
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _seconds(value: Any) -> float | None:
+    """Unix seconds from a number or an RFC 3339 / ISO 8601 string; None otherwise."""
+    number = _number(value)
+    if number is not None:
+        return number
+    if isinstance(value, str) and value:
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.timestamp()
+    return None
+
+
+def _iso(seconds: float | None) -> str | None:
+    if seconds is None:
+        return None
+    return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_history(raw: Any) -> list[HistoryPoint]:
+    """The valid points of ``status.energy.history``, sorted by time (malformed points are skipped)."""
+    points: list[HistoryPoint] = []
+    for item in raw if isinstance(raw, list) else []:
+        if not isinstance(item, list | tuple) or len(item) < 4:
+            continue
+        t, watts, limit, joules = (_number(item[0]), _number(item[1]), _number(item[2]), _number(item[3]))
+        if t is None or watts is None or joules is None:
+            continue
+        points.append(HistoryPoint(t, watts, limit, joules))
+    points.sort(key=lambda p: p.time_seconds)
+    return points
+
+
+def _is_simulated(energy: Mapping[str, Any]) -> bool:
+    return energy.get("simulated") is True or "simulated" in str(energy.get("source") or "").lower()
+
+
+def _gpu_count(spec: Mapping[str, Any]) -> int | None:
+    replicas, per_node = spec.get("replicas"), spec.get("nprocPerNode", 1)
+    if isinstance(replicas, int) and isinstance(per_node, int) and replicas > 0 and per_node > 0:
+        return replicas * per_node
+    return None
+
+
+def _budget_kwh(spec: Mapping[str, Any]) -> float | None:
+    budget = _mapping(_mapping(spec.get("energy")).get("energyBudget"))
+    return _number(budget.get("kilowattHours"))
+
+
+def _stages(status: Mapping[str, Any]) -> list[dict[str, Any]]:
+    stages = []
+    for raw in _mapping(status.get("workload")).get("stages") or []:
+        if not isinstance(raw, Mapping) or not raw.get("name"):
+            continue
+        before, after = _number(raw.get("sizeBytesBefore")), _number(raw.get("sizeBytesAfter"))
+        acc_before, acc_after = _number(raw.get("accuracyBefore")), _number(raw.get("accuracyAfter"))
+        when = _seconds(raw.get("time"))
+        stages.append(
+            {
+                "name": str(raw["name"]),
+                "applied": bool(raw.get("applied")),
+                "rolledBack": bool(raw.get("rolledBack")),
+                "step": raw.get("step"),
+                "epoch": raw.get("epoch"),
+                "time": _iso(when),
+                "timeSeconds": when,
+                "sizeBytesBefore": raw.get("sizeBytesBefore"),
+                "sizeBytesAfter": raw.get("sizeBytesAfter"),
+                "sizeRatio": round(after / before, 4) if before and after is not None else None,
+                "accuracyBefore": acc_before,
+                "accuracyAfter": acc_after,
+                "accuracyDrop": round(acc_before - acc_after, 6)
+                if acc_before is not None and acc_after is not None
+                else None,
+            }
+        )
+    return stages
+
+
+def _conditions(status: Mapping[str, Any]) -> list[dict[str, Any]]:
+    marked = []
+    for raw in status.get("conditions") or []:
+        if isinstance(raw, Mapping) and raw.get("type") in MARKED_CONDITIONS:
+            when = _seconds(raw.get("lastTransitionTime"))
+            marked.append(
+                {
+                    "type": raw["type"],
+                    "status": raw.get("status"),
+                    "reason": raw.get("reason"),
+                    "message": raw.get("message"),
+                    "lastTransitionTime": _iso(when),
+                    "lastTransitionSeconds": when,
+                }
+            )
+    return marked
+
+
+def _history_summary(points: Sequence[HistoryPoint]) -> dict[str, Any]:
+    if not points:
+        return {"points": 0}
+    duration = points[-1].time_seconds - points[0].time_seconds
+    # Time-weighted mean of the recorded power (each point holds until the next).
+    weighted = sum(a.job_watts * (b.time_seconds - a.time_seconds) for a, b in itertools.pairwise(points))
+    limits = [p.per_gpu_limit_watts for p in points if p.per_gpu_limit_watts is not None]
+    return {
+        "points": len(points),
+        "start": _iso(points[0].time_seconds),
+        "end": _iso(points[-1].time_seconds),
+        "durationSeconds": round(duration, 3),
+        "joulesInHistory": round(points[-1].cumulative_joules - points[0].cumulative_joules, 3),
+        "meanWatts": round(weighted / duration, 2) if duration > 0 else points[0].job_watts,
+        "maxWatts": max(p.job_watts for p in points),
+        "perGpuLimitWatts": {"min": min(limits), "max": max(limits)} if limits else None,
+    }
+
+
+def build_summary(job: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON summary of a job's energy (plain data, ready for ``json.dumps``)."""
+    metadata, spec, status = _mapping(job.get("metadata")), _mapping(job.get("spec")), _mapping(job.get("status"))
+    energy = _mapping(status.get("energy"))
+    simulated = _is_simulated(energy)
+    points = parse_history(energy.get("history"))
+    joules = _number(energy.get("joules"))
+    kwh = _number(energy.get("kilowattHours"))
+    if kwh is None and joules is not None:
+        kwh = joules / JOULES_PER_KWH
+    budget = _budget_kwh(spec)
+    workload = _mapping(status.get("workload"))
+    return {
+        "job": {"name": metadata.get("name"), "namespace": metadata.get("namespace"), "uid": metadata.get("uid")},
+        "generatedAt": _iso(datetime.now(UTC).timestamp()),
+        "simulated": simulated,
+        "dataLabel": "simulated GPU (not measured hardware)" if simulated else "measured",
+        "phase": status.get("phase"),
+        "gpus": _gpu_count(spec),
+        "energy": {
+            "joules": joules,
+            "kilowattHours": kwh,
+            "averageWatts": _number(energy.get("averageWatts")),
+            "peakWatts": _number(energy.get("peakWatts")),
+            "gramsCO2e": _number(energy.get("gramsCO2e")),
+            "source": energy.get("source"),
+            "lastSampleTime": _iso(_seconds(energy.get("lastSampleTime"))),
+            "budgetKilowattHours": budget,
+            "budgetUsedFraction": round(kwh / budget, 6) if kwh is not None and budget else None,
+        },
+        "history": _history_summary(points),
+        "stages": _stages(status),
+        "conditions": _conditions(status),
+        "workload": {
+            key: workload.get(key)
+            for key in (contract.WORKLOAD_EPOCH, contract.WORKLOAD_STEP, contract.WORKLOAD_ACCURACY)
+            if key in workload
+        },
+    }
+
+
+# --- the plot ----------------------------------------------------------------------------------------
+def _energy_unit(max_joules: float) -> tuple[str, float]:
+    if max_joules >= 0.5 * JOULES_PER_KWH:
+        return "kWh", JOULES_PER_KWH
+    if max_joules >= 3600.0 * 0.5:
+        return "Wh", 3600.0
+    return "J", 1.0
+
+
+def plot_report(job: Mapping[str, Any], png_path: Path, summary: Mapping[str, Any] | None = None) -> Path:
+    """Draw the two-panel plot to ``png_path`` (matplotlib, Agg backend); raises ReportError without it."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.dates as mdates
+        import matplotlib.pyplot as plt
+    except ImportError as e:  # pragma: no cover - matplotlib is a dev/report dependency
+        raise ReportError("the PNG plot needs matplotlib (pip install matplotlib)") from e
+
+    summary = summary or build_summary(job)
+    status = _mapping(job.get("status"))
+    points = parse_history(_mapping(status.get("energy")).get("history"))
+    gpus = summary.get("gpus")
+    name = f"{summary['job'].get('namespace')}/{summary['job'].get('name')}"
+    title = f"Energy report: {name}"
+    if summary["simulated"]:
+        title += "  [SIMULATED GPU DATA]"
+
+    fig, (ax_power, ax_energy) = plt.subplots(2, 1, sharex=True, figsize=(11, 7), height_ratios=[3, 2])
+    try:
+        fig.suptitle(title, color="tab:red" if summary["simulated"] else "black")
+        if not points:
+            for ax in (ax_power, ax_energy):
+                ax.text(0.5, 0.5, "no samples recorded", ha="center", va="center", transform=ax.transAxes)
+        else:
+            times = [datetime.fromtimestamp(p.time_seconds, UTC) for p in points]
+            ax_power.step(times, [p.job_watts for p in points], where="post", color="tab:blue", label="job power")
+            if any(p.per_gpu_limit_watts is not None for p in points):
+                scale = gpus or 1
+                limits = [
+                    p.per_gpu_limit_watts * scale if p.per_gpu_limit_watts is not None else math.nan for p in points
+                ]
+                label = f"power limit ({gpus} GPUs x per-GPU limit)" if gpus else "per-GPU power limit"
+                ax_power.step(times, limits, where="post", color="tab:orange", linestyle="--", label=label)
+            unit, divisor = _energy_unit(max(p.cumulative_joules for p in points))
+            ax_energy.plot(times, [p.cumulative_joules / divisor for p in points], color="tab:green", label="energy")
+            budget = summary["energy"].get("budgetKilowattHours")
+            if budget:
+                ax_energy.axhline(budget * JOULES_PER_KWH / divisor, color="tab:red", linestyle=":", label="budget")
+            ax_energy.set_ylabel(f"cumulative energy ({unit})")
+            _mark_events(ax_power, ax_energy, summary, points[-1].time_seconds)
+            ax_energy.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S", tz=UTC))  # type: ignore[no-untyped-call]
+            ax_energy.set_xlabel("time (UTC)")
+        ax_power.set_ylabel("power (W)")
+        ax_power.grid(True, alpha=0.3)
+        ax_energy.grid(True, alpha=0.3)
+        for ax in (ax_power, ax_energy):
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(loc="best", fontsize="small", framealpha=0.9)
+        footer = f"source: {summary['energy'].get('source') or 'unknown'}"
+        totals = summary["energy"]
+        if totals.get("joules") is not None:
+            footer += f"   total {totals['joules'] / 1000:.1f} kJ ({totals.get('kilowattHours') or 0:.4f} kWh)"
+        if totals.get("gramsCO2e") is not None:
+            footer += f"   {totals['gramsCO2e']:.1f} gCO2e"
+        untimed = [
+            f"{st['name']} (step {st.get('step')}{', rolled back' if st['rolledBack'] else ''})"
+            for st in summary["stages"]
+            if st.get("timeSeconds") is None
+        ]
+        if untimed:
+            footer += "   stages without a time: " + ", ".join(untimed)
+        fig.text(0.01, 0.01, footer, fontsize="small", color="dimgray")
+        fig.tight_layout(rect=(0, 0.03, 1, 1))
+        png_path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(png_path, dpi=100)
+    finally:
+        plt.close(fig)
+    return png_path
+
+
+def _mark_events(ax_power: Any, ax_energy: Any, summary: Mapping[str, Any], end_seconds: float) -> None:
+    """Stage lines (green applied, red rolled back), condition transitions, and the current pause span."""
+    for stage in summary["stages"]:
+        when = stage.get("timeSeconds")
+        if when is None:
+            continue
+        color = "tab:red" if stage["rolledBack"] else "tab:green"
+        moment = datetime.fromtimestamp(when, UTC)
+        for ax in (ax_power, ax_energy):
+            ax.axvline(moment, color=color, linestyle="-.", alpha=0.8)
+        label = stage["name"] + (" (rolled back)" if stage["rolledBack"] else "")
+        ax_power.annotate(
+            label,
+            (moment, 0.97),
+            xycoords=("data", "axes fraction"),
+            rotation=90,
+            va="top",
+            ha="right",
+            fontsize="small",
+            color=color,
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
+        )
+    for index, condition in enumerate(summary["conditions"]):
+        when = condition.get("lastTransitionSeconds")
+        if when is None:
+            continue
+        moment = datetime.fromtimestamp(when, UTC)
+        active = condition.get("status") == "True"
+        color = "dimgray" if condition["type"] == "Paused" else "tab:purple"
+        if condition["type"] == "Paused" and active and when <= end_seconds:
+            end = datetime.fromtimestamp(end_seconds, UTC)
+            for ax in (ax_power, ax_energy):
+                ax.axvspan(moment, end, color="lightgray", alpha=0.5)
+        ax_power.axvline(moment, color=color, linestyle=":", alpha=0.9)
+        text = f"{condition['type']}={condition.get('status')}"
+        ax_power.annotate(
+            text,
+            (moment, 0.03 + 0.25 * (index % 3)),
+            xycoords=("data", "axes fraction"),
+            rotation=90,
+            va="bottom",
+            ha="left",
+            fontsize="small",
+            color=color,
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1},
+        )
+
+
+def write_report(job: Mapping[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``<job>-report.json`` and ``<job>-report.png`` into ``out_dir``; returns both paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    name = str(_mapping(job.get("metadata")).get("name") or "job")
+    summary = build_summary(job)
+    png_path = out / f"{name}-report.png"
+    summary["plot"] = png_path.name
+    json_path = out / f"{name}-report.json"
+    json_path.write_text(json.dumps(summary, indent=2, sort_keys=False) + "\n")
+    plot_report(job, png_path, summary)
+    return json_path, png_path
+
+
+# --- reading the job from a cluster ------------------------------------------------------------------
+def default_namespace(kubeconfig: str | None = None) -> str:
+    """The kubeconfig's current-context namespace, else ``default``."""
+    try:
+        from kubernetes import config
+
+        _, active = config.list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+        namespace = _mapping(_mapping(active).get("context")).get("namespace")
+        return str(namespace) if namespace else "default"
+    except Exception:
+        return "default"
+
+
+def fetch_job(name: str, namespace: str, kubeconfig: str | None = None) -> dict[str, Any]:
+    """GET the EfficientTrainingJob; raises ReportError when it is missing or the API is unreachable."""
+    from etj_operator.kubeapi import RESOURCES, ApiStatusError, KubeApi, make_api_client
+
+    try:
+        if kubeconfig:
+            from kubernetes import config
+
+            client = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+        else:
+            client = make_api_client()
+    except Exception as e:
+        raise ReportError(f"cannot load Kubernetes credentials: {e}") from e
+    api = KubeApi(client, max_workers=1)
+    path = RESOURCES[contract.KIND].path(namespace, name)
+    try:
+        job = api.request("get", "GET", contract.PLURAL, path)
+    except ApiStatusError as e:
+        if e.status == 404:
+            raise ReportError(f"{contract.KIND} {namespace}/{name} not found") from e
+        raise ReportError(f"GET {path}: {e}") from e
+    except Exception as e:
+        raise ReportError(f"GET {path}: {e}") from e
+    finally:
+        api.close()
+        client.close()
+    if not isinstance(job, dict):
+        raise ReportError(f"GET {path}: unexpected answer")
+    return job
+
+
+def _load_file(path: str) -> dict[str, Any]:
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ReportError(f"cannot read {path}: {e}") from e
+    if not isinstance(loaded, dict) or loaded.get("kind") != contract.KIND:
+        raise ReportError(f"{path} does not hold an {contract.KIND}")
+    return loaded
+
+
+def run_report_command(
+    job: str,
+    namespace: str | None = None,
+    out_dir: str = ".",
+    kubeconfig: str | None = None,
+    from_file: str | None = None,
+) -> int:
+    """What ``etj report`` does: fetch the job (or read ``from_file``), write the report, print the paths."""
+    try:
+        if from_file:
+            body = _load_file(from_file)
+        else:
+            body = fetch_job(job, namespace or default_namespace(kubeconfig), kubeconfig)
+        json_path, png_path = write_report(body, out_dir)
+    except ReportError as e:
+        print(f"etj report: {e}", file=sys.stderr)
+        return 1
+    summary = json.loads(json_path.read_text())
+    energy = summary["energy"]
+    label = " (SIMULATED)" if summary["simulated"] else ""
+    kwh = energy.get("kilowattHours")
+    print(
+        f"{summary['job']['namespace']}/{summary['job']['name']}{label}: phase {summary.get('phase')}, "
+        f"{kwh if kwh is not None else 'n/a'} kWh, source {energy.get('source') or 'unknown'}"
+    )
+    print(f"wrote {json_path}")
+    print(f"wrote {png_path}")
+    return 0

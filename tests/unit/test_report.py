@@ -1,0 +1,165 @@
+"""The per-job report from a synthetic job dict: JSON summary, PNG plot, simulated labelling, bad input."""
+
+import json
+
+import pytest
+import yaml
+
+from etj_operator.report import build_summary, parse_history, run_report_command, write_report
+
+T0 = 1_760_000_000.0  # unix seconds
+
+
+def synthetic_job(*, simulated=True, points=60):
+    history = []
+    joules = 0.0
+    for i in range(points):
+        t = T0 + 10 * i
+        paused = i >= 45
+        limit = 300.0 if 20 <= i < 40 else None
+        watts = 0.0 if paused else (1100.0 if limit else 1600.0)
+        if i:
+            joules += history[-1][1] * 10
+        history.append([t, watts, limit, joules])
+    return {
+        "apiVersion": "efficienttraining.dev/v1alpha1",
+        "kind": "EfficientTrainingJob",
+        "metadata": {"name": "resnet", "namespace": "ml", "uid": "u-1"},
+        "spec": {"replicas": 2, "nprocPerNode": 2, "energy": {"energyBudget": {"kilowattHours": 0.5}}},
+        "status": {
+            "phase": "Paused",
+            "energy": {
+                "joules": joules,
+                "kilowattHours": joules / 3.6e6,
+                "averageWatts": 1200.0,
+                "peakWatts": 1650.0,
+                "gramsCO2e": 21.5,
+                "source": "Direct (simulated)" if simulated else "Prometheus",
+                "simulated": simulated,
+                "lastSampleTime": T0 + 10 * (points - 1),
+                "history": history,
+            },
+            "workload": {
+                "epoch": 3,
+                "step": 900,
+                "accuracy": 0.93,
+                "stages": [
+                    {
+                        "name": "prune-30",
+                        "applied": True,
+                        "rolledBack": False,
+                        "step": 300,
+                        "epoch": 1,
+                        "time": "2025-10-09T08:55:00Z",
+                        "sizeBytesBefore": 1000,
+                        "sizeBytesAfter": 700,
+                        "accuracyBefore": 0.95,
+                        "accuracyAfter": 0.94,
+                    },
+                    {
+                        "name": "int8",
+                        "applied": True,
+                        "rolledBack": True,
+                        "step": 600,
+                        "epoch": 2,
+                        "sizeBytesBefore": 700,
+                        "sizeBytesAfter": 200,
+                        "accuracyBefore": 0.94,
+                        "accuracyAfter": 0.80,
+                    },
+                ],
+            },
+            "conditions": [
+                {
+                    "type": "Throttled",
+                    "status": "False",
+                    "reason": "BudgetOk",
+                    "lastTransitionTime": T0 + 400,
+                },  # 09:00:00Z
+                {
+                    "type": "Paused",
+                    "status": "True",
+                    "reason": "CarbonIntensityHigh",
+                    "lastTransitionTime": "2025-10-09T09:00:50Z",  # T0 + 450
+                },
+                {"type": "Ready", "status": "True", "lastTransitionTime": "2025-10-09T08:00:00Z"},
+            ],
+        },
+    }
+
+
+def test_summary_carries_totals_history_stages_and_conditions():
+    job = synthetic_job()
+    summary = build_summary(job)
+    energy = job["status"]["energy"]
+    assert summary["job"] == {"name": "resnet", "namespace": "ml", "uid": "u-1"}
+    assert summary["simulated"] is True and "simulated" in summary["dataLabel"]
+    assert summary["gpus"] == 4
+    assert summary["energy"]["joules"] == energy["joules"]
+    assert summary["energy"]["budgetUsedFraction"] == pytest.approx(energy["kilowattHours"] / 0.5, rel=1e-5)
+    assert summary["energy"]["lastSampleTime"].endswith("Z")
+    history = summary["history"]
+    assert history["points"] == 60 and history["durationSeconds"] == 590
+    assert history["joulesInHistory"] == pytest.approx(energy["joules"])
+    assert history["maxWatts"] == 1600.0 and history["perGpuLimitWatts"] == {"min": 300.0, "max": 300.0}
+    # Time-weighted: each reading holds until the next, as the synthetic energy was integrated.
+    assert history["meanWatts"] == pytest.approx(energy["joules"] / 590, abs=0.01)
+    prune, int8 = summary["stages"]
+    assert prune["sizeRatio"] == 0.7 and prune["accuracyDrop"] == pytest.approx(0.01)
+    assert prune["time"] == "2025-10-09T08:55:00Z"
+    assert int8["rolledBack"] is True and int8["time"] is None
+    assert [c["type"] for c in summary["conditions"]] == ["Throttled", "Paused"]
+    assert summary["conditions"][1]["lastTransitionTime"] == "2025-10-09T09:00:50Z"
+    assert summary["workload"] == {"epoch": 3, "step": 900, "accuracy": 0.93}
+
+
+def test_write_report_makes_a_json_and_a_png(tmp_path):
+    json_path, png_path = write_report(synthetic_job(), tmp_path / "out")
+    assert json_path.name == "resnet-report.json" and png_path.name == "resnet-report.png"
+    summary = json.loads(json_path.read_text())
+    assert summary["plot"] == "resnet-report.png" and summary["simulated"] is True
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_measured_data_is_not_labelled_simulated(tmp_path):
+    summary = build_summary(synthetic_job(simulated=False))
+    assert summary["simulated"] is False and summary["dataLabel"] == "measured"
+    assert summary["energy"]["source"] == "Prometheus"
+
+
+def test_simulated_is_recognised_from_the_source_string_alone():
+    job = synthetic_job()
+    del job["status"]["energy"]["simulated"]
+    assert build_summary(job)["simulated"] is True
+
+
+def test_a_job_without_status_still_gets_a_report(tmp_path):
+    job = {"kind": "EfficientTrainingJob", "metadata": {"name": "fresh", "namespace": "ml"}, "spec": {}}
+    json_path, png_path = write_report(job, tmp_path)
+    summary = json.loads(json_path.read_text())
+    assert summary["history"] == {"points": 0}
+    assert summary["energy"]["joules"] is None and summary["stages"] == []
+    assert png_path.stat().st_size > 0
+
+
+def test_malformed_history_points_are_skipped_and_sorted():
+    raw = [[20.0, 5.0, None, 2.0], "junk", [10.0, 4.0, 250, 1.0], [30.0, None, None, 3.0], [40.0, 1.0], None]
+    points = parse_history(raw)
+    assert [p.time_seconds for p in points] == [10.0, 20.0]
+    assert points[0].per_gpu_limit_watts == 250.0
+
+
+def test_the_command_reads_a_saved_manifest(tmp_path, capsys):
+    manifest = tmp_path / "resnet.yaml"
+    manifest.write_text(yaml.safe_dump(synthetic_job()))
+    assert run_report_command("resnet", out_dir=str(tmp_path / "r"), from_file=str(manifest)) == 0
+    out = capsys.readouterr().out
+    assert "SIMULATED" in out and "resnet-report.png" in out
+    assert (tmp_path / "r" / "resnet-report.json").exists()
+
+
+def test_the_command_fails_cleanly_on_a_file_that_is_no_job(tmp_path, capsys):
+    bad = tmp_path / "cm.yaml"
+    bad.write_text("kind: ConfigMap\n")
+    assert run_report_command("x", out_dir=str(tmp_path), from_file=str(bad)) == 1
+    assert "does not hold" in capsys.readouterr().err
