@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 from chart_support import ROOT
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -153,3 +154,11 @@ def test_hadolint_finds_nothing():
         check=False,
     )
     assert result.returncode == 0 and result.stdout == "", result.stdout + result.stderr
+
+
+def test_the_kind_workflow_builds_both_targets_and_runs_the_cluster_tests():
+    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "e2e-kind.yml").read_text())
+    commands = "\n".join(step.get("run", "") for step in workflow["jobs"]["e2e"]["steps"])
+    assert "--target operator" in commands and "--target workload" in commands
+    assert "kind load docker-image" in commands
+    assert "tests/e2e/test_cluster.py -m cluster --kube-config" in commands
