@@ -31,6 +31,10 @@ from etj_operator.telemetry.prometheus import PrometheusTelemetry
 
 logger = logging.getLogger(__name__)
 
+#: The operator's own registry: importing this module never adds handlers to kopf's process-wide default
+#: registry (tests run other kopf operators in the same process).
+REGISTRY = kopf.OperatorRegistry()
+
 OPERATOR_PODS: dict[str, Any] = {contract.LABEL_JOB_NAME: kopf.PRESENT, contract.LABEL_MANAGED_BY: contract.MANAGED_BY}
 
 
@@ -58,7 +62,7 @@ def post_event(body: Mapping[str, Any], event: Event) -> None:
     kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason, message=event.message)
 
 
-@kopf.on.login()
+@kopf.on.login(registry=REGISTRY)
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """$KUBECONFIG when set (read now, not at import), else the pod's service account, else ~/.kube/config."""
     if os.environ.get("KUBECONFIG"):
@@ -66,7 +70,7 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     return kopf.login_with_service_account(**kwargs) or kopf.login_via_client(**kwargs)
 
 
-@kopf.on.startup()
+@kopf.on.startup(registry=REGISTRY)
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Operator settings, the API wrapper and the metrics endpoint."""
     config = OperatorConfig.from_env()
@@ -102,7 +106,7 @@ def make_source(config: OperatorConfig, kind: str, url: str) -> TelemetrySource:
     )
 
 
-@kopf.on.cleanup()
+@kopf.on.cleanup(registry=REGISTRY)
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     """Stop the telemetry cycle and release the API wrapper's threads."""
     stop = getattr(memo, "telemetry_stop", None)
@@ -115,13 +119,13 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
         api.close()
 
 
-@kopf.index("pods", labels=OPERATOR_PODS)
+@kopf.index("pods", labels=OPERATOR_PODS, registry=REGISTRY)
 def worker_pods(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> Any:
     """Index pods by (namespace, job name), as compact PodView summaries."""
     return {(namespace or "", labels[contract.LABEL_JOB_NAME]): pod_view(body)}
 
 
-@kopf.on.event("nodes")
+@kopf.on.event("nodes", registry=REGISTRY)
 def node_power_pressure(name: str, annotations: Mapping[str, str], type: str | None, memo: kopf.Memo, **_: Any) -> None:
     """Track nodes annotated efficienttraining.dev/power-pressure="true" (placement policy)."""
     pressured: set[str] = memo.pressured_nodes
@@ -131,19 +135,19 @@ def node_power_pressure(name: str, annotations: Mapping[str, str], type: str | N
         pressured.discard(name)
 
 
-@kopf.on.event("pods", labels=OPERATOR_PODS)
+@kopf.on.event("pods", labels=OPERATOR_PODS, registry=REGISTRY)
 def wake_on_pod_event(namespace: str | None, labels: Mapping[str, str], memo: kopf.Memo, **_: Any) -> None:
     """A worker pod changed: its job's loop looks again now."""
     memo.wakers.wake((namespace or "", labels[contract.LABEL_JOB_NAME]))
 
 
-@kopf.on.event(contract.GROUP, contract.VERSION, contract.PLURAL)
+@kopf.on.event(contract.GROUP, contract.VERSION, contract.PLURAL, registry=REGISTRY)
 def wake_on_job_event(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
     """The job changed (spec edited, status written by others): its loop looks again now."""
     memo.wakers.wake((namespace or "", name))
 
 
-@kopf.daemon(contract.GROUP, contract.VERSION, contract.PLURAL, cancellation_timeout=10.0)
+@kopf.daemon(contract.GROUP, contract.VERSION, contract.PLURAL, cancellation_timeout=10.0, registry=REGISTRY)
 async def job_lifecycle(
     stopped: kopf.DaemonStopped,
     body: kopf.Body,

@@ -19,7 +19,7 @@ def run_operator(
     quiet: bool = False,
 ) -> None:
     """Run the operator until stopped; watches all namespaces unless ``namespaces`` are given."""
-    import etj_operator.handlers  # noqa: F401  (registers every handler with kopf's default registry)
+    from etj_operator.handlers import REGISTRY
 
     kopf.configure(verbose=verbose, log_prefix=True)
     if quiet:  # the demo prints its own progress; keep only warnings from kopf and the HTTP server
@@ -30,6 +30,7 @@ def run_operator(
         kopf.operator(
             clusterwide=not namespaces,
             namespaces=list(namespaces),
+            registry=REGISTRY,
             standalone=True,
             liveness_endpoint=liveness_endpoint,
             stop_flag=stop_flag,
