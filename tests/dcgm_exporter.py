@@ -30,6 +30,7 @@ Usage::
 from __future__ import annotations
 
 import bisect
+import sys
 import threading
 import time
 import uuid
@@ -160,8 +161,15 @@ class DcgmExporter:
             def log_message(self, format: str, *args: object) -> None:
                 return
 
-        server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        server.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: object, client_address: object) -> None:
+                # A scraper that gave up (scrape timeout) closes the socket mid-body: not worth a traceback.
+                if not isinstance(sys.exc_info()[1], ConnectionError):
+                    super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+        server = Server(("127.0.0.1", port), Handler)
         return server
 
     def start(self) -> DcgmExporter:
