@@ -568,7 +568,7 @@ BUILTIN_RESOURCES: Final[tuple[ResourceType, ...]] = (
              subresources=("status", "finalize"), fields=("status.phase",)),
     _builtin("", "v1", "nodes", "Node", namespaced=False, short=("no",), subresources=("status",),
              fields=("spec.unschedulable",)),
-    _builtin("", "v1", "pods", "Pod", short=("po",), subresources=("status",), fields=_POD_FIELDS,
+    _builtin("", "v1", "pods", "Pod", short=("po",), subresources=("status", "log"), fields=_POD_FIELDS,
              categories=("all",)),
     _builtin("", "v1", "services", "Service", short=("svc",), subresources=("status",), categories=("all",)),
     _builtin("", "v1", "serviceaccounts", "ServiceAccount", short=("sa",)),
@@ -921,6 +921,12 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
     # A real server refuses objects in a missing namespace; lenient mode creates the namespace instead.
     strict_namespaces: bool = False
     faults: FaultInjector = attrs.field(factory=FaultInjector)
+    #: Admission hooks ``(resource type, new object, stored object or None)`` run before every create/update
+    #: is committed (dry runs included); they reject by raising ApiError (the sandbox's schema validation).
+    admission: list[Callable[[ResourceType, Json, Json | None], None]] = attrs.field(factory=list)
+    #: Reads a pod's container log ``(namespace, pod, container or None) -> text`` for ``GET pods/NAME/log``
+    #: (the sandbox kubelet's log files); None: the endpoint answers 400, as without a kubelet.
+    pod_log_reader: Callable[[str, str, str | None], str] | None = None
 
     _types: dict[tuple[str, str, str], ResourceType] = attrs.field(factory=dict, init=False)
     _store: dict[StoreKey, dict[ObjectKey, Json]] = attrs.field(factory=dict, init=False)
@@ -1173,6 +1179,8 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         if rt.custom:
             obj = prune_and_default(obj, rt.schema, strict=strict_fields)
         self._initialise_builtin(rt, obj)
+        for admit in self.admission:
+            admit(rt, obj, None)
         if dry_run:
             return obj
         committed = self._commit(rt, obj)
@@ -1317,6 +1325,8 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
             new_meta["generation"] = int(old_meta.get("generation", 1)) + 1
         if new == old:
             return old  # a no-op write neither bumps the resourceVersion nor makes a watch event
+        for admit in self.admission:
+            admit(rt, new, old)
         if dry_run:
             return new
         committed = self._commit(rt, new)
@@ -1707,6 +1717,9 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         if method == "GET" and watch:
             record.verb = "watch"
             return await self._handle_watch(raw, rt, path)
+        if method == "GET" and path.subresource == "log" and rt.plural == "pods" and rt.group == "":
+            record.verb = "get"
+            return self._pod_log(path.namespace or "", path.name or "", query.get("container"))
         if method == "GET" and path.name is None:
             record.verb = "list"
             return self._handle_list(raw, rt, path.namespace)
@@ -1750,6 +1763,12 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
             return self._object_response(raw, rt, obj)
         raise ApiError(405, "MethodNotAllowed", f"the server does not allow this method on the requested"
                        f" resource ({method} {raw.path})")
+
+    def _pod_log(self, namespace: str, name: str, container: str | None) -> aiohttp.web.StreamResponse:
+        self.read_object(self.resource_type("pods"), namespace, name)  # 404 for a missing pod
+        if self.pod_log_reader is None:
+            raise ApiError(400, "BadRequest", f'pod "{name}" has no logs: no kubelet runs its containers')
+        return aiohttp.web.Response(text=self.pod_log_reader(namespace, name, container))
 
     def _list_body(self, rt: ResourceType, items: list[Json], continue_token: str = "",
                    remaining: int | None = None) -> Json:
