@@ -1,0 +1,694 @@
+"""The sandbox's process "kubelet": runs each Pod's ``trainer`` container as a local process.
+
+There are no images, containers or network namespaces here, so the kubelet approximates a node:
+
+* **Addresses.** Each pod gets its own loopback address ``127.0.x.y`` (all of ``127.0.0.0/8`` is on ``lo``),
+  reported as ``status.podIP``. A small ``sitecustomize`` shim, put on the pod's ``PYTHONPATH``, binds Python
+  sockets that ask for every address (``0.0.0.0``) to the pod's address instead, and makes
+  ``socket.gethostname()`` answer the pod's hostname: what the pod's network and UTS namespaces would do. So
+  two pods can both serve ``/metrics`` on port 9400, each on its own address.
+* **DNS.** Env values that name a pod through its headless Service (``<hostname>.<subdomain>.<ns>.svc``,
+  optionally ``.cluster.local``, or ``<hostname>.<subdomain>`` in the same namespace), alone or as
+  ``host:port``, are rewritten to that pod's address. A pod whose peers have no address yet waits (Pending).
+* **Ports.** torchrun's TCPStore (C++) binds its port on every address, which the shim cannot redirect; so
+  each pod's container ports named ``rendezvous`` get a free host port, and the rewrite applies it to the
+  ports that go with a rewritten name (``MASTER_PORT``/``PET_MASTER_PORT`` beside ``MASTER_ADDR``/
+  ``PET_MASTER_ADDR``, the port of a ``host:port`` value). Several jobs can then run at once.
+* **Volumes.** ``emptyDir`` mounts become a per-pod directory, ``persistentVolumeClaim`` mounts a
+  per-claim directory, ``hostPath`` a directory under the state dir (the host path itself is never used);
+  env values and ``workingDir`` under a mount path are rewritten to the host directory (e.g.
+  ``ETJ_CHECKPOINT_DIR=/checkpoints``). Other volume types are not mounted.
+* **Credentials.** ``KUBECONFIG`` points at the sandbox's kubeconfig (the harness's client reads it when no
+  in-cluster service account exists).
+* **No GPUs.** ``ETJ_GPU_BACKEND=simulated`` is forced; ``OMP_NUM_THREADS=1``, ``GLOO_SOCKET_IFNAME=lo`` and
+  ``ETJ_SIMULATED_SLEEP=1`` are defaults the pod's env may override.
+* **Lifecycle.** Pending until started, Running with the address, then Succeeded or Failed with the exit
+  code in ``containerStatuses`` (a signal ``n`` reads ``128+n``). Nothing is restarted (the operator restarts
+  gangs). When a pod is deleted (the emulator deletes at once) or gets a ``deletionTimestamp``, its
+  processes get SIGTERM, then SIGKILL after the grace period (``terminationGracePeriodSeconds``, capped).
+  When the container's main process exits, whatever it left running is killed, as a container's PID
+  namespace would be.
+* **Process tracking.** torchrun starts its workers in sessions of their own, so a process group does not
+  hold a pod. Every process of a pod inherits ``ETJ_SANDBOX_STATE`` (the state directory) and
+  ``ETJ_SANDBOX_POD`` (namespace/name/uid) in its environment; the kubelet finds a pod's processes, and a
+  later sandbox the leftovers of a crashed one, by reading ``/proc/<pid>/environ`` (see
+  :func:`tagged_processes`).
+
+The kubelet talks to the emulator through its in-process, thread-safe accessors (``list`` and
+``set_pod_phase``), polling: it always lives in the process that hosts the emulator (``etj sandbox up``,
+the demo, the tests), a level-triggered poll cannot miss an event or need watch resumption, and it keeps
+the kubelet independent of client configuration. Only the pods' own processes use HTTP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from etj_operator import contract
+
+__all__ = [
+    "ENV_POD_TAG",
+    "ENV_STATE_TAG",
+    "KubeletConfig",
+    "PodApi",
+    "ProcessKubelet",
+    "expand_references",
+    "kill_tagged",
+    "tagged_processes",
+]
+
+log = logging.getLogger(__name__)
+
+Json = dict[str, Any]
+
+#: Environment marker carried by every process of every pod: the sandbox's state directory.
+ENV_STATE_TAG = "ETJ_SANDBOX_STATE"
+#: Environment marker of one pod: ``namespace/name/uid``.
+ENV_POD_TAG = "ETJ_SANDBOX_POD"
+ENV_POD_IP = "ETJ_SANDBOX_POD_IP"
+ENV_POD_HOSTNAME = "ETJ_SANDBOX_POD_HOSTNAME"
+
+#: Put on each pod's PYTHONPATH: the pod's network and UTS namespaces, as far as Python sockets go.
+SHIM_SOURCE = '''"""Written by the etj sandbox kubelet: emulates a pod's own network address and hostname."""
+import os
+import socket
+
+_ip = os.environ.get("ETJ_SANDBOX_POD_IP")
+_hostname = os.environ.get("ETJ_SANDBOX_POD_HOSTNAME")
+if _ip:
+    _bind = socket.socket.bind
+
+    def _pod_bind(self, address):
+        if self.family == socket.AF_INET and isinstance(address, tuple) and address[0] in ("", "0.0.0.0"):
+            address = (_ip, *address[1:])
+        return _bind(self, address)
+
+    socket.socket.bind = _pod_bind
+if _hostname:
+    socket.gethostname = lambda: _hostname
+'''
+
+_SVC_NAME = re.compile(
+    r"^(?P<host>[a-z0-9]([-a-z0-9]*[a-z0-9])?)\.(?P<sub>[a-z0-9]([-a-z0-9]*[a-z0-9])?)"
+    r"(\.(?P<ns>[a-z0-9]([-a-z0-9]*[a-z0-9])?)\.svc(\.cluster\.local)?)?$"
+)
+#: Port variables that belong to an address variable: rewritten with the resolved pod's port map.
+PORT_FOR_ADDRESS: Mapping[str, str] = {
+    contract.ENV_MASTER_PORT: contract.ENV_MASTER_ADDR,
+    contract.ENV_PET_MASTER_PORT: contract.ENV_PET_MASTER_ADDR,
+}
+
+
+class PodApi(Protocol):
+    """What the kubelet needs from the API (``EmulatorServer`` provides it)."""
+
+    def list(self, resource: str, namespace: str | None = None, label_selector: str | None = None,
+             field_selector: str | None = None) -> list[Json]:
+        """List objects (deep copies)."""
+        ...
+
+    def set_pod_phase(self, namespace: str, name: str, phase: str, *, exit_code: int | Mapping[str, int] | None = None,
+                      pod_ip: str | None = None, reason: str | None = None) -> Json:
+        """Write a pod's phase and container statuses."""
+        ...
+
+
+@dataclass(frozen=True)
+class KubeletConfig:
+    """How the process kubelet runs pods."""
+
+    #: The sandbox's state directory: pod dirs, logs and volumes go under ``pods/`` and ``volumes/``.
+    state_dir: Path
+    #: kubeconfig the pods' processes use to reach the sandbox API (``KUBECONFIG``).
+    kubeconfig: Path
+    #: Seconds between two looks at the pods.
+    poll_seconds: float = 0.2
+    #: Upper bound of a pod's termination grace period (its terminationGracePeriodSeconds, default 30).
+    max_grace_seconds: float = 30.0
+    #: How long a pod waits for the pods its env names to get an address before starting anyway.
+    resolve_timeout_seconds: float = 60.0
+    #: Extra environment defaults for every pod (the pod's own env wins), e.g. ETJ_SIMULATED_* knobs.
+    env_defaults: Mapping[str, str] = field(default_factory=dict)
+    #: First loopback address handed out (then the next free ones).
+    first_address: str = "127.0.1.1"
+    #: Container port names that get a distinct host port per pod (sockets bound on every address).
+    remapped_port_names: tuple[str, ...] = ("rendezvous",)
+    #: Directory with the interpreter and console scripts (``torchrun``) first on the pods' PATH.
+    bin_dir: Path = field(default_factory=lambda: Path(sys.executable).parent)
+
+
+# ----- processes, found by their environment -----------------------------------------------------------
+
+
+def _environ(pid: int) -> dict[bytes, bytes]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    pairs = (item.partition(b"=") for item in raw.split(b"\0") if item)
+    return {k: v for k, _, v in pairs}
+
+
+def tagged_processes(state_dir: Path, pod_tag: str | None = None) -> list[int]:
+    """Pids of live processes started by the sandbox of ``state_dir`` (only one pod's with ``pod_tag``).
+
+    Reads ``/proc/<pid>/environ`` of the user's own processes (others' are unreadable and skipped).
+    """
+    state = str(Path(state_dir).resolve()).encode()
+    pod = pod_tag.encode() if pod_tag is not None else None
+    found: list[int] = []
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        env = _environ(int(entry.name))
+        mine = env.get(ENV_STATE_TAG.encode()) == state and (pod is None or env.get(ENV_POD_TAG.encode()) == pod)
+        if mine and not _is_zombie(int(entry.name)):
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rfind(")") + 2:].startswith(("Z", "X"))
+
+
+def _signal_all(pids: Sequence[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def kill_tagged(state_dir: Path, pod_tag: str | None = None, *, grace_seconds: float = 5.0) -> list[int]:
+    """SIGTERM every process tagged with ``state_dir`` (and ``pod_tag``), SIGKILL what is left after the grace.
+
+    Returns the pids that were signalled. Used on shutdown and to clean up after a crashed sandbox.
+    """
+    pids = tagged_processes(state_dir, pod_tag)
+    if not pids:
+        return []
+    _signal_all(pids, signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    while time.monotonic() < deadline and tagged_processes(state_dir, pod_tag):
+        time.sleep(0.1)
+    left = tagged_processes(state_dir, pod_tag)
+    _signal_all(left, signal.SIGKILL)
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and tagged_processes(state_dir, pod_tag):
+        time.sleep(0.05)
+    return pids
+
+
+# ----- env helpers ---------------------------------------------------------------------------------------
+
+_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+def expand_references(value: str, env: Mapping[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion: defined names are replaced, ``$$`` is a literal ``$``, others stay."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1)
+        return env.get(name, match.group(0))
+
+    return _REFERENCE.sub(replace, value)
+
+
+def _field_ref(pod: Mapping[str, Any], path: str, ip: str) -> str | None:
+    meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+    simple = {
+        "metadata.name": meta.get("name"),
+        "metadata.namespace": meta.get("namespace"),
+        "metadata.uid": meta.get("uid"),
+        "spec.nodeName": spec.get("nodeName") or "sandbox",
+        "spec.serviceAccountName": spec.get("serviceAccountName"),
+        "status.podIP": ip,
+        "status.hostIP": "127.0.0.1",
+    }
+    if path in simple:
+        value = simple[path]
+        return None if value is None else str(value)
+    match = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path)
+    if match:
+        return (meta.get(match.group(1)) or {}).get(match.group(2))
+    return None
+
+
+# ----- one pod --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _PodRun:
+    namespace: str
+    name: str
+    uid: str
+    hostname: str
+    subdomain: str
+    ip: str
+    pod_dir: Path
+    ports: dict[int, int]
+    seen_at: float
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    finished: bool = False
+    terminating: bool = False
+    gone: bool = False
+
+    @property
+    def tag(self) -> str:
+        return f"{self.namespace}/{self.name}/{self.uid}"
+
+
+class _Unresolved(Exception):
+    """A name in the pod's env points at a pod that has no address yet."""
+
+
+class ProcessKubelet:
+    """Runs pods of the API as local processes (see the module docstring). ``start()``/``stop()``."""
+
+    def __init__(self, api: PodApi, config: KubeletConfig) -> None:
+        self.api = api
+        self.config = config
+        self.state_dir = Path(config.state_dir).resolve()
+        self._runs: dict[str, _PodRun] = {}
+        self._latest: dict[tuple[str, str], _PodRun] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._terminators: list[threading.Thread] = []
+        self._next_address = _address_to_int(config.first_address)
+        self._shim_dir = self.state_dir / "shim"
+        self.error: BaseException | None = None
+
+    # ----- lifecycle ----------------------------------------------------------------------------------
+
+    def start(self) -> ProcessKubelet:
+        """Write the shim and start watching pods in a background thread."""
+        self._shim_dir.mkdir(parents=True, exist_ok=True)
+        (self._shim_dir / "sitecustomize.py").write_text(SHIM_SOURCE)
+        self._thread = threading.Thread(target=self._main, name="etj-sandbox-kubelet", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, grace_seconds: float | None = None) -> None:
+        """Stop watching, terminate every pod's processes (SIGTERM, grace, SIGKILL) and wait for them."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        grace = self.config.max_grace_seconds if grace_seconds is None else grace_seconds
+        with self._lock:
+            running = [r for r in self._runs.values() if r.proc is not None and not r.finished]
+        threads = [threading.Thread(target=self._terminate, args=(r, grace), daemon=True) for r in running
+                   if not r.terminating]
+        for t in threads:
+            t.start()
+        for t in threads + self._terminators:
+            t.join(timeout=self.config.max_grace_seconds + 15)
+        kill_tagged(self.state_dir, grace_seconds=1.0)  # anything that escaped its pod
+
+    def __enter__(self) -> ProcessKubelet:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ----- queries ------------------------------------------------------------------------------------
+
+    def pod_ip(self, namespace: str, name: str) -> str | None:
+        """The address given to the newest pod of that name."""
+        with self._lock:
+            run = self._latest.get((namespace, name))
+            return run.ip if run else None
+
+    def log_path(self, namespace: str, name: str) -> Path | None:
+        """The log file of the newest pod of that name (None before it started)."""
+        with self._lock:
+            run = self._latest.get((namespace, name))
+            return run.log_path if run else None
+
+    def read_log(self, namespace: str, name: str, container: str | None = None) -> str:
+        """The pod's log (stdout and stderr of its trainer); for ``kubectl logs`` through the emulator."""
+        path = self.log_path(namespace, name)
+        if path is None or not path.exists():
+            return ""
+        return path.read_text(errors="replace")
+
+    # ----- the loop -----------------------------------------------------------------------------------
+
+    def _main(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._sync()
+            except Exception as e:  # the API being stopped, or a bug: keep going, log once per kind
+                if not self._stop.is_set():
+                    log.warning("kubelet sync failed: %r", e)
+                    self.error = e
+            self._stop.wait(self.config.poll_seconds)
+
+    def _sync(self) -> None:
+        pods = self.api.list("pods")
+        live = {p["metadata"]["uid"]: p for p in pods}
+        for listed in pods:
+            meta = listed["metadata"]
+            uid = meta["uid"]
+            if uid in self._runs or meta.get("deletionTimestamp"):
+                continue
+            if (listed.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                continue  # finished before this kubelet started: nothing to run
+            self._admit(listed)
+        for run in list(self._runs.values()):
+            pod = live.get(run.uid)
+            if pod is None or pod["metadata"].get("deletionTimestamp"):
+                run.gone = pod is None
+                if not run.terminating and not run.finished and run.proc is not None:
+                    self._begin_termination(run, pod)
+                elif run.proc is None or run.finished:
+                    self._forget(run)
+                continue
+            if run.proc is None:
+                self._try_start(run, pod)
+            elif not run.finished and run.proc.poll() is not None and not run.terminating:
+                self._report_exit(run)
+
+    def _forget(self, run: _PodRun) -> None:
+        with self._lock:
+            self._runs.pop(run.uid, None)
+
+    # ----- admitting and starting a pod ----------------------------------------------------------------
+
+    def _admit(self, pod: Json) -> None:
+        meta, spec = pod["metadata"], pod.get("spec") or {}
+        namespace, name, uid = meta.get("namespace") or "default", meta["name"], meta["uid"]
+        pod_dir = self.state_dir / "pods" / namespace / name / uid
+        pod_dir.mkdir(parents=True, exist_ok=True)
+        container = _main_container(spec)
+        remap = set(self.config.remapped_port_names)
+        ports: dict[int, int] = {}
+        for port in (container or {}).get("ports") or []:
+            if port.get("name") in remap and isinstance(port.get("containerPort"), int):
+                ports[port["containerPort"]] = _free_port()
+        run = _PodRun(namespace=namespace, name=name, uid=uid, hostname=spec.get("hostname") or name,
+                      subdomain=spec.get("subdomain") or "", ip=self._allocate_address(container), pod_dir=pod_dir,
+                      ports=ports, seen_at=time.monotonic())
+        with self._lock:
+            self._runs[uid] = run
+            self._latest[(namespace, name)] = run
+        log.info("pod %s/%s: address %s", namespace, name, run.ip)
+
+    def _allocate_address(self, container: Json | None) -> str:
+        """The next loopback address where none of the container's ports is taken (e.g. by another sandbox)."""
+        declared = (container or {}).get("ports") or []
+        ports = [p["containerPort"] for p in declared if isinstance(p.get("containerPort"), int)]
+        taken = {r.ip for r in self._runs.values()}
+        for _ in range(4096):
+            candidate = _int_to_address(self._next_address)
+            self._next_address += 1
+            if (self._next_address & 0xFF) in (0, 255):
+                self._next_address += 2
+            if candidate not in taken and all(_can_bind(candidate, p) for p in ports):
+                return candidate
+        raise RuntimeError("no free loopback address left for a pod")
+
+    def _resolve_host(self, host: str, namespace: str, *, strict: bool) -> _PodRun | None:
+        """The pod a headless-service name points at; None when ``host`` is no such name.
+
+        ``<host>.<sub>.<ns>.svc[.cluster.local]`` is always a service name (``_Unresolved`` while its pod has
+        no address, unless not ``strict``); the short ``<host>.<sub>`` only when a pod of the namespace has
+        that subdomain (so that values such as ``0.5`` are left alone).
+        """
+        match = _SVC_NAME.match(host)
+        if match is None:
+            return None
+        ns = match.group("ns") or namespace
+        runs = list(self._runs.values())
+        if match.group("ns") is None and not any(r.namespace == ns and r.subdomain == match.group("sub") for r in runs):
+            return None
+        for run in runs:
+            if run.namespace == ns and run.hostname == match.group("host") and run.subdomain == match.group("sub"):
+                return run
+        if strict:
+            raise _Unresolved(host)
+        return None
+
+    def _rewrite_endpoint(self, value: str, namespace: str, *, strict: bool) -> tuple[str, _PodRun | None]:
+        host, sep, port = value.rpartition(":") if ":" in value else (value, "", "")
+        target = self._resolve_host(host, namespace, strict=strict)
+        if target is None:
+            return value, None
+        if sep and port.isdigit():
+            return f"{target.ip}:{target.ports.get(int(port), int(port))}", target
+        return target.ip, target
+
+    def pod_environment(self, run: _PodRun, pod: Json, container: Json, *, strict: bool = True) -> dict[str, str]:
+        """The process environment of a pod's container, with the sandbox's rewrites (see the module doc).
+
+        Raises ``_Unresolved`` when ``strict`` and a service name in it points at a pod without an address.
+        """
+        cfg = self.config
+        env: dict[str, str] = {
+            "PATH": f"{cfg.bin_dir}:/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(run.pod_dir),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "HOSTNAME": run.hostname,
+            "POD_NAME": run.name,
+            "KUBECONFIG": str(Path(cfg.kubeconfig).resolve()),
+            "PYTHONPATH": str(self._shim_dir),
+            "PYTHONUNBUFFERED": "1",
+            "OMP_NUM_THREADS": "1",
+            "GLOO_SOCKET_IFNAME": "lo",
+            "ETJ_SIMULATED_SLEEP": "1",
+            "ETJ_SIMULATED_GPU_STATE_FILE": str(run.pod_dir / "simulated-gpu.json"),
+        }
+        env.update(cfg.env_defaults)
+        mounts = self._mounts(run, pod, container)
+        resolved: dict[str, _PodRun] = {}
+        for var in container.get("env") or []:
+            name = var.get("name")
+            if not name:
+                continue
+            if "value" in var:
+                value = expand_references(str(var.get("value") or ""), env)
+            elif ((var.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath"):
+                found = _field_ref(pod, var["valueFrom"]["fieldRef"]["fieldPath"], run.ip)
+                if found is None:
+                    log.warning("pod %s/%s: env %s: unsupported fieldRef, left unset", run.namespace, run.name, name)
+                    continue
+                value = found
+            else:
+                log.warning("pod %s/%s: env %s: only value and fieldRef are supported here, left unset",
+                            run.namespace, run.name, name)
+                continue
+            value, target = self._rewrite_endpoint(value, run.namespace, strict=strict)
+            if target is not None:
+                resolved[name] = target
+            env[name] = _rewrite_paths(value, mounts)
+        for port_var, addr_var in PORT_FOR_ADDRESS.items():
+            target = resolved.get(addr_var)
+            if target is not None and env.get(port_var, "").isdigit():
+                env[port_var] = str(target.ports.get(int(env[port_var]), int(env[port_var])))
+        env.update({
+            contract.ENV_ETJ_GPU_BACKEND: "simulated",  # there is no GPU in the sandbox
+            ENV_STATE_TAG: str(self.state_dir),
+            ENV_POD_TAG: run.tag,
+            ENV_POD_IP: run.ip,
+            ENV_POD_HOSTNAME: run.hostname,
+        })
+        return env
+
+    def _mounts(self, run: _PodRun, pod: Json, container: Json) -> list[tuple[str, Path]]:
+        volumes = {v.get("name"): v for v in (pod.get("spec") or {}).get("volumes") or []}
+        mounts: list[tuple[str, Path]] = []
+        for mount in container.get("volumeMounts") or []:
+            volume = volumes.get(mount.get("name"))
+            path = mount.get("mountPath")
+            if volume is None or not path:
+                continue
+            if "emptyDir" in volume:
+                host = run.pod_dir / "volumes" / str(volume["name"])
+            elif "persistentVolumeClaim" in volume:
+                claim = (volume["persistentVolumeClaim"] or {}).get("claimName", volume["name"])
+                host = self.state_dir / "volumes" / run.namespace / f"pvc-{claim}"
+            elif "hostPath" in volume:
+                safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str((volume["hostPath"] or {}).get("path", "")).strip("/"))
+                host = self.state_dir / "volumes" / "hostpath" / (safe or "root")
+            else:
+                log.warning("pod %s/%s: volume %s: this type is not mounted in the sandbox",
+                            run.namespace, run.name, volume.get("name"))
+                continue
+            host.mkdir(parents=True, exist_ok=True)
+            mounts.append((str(path).rstrip("/") or "/", host))
+        return sorted(mounts, key=lambda m: -len(m[0]))
+
+    def _try_start(self, run: _PodRun, pod: Json) -> None:
+        container = _main_container(pod.get("spec") or {})
+        if container is None:
+            self._fail(run, 128, "StartError", "the pod has no containers")
+            return
+        try:
+            env = self.pod_environment(run, pod, container)
+        except _Unresolved as e:
+            if time.monotonic() - run.seen_at < self.config.resolve_timeout_seconds:
+                return  # its peers have no address yet; look again on the next sync
+            log.warning("pod %s/%s: %s has no address; starting anyway", run.namespace, run.name, e)
+            env = self.pod_environment(run, pod, container, strict=False)
+        words = (container.get("command") or []) + (container.get("args") or [])
+        argv = [expand_references(str(a), env) for a in words]
+        if not container.get("command"):
+            self._fail(run, 128, "StartError", "the sandbox runs no images: the container needs a command")
+            return
+        mounts = self._mounts(run, pod, container)
+        workdir = Path(_rewrite_paths(container["workingDir"], mounts)) if container.get("workingDir") else None
+        cwd = workdir if workdir is not None and workdir.is_dir() else run.pod_dir / "work"
+        cwd.mkdir(parents=True, exist_ok=True)
+        executable = shutil.which(argv[0], path=env["PATH"]) if "/" not in argv[0] else argv[0]
+        if executable is None:
+            self._fail(run, 127, "StartError", f"executable file not found in $PATH: {argv[0]}")
+            return
+        run.log_path = run.pod_dir / f"{container.get('name', 'trainer')}.log"
+        restart = (pod.get("spec") or {}).get("restartPolicy", "Always")
+        with run.log_path.open("ab") as out:
+            out.write(f"# etj sandbox: {run.namespace}/{run.name} at {run.ip} (restartPolicy {restart}: the sandbox"
+                      f" restarts nothing); cwd {cwd}\n".encode())
+            out.flush()
+            try:
+                run.proc = subprocess.Popen([executable, *argv[1:]], env=env, cwd=cwd, stdout=out,
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            start_new_session=True)
+            except OSError as e:
+                self._fail(run, 128, "StartError", f"cannot start {argv[0]}: {e}")
+                return
+        log.info("pod %s/%s: started pid %d", run.namespace, run.name, run.proc.pid)
+        self._set_phase(run, "Running")
+
+    # ----- finishing --------------------------------------------------------------------------------------
+
+    def _set_phase(self, run: _PodRun, phase: str, *, exit_code: int | None = None, reason: str | None = None) -> None:
+        try:
+            self.api.set_pod_phase(run.namespace, run.name, phase, exit_code=exit_code, pod_ip=run.ip, reason=reason)
+        except Exception as e:  # the pod was deleted meanwhile (404) or the API is going away
+            log.debug("pod %s/%s: status %s not written: %r", run.namespace, run.name, phase, e)
+
+    def _fail(self, run: _PodRun, code: int, reason: str, message: str) -> None:
+        log.warning("pod %s/%s: %s: %s", run.namespace, run.name, reason, message)
+        path = run.pod_dir / f"{contract.TRAINER_CONTAINER}.log"
+        with path.open("a") as out:
+            out.write(f"# etj sandbox: {reason}: {message}\n")
+        run.log_path = path
+        run.finished = True
+        self._set_phase(run, "Failed", exit_code=code, reason=reason)
+
+    def _report_exit(self, run: _PodRun) -> None:
+        assert run.proc is not None
+        rc = run.proc.returncode
+        code = 128 - rc if rc < 0 else rc
+        run.finished = True
+        leftovers = tagged_processes(self.state_dir, run.tag)
+        if leftovers:  # a container's processes end with its main process
+            _signal_all(leftovers, signal.SIGKILL)
+        log.info("pod %s/%s: exited with %d", run.namespace, run.name, code)
+        self._set_phase(run, "Succeeded" if code == 0 else "Failed", exit_code=code)
+
+    def _begin_termination(self, run: _PodRun, pod: Json | None) -> None:
+        run.terminating = True
+        spec = (pod or {}).get("spec") or {}
+        grace = min(max(float(spec.get("terminationGracePeriodSeconds", 30)), 0.0), self.config.max_grace_seconds)
+        thread = threading.Thread(target=self._terminate, args=(run, grace), name=f"terminate-{run.name}", daemon=True)
+        self._terminators.append(thread)
+        thread.start()
+
+    def _terminate(self, run: _PodRun, grace: float) -> None:
+        """SIGTERM the pod's processes, SIGKILL after ``grace`` seconds; report the end if the pod still exists."""
+        proc = run.proc
+        if proc is None:
+            return
+        log.info("pod %s/%s: terminating (grace %.0f s)", run.namespace, run.name, grace)
+        _signal_all(tagged_processes(self.state_dir, run.tag) or [proc.pid], signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            log.warning("pod %s/%s: still running after %.0f s: SIGKILL", run.namespace, run.name, grace)
+        _signal_all(tagged_processes(self.state_dir, run.tag), signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        run.finished = True
+        if not run.gone and not self._stop.is_set():
+            rc = proc.returncode if proc.returncode is not None else -9
+            code = 128 - rc if rc < 0 else rc
+            self._set_phase(run, "Succeeded" if code == 0 else "Failed", exit_code=code)
+
+    def running_pods(self) -> list[tuple[str, str, str, int]]:
+        """``(namespace, name, ip, pid)`` of every pod whose process runs now."""
+        with self._lock:
+            runs = list(self._runs.values())
+        return [(r.namespace, r.name, r.ip, r.proc.pid) for r in runs
+                if r.proc is not None and r.proc.poll() is None]
+
+
+# ----- small helpers --------------------------------------------------------------------------------------
+
+
+def _main_container(spec: Mapping[str, Any]) -> Json | None:
+    containers = list(spec.get("containers") or [])
+    for c in containers:
+        if c.get("name") == contract.TRAINER_CONTAINER:
+            return dict(c)
+    return dict(containers[0]) if containers else None
+
+
+def _rewrite_paths(value: str, mounts: Sequence[tuple[str, Path]]) -> str:
+    for mount_path, host in mounts:
+        if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
+            return str(host) + value[len(mount_path):]
+    return value
+
+
+def _address_to_int(address: str) -> int:
+    return int.from_bytes(socket.inet_aton(address), "big")
+
+
+def _int_to_address(number: int) -> str:
+    address = socket.inet_ntoa(number.to_bytes(4, "big"))
+    if not address.startswith("127."):
+        raise RuntimeError("the sandbox ran out of loopback addresses")
+    return address
+
+
+def _can_bind(address: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((address, port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def iter_pod_logs(state_dir: Path, name: str, namespace: str | None = None) -> Iterator[Path]:
+    """Log files of pods called ``name`` under ``state_dir``, newest first (for ``etj sandbox logs``)."""
+    pattern = f"pods/{namespace or '*'}/{name}/*/*.log"
+    yield from sorted(Path(state_dir).glob(pattern), key=lambda p: p.stat().st_mtime, reverse=True)

@@ -1,0 +1,394 @@
+"""``etj sandbox up|down|status|logs``: the whole loop on one machine, no cluster, no GPU.
+
+A sandbox is the API emulator (with the CRD and server-side validation), the process kubelet and the real
+operator, all in one foreground process, plus the pods' processes. Its state directory (default
+``.etj-sandbox/``) holds:
+
+* ``sandbox.json``: the pid of the process that serves it, the API URL and the kubeconfig path;
+* ``kubeconfig``: point kubectl at it with ``export KUBECONFIG=<state>/kubeconfig``;
+* ``pods/<namespace>/<pod>/<uid>/``: each pod's log (``trainer.log``), working dir and emptyDir volumes;
+* ``volumes/``: persistentVolumeClaim and hostPath stand-ins; ``shim/``: the pods' ``sitecustomize``.
+
+Every process a pod starts carries the state directory in its environment, so ``down``, Ctrl-C, SIGTERM and
+a later ``up`` after a crash find and stop all of them (:func:`~etj_operator.sandbox.kubelet.kill_tagged`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from etj_operator.sandbox.kubelet import KubeletConfig, ProcessKubelet, iter_pod_logs, kill_tagged, tagged_processes
+
+if TYPE_CHECKING:
+    from etj_operator.runner import OperatorThread
+    from etj_operator.sandbox.emulator import EmulatorServer, KubeApiEmulator
+
+__all__ = [
+    "DEFAULT_PORT",
+    "DEFAULT_STATE_DIR",
+    "Sandbox",
+    "SandboxError",
+    "SandboxOptions",
+    "crd_path",
+    "down",
+    "read_state",
+    "status",
+    "up",
+]
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+DEFAULT_STATE_DIR = Path(".etj-sandbox")
+DEFAULT_PORT = 6443
+STATE_FILE = "sandbox.json"
+
+#: The operator's settings in the sandbox (each may be overridden from the environment of ``etj sandbox``).
+OPERATOR_ENV_DEFAULTS: Mapping[str, str] = {
+    "ETJ_METRICS_PORT": "0",  # the operator's own /metrics: off (port 8080 is often taken on a dev machine)
+    "ETJ_GPU_BACKEND": "simulated",
+    "ETJ_RECONCILE_INTERVAL_SECONDS": "2",
+    "ETJ_TELEMETRY_INTERVAL_SECONDS": "1",
+    "ETJ_CONTROL_POLL_STEPS": "5",
+}
+
+
+class SandboxError(RuntimeError):
+    """The sandbox cannot start or be reached; the message says what to do."""
+
+
+def crd_path() -> Path:
+    """The CRD file: $ETJ_CRD_PATH, else the repository's crds/ folder."""
+    override = os.environ.get("ETJ_CRD_PATH")
+    return Path(override) if override else REPO_ROOT / "crds" / "efficienttrainingjobs.yaml"
+
+
+@dataclass(frozen=True)
+class SandboxOptions:
+    """How to start a sandbox."""
+
+    state_dir: Path = DEFAULT_STATE_DIR
+    host: str = "127.0.0.1"
+    #: API port; 0 picks a free one (written to the kubeconfig and ``sandbox.json``).
+    port: int = DEFAULT_PORT
+    crds: tuple[Path, ...] = ()
+    #: Cap of the pods' termination grace period (s).
+    max_grace_seconds: float = 30.0
+    #: Extra env defaults for every pod (e.g. ETJ_SIMULATED_STEP_SECONDS).
+    pod_env: Mapping[str, str] = field(default_factory=dict)
+    #: Operator settings on top of :data:`OPERATOR_ENV_DEFAULTS`.
+    operator_env: Mapping[str, str] = field(default_factory=dict)
+    #: Run the operator (False: emulator and kubelet only).
+    operator: bool = True
+
+
+def read_state(state_dir: Path) -> dict[str, Any] | None:
+    """The ``sandbox.json`` of ``state_dir``, or None."""
+    try:
+        data = json.loads((Path(state_dir) / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    with contextlib.suppress(OSError):
+        text = stat.read_text()
+        return not text[text.rfind(")") + 2:].startswith(("Z", "X"))
+    return True
+
+
+class Sandbox:
+    """Emulator + validation + kubelet + operator in this process; ``start()``/``stop()`` or ``with``."""
+
+    def __init__(self, options: SandboxOptions | None = None) -> None:
+        self.options = options or SandboxOptions()
+        self.state_dir = Path(self.options.state_dir).resolve()
+        self.server: EmulatorServer | None = None
+        self.kubelet: ProcessKubelet | None = None
+        self.operator: OperatorThread | None = None
+        self.kubeconfig = self.state_dir / "kubeconfig"
+        self._saved_env: dict[str, str | None] = {}
+        self._saved_kube_default: str | None = None
+
+    # ----- start and stop ------------------------------------------------------------------------------
+
+    def recover(self) -> list[int]:
+        """Refuse when a live sandbox owns the state dir; otherwise stop a crashed one's leftovers and clean up.
+
+        Returns the pids of leftover processes that were stopped.
+        """
+        state = read_state(self.state_dir)
+        if state is not None:
+            pid = int(state.get("pid", 0))
+            if pid and pid != os.getpid() and _alive(pid):
+                raise SandboxError(
+                    f"a sandbox (pid {pid}) already uses {self.state_dir}; stop it with `etj sandbox down"
+                    f" --state-dir {self.options.state_dir}` or pick another --state-dir"
+                )
+        killed = kill_tagged(self.state_dir, grace_seconds=2.0)
+        if killed:
+            log.warning("stopped %d processes left by a previous sandbox in %s", len(killed), self.state_dir)
+        for sub in ("pods", "volumes", "shim"):
+            shutil.rmtree(self.state_dir / sub, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            (self.state_dir / STATE_FILE).unlink()
+        return killed
+
+    def start(self) -> Sandbox:
+        """Start everything; on any failure, stop what was started and raise SandboxError."""
+        from etj_operator.sandbox import validation
+        from etj_operator.sandbox.emulator import EmulatorServer
+
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.recover()
+        crds = self.options.crds or (crd_path(),)
+        try:
+            self.server = EmulatorServer(host=self.options.host, port=self.options.port, crds=crds).start()
+        except RuntimeError as e:
+            self.server = None
+            cause = e.__cause__ or e
+            raise SandboxError(
+                f"cannot serve the API on {self.options.host}:{self.options.port}: {cause}"
+                " (another sandbox? use --port 0 for a free port)"
+            ) from e
+        try:
+            validation.install(self.server)
+            self.server.write_kubeconfig(self.kubeconfig)
+            self.kubelet = ProcessKubelet(
+                self.server,
+                KubeletConfig(state_dir=self.state_dir, kubeconfig=self.kubeconfig,
+                              max_grace_seconds=self.options.max_grace_seconds, env_defaults=self.options.pod_env),
+            ).start()
+            self.server.emulator.pod_log_reader = self.kubelet.read_log
+            if self.options.operator:
+                self._start_operator()
+            self._write_state()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_operator(self) -> None:
+        import kubernetes
+
+        from etj_operator.runner import OperatorThread
+
+        settings = {**OPERATOR_ENV_DEFAULTS, **self.options.operator_env, "KUBECONFIG": str(self.kubeconfig)}
+        for name, value in settings.items():
+            if name == "KUBECONFIG" or name in self.options.operator_env or name not in os.environ:
+                self._saved_env.setdefault(name, os.environ.get(name))
+                os.environ[name] = value
+        # The kubernetes package reads $KUBECONFIG once at import (kopf imports it): point its default here too.
+        kube_config = kubernetes.config.kube_config
+        self._saved_kube_default = kube_config.KUBE_CONFIG_DEFAULT_LOCATION
+        kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(self.kubeconfig)
+        self.operator = OperatorThread(quiet=True).start()
+
+    def _write_state(self) -> None:
+        assert self.server is not None
+        state = {"pid": os.getpid(), "url": self.server.url, "kubeconfig": str(self.kubeconfig),
+                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        tmp = self.state_dir / f".{STATE_FILE}.tmp"
+        tmp.write_text(json.dumps(state, indent=2) + "\n")
+        tmp.replace(self.state_dir / STATE_FILE)
+
+    def stop(self) -> None:
+        """Stop the operator, then every pod (SIGTERM, grace, SIGKILL), then the API; remove ``sandbox.json``."""
+        if self.operator is not None:
+            try:
+                self.operator.stop()
+            except TimeoutError as e:
+                log.warning("%s", e)
+            self.operator = None
+        if self.kubelet is not None:
+            self.kubelet.stop()
+            self.kubelet = None
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        kill_tagged(self.state_dir, grace_seconds=1.0)
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._saved_env.clear()
+        if self._saved_kube_default is not None:
+            import kubernetes
+
+            kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION = self._saved_kube_default
+            self._saved_kube_default = None
+        state = read_state(self.state_dir)
+        if state is not None and state.get("pid") == os.getpid():
+            with contextlib.suppress(FileNotFoundError):
+                (self.state_dir / STATE_FILE).unlink()
+
+    def __enter__(self) -> Sandbox:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ----- helpers --------------------------------------------------------------------------------------
+
+    @property
+    def api(self) -> EmulatorServer:
+        """The running emulator (raises when stopped)."""
+        if self.server is None:
+            raise SandboxError("the sandbox is not running")
+        return self.server
+
+    def apply_file(self, path: Path) -> list[dict[str, Any]]:
+        """Create every object of a YAML file (like ``kubectl create -f``), through admission; returns them."""
+        import yaml
+
+        created = []
+        for doc in yaml.safe_load_all(Path(path).read_text()):
+            if not isinstance(doc, dict) or not doc.get("kind"):
+                continue
+            kind = str(doc["kind"])
+            namespaced = self.api.call(functools.partial(_namespaced, kind))
+            namespace = ((doc.get("metadata") or {}).get("namespace") or "default") if namespaced else None
+            created.append(self.api.create(kind, doc, namespace=namespace))
+        return created
+
+
+def _namespaced(kind: str, emulator: KubeApiEmulator) -> bool:
+    return emulator.resource_type(kind).namespaced
+
+
+# ----- the commands ----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _terminate_on_sigterm() -> Iterator[threading.Event]:
+    """Turn SIGTERM and SIGHUP into a stop request (Ctrl-C raises KeyboardInterrupt as usual)."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def up(options: SandboxOptions, *, out: Any = None) -> int:
+    """Run a sandbox in the foreground until Ctrl-C, SIGTERM or ``etj sandbox down``."""
+    out = out or sys.stdout
+    with _terminate_on_sigterm() as stop:
+        sandbox = Sandbox(options)
+        try:
+            sandbox.start()
+        except SandboxError as e:
+            print(f"etj sandbox: {e}", file=sys.stderr)
+            return 1
+        try:
+            server = sandbox.api
+            print(f"etj sandbox: API emulator on {server.url} (no cluster: an in-memory API server, the"
+                  " process kubelet and the operator; GPUs are simulated)", file=out)
+            print(f"  state dir:  {sandbox.state_dir}", file=out)
+            print("  point kubectl at it:", file=out)
+            print(f"    export KUBECONFIG={sandbox.kubeconfig}", file=out)
+            print("    kubectl apply -f workloads/examples/digits-ddp.yaml && kubectl get etj,pods", file=out)
+            print(f"  pod logs:   etj sandbox logs POD --state-dir {options.state_dir} (or kubectl logs POD)",
+                  file=out)
+            print("  stop:       Ctrl-C here, or `etj sandbox down`", file=out, flush=True)
+            while not stop.wait(0.5):
+                pass
+            print("etj sandbox: stopping", file=out, flush=True)
+        except KeyboardInterrupt:
+            print("\netj sandbox: stopping", file=out, flush=True)
+        finally:
+            sandbox.stop()
+    return 0
+
+
+def down(state_dir: Path, *, timeout_seconds: float = 60.0) -> int:
+    """Stop the sandbox that serves ``state_dir`` (SIGTERM to its pid) and make sure nothing of it is left."""
+    state_dir = Path(state_dir).resolve()
+    state = read_state(state_dir)
+    pid = int(state.get("pid", 0)) if state else 0
+    if pid and _alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_seconds
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _alive(pid):
+            print(f"etj sandbox: pid {pid} did not stop in {timeout_seconds:.0f} s; sending SIGKILL", file=sys.stderr)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        print(f"etj sandbox: stopped pid {pid}")
+    else:
+        print(f"etj sandbox: no sandbox runs for {state_dir}")
+    leftovers = kill_tagged(state_dir, grace_seconds=2.0)
+    if leftovers:
+        print(f"etj sandbox: stopped {len(leftovers)} leftover pod processes")
+    with contextlib.suppress(FileNotFoundError):
+        (state_dir / STATE_FILE).unlink()
+    return 0
+
+
+def status(state_dir: Path) -> int:
+    """Print whether a sandbox runs for ``state_dir``, its API and its pods' processes; 0 when it runs."""
+    state_dir = Path(state_dir).resolve()
+    state = read_state(state_dir)
+    pid = int(state.get("pid", 0)) if state else 0
+    if not (pid and _alive(pid)):
+        print(f"no sandbox runs for {state_dir}")
+        stale = tagged_processes(state_dir)
+        if stale:
+            print(f"{len(stale)} leftover pod processes ({', '.join(map(str, stale))}): run `etj sandbox down`")
+        return 1
+    assert state is not None
+    print(f"sandbox pid {pid}, API {state.get('url')}, started {state.get('started')}")
+    print(f"export KUBECONFIG={state.get('kubeconfig')}")
+    pids = tagged_processes(state_dir)
+    by_pod: dict[str, list[int]] = {}
+    for p in pids:
+        env = Path(f"/proc/{p}/environ")
+        with contextlib.suppress(OSError):
+            tag = next((item.split(b"=", 1)[1].decode() for item in env.read_bytes().split(b"\0")
+                        if item.startswith(b"ETJ_SANDBOX_POD=")), "?")
+            by_pod.setdefault(tag, []).append(p)
+    if not by_pod:
+        print("no pod processes run")
+    for tag, members in sorted(by_pod.items()):
+        namespace, name, _uid = [*tag.split("/"), "", "", ""][:3]
+        print(f"pod {namespace}/{name}: pids {', '.join(map(str, members))}")
+    return 0
+
+
+def logs(state_dir: Path, pod: str, namespace: str | None = None, *, out: Any = None) -> int:
+    """Print the newest log of ``pod`` (its trainer's stdout and stderr)."""
+    out = out or sys.stdout
+    found = next(iter_pod_logs(Path(state_dir).resolve(), pod, namespace), None)
+    if found is None:
+        print(f"etj sandbox: no log for pod {pod!r} in {Path(state_dir).resolve()}", file=sys.stderr)
+        return 1
+    out.write(found.read_text(errors="replace"))
+    return 0
