@@ -9,6 +9,7 @@ written them, so a reconcile never acts on its own stale status (for example cou
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -55,6 +56,7 @@ OWNED_KEYS: Final = (
     "stage",
 )
 HELD_PHASES: Final = ("Suspended", "Paused", "Succeeded", "Failed")
+IN_FLIGHT_EXPIRY_SECONDS: Final = 30.0
 
 
 class EventSink(Protocol):
@@ -73,6 +75,11 @@ class JobState:
     last_phase: str | None = None
     #: GPUs seen in the last telemetry cycle (the throttle divides the budget among them).
     gpu_count: int = 0
+    #: Pods this process created or deleted that the pod index does not reflect yet (name -> monotonic
+    #: time of the request): the index lags our own writes by one watch event, and re-sending the same
+    #: create/delete would only earn a 409/404. After IN_FLIGHT_EXPIRY_SECONDS the request is sent again.
+    creating: dict[str, float] = field(default_factory=dict)
+    deleting: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -92,6 +99,15 @@ class PhaseCounter:
             counts[value] = counts.get(value, 0) + 1
         for name, count in counts.items():
             JOBS_BY_PHASE.labels(phase=name).set(count)
+
+
+def _settle_in_flight(state: JobState, pods: list[PodView]) -> None:
+    """Forget in-flight creates the index now shows, and in-flight deletes it no longer shows (live)."""
+    live = {p.name for p in pods if not p.terminating}
+    for pod_name in [n for n in state.creating if n in live]:
+        del state.creating[pod_name]
+    for pod_name in [n for n in state.deleting if n not in live]:
+        del state.deleting[pod_name]
 
 
 def _placement_directive(spec: JobSpec, placement: Mapping[str, Any]) -> builders.PlacementDirective:
@@ -195,8 +211,12 @@ class JobReconciler:
         if plan.ensure_children and spec is not None and not state.children_ensured:
             await self._ensure_children(job, spec)
             state.children_ensured = True
-        for pod_name in plan.delete_pods:
-            await self.api.delete("Pod", namespace, pod_name)
+        _settle_in_flight(state, pods)
+        clock = time.monotonic()
+        deletions = [n for n in plan.delete_pods if clock - state.deleting.get(n, -1e9) > IN_FLIGHT_EXPIRY_SECONDS]
+        for pod_name in deletions:
+            state.deleting[pod_name] = clock
+        await asyncio.gather(*(self.api.delete("Pod", namespace, n) for n in deletions))
         if plan.create_pods and spec is not None:
             if not state.children_ensured:  # after an operator restart: children may predate us; cheap if so
                 await self._ensure_children(job, spec)
@@ -204,8 +224,14 @@ class JobReconciler:
             generation = int(plan.status.get("restarts") or 0)
             options = builders.PodOptions(self.config.control_poll_steps, self.config.gpu_backend)
             directive = _placement_directive(spec, plan.status.get("placement") or {})
+            manifests = []
             for index in plan.create_pods:
-                await self.api.create(builders.build_worker_pod(job, spec, index, generation, options, directive))
+                manifest = builders.build_worker_pod(job, spec, index, generation, options, directive)
+                pod_name = manifest["metadata"]["name"]
+                if clock - state.creating.get(pod_name, -1e9) > IN_FLIGHT_EXPIRY_SECONDS:
+                    state.creating[pod_name] = clock
+                    manifests.append(manifest)
+            await asyncio.gather(*(self.api.create(m) for m in manifests))
         await self._write_status(namespace, name, before, plan.status, state)
         for event in plan.events:
             self.events(body, event)
@@ -354,10 +380,12 @@ class JobReconciler:
         JOB_POWER_LIMIT_WATTS.labels(namespace=namespace, job=name).set(float(limit or 0))
 
     async def _ensure_children(self, job: builders.JobRef, spec: JobSpec) -> None:
-        await self.api.create(builders.build_service_account(job))
-        await self.api.create(builders.build_role(job))
-        await self.api.create(builders.build_role_binding(job, builders.pod_service_account(spec, job)))
-        await self.api.create(builders.build_service(job))
+        await asyncio.gather(
+            self.api.create(builders.build_service_account(job)),
+            self.api.create(builders.build_role(job)),
+            self.api.create(builders.build_role_binding(job, builders.pod_service_account(spec, job))),
+            self.api.create(builders.build_service(job)),
+        )
 
     async def _write_status(
         self,

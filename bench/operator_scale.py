@@ -1,0 +1,248 @@
+"""Operator scale on the API emulator: N concurrent jobs of 4 pods each.
+
+Method: the emulator (test infrastructure) serves on 127.0.0.1 in this process; the operator runs as a
+separate process (`python -m etj_operator operator`) so its RSS is its own. A fake Prometheus answers the
+telemetry queries (empty results) and counts them. For each N the bench applies N jobs at once, records
+when each job was created and when its 4th pod was created (an instrumented emulator hook, monotonic clock),
+then plays the kubelet (all pods Running, then worker 0 Succeeded), waits for every job to succeed, deletes
+the jobs and counts the operator's API requests (watches excluded) per job lifecycle.
+
+Prints, per N: p50/p99 apply-to-all-pods-created latency, operator RSS, requests per job lifecycle,
+telemetry queries per cycle; ends with the headline lines of issue 6.
+
+    .venv/bin/python bench/operator_scale.py            # 10, 100, 500 jobs
+    .venv/bin/python bench/operator_scale.py --jobs 10  # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from etj_operator import contract as c  # noqa: E402
+from etj_operator.sandbox.emulator import EmulatorServer  # noqa: E402
+
+from jobs import job_manifest  # noqa: E402
+
+REPLICAS = 4
+TELEMETRY_INTERVAL_SECONDS = 2.0
+
+
+class FakePrometheus:
+    """Answers /api/v1/query with an empty vector and counts the queries."""
+
+    def __init__(self) -> None:
+        self.queries = 0
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                with outer.lock:
+                    outer.queries += 1
+                body = json.dumps({"status": "success", "data": {"resultType": "vector", "result": []}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_POST = do_GET
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+def watch_pods(url: str, seen: dict[str, float]) -> None:
+    """Record when each pod is first seen (ADDED) on one watch stream of all pods."""
+    import urllib.request
+
+    request = urllib.request.Request(f"{url}/api/v1/pods?watch=true&timeoutSeconds=3600")
+    with urllib.request.urlopen(request, timeout=3600) as stream:
+        for line in stream:
+            event = json.loads(line)
+            if event.get("type") == "ADDED":
+                seen.setdefault(event["object"]["metadata"]["name"], time.monotonic())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def wait(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def run(n_jobs: int, prometheus: FakePrometheus) -> dict[str, float]:
+    pod_created: dict[str, float] = {}
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        EmulatorServer(crds=[ROOT / "crds" / "efficienttrainingjobs.yaml"]) as server,
+    ):
+        watcher = threading.Thread(target=watch_pods, args=(server.url, pod_created), daemon=True)
+        watcher.start()
+        kubeconfig = server.write_kubeconfig(Path(tmp) / "kubeconfig")
+        env = dict(
+            os.environ,
+            KUBECONFIG=str(kubeconfig),
+            ETJ_METRICS_PORT=str(free_port()),
+            ETJ_RECONCILE_INTERVAL_SECONDS="5",
+            ETJ_TELEMETRY_INTERVAL_SECONDS=str(TELEMETRY_INTERVAL_SECONDS),
+            ETJ_PROMETHEUS_URL=prometheus.url,
+        )
+        log = open(Path(tmp) / "operator.log", "wb")  # noqa: SIM115
+        operator = subprocess.Popen(
+            [sys.executable, "-m", "etj_operator", "operator", "--liveness", f"http://127.0.0.1:{free_port()}/healthz"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait(lambda: any("kopf" in r.user_agent and r.verb == "watch" for r in server.requests), 60, "operator")
+            time.sleep(1.0)
+            server.clear_requests()
+            applied: dict[str, float] = {}
+            for i in range(n_jobs):
+                name = f"scale-{i}"
+                manifest = job_manifest(name, replicas=REPLICAS)
+                manifest["spec"]["energy"] = {"telemetry": {"source": "Prometheus", "intervalSeconds": 1}}
+                applied[name] = time.monotonic()
+                server.create(c.PLURAL, manifest, namespace="default")
+
+            def last_pod(name: str) -> float | None:
+                times = [pod_created.get(f"{name}-worker-{k}") for k in range(REPLICAS)]
+                return None if None in times else max(t for t in times if t is not None)
+
+            wait(lambda: all(last_pod(n) is not None for n in applied), 600, "all pods")
+            latencies_ms = [((last_pod(n) or 0.0) - applied[n]) * 1000 for n in applied]
+            peak_rss = rss_mb(operator.pid)
+
+            # telemetry: queries per cycle over a few cycles, with every job registered
+            for name in applied:
+                for k in range(REPLICAS):
+                    server.set_pod_phase("default", f"{name}-worker-{k}", "Running", pod_ip=f"127.0.9.{k + 1}")
+            time.sleep(3 * TELEMETRY_INTERVAL_SECONDS)
+            q0, t0 = prometheus.queries, time.monotonic()
+            time.sleep(5 * TELEMETRY_INTERVAL_SECONDS)
+            cycles = (time.monotonic() - t0) / TELEMETRY_INTERVAL_SECONDS
+            queries_per_cycle = (prometheus.queries - q0) / cycles
+            peak_rss = max(peak_rss, rss_mb(operator.pid))
+
+            for name in applied:
+                server.set_pod_phase("default", f"{name}-worker-0", "Succeeded")
+
+            def succeeded() -> bool:
+                return all(
+                    ((server.get(c.PLURAL, "default", n) or {}).get("status") or {}).get("phase") == "Succeeded"
+                    for n in applied
+                )
+
+            wait(succeeded, 600, "all jobs succeeded")
+            for name in applied:
+                server.delete(c.PLURAL, "default", name)
+            wait(lambda: not server.list(c.PLURAL, "default"), 600, "all jobs deleted")
+            time.sleep(1.0)
+            peak_rss = max(peak_rss, rss_mb(operator.pid))
+            operator_requests = [
+                r
+                for r in server.requests
+                if r.verb not in ("watch", None)
+                and ("kopf" in r.user_agent or "OpenAPI-Generator" in r.user_agent)
+                and not (r.verb == "list" and r.resource in ("customresourcedefinitions", "namespaces"))
+            ]
+            lifecycle = operator_requests
+            per_job = len(lifecycle) / n_jobs
+            by_kind: dict[str, int] = {}
+            for r in lifecycle:
+                key = f"{r.verb} {r.resource}{'/' + r.subresource if r.subresource else ''}"
+                by_kind[key] = by_kind.get(key, 0) + 1
+        finally:
+            operator.terminate()
+            try:
+                operator.wait(15)
+            except subprocess.TimeoutExpired:
+                operator.kill()
+                operator.wait()
+            log.close()
+    return {
+        "jobs": n_jobs,
+        "p50_ms": statistics.median(latencies_ms),
+        "p99_ms": percentile(latencies_ms, 99),
+        "rss_mb": peak_rss,
+        "requests_per_job": per_job,
+        "queries_per_cycle": queries_per_cycle,
+        "requests_by_kind": by_kind,  # type: ignore[dict-item]
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, nargs="*", default=[10, 100, 500])
+    args = parser.parse_args()
+    prometheus = FakePrometheus()
+    results = {}
+    for n in args.jobs:
+        print(f"--- {n} jobs x {REPLICAS} pods", flush=True)
+        r = run(n, prometheus)
+        results[n] = r
+        print(
+            f"apply->all pods: p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms; operator RSS {r['rss_mb']:.0f} MB; "
+            f"requests/job lifecycle {r['requests_per_job']:.1f}; telemetry queries/cycle {r['queries_per_cycle']:.2f}",
+            flush=True,
+        )
+        print("    requests by kind (all jobs):", json.dumps(r["requests_by_kind"], sort_keys=True), flush=True)
+    print()
+    if 100 in results:
+        print(f"scale_p50_ms_100_jobs: {results[100]['p50_ms']:.1f}")
+        print(f"scale_p99_ms_100_jobs: {results[100]['p99_ms']:.1f}")
+    if 500 in results:
+        print(f"scale_rss_mb_500_jobs: {results[500]['rss_mb']:.1f}")
+    largest = max(results)
+    print(f"scale_requests_per_job: {results[largest]['requests_per_job']:.1f}")
+    for n, r in sorted(results.items()):
+        print(f"scale_telemetry_queries_per_cycle_{n}_jobs: {r['queries_per_cycle']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
