@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -56,6 +57,41 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.manifest) if args.manifest else None)
 
 
+def _sandbox(args: argparse.Namespace) -> int:
+    from etj_operator.sandbox import sandbox
+
+    state_dir = Path(args.state_dir)
+    if args.action == "up":
+        options = sandbox.SandboxOptions(state_dir=state_dir, host=args.host, port=args.port,
+                                         max_grace_seconds=args.grace)
+        return sandbox.up(options)
+    if args.action == "down":
+        return sandbox.down(state_dir)
+    if args.action == "status":
+        return sandbox.status(state_dir)
+    return sandbox.logs(state_dir, args.pod, args.namespace)
+
+
+def _add_sandbox_parser(sub: Any) -> None:
+    """``etj sandbox up|down|status|logs``: the local sandbox (API emulator, process kubelet, operator)."""
+    from etj_operator.sandbox.sandbox import DEFAULT_PORT, DEFAULT_STATE_DIR
+
+    sb = sub.add_parser("sandbox", help="run the operator and its jobs on this machine, without a cluster")
+    actions = sb.add_subparsers(dest="action", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--state-dir", default=str(DEFAULT_STATE_DIR), help="state directory (default %(default)s)")
+    sb_up = actions.add_parser("up", parents=[common], help="start the sandbox in the foreground (Ctrl-C stops it)")
+    sb_up.add_argument("--host", default="127.0.0.1")
+    sb_up.add_argument("--port", type=int, default=DEFAULT_PORT, help="API port (0: a free one; default %(default)s)")
+    sb_up.add_argument("--grace", type=float, default=30.0, help="cap of pods' termination grace period (s)")
+    actions.add_parser("down", parents=[common], help="stop the sandbox of the state directory")
+    actions.add_parser("status", parents=[common], help="show whether a sandbox runs, and its pods' processes")
+    sb_logs = actions.add_parser("logs", parents=[common], help="print a pod's log")
+    sb_logs.add_argument("pod")
+    sb_logs.add_argument("-n", "--namespace", default=None)
+    sb.set_defaults(func=_sandbox)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``etj``."""
     parser = argparse.ArgumentParser(prog="etj", description="EfficientTrainingJob operator and tools")
@@ -74,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run an example job against the local API emulator")
     demo.add_argument("--manifest", help="job manifest (default: workloads/examples/digits-ddp.yaml)")
     demo.set_defaults(func=_demo)
+
+    _add_sandbox_parser(sub)
     return parser
 
 
