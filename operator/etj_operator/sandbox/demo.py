@@ -1,126 +1,259 @@
-"""``make demo`` (for now): the real operator against the API emulator, on one machine, no cluster.
+"""``make demo``: the real operator runs, measures, throttles and compresses a real DDP job on this machine.
 
-It starts the emulator with the CRD, runs the operator in a thread, applies an example job and prints what
-the operator made: the pods with their distributed environment, the headless Service, the per-job RBAC and
-the job's status. Pods are not executed here: the process "kubelet" that runs them comes with the sandbox.
+No cluster and no GPU are needed.
+
+It starts a sandbox in this process (API emulator with validation, process kubelet, operator; see
+:mod:`etj_operator.sandbox.sandbox`), applies every manifest of ``workloads/examples/``, shows a live table
+of each job (phase, power, energy, per-GPU limit, stage, accuracy, step) until all of them finish, then
+writes each job's report (JSON + PNG, :func:`etj_operator.report.write_report`) and prints where.
+The GPUs are simulated (the harness's power model): every power and energy figure on screen says so.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from etj_operator import contract as c
+from etj_operator.sandbox.sandbox import REPO_ROOT, Sandbox, SandboxOptions, crd_path
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-DEFAULT_MANIFEST = REPO_ROOT / "workloads" / "examples" / "digits-ddp.yaml"
+__all__ = ["DEFAULT_EXAMPLES", "DEFAULT_REPORT_DIR", "DEFAULT_STATE_DIR", "DemoResult", "crd_path", "demo", "run_demo"]
+
+DEFAULT_EXAMPLES = REPO_ROOT / "workloads" / "examples"
+#: The demo's sandbox state (logs, checkpoints): beside, not inside, a default `etj sandbox up` state.
+DEFAULT_STATE_DIR = Path(".etj-sandbox") / "demo"
+#: Where the reports go (JSON + PNG per job).
+DEFAULT_REPORT_DIR = Path("reports")
+SIMULATED_NOTE = "GPU power and energy are SIMULATED: no GPU here, the harness's power model (source=simulated)"
 
 
-def crd_path() -> Path:
-    """The CRD file: $ETJ_CRD_PATH, else the repository's crds/ folder."""
-    override = os.environ.get("ETJ_CRD_PATH")
-    return Path(override) if override else REPO_ROOT / "crds" / "efficienttrainingjobs.yaml"
+@dataclass
+class DemoResult:
+    """What the demo did: the final jobs, the report files, whether every job succeeded."""
+
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+    reports: list[tuple[Path, Path]] = field(default_factory=list)
+    state_dir: Path = DEFAULT_STATE_DIR
+    succeeded: bool = False
+    seconds: float = 0.0
+    #: The lowest per-GPU cap the operator set on each job while the demo watched (None: never throttled).
+    caps: dict[str, int | None] = field(default_factory=dict)
 
 
-def _wait(predicate: Any, seconds: float) -> Any:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    return None
+def _manifests(paths: Sequence[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        files.extend(sorted(path.glob("*.yaml")) if path.is_dir() else [path])
+    return files
+
+
+def _job_docs(files: Sequence[Path]) -> list[tuple[str, str]]:
+    jobs = []
+    for file in files:
+        for doc in yaml.safe_load_all(file.read_text()):
+            if isinstance(doc, dict) and doc.get("kind") == c.KIND:
+                meta = doc.get("metadata") or {}
+                jobs.append((meta.get("namespace") or "default", str(meta.get("name"))))
+    return jobs
+
+
+def _fmt(value: Any, spec: str = "", unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, (int, float)) and spec:
+        return f"{value:{spec}}{unit}"
+    return f"{value}{unit}"
+
+
+def _table(jobs: Sequence[Mapping[str, Any]], pods: Mapping[str, list[str]], elapsed: float) -> Group:
+    table = Table(title=f"EfficientTrainingJobs in the sandbox ({elapsed:.0f} s)", title_justify="left")
+    for column in ("job", "phase", "pods", "power W*", "energy J*", "limit W/GPU", "stage", "accuracy",
+                   "step", "epoch"):
+        table.add_column(column, no_wrap=True, justify="right" if column not in ("job", "phase", "pods", "stage")
+                         else "left")
+    for job in jobs:
+        status = job.get("status") or {}
+        energy, workload = status.get("energy") or {}, status.get("workload") or {}
+        control = status.get("control") or {}
+        name = job["metadata"]["name"]
+        accuracy = workload.get("accuracy")
+        table.add_row(
+            name,
+            str(status.get("phase") or "Pending"),
+            ", ".join(pods.get(name, [])) or "-",
+            _fmt(energy.get("currentWatts"), ".0f"),
+            _fmt(energy.get("joules"), ".0f"),
+            _fmt(control.get(c.CONTROL_POWER_LIMIT_WATTS_PER_GPU)),
+            str(status.get("stage") or "-"),
+            _fmt(accuracy * 100 if isinstance(accuracy, (int, float)) else None, ".1f", "%"),
+            _fmt(workload.get("step")),
+            _fmt(workload.get("epoch")),
+        )
+    return Group(table, Text(f"* {SIMULATED_NOTE}", style="yellow"))
+
+
+def _stage_lines(job: Mapping[str, Any]) -> list[str]:
+    lines = []
+    for stage in ((job.get("status") or {}).get("workload") or {}).get("stages") or []:
+        outcome = "applied" if stage.get("applied") else ("rolled back" if stage.get("rolledBack") else "not applied")
+        before, after = stage.get("sizeBytesBefore"), stage.get("sizeBytesAfter")
+        acc_b, acc_a = stage.get("accuracyBefore"), stage.get("accuracyAfter")
+        size = f"{before:,} -> {after:,} B" if isinstance(before, int) and isinstance(after, int) else "size -"
+        acc = (f"accuracy {acc_b * 100:.1f}% -> {acc_a * 100:.1f}%"
+               if isinstance(acc_b, (int, float)) and isinstance(acc_a, (int, float)) else "accuracy -")
+        lines.append(f"  stage {stage.get('name')}: {outcome} at epoch {stage.get('epoch')}, {size} (zlib), {acc}")
+    return lines
+
+
+def demo(
+    manifests: Sequence[Path] = (DEFAULT_EXAMPLES,),
+    *,
+    console: Console | None = None,
+    state_dir: Path = DEFAULT_STATE_DIR,
+    report_dir: Path | None = None,
+    timeout_seconds: float = 170.0,
+    refresh_seconds: float = 1.0,
+    live: bool | None = None,
+) -> DemoResult:
+    """Run the demo and return what happened (see the module docstring); the sandbox is stopped on return."""
+    console = console or Console()
+    files = _manifests([Path(m) for m in manifests])
+    wanted = _job_docs(files)
+    report_dir = Path(report_dir) if report_dir is not None else DEFAULT_REPORT_DIR
+    result = DemoResult(state_dir=Path(state_dir).resolve())
+    started = time.monotonic()
+    console.rule("[bold]EfficientTrainingJob operator: the sandbox demo (no cluster, no GPU)")
+    sandbox = Sandbox(SandboxOptions(state_dir=Path(state_dir), port=0, max_grace_seconds=10.0))
+    sandbox.start()
+    try:
+        server = sandbox.api
+        console.print(f"API emulator on {server.url} (in-memory, validating), process kubelet, operator: started")
+        console.print(f"[yellow]{SIMULATED_NOTE}[/]")
+        for file in files:
+            sandbox.apply_file(file)
+            shown = file.relative_to(REPO_ROOT) if file.is_relative_to(REPO_ROOT) else file
+            console.print(f"applied {shown}")
+        if not wanted:
+            console.print(f"[red]no {c.KIND} in {', '.join(str(f) for f in files)}")
+            return result
+        result.caps = {name: None for _, name in wanted}
+
+        def snapshot() -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+            jobs = [j for ns, name in wanted if (j := server.get(c.PLURAL, ns, name)) is not None]
+            pods: dict[str, list[str]] = {}
+            for pod in server.list("pods"):
+                job_name = (pod["metadata"].get("labels") or {}).get(c.LABEL_JOB_NAME)
+                if job_name:
+                    pods.setdefault(job_name, []).append(
+                        f"{pod['metadata']['name'].removeprefix(job_name + '-')}:"
+                        f"{(pod.get('status') or {}).get('phase', 'Pending')}")
+            for job in jobs:
+                cap = ((job.get("status") or {}).get("control") or {}).get(c.CONTROL_POWER_LIMIT_WATTS_PER_GPU)
+                name = job["metadata"]["name"]
+                if isinstance(cap, int) and (result.caps.get(name) is None or cap < (result.caps[name] or cap)):
+                    result.caps[name] = cap
+            return jobs, pods
+
+        def finished(jobs: Sequence[Mapping[str, Any]]) -> bool:
+            return len(jobs) == len(wanted) and all(
+                (j.get("status") or {}).get("phase") in c.TERMINAL_PHASES for j in jobs)
+
+        jobs, pods = snapshot()
+        use_live = console.is_terminal if live is None else live
+        deadline = started + timeout_seconds
+        if use_live:
+            with Live(_table(jobs, pods, 0), console=console, refresh_per_second=4) as view:
+                while not finished(jobs) and time.monotonic() < deadline:
+                    time.sleep(refresh_seconds)
+                    jobs, pods = snapshot()
+                    view.update(_table(jobs, pods, time.monotonic() - started))
+        else:  # a log or a pipe: a line per job every few seconds instead of a redrawn table
+            last_print = 0.0
+            while not finished(jobs) and time.monotonic() < deadline:
+                time.sleep(refresh_seconds)
+                jobs, pods = snapshot()
+                if time.monotonic() - last_print >= 5:
+                    last_print = time.monotonic()
+                    for job in jobs:
+                        st = job.get("status") or {}
+                        w, e = st.get("workload") or {}, st.get("energy") or {}
+                        console.print(
+                            f"{time.monotonic() - started:5.0f} s {job['metadata']['name']}: {st.get('phase')}"
+                            f" step {_fmt(w.get('step'))} power {_fmt(e.get('currentWatts'), '.0f')} W*"
+                            f" energy {_fmt(e.get('joules'), '.0f')} J* limit"
+                            f" {_fmt((st.get('control') or {}).get(c.CONTROL_POWER_LIMIT_WATTS_PER_GPU))} W/GPU"
+                            f" stage {st.get('stage') or '-'}")
+            console.print(_table(jobs, pods, time.monotonic() - started))
+        result.jobs = jobs
+        result.succeeded = finished(jobs) and all((j.get("status") or {}).get("phase") == "Succeeded" for j in jobs)
+        if not finished(jobs):
+            console.print(f"[red]the jobs did not finish within {timeout_seconds:.0f} s")
+        _summarise(console, sandbox, result, report_dir)
+    finally:
+        sandbox.stop()
+        result.seconds = time.monotonic() - started
+    console.print(f"sandbox stopped (every pod process ended); the demo took {result.seconds:.0f} s")
+    return result
+
+
+def _summarise(console: Console, sandbox: Sandbox, result: DemoResult, report_dir: Path) -> None:
+    from etj_operator.report import write_report
+
+    for job in result.jobs:
+        name = job["metadata"]["name"]
+        status = job.get("status") or {}
+        energy = status.get("energy") or {}
+        console.print(f"[bold]{name}[/]: {status.get('phase')}")
+        joules, kwh = energy.get("joules"), energy.get("kilowattHours")
+        console.print(f"  energy {_fmt(joules, ',.0f')} J ({_fmt(kwh, '.6f')} kWh), average"
+                      f" {_fmt(energy.get('averageWatts'), '.0f')} W, peak {_fmt(energy.get('peakWatts'), '.0f')} W"
+                      f" - source: {energy.get('source', '-')}")
+        cap = result.caps.get(name)
+        budget = (((job.get("spec") or {}).get("energy") or {}).get("power") or {}).get("budgetWatts")
+        console.print(f"  throttle: {f'capped at {cap} W per GPU' if cap else 'never applied'}"
+                      f" (budget {_fmt(budget)} W for the job)")
+        workload = status.get("workload") or {}
+        chosen = (workload.get("powerProfile") or {}).get("chosenWatts")
+        console.print(f"  Auto power profile chose {_fmt(chosen)} W per GPU; final accuracy"
+                      f" {_fmt((workload.get('accuracy') or 0) * 100, '.1f', '%')}; stop reason"
+                      f" {workload.get('stopReason', '-')}")
+        for line in _stage_lines(job):
+            console.print(line)
+        if status.get("phase") != "Succeeded":
+            _show_pod_logs(console, sandbox, job)
+        json_path, png_path = write_report(job, report_dir)
+        result.reports.append((json_path.resolve(), png_path.resolve()))
+        console.print(f"  report: {json_path.resolve()}")
+        console.print(f"          {png_path.resolve()}  (simulated GPU data, labelled in the plot)")
+
+
+def _show_pod_logs(console: Console, sandbox: Sandbox, job: Mapping[str, Any]) -> None:
+    kubelet = sandbox.kubelet
+    if kubelet is None:
+        return
+    namespace = job["metadata"].get("namespace") or "default"
+    for index in range(int((job.get("spec") or {}).get("replicas", 1))):
+        pod = f"{job['metadata']['name']}-worker-{index}"
+        text = kubelet.read_log(namespace, pod)
+        if text:
+            console.print(f"[dim]last lines of {pod}'s log ({kubelet.log_path(namespace, pod)}):[/]")
+            console.print("\n".join(text.splitlines()[-15:]), markup=False, highlight=False)
 
 
 def run_demo(manifest: Path | None = None, console: Console | None = None) -> int:
-    """Run the demo; returns the process exit code (0 when the operator made every expected object)."""
-    from etj_operator.sandbox.emulator import EmulatorServer
-
-    console = console or Console()
-    manifest = manifest or DEFAULT_MANIFEST
-    job = yaml.safe_load(manifest.read_text())
-    name, namespace = job["metadata"]["name"], job["metadata"].get("namespace", "default")
-    replicas = int(job["spec"].get("replicas", 1))
-    console.rule("[bold]EfficientTrainingJob operator: demo against the local API emulator")
-    with tempfile.TemporaryDirectory(prefix="etj-demo-") as state, EmulatorServer(crds=[crd_path()]) as server:
-        kubeconfig = server.write_kubeconfig(Path(state) / "kubeconfig")
-        os.environ["KUBECONFIG"] = str(kubeconfig)
-        os.environ.setdefault("ETJ_METRICS_PORT", "0")
-        os.environ.setdefault("ETJ_RECONCILE_INTERVAL_SECONDS", "1")
-        console.print(f"API emulator (test infrastructure, not a cluster) on {server.url}")
-
-        from etj_operator.runner import OperatorThread
-
-        operator = OperatorThread(quiet=True).start()
-        try:
-            console.print("operator started (kopf, all namespaces)")
-            server.create(c.PLURAL, job, namespace=namespace)
-            shown = manifest.relative_to(REPO_ROOT) if manifest.is_relative_to(REPO_ROOT) else manifest
-            console.print(f"applied {shown}")
-            selector = f"{c.LABEL_JOB_NAME}={name}"
-            pods = _wait(lambda: (p := server.list("pods", namespace, selector)) and len(p) == replicas and p, 30)
-            status = _wait(lambda: ((server.get(c.PLURAL, namespace, name) or {}).get("status") or {}), 30)
-            if not pods:
-                console.print(f"[red]the operator did not create {replicas} pods within 30 s")
-                return 1
-            _print(console, server, namespace, name, pods, status or {})
-        finally:
-            operator.stop()
-    console.print(
-        "[dim]Pods are not executed in this demo: there is no kubelet here. The sandbox's process kubelet "
-        "(etj sandbox) runs them as local processes.[/]"
-    )
-    return 0
-
-
-def _print(console: Console, server: Any, namespace: str, name: str, pods: list[dict[str, Any]],
-           status: dict[str, Any]) -> None:
-    table = Table(title="Pods the operator created")
-    for column in ("pod", "replica", "gang", "service account", "capabilities", "owner"):
-        table.add_column(column, no_wrap=True)
-    for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
-        meta, spec = pod["metadata"], pod["spec"]
-        trainer = next(x for x in spec["containers"] if x["name"] == c.TRAINER_CONTAINER)
-        caps = ((trainer.get("securityContext") or {}).get("capabilities") or {}).get("add") or []
-        owner = meta["ownerReferences"][0]
-        table.add_row(
-            meta["name"],
-            meta["labels"][c.LABEL_REPLICA_INDEX],
-            meta["annotations"][c.ANNOTATION_GANG_GENERATION],
-            spec.get("serviceAccountName", ""),
-            ",".join(caps) or "-",
-            f"{owner['kind']}/{owner['name']}",
-        )
-    console.print(table)
-
-    first = sorted(pods, key=lambda p: p["metadata"]["name"])[0]
-    trainer = next(x for x in first["spec"]["containers"] if x["name"] == c.TRAINER_CONTAINER)
-    env = Table(title=f"Environment of {first['metadata']['name']} (trainer container)")
-    env.add_column("name")
-    env.add_column("value", overflow="fold")
-    for var in trainer.get("env", []):
-        env.add_row(var["name"], str(var.get("value", "")))
-    console.print(env)
-    console.print(f"command: {' '.join(trainer.get('command', []) + trainer.get('args', []))}")
-
-    svc = server.get("services", namespace, name) or {}
-    ports = ", ".join(f"{p['name']}:{p['port']}" for p in (svc.get("spec") or {}).get("ports", []))
-    console.print(f"Service {namespace}/{name}: clusterIP={svc.get('spec', {}).get('clusterIP')} ports={ports}")
-    role = server.get("roles", namespace, f"{name}-etj") or {}
-    for rule in role.get("rules", []):
-        console.print(
-            f"Role {name}-etj: {','.join(rule['verbs'])} on {','.join(rule['resources'])} "
-            f"(resourceNames={rule.get('resourceNames')})"
-        )
-    conds = ", ".join(f"{x['type']}={x['status']}" for x in status.get("conditions", []))
-    console.print(
-        f"Job status: phase={status.get('phase')} restarts={status.get('restarts')} "
-        f"observedGeneration={status.get('observedGeneration')} conditions: {conds}"
-    )
+    """``etj demo``: 0 when every job of the examples (or ``manifest``) succeeded."""
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # a log or a pipe: wide enough for the table
+            console = Console(width=150)
+    result = demo((manifest,) if manifest else (DEFAULT_EXAMPLES,), console=console)
+    return 0 if result.succeeded else 1
