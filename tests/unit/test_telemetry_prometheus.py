@@ -41,10 +41,22 @@ class Canned(PrometheusTelemetry):
 def test_one_aggregated_query_per_metric_filters_out_gpus_without_a_pod():
     source = PrometheusTelemetry("http://p:9090/")
     assert source.url == "http://p:9090"
+    by = "max by (namespace, pod, UUID, gpu, source)"
+    energy = 'DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{pod!=""}'
     assert [q.promql for q in source.queries] == [
-        f'max by (namespace, pod, UUID, gpu, source) ({m}{{pod!=""}})'
-        for m in ("DCGM_FI_DEV_POWER_USAGE", "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "DCGM_FI_DEV_POWER_MGMT_LIMIT")
+        f'{by} (DCGM_FI_DEV_POWER_USAGE{{pod!=""}})',
+        # the counter's scrape time comes back in the same query, marked by a label
+        f'{by} ({energy}) or label_replace({by} (timestamp({energy})), "etj_sample", "time", "", "")',
+        f'{by} (DCGM_FI_DEV_POWER_MGMT_LIMIT{{pod!=""}})',
     ]
+
+
+def test_the_counter_sample_is_stamped_with_its_scrape_time():
+    stamp = series("a-worker-0", "0", 995.25, uuid="GPU-a0", t=1001.0)
+    stamp["metric"]["etj_sample"] = "time"
+    source = Canned({"TOTAL_ENERGY": [series("a-worker-0", "0", 5000, uuid="GPU-a0", t=1001.0), stamp]})
+    (sample,) = asyncio.run(source.collect(TARGETS)).samples
+    assert sample.energy_mj == 5000.0 and sample.timestamp_seconds == 995.25
 
 
 def test_label_scheme_and_extra_matchers_shape_the_query():

@@ -92,6 +92,12 @@ class _GpuReadings:
     power_watts: float | None = None
     energy_mj: float | None = None
     power_limit_watts: float | None = None
+    #: When the energy counter was scraped (not when the query was evaluated).
+    counter_scraped_seconds: float | None = None
+
+
+#: Label that marks the scrape-time series in the energy query's answer (see PrometheusTelemetry).
+SAMPLE_TIME_LABEL = "etj_sample"
 
 
 class PrometheusTelemetry:
@@ -141,8 +147,19 @@ class PrometheusTelemetry:
             metrics.append(("power_limit_watts", limit_metric))
         for _, metric in metrics:
             _check_name(_METRIC_NAME, metric, "metric")
+        def promql(field: str, metric: str) -> str:
+            value = f"max by ({by}, source) ({metric}{{{matchers}}})"
+            if field != "energy_mj":
+                return value
+            # The counter's own scrape time rides along in the same query: an instant query stamps every
+            # value with the evaluation time, and integrating counters between evaluation times would misplace
+            # up to one scrape interval of energy at each end of a window. The union (`or`) keeps both series
+            # apart through the extra label.
+            stamp = f"max by ({by}, source) (timestamp({metric}{{{matchers}}}))"
+            return f'{value} or label_replace({stamp}, "{SAMPLE_TIME_LABEL}", "time", "", "")'
+
         self.queries: tuple[_Query, ...] = tuple(
-            _Query(field, metric, f"max by ({by}, source) ({metric}{{{matchers}}})") for field, metric in metrics
+            _Query(field, metric, promql(field, metric)) for field, metric in metrics
         )
         # One HTTP client per concurrent query: requests.Session is not documented as thread-safe.
         self._clients: dict[int, Any] = {}
@@ -212,7 +229,7 @@ class PrometheusTelemetry:
                 namespace=ns,
                 pod=pod,
                 gpu=gpu,
-                timestamp_seconds=r.timestamp_seconds,
+                timestamp_seconds=r.counter_scraped_seconds or r.timestamp_seconds,
                 power_watts=r.power_watts,
                 energy_mj=r.energy_mj,
                 power_limit_watts=r.power_limit_watts,
@@ -247,7 +264,10 @@ class PrometheusTelemetry:
                 entry = readings[key] = _GpuReadings(float(timestamp_seconds), False)
             entry.timestamp_seconds = max(entry.timestamp_seconds, float(timestamp_seconds))
             entry.simulated = entry.simulated or labels.get("source") == SIMULATED_SOURCE
-            setattr(entry, query.field, value)
+            if labels.get(SAMPLE_TIME_LABEL) == "time":
+                entry.counter_scraped_seconds = value
+            else:
+                setattr(entry, query.field, value)
 
     async def query_scalar(self, promql: str) -> float | None:
         """Evaluate ``promql`` (e.g. grid carbon intensity in gCO2/kWh); None when empty, NaN or failed."""
