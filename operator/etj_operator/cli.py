@@ -92,6 +92,12 @@ def _add_sandbox_parser(sub: Any) -> None:
     sb.set_defaults(func=_sandbox)
 
 
+def _report(args: argparse.Namespace) -> int:
+    from etj_operator.report import run_report_command
+
+    return run_report_command(args.job, args.namespace, args.out, args.kubeconfig, args.from_file)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``etj``."""
     parser = argparse.ArgumentParser(prog="etj", description="EfficientTrainingJob operator and tools")
@@ -110,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run an example job against the local API emulator")
     demo.add_argument("--manifest", help="job manifest (default: workloads/examples/digits-ddp.yaml)")
     demo.set_defaults(func=_demo)
+
+    rep = sub.add_parser("report", help="write a job's energy report (<job>-report.json and <job>-report.png)")
+    rep.add_argument("job", help="EfficientTrainingJob name")
+    rep.add_argument("-n", "--namespace", default=None, help="namespace (default: the kubeconfig context's)")
+    rep.add_argument("--out", default=".", help="output directory (default: .)")
+    rep.add_argument("--kubeconfig", default=None, help="kubeconfig (default: $KUBECONFIG, in-cluster, ~/.kube/config)")
+    rep.add_argument("-f", "--file", dest="from_file", default=None, help="read the job from a saved manifest instead")
+    rep.set_defaults(func=_report)
 
     _add_sandbox_parser(sub)
     return parser
