@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint typecheck pytest clean
+.PHONY: install demo test lint typecheck pytest sync-crds bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -28,6 +28,17 @@ pytest: install
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests were collected"; exit 0; fi; exit $$rc
 
 test: lint typecheck pytest
+
+# The chart ships a copy of the CRD; a test checks the two are identical.
+sync-crds:
+	cp crds/*.yaml charts/efficient-training-operator/crds/
+
+# Benchmarks print figures (docs/benchmarks.md records them); not part of `make test`.
+bench: install
+	$(PY) bench/harness_overhead.py
+	$(PY) bench/compression.py
+	$(PY) bench/telemetry_scale.py
+	$(PY) bench/operator_scale.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
