@@ -177,3 +177,16 @@ def test_pod_log_is_served_by_the_api(server, kubelet):
 def test_expand_references_follows_kubernetes_rules():
     env = {"A": "1"}
     assert expand_references("$(A)-$(B)-$$(A)", env) == "1-$(B)-$(A)"
+
+
+def test_a_port_taken_on_every_address_fails_the_pod_with_a_reason(server, kubelet):
+    import socket
+
+    with socket.socket() as blocker:
+        blocker.bind(("0.0.0.0", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        server.create("pods", pod("blocked", "print('never')", ports={"metrics": port}), namespace=NS)
+        done = server.wait_for("pods", NS, "blocked", phase_is("Failed"), timeout_seconds=30)
+    assert done["status"]["reason"] == "AddressUnavailable"
+    assert str(port) in kubelet.read_log(NS, "blocked")

@@ -384,7 +384,7 @@ class ProcessKubelet:
                 elif run.proc is None or run.finished:
                     self._forget(run)
                 continue
-            if run.proc is None:
+            if run.proc is None and not run.finished:
                 self._try_start(run, pod)
             elif not run.finished and run.proc.poll() is not None and not run.terminating:
                 self._report_exit(run)
@@ -406,18 +406,27 @@ class ProcessKubelet:
         for port in (container or {}).get("ports") or []:
             if port.get("name") in remap and isinstance(port.get("containerPort"), int):
                 ports[port["containerPort"]] = _free_port()
+        try:
+            address, problem = self._allocate_address(container), ""
+        except RuntimeError as e:
+            address, problem = "", str(e)
         run = _PodRun(namespace=namespace, name=name, uid=uid, hostname=spec.get("hostname") or name,
-                      subdomain=spec.get("subdomain") or "", ip=self._allocate_address(container), pod_dir=pod_dir,
+                      subdomain=spec.get("subdomain") or "", ip=address, pod_dir=pod_dir,
                       ports=ports, seen_at=time.monotonic())
         with self._lock:
             self._runs[uid] = run
             self._latest[(namespace, name)] = run
-        log.info("pod %s/%s: address %s", namespace, name, run.ip)
+        if problem:
+            self._fail(run, 128, "AddressUnavailable", problem)
+        else:
+            log.info("pod %s/%s: address %s", namespace, name, run.ip)
 
     def _allocate_address(self, container: Json | None) -> str:
         """The next loopback address where none of the container's ports is taken (e.g. by another sandbox)."""
+        remapped = set(self.config.remapped_port_names)
         declared = (container or {}).get("ports") or []
-        ports = [p["containerPort"] for p in declared if isinstance(p.get("containerPort"), int)]
+        ports = [p["containerPort"] for p in declared
+                 if isinstance(p.get("containerPort"), int) and p.get("name") not in remapped]
         taken = {r.ip for r in self._runs.values()}
         for _ in range(4096):
             candidate = _int_to_address(self._next_address)
@@ -426,7 +435,8 @@ class ProcessKubelet:
                 self._next_address += 2
             if candidate not in taken and all(_can_bind(candidate, p) for p in ports):
                 return candidate
-        raise RuntimeError("no free loopback address left for a pod")
+        raise RuntimeError(f"no loopback address has the container's ports {ports} free (does a process listen"
+                           " on 0.0.0.0 at one of them?)")
 
     def _resolve_host(self, host: str, namespace: str, *, strict: bool) -> _PodRun | None:
         """The pod a headless-service name points at; None when ``host`` is no such name.
@@ -583,7 +593,8 @@ class ProcessKubelet:
 
     def _set_phase(self, run: _PodRun, phase: str, *, exit_code: int | None = None, reason: str | None = None) -> None:
         try:
-            self.api.set_pod_phase(run.namespace, run.name, phase, exit_code=exit_code, pod_ip=run.ip, reason=reason)
+            self.api.set_pod_phase(run.namespace, run.name, phase, exit_code=exit_code, pod_ip=run.ip or None,
+                                   reason=reason)
         except Exception as e:  # the pod was deleted meanwhile (404) or the API is going away
             log.debug("pod %s/%s: status %s not written: %r", run.namespace, run.name, phase, e)
 
