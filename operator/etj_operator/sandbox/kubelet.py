@@ -384,9 +384,11 @@ class ProcessKubelet:
                 elif run.proc is None or run.finished:
                     self._forget(run)
                 continue
-            if run.proc is None and not run.finished:
+            if run.finished or run.terminating:
+                continue
+            if run.proc is None:
                 self._try_start(run, pod)
-            elif not run.finished and run.proc.poll() is not None and not run.terminating:
+            elif run.proc.poll() is not None:
                 self._report_exit(run)
 
     def _forget(self, run: _PodRun) -> None:
