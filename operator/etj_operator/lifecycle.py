@@ -335,6 +335,11 @@ def _run(b: _Builder, spec: JobSpec) -> None:
         b.phase(THROTTLED if b.obs.throttled else RUNNING)
     elif cond.is_true(b.conditions, cond.RESTARTING):
         b.phase(RESTARTING)
+    elif b.status.get("phase") in (RUNNING, THROTTLED) and all(
+        p.phase in ("Running", "Succeeded") for p in gang.values()
+    ):
+        # Workers finishing one after another (worker 0 decides success): still running, not pending.
+        pass
     elif b.obs.rescheduling or b.obs.recreate:
         b.phase(RESCHEDULING)
     else:

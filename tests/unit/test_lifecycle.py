@@ -198,3 +198,10 @@ def test_pod_view_reads_exit_codes():
         "Error",
         True,
     )
+
+
+def test_workers_finishing_before_worker_0_keep_the_job_running():
+    _, status = step()
+    _, status = step(status, running())
+    plan, status = step(status, [pod(0, "Running"), pod(1, "Succeeded")])
+    assert status["phase"] == "Running" and plan.create_pods == [] and plan.events == []
