@@ -548,7 +548,7 @@ def _parse_stage(r: _Reader, s: Mapping[str, Any], sp: str, energy: EnergySpec) 
                 "add spec.energy.energyBudget.kilowattHours or trigger by epoch or step",
             )
     else:
-        value = r.integer(trigger, kind, tp, None, 0 if kind == "epoch" else 1, 1_000_000_000)
+        value = r.integer(trigger, kind, tp, None, 1, 1_000_000 if kind == "epoch" else 1_000_000_000)
     if value is None:
         return None
     has_prune, has_quant = "prune" in s, "quantize" in s
