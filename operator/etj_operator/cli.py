@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("files", nargs="+")
     val.set_defaults(func=_validate)
 
-    demo = sub.add_parser("demo", help="run an example job against the local API emulator")
+    demo = sub.add_parser("demo", help="run the example job end to end in the sandbox (no cluster, no GPU)")
     demo.add_argument("--manifest", help="job manifest (default: workloads/examples/digits-ddp.yaml)")
     demo.set_defaults(func=_demo)
 
