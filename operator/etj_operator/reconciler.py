@@ -110,6 +110,16 @@ def _settle_in_flight(state: JobState, pods: list[PodView]) -> None:
         del state.deleting[pod_name]
 
 
+def _drop_failed(names: list[str], results: list[Any], in_flight: dict[str, float]) -> None:
+    """Requests that failed are not in flight: forget them (the next pass sends them again); raise the first."""
+    errors = [r for r in results if isinstance(r, BaseException)]
+    for pod_name, result in zip(names, results, strict=True):
+        if isinstance(result, BaseException):
+            in_flight.pop(pod_name, None)
+    if errors:
+        raise errors[0]
+
+
 def _placement_directive(spec: JobSpec, placement: Mapping[str, Any]) -> builders.PlacementDirective:
     return builders.PlacementDirective(
         avoid_nodes=tuple(placement.get("avoidedNodes") or ()),
@@ -216,7 +226,10 @@ class JobReconciler:
         deletions = [n for n in plan.delete_pods if clock - state.deleting.get(n, -1e9) > IN_FLIGHT_EXPIRY_SECONDS]
         for pod_name in deletions:
             state.deleting[pod_name] = clock
-        await asyncio.gather(*(self.api.delete("Pod", namespace, n) for n in deletions))
+        results = await asyncio.gather(
+            *(self.api.delete("Pod", namespace, n) for n in deletions), return_exceptions=True
+        )
+        _drop_failed(deletions, results, state.deleting)
         if plan.create_pods and spec is not None:
             if not state.children_ensured:  # after an operator restart: children may predate us; cheap if so
                 await self._ensure_children(job, spec)
@@ -231,7 +244,8 @@ class JobReconciler:
                 if clock - state.creating.get(pod_name, -1e9) > IN_FLIGHT_EXPIRY_SECONDS:
                     state.creating[pod_name] = clock
                     manifests.append(manifest)
-            await asyncio.gather(*(self.api.create(m) for m in manifests))
+            results = await asyncio.gather(*(self.api.create(m) for m in manifests), return_exceptions=True)
+            _drop_failed([m["metadata"]["name"] for m in manifests], results, state.creating)
         await self._write_status(namespace, name, before, plan.status, state)
         for event in plan.events:
             self.events(body, event)
