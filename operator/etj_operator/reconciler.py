@@ -216,6 +216,9 @@ class JobReconciler:
         if outcome is not None:
             plan.events.extend(outcome.events)
         self._after(plan, now, int(meta.get("generation") or 1))
+        # The status (e.g. restarts + 1 for a gang restart) is written before any pod is touched: if the write
+        # fails or the operator dies right after, no pod was deleted or created on an unrecorded decision.
+        await self._write_status(namespace, name, before, plan.status, state)
 
         job = builders.JobRef.from_body(body)
         if plan.ensure_children and spec is not None and not state.children_ensured:
@@ -246,7 +249,6 @@ class JobReconciler:
                     manifests.append(manifest)
             results = await asyncio.gather(*(self.api.create(m) for m in manifests), return_exceptions=True)
             _drop_failed([m["metadata"]["name"] for m in manifests], results, state.creating)
-        await self._write_status(namespace, name, before, plan.status, state)
         for event in plan.events:
             self.events(body, event)
             if event.reason == "GangRestarted":
