@@ -1,0 +1,409 @@
+"""Chaos harness: a scripted kubelet and harness, an operator that is killed and restarted, and the invariants.
+
+Not a test module. The pieces:
+
+* :class:`Lifecycle`: what one job is scripted to do, gang generation by gang generation (run, then succeed
+  or have one pod crash), and the terminal phase and restart count that script must end in.
+* :class:`ScriptedKubelet`: a thread that plays the kubelet and the training harness for every job: pods go
+  Pending -> Running; once the operator has a baseline reading of every GPU of the gang the pods draw power
+  (in the DCGM exporter, when there is one); after the gang's run time the script's outcome is applied.
+  It also samples every job's ``status.energy.joules`` on each pass and records any decrease.
+* :class:`PodCreations`: an admission hook of the emulator that records every pod creation the server
+  commits, with its job, index and gang generation (the operator's POSTs answered 201).
+* :class:`ChaosOperator`: the real operator, one incarnation at a time, either an ``OperatorThread``
+  (stopped cleanly) or an :class:`operator_process.OperatorProcess` (killed with SIGKILL), restarted on a
+  seeded schedule.
+* :func:`check_invariants`: terminal phases, no duplicate pods, no orphan or leftover pods, energy.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from operator_process import OperatorProcess
+
+from etj_operator import contract as c
+from etj_operator.runner import OperatorThread
+from etj_operator.sandbox.emulator import ApiError, EmulatorServer
+
+from emulated import NS
+from jobs import job_manifest
+
+SUCCEED = "succeed"
+FAIL = "fail"
+KINDS = ("succeed", "fail-then-succeed", "exhaust-backoff")
+
+
+@dataclass
+class Lifecycle:
+    """The script of one job."""
+
+    name: str
+    kind: str
+    replicas: int
+    outcomes: list[str]  # per gang generation
+    backoff_limit: int
+    clean_pod_policy: str
+    run_seconds: float
+    fail_index: int
+    watts: float
+    expected_phase: str
+    expected_restarts: int
+
+    def manifest(self, energy: bool) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "replicas": self.replicas,
+            "runPolicy": {"backoffLimit": self.backoff_limit, "cleanPodPolicy": self.clean_pod_policy},
+        }
+        if energy:
+            spec["energy"] = {"telemetry": {"source": "Prometheus", "intervalSeconds": 1}}
+        body = job_manifest(self.name, **spec)
+        for key in ("uid", "generation"):
+            body["metadata"].pop(key)
+        return body
+
+
+def make_lifecycles(seed: int, count: int, run_seconds: tuple[float, float] = (1.5, 3.0)) -> list[Lifecycle]:
+    """``count`` seeded job scripts, the three kinds in equal shares, shuffled."""
+    rng = random.Random(seed)
+    kinds = [KINDS[i % len(KINDS)] for i in range(count)]
+    rng.shuffle(kinds)
+    lifecycles = []
+    for i, kind in enumerate(kinds):
+        replicas = rng.randint(1, 3)
+        if kind == "succeed":
+            outcomes, backoff, phase, restarts = [SUCCEED], rng.randint(0, 2), "Succeeded", 0
+        elif kind == "fail-then-succeed":
+            outcomes, backoff, phase, restarts = [FAIL, SUCCEED], rng.randint(1, 3), "Succeeded", 1
+        else:
+            backoff = rng.randint(0, 1)
+            outcomes, phase, restarts = [FAIL] * (backoff + 1), "Failed", backoff
+        lifecycles.append(
+            Lifecycle(
+                name=f"chaos-{seed}-{i:02d}",
+                kind=kind,
+                replicas=replicas,
+                outcomes=outcomes,
+                backoff_limit=backoff,
+                clean_pod_policy=rng.choice(["None", "Running", "All"]),
+                run_seconds=rng.uniform(*run_seconds),
+                fail_index=rng.randrange(replicas),
+                watts=float(rng.choice([150, 250, 400, 600])),
+                expected_phase=phase,
+                expected_restarts=restarts,
+            )
+        )
+    return lifecycles
+
+
+def pod_meta(pod: dict[str, Any]) -> tuple[str, int, int]:
+    """(job, replica index, gang generation) of a worker pod."""
+    meta = pod["metadata"]
+    return (
+        meta["labels"][c.LABEL_JOB_NAME],
+        int(meta["labels"][c.LABEL_REPLICA_INDEX]),
+        int(meta["annotations"][c.ANNOTATION_GANG_GENERATION]),
+    )
+
+
+class PodCreations:
+    """Admission hook: every pod create the emulator commits, as (namespace, job, index, generation)."""
+
+    def __init__(self, server: EmulatorServer) -> None:
+        self.records: list[tuple[str, str, int, int]] = []
+        self._lock = threading.Lock()
+        server.call(lambda emulator: emulator.admission.append(self))
+
+    def __call__(self, rt: Any, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+        if rt.group == "" and rt.plural == "pods" and old is None and c.LABEL_JOB_NAME in obj["metadata"]["labels"]:
+            job, index, generation = pod_meta(obj)
+            with self._lock:
+                self.records.append((obj["metadata"].get("namespace") or NS, job, index, generation))
+
+    def duplicates(self) -> dict[tuple[str, str, int, int], int]:
+        """Pods created more than once for the same job, index and gang generation."""
+        with self._lock:
+            counts = Counter(self.records)
+        return {key: n for key, n in counts.items() if n > 1}
+
+    def count(self, job: str) -> int:
+        with self._lock:
+            return sum(1 for r in self.records if r[1] == job)
+
+
+@dataclass
+class _Gang:
+    generation: int
+    powered_at: float | None = None
+    done: bool = False
+
+
+class ScriptedKubelet:
+    """Plays the kubelet and the harness for the scripted jobs, from its own thread."""
+
+    def __init__(self, server: EmulatorServer, exporter: Any | None = None, poll_seconds: float = 0.05) -> None:
+        self.server = server
+        self.exporter = exporter
+        self.poll_seconds = poll_seconds
+        self.scripts: dict[str, Lifecycle] = {}
+        self.gangs: dict[str, _Gang] = {}
+        self.energy_seen: dict[str, float] = {}
+        self.energy_decreases: list[tuple[str, float, float]] = []
+        self.errors: list[str] = []
+        self._seen: dict[str, float] = {}  # pod uid -> first seen (monotonic)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, name="scripted-kubelet", daemon=True)
+
+    def add(self, script: Lifecycle) -> None:
+        """Start following a job (call before the job is created)."""
+        if self.exporter is not None:
+            for i in range(script.replicas):
+                self.exporter.add_pod(NS, f"{script.name}-worker-{i}", gpus=1, watts=0.0)
+        with self._lock:
+            self.scripts[script.name] = script
+
+    def start(self) -> ScriptedKubelet:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def __enter__(self) -> ScriptedKubelet:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- the loop -------------------------------------------------------------------------------------
+    def _main(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._pass()
+            except ApiError as e:  # an object vanished between list and write: look again next pass
+                if e.code not in (404, 409, 422):
+                    self.errors.append(f"kubelet: {e}")
+            except Exception as e:  # reported by the test, never swallowed
+                self.errors.append(f"kubelet: {type(e).__name__}: {e}")
+            self._stop.wait(self.poll_seconds)
+
+    def _power(self, pod: str, watts: float) -> None:
+        if self.exporter is not None:
+            self.exporter.set_power(NS, pod, watts)
+
+    def _pass(self) -> None:
+        with self._lock:
+            scripts = dict(self.scripts)
+        pods = self.server.list("pods", NS, label_selector=c.LABEL_JOB_NAME)
+        by_job: dict[str, list[dict[str, Any]]] = {}
+        now = time.monotonic()
+        for pod in pods:
+            job, _, _ = pod_meta(pod)
+            if job in scripts and not pod["metadata"].get("deletionTimestamp"):
+                by_job.setdefault(job, []).append(pod)
+        for name, script in scripts.items():
+            job = self.server.get(c.PLURAL, NS, name)
+            status = (job or {}).get("status") or {}
+            self._watch_energy(name, status)
+            live = by_job.get(name, [])
+            # pods that are gone or finished draw nothing
+            running_names = {p["metadata"]["name"] for p in live if p["status"].get("phase") in ("Running",)}
+            for i in range(script.replicas):
+                pod_name = f"{name}-worker-{i}"
+                idle = pod_name not in running_names and self.exporter is not None
+                if idle and self.exporter.power_watts(NS, pod_name) > 0:
+                    self._power(pod_name, 0.0)
+            if job is None or status.get("phase") in ("Succeeded", "Failed"):
+                continue
+            for pod in live:
+                uid = pod["metadata"]["uid"]
+                self._seen.setdefault(uid, now)
+                if pod["status"].get("phase") == "Pending" and now - self._seen[uid] >= 0.1:
+                    self.server.set_pod_phase(NS, pod["metadata"]["name"], "Running")
+            self._drive_gang(script, status, live, now)
+
+    def _watch_energy(self, name: str, status: dict[str, Any]) -> None:
+        joules = float(((status.get("energy") or {}).get("joules")) or 0.0)
+        before = self.energy_seen.get(name, 0.0)
+        if joules < before:
+            self.energy_decreases.append((name, before, joules))
+        self.energy_seen[name] = max(before, joules)
+
+    def _baselined(self, script: Lifecycle, status: dict[str, Any]) -> bool:
+        series = ((status.get("energy") or {}).get("series")) or {}
+        pods = {key.split("/", 1)[0] for key in series}
+        return all(f"{script.name}-worker-{i}" in pods for i in range(script.replicas))
+
+    def _drive_gang(self, script: Lifecycle, status: dict[str, Any], live: list[dict[str, Any]], now: float) -> None:
+        gens = {pod_meta(p)[2] for p in live}
+        if len(gens) != 1:
+            return
+        (generation,) = gens
+        if generation >= len(script.outcomes):
+            self.errors.append(f"{script.name}: a gang of generation {generation} beyond the script")
+            return
+        gang = self.gangs.get(script.name)
+        if gang is None or gang.generation != generation:
+            gang = self.gangs[script.name] = _Gang(generation)
+        if gang.done:
+            return
+        running = [p for p in live if p["status"].get("phase") == "Running"]
+        if len(running) != script.replicas:
+            return
+        if gang.powered_at is None:
+            if self.exporter is not None and not self._baselined(script, status):
+                return  # the first reading of a GPU is its baseline: draw nothing before it
+            for p in running:
+                self._power(p["metadata"]["name"], script.watts)
+            gang.powered_at = now
+            return
+        if now - gang.powered_at < script.run_seconds:
+            return
+        gang.done = True
+        by_index = {pod_meta(p)[1]: p["metadata"]["name"] for p in running}
+        if script.outcomes[generation] == FAIL:
+            pod = by_index[script.fail_index]
+            self._power(pod, 0.0)
+            self.server.set_pod_phase(NS, pod, "Failed", exit_code=1)
+        else:
+            for index in sorted(by_index, reverse=True):  # worker 0 last: its success ends the job
+                self._power(by_index[index], 0.0)
+                self.server.set_pod_phase(NS, by_index[index], "Succeeded", exit_code=0)
+
+
+class ChaosOperator:
+    """The operator, one incarnation at a time: an OperatorThread (graceful stop) or a process (SIGKILL)."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self._thread: OperatorThread | None = None
+        self._process: OperatorProcess | None = None
+        self.restarts: Counter[str] = Counter()
+
+    def start(self, kind: str) -> None:
+        if kind == "thread":
+            self._thread = OperatorThread(quiet=True).start()
+        else:
+            self._process = OperatorProcess(self.env, self.log_dir).start()
+
+    def stop(self, *, hard: bool) -> str:
+        """End the incarnation: SIGKILL for a process when ``hard``; returns what was done."""
+        if self._thread is not None:
+            self._thread.stop()
+            self._thread = None
+            return "thread-stop"
+        if self._process is not None:
+            if hard:
+                self._process.kill()
+            else:
+                self._process.terminate()
+            self._process = None
+            return "sigkill" if hard else "sigterm"
+        return "none"
+
+    def restart(self, rng: random.Random, down_seconds: float) -> str:
+        kind = rng.choice(["thread", "process", "process"])
+        what = self.stop(hard=True)
+        self.restarts[what] += 1
+        time.sleep(down_seconds)
+        self.start(kind)
+        return what
+
+    def close(self) -> None:
+        self.stop(hard=False)
+
+
+@dataclass
+class Report:
+    lifecycles: int = 0
+    restarts: dict[str, int] = field(default_factory=dict)
+    duplicates: dict[Any, int] = field(default_factory=dict)
+    orphans: list[str] = field(default_factory=list)
+    wrong: list[str] = field(default_factory=list)
+    energy_errors: dict[str, float] = field(default_factory=dict)
+    total_joules: float = 0.0
+    total_truth: float = 0.0
+
+    @property
+    def max_energy_error(self) -> float:
+        return max(self.energy_errors.values(), default=0.0)
+
+    def line(self) -> str:
+        overall = abs(self.total_joules - self.total_truth) / self.total_truth if self.total_truth else 0.0
+        return (
+            f"chaos: lifecycles={self.lifecycles} restarts={dict(self.restarts)} duplicates={len(self.duplicates)} "
+            f"orphans={len(self.orphans)} wrong={len(self.wrong)} energy_max_rel_error={self.max_energy_error:.5f} "
+            f"energy_total_rel_error={overall:.5f} joules={self.total_joules:.0f}"
+        )
+
+
+def terminal(server: EmulatorServer, scripts: list[Lifecycle]) -> bool:
+    for s in scripts:
+        job = server.get(c.PLURAL, NS, s.name)
+        if job is None or ((job.get("status") or {}).get("phase")) not in ("Succeeded", "Failed"):
+            return False
+    return True
+
+
+def leftover_pods(server: EmulatorServer, scripts: list[Lifecycle]) -> list[str]:
+    """Pods that should not be there: owner gone, an old gang's pod, or live pods against cleanPodPolicy."""
+    jobs = {j["metadata"]["uid"]: j for j in server.list(c.PLURAL, NS)}
+    by_name = {s.name: s for s in scripts}
+    bad = []
+    for pod in server.list("pods", NS, label_selector=c.LABEL_JOB_NAME):
+        name = pod["metadata"]["name"]
+        owners = [o["uid"] for o in pod["metadata"].get("ownerReferences") or []]
+        job = next((jobs[u] for u in owners if u in jobs), None)
+        if job is None:
+            bad.append(f"{name}: its job is gone")
+            continue
+        status = job.get("status") or {}
+        _, _, generation = pod_meta(pod)
+        phase = pod["status"].get("phase")
+        if generation != int(status.get("restarts") or 0) and phase in ("Pending", "Running"):
+            bad.append(f"{name}: generation {generation} still {phase} (job restarts={status.get('restarts')})")
+        script = by_name.get(job["metadata"]["name"])
+        policy = script.clean_pod_policy if script else "Running"
+        if status.get("phase") in ("Succeeded", "Failed"):
+            if policy == "All":
+                bad.append(f"{name}: kept although cleanPodPolicy is All")
+            elif policy == "Running" and phase in ("Pending", "Running"):
+                bad.append(f"{name}: still {phase} although cleanPodPolicy is Running")
+    return bad
+
+
+def check_outcomes(server: EmulatorServer, scripts: list[Lifecycle]) -> list[str]:
+    wrong = []
+    for s in scripts:
+        status = (server.get(c.PLURAL, NS, s.name) or {}).get("status") or {}
+        got = (status.get("phase"), status.get("restarts"))
+        if got != (s.expected_phase, s.expected_restarts):
+            wrong.append(f"{s.name} ({s.kind}): {got} != {(s.expected_phase, s.expected_restarts)}")
+        elif s.expected_phase == "Failed":
+            failed = next((x for x in status.get("conditions") or [] if x["type"] == "Failed"), {})
+            if failed.get("reason") != "BackoffLimitExceeded":
+                wrong.append(f"{s.name}: Failed for {failed.get('reason')}, not BackoffLimitExceeded")
+    return wrong
+
+
+def energy_errors(server: EmulatorServer, exporter: Any, scripts: list[Lifecycle], report: Report) -> None:
+    """Per job: status.energy.joules against the exporter's exact integral up to each GPU's last reading."""
+    for s in scripts:
+        energy = ((server.get(c.PLURAL, NS, s.name) or {}).get("status") or {}).get("energy") or {}
+        truth = 0.0
+        for key, entry in (energy.get("series") or {}).items():
+            pod = key.split("/", 1)[0]
+            truth += exporter.energy_joules_between(NS, pod, 0.0, float(entry["t"]))
+        joules = float(energy.get("joules") or 0.0)
+        report.total_joules += joules
+        report.total_truth += truth
+        report.energy_errors[s.name] = abs(joules - truth) / truth if truth else (0.0 if joules == 0 else 1.0)
