@@ -36,7 +36,10 @@ from emulated import NS
 from jobs import job_manifest
 
 SUCCEED = "succeed"
-FAIL = "fail"
+FAIL = "fail"  # one pod crashes (exit 1) after the gang's run time
+CRASH_PENDING = "crash-pending"  # one pod fails before it ever runs (exit 128, StartError)
+CRASH_ALL = "crash-all"  # every pod of the gang dies at once (exit 137, a node lost)
+CRASHES = (FAIL, CRASH_PENDING, CRASH_ALL)
 KINDS = ("succeed", "fail-then-succeed", "exhaust-backoff")
 
 
@@ -97,6 +100,34 @@ def make_lifecycles(seed: int, count: int, run_seconds: tuple[float, float] = (1
                 watts=float(rng.choice([150, 250, 400, 600])),
                 expected_phase=phase,
                 expected_restarts=restarts,
+            )
+        )
+    return lifecycles
+
+
+def make_crash_lifecycles(seed: int, count: int) -> list[Lifecycle]:
+    """Jobs whose gangs crash at seeded random steps (before running, while running, all at once) 0-3 times,
+    then succeed; every third one runs out of backoffLimit on its last crash instead."""
+    rng = random.Random(seed)
+    lifecycles = []
+    for i in range(count):
+        replicas = rng.randint(1, 3)
+        crashes = [rng.choice(CRASHES) for _ in range(rng.randint(1, 3))]
+        exhaust = i % 3 == 2
+        outcomes = crashes if exhaust else [*crashes, SUCCEED]
+        lifecycles.append(
+            Lifecycle(
+                name=f"crash-{seed}-{i:02d}",
+                kind="crash-until-backoff" if exhaust else "crash-then-succeed",
+                replicas=replicas,
+                outcomes=outcomes,
+                backoff_limit=len(crashes) - 1 if exhaust else len(crashes) + rng.randint(0, 2),
+                clean_pod_policy=rng.choice(["None", "Running", "All"]),
+                run_seconds=rng.uniform(0.0, 1.5),
+                fail_index=rng.randrange(replicas),
+                watts=300.0,
+                expected_phase="Failed" if exhaust else "Succeeded",
+                expected_restarts=len(crashes) - 1 if exhaust else len(crashes),
             )
         )
     return lifecycles
@@ -227,7 +258,13 @@ class ScriptedKubelet:
                 uid = pod["metadata"]["uid"]
                 self._seen.setdefault(uid, now)
                 if pod["status"].get("phase") == "Pending" and now - self._seen[uid] >= 0.1:
-                    self.server.set_pod_phase(NS, pod["metadata"]["name"], "Running")
+                    _, index, generation = pod_meta(pod)
+                    crash = generation < len(script.outcomes) and script.outcomes[generation] == CRASH_PENDING
+                    if crash and index == script.fail_index:
+                        self.server.set_pod_phase(NS, pod["metadata"]["name"], "Failed", exit_code=128,
+                                                  reason="StartError")
+                    else:
+                        self.server.set_pod_phase(NS, pod["metadata"]["name"], "Running")
             self._drive_gang(script, status, live, now)
 
     def _watch_energy(self, name: str, status: dict[str, Any]) -> None:
@@ -269,10 +306,15 @@ class ScriptedKubelet:
             return
         gang.done = True
         by_index = {pod_meta(p)[1]: p["metadata"]["name"] for p in running}
-        if script.outcomes[generation] == FAIL:
+        outcome = script.outcomes[generation]
+        if outcome in (FAIL, CRASH_PENDING):
             pod = by_index[script.fail_index]
             self._power(pod, 0.0)
             self.server.set_pod_phase(NS, pod, "Failed", exit_code=1)
+        elif outcome == CRASH_ALL:
+            for pod in by_index.values():
+                self._power(pod, 0.0)
+                self.server.set_pod_phase(NS, pod, "Failed", exit_code=137, reason="NodeLost")
         else:
             for index in sorted(by_index, reverse=True):  # worker 0 last: its success ends the job
                 self._power(by_index[index], 0.0)

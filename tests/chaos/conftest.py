@@ -1,4 +1,4 @@
-"""Chaos tests: shared fixtures (one Prometheus per module) and the ``chaos_long`` switch.
+"""Chaos tests: shared fixtures (one Prometheus for the chaos tests) and the ``chaos_long`` switch.
 
 The long run is skipped unless ``--chaos-long`` is given. pytest reads a conftest's options only when the
 conftest is loaded at startup, i.e. when tests/chaos (or a file in it) is named on the command line:
@@ -36,7 +36,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def exporter():
     from dcgm_exporter import DcgmExporter
 
@@ -44,7 +44,7 @@ def exporter():
         yield exp
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def prometheus(exporter):
     from prometheus_server import PrometheusServer, ScrapeJob, find_prometheus
 

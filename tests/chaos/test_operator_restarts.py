@@ -21,6 +21,7 @@ from chaos_support import (
     check_outcomes,
     energy_errors,
     leftover_pods,
+    make_crash_lifecycles,
     make_lifecycles,
     terminal,
 )
@@ -34,10 +35,21 @@ pytestmark = pytest.mark.slow
 
 
 def run_chaos(
-    server, exporter, env, log_dir, *, seed: int, count: int, concurrency: int, restart_every, deadline_seconds
+    server,
+    exporter,
+    env,
+    log_dir,
+    *,
+    seed: int,
+    count: int,
+    concurrency: int,
+    restart_every,
+    deadline_seconds,
+    scripts=None,
 ) -> Report:
     rng = random.Random(seed)
-    scripts = make_lifecycles(seed, count)
+    scripts = scripts or make_lifecycles(seed, count)
+    count = len(scripts)
     creations = PodCreations(server)
     operator = ChaosOperator(env, log_dir)
     report = Report(lifecycles=count)
@@ -117,6 +129,26 @@ def test_thirty_lifecycles_survive_operator_kills_and_restarts(chaos_server, exp
     )
     assert_clean(report, minimum_restarts=8)
     assert live_processes() == []
+
+
+def test_pods_crash_at_random_steps_while_the_operator_restarts(chaos_server, chaos_env, tmp_path):
+    """Crashes before a pod runs, while it runs, the whole gang at once; 1-3 per job; no energy here."""
+    scripts = make_crash_lifecycles(seed=7, count=12)
+    report = run_chaos(
+        chaos_server,
+        None,
+        chaos_env,
+        tmp_path,
+        seed=7,
+        count=len(scripts),
+        concurrency=12,
+        restart_every=(0.5, 2.0),
+        deadline_seconds=120,
+        scripts=scripts,
+    )
+    assert_clean(report, minimum_restarts=3)
+    restarts = sum(s.expected_restarts for s in scripts)
+    assert restarts >= 12  # every job crashed at least once; most were restarted as a gang
 
 
 @pytest.mark.chaos_long
