@@ -1,0 +1,120 @@
+"""Bad-input helpers: the corpus, posting manifests as kubectl does, and the three admission set-ups.
+
+Not a test module. Admission set-ups of the emulator:
+
+* ``full``: the sandbox's validation (CRD schema through jsonschema, plus the CRD's CEL rules as the
+  operator's own ``parse_spec``): what a current API server with the CRD does;
+* ``schema``: the CRD's structural schema only (types, enums, minimums, patterns, required): an API server
+  that does not evaluate CEL (``x-kubernetes-validations``), e.g. before Kubernetes 1.25;
+* ``none``: no validation beyond pruning and defaulting (the bare emulator): only the operator stands.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from etj_operator import contract as c
+from etj_operator.sandbox import validation
+from etj_operator.sandbox.emulator import EmulatorServer
+
+CORPUS = Path(__file__).parent / "corpus"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One corpus file: the manifest and the field path its error must name."""
+
+    path: Path
+    field: str
+    why: str
+    manifest: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["metadata"]["name"])
+
+    @property
+    def id(self) -> str:
+        return self.path.stem
+
+
+def corpus() -> list[Case]:
+    cases = []
+    for path in sorted(CORPUS.glob("*.yaml")):
+        text = path.read_text(encoding="utf-8")
+        header = dict(
+            line[2:].split(": ", 1) for line in text.splitlines() if line.startswith("# ") and ": " in line
+        )
+        cases.append(Case(path, header["field"], header["why"], yaml.safe_load(text)))
+    return cases
+
+
+class SchemaOnlyAdmission:
+    """Admission by the CRD's structural schema alone (no CEL, no operator rules)."""
+
+    def __init__(self) -> None:
+        self._validators: dict[int, validation.SchemaValidator] = {}
+
+    def __call__(self, rt: Any, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
+        if not rt.custom or not rt.schema:
+            return
+        validator = self._validators.setdefault(id(rt.schema), validation.SchemaValidator(rt.schema))
+        causes = validation.validate_object(validator, obj, old, None)
+        if causes:
+            raise validation.invalid_error(rt.kind, rt.group, str(obj["metadata"].get("name") or ""), causes)
+
+
+def set_admission(server: EmulatorServer, mode: str) -> None:
+    if mode == "full":
+        validation.install(server)
+    elif mode == "schema":
+        hook = SchemaOnlyAdmission()
+        server.call(lambda emulator: emulator.admission.append(hook))
+    elif mode != "none":
+        raise ValueError(mode)
+
+
+@dataclass
+class Answer:
+    code: int
+    body: dict[str, Any]
+
+    @property
+    def text(self) -> str:
+        """The message and every cause's field and message, for looking up a field path."""
+        causes = (self.body.get("details") or {}).get("causes") or []
+        return " ".join([str(self.body.get("message", ""))] + [f"{x.get('field')}: {x.get('message')}" for x in causes])
+
+
+def post(server: EmulatorServer, manifest: dict[str, Any], strict: bool = True) -> Answer:
+    """POST a job as ``kubectl create`` does (``fieldValidation=Strict``); never raises for HTTP errors."""
+    namespace = manifest["metadata"].get("namespace", "default")
+    url = f"{server.url}/apis/{c.GROUP}/{c.VERSION}/namespaces/{namespace}/{c.PLURAL}"
+    if strict:
+        url += "?fieldValidation=Strict"
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(manifest).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": "Bearer test", "User-Agent": "badinput-test"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return Answer(response.status, json.loads(response.read() or b"{}"))
+    except urllib.error.HTTPError as e:
+        return Answer(e.code, json.loads(e.read() or b"{}"))
+
+
+def invalid_condition(server: EmulatorServer, name: str, namespace: str = "default") -> dict[str, Any] | None:
+    """The job's Invalid condition once the operator has failed it (phase Failed), else None."""
+    status = (server.get(c.PLURAL, namespace, name) or {}).get("status") or {}
+    if status.get("phase") != "Failed":
+        return None
+    return next((x for x in status.get("conditions") or [] if x["type"] == "Invalid" and x["status"] == "True"), None)
