@@ -32,7 +32,7 @@ from etj_operator import contract as c
 from etj_operator.runner import OperatorThread
 from etj_operator.sandbox.emulator import ApiError, EmulatorServer
 
-from emulated import NS
+from emulated import NS, wait_until
 from jobs import job_manifest
 
 SUCCEED = "succeed"
@@ -449,3 +449,84 @@ def energy_errors(server: EmulatorServer, exporter: Any, scripts: list[Lifecycle
         report.total_joules += joules
         report.total_truth += truth
         report.energy_errors[s.name] = abs(joules - truth) / truth if truth else (0.0 if joules == 0 else 1.0)
+
+
+def run_chaos(
+    server,
+    exporter,
+    env,
+    log_dir,
+    *,
+    seed: int,
+    count: int,
+    concurrency: int,
+    restart_every,
+    deadline_seconds,
+    scripts=None,
+) -> Report:
+    rng = random.Random(seed)
+    scripts = scripts or make_lifecycles(seed, count)
+    count = len(scripts)
+    creations = PodCreations(server)
+    operator = ChaosOperator(env, log_dir)
+    report = Report(lifecycles=count)
+    operator.start(rng.choice(["thread", "process"]))
+    try:
+        with ScriptedKubelet(server, exporter) as kubelet:
+            waiting = list(scripts)
+            started: list = []
+            next_restart = time.monotonic() + rng.uniform(*restart_every)
+            deadline = time.monotonic() + deadline_seconds
+            while True:
+                active = [s for s in started if not terminal(server, [s])]
+                while waiting and len(active) < concurrency:
+                    script = waiting.pop(0)
+                    kubelet.add(script)
+                    server.create(c.PLURAL, script.manifest(energy=exporter is not None), namespace=NS)
+                    started.append(script)
+                    active.append(script)
+                if not waiting and not active:
+                    break
+                assert not kubelet.errors, kubelet.errors
+                if time.monotonic() > next_restart:
+                    operator.restart(rng, down_seconds=rng.uniform(0.0, 1.0))
+                    next_restart = time.monotonic() + rng.uniform(*restart_every)
+                if time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"not every job finished within {deadline_seconds} s: "
+                        f"{[(s.name, s.kind) for s in active]}; {check_outcomes(server, active)}"
+                    )
+                time.sleep(0.05)
+            # one more hard restart with everything finished: nothing is created or deleted again
+            before = len(creations.records)
+            operator.restart(rng, down_seconds=0.0)
+            wait_until(lambda: not leftover_pods(server, scripts), 20, "finished gangs cleaned up")
+            time.sleep(1.0)
+            assert len(creations.records) == before
+            report.wrong = check_outcomes(server, scripts)
+            report.duplicates = creations.duplicates()
+            report.orphans = leftover_pods(server, scripts)
+            assert not kubelet.energy_decreases, kubelet.energy_decreases
+            if exporter is not None:
+                energy_errors(server, exporter, scripts, report)
+            # delete a seeded half of the jobs with the operator up: their pods go with them
+            gone = rng.sample(scripts, len(scripts) // 2)
+            for script in gone:
+                server.delete(c.PLURAL, NS, script.name)
+            wait_until(lambda: all(server.get(c.PLURAL, NS, s.name) is None for s in gone), 30, "deleted jobs gone")
+            wait_until(lambda: not leftover_pods(server, scripts), 20, "no pod outlives its job")
+        report.restarts = dict(operator.restarts)
+    finally:
+        operator.close()
+    return report
+
+
+def assert_clean(report: Report, minimum_restarts: int) -> None:
+    print(report.line())
+    assert report.wrong == []
+    assert report.duplicates == {}
+    assert report.orphans == []
+    assert sum(report.restarts.values()) >= minimum_restarts
+    if report.energy_errors:
+        worst = max(report.energy_errors, key=report.energy_errors.get)
+        assert report.max_energy_error <= 0.01, (worst, report.energy_errors[worst])
