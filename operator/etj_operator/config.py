@@ -13,6 +13,8 @@ class OperatorConfig:
 
     #: Seconds between two level-triggered reconciles of a job when nothing happens.
     reconcile_interval_seconds: float = 10.0
+    #: After a wake-up, wait this long so that a burst of events is handled by one reconcile.
+    reconcile_debounce_seconds: float = 0.05
     #: Steps between two reads of status.control by the harness's rank 0.
     control_poll_steps: int = 10
     #: GPU backend the harness uses: auto (NVML when a GPU is visible), nvml, or simulated.
@@ -57,6 +59,7 @@ class OperatorConfig:
             raise ValueError(f"ETJ_GPU_BACKEND={backend!r} must be auto, nvml or simulated")
         return cls(
             reconcile_interval_seconds=number("ETJ_RECONCILE_INTERVAL_SECONDS", cls.reconcile_interval_seconds),
+            reconcile_debounce_seconds=number("ETJ_RECONCILE_DEBOUNCE_SECONDS", cls.reconcile_debounce_seconds),
             control_poll_steps=max(1, int(number("ETJ_CONTROL_POLL_STEPS", cls.control_poll_steps))),
             gpu_backend=backend,
             metrics_port=int(number("ETJ_METRICS_PORT", cls.metrics_port)),

@@ -2,7 +2,8 @@
 
 * ``worker_pods``: an index of the operator's pods by job, kept current by Kopf's pod watch (fully
   populated before any handler runs, so a restarted operator sees every existing pod).
-* ``wake_on_pod_event`` / ``wake_on_job_event``: wake the job's lifecycle loop when something changed.
+* ``job_events``: wakes the job's lifecycle loop when the job changed (``worker_pods`` does it for pods).
+* ``node_power_pressure``: tracks nodes annotated for power pressure (placement policy).
 * ``job_lifecycle``: one daemon per job; a level-triggered loop of observe -> decide -> act
   (:mod:`etj_operator.reconciler`), every ``reconcile_interval_seconds`` or as soon as it is woken.
 """
@@ -120,9 +121,22 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.index("pods", labels=OPERATOR_PODS, registry=REGISTRY)
-def worker_pods(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> Any:
-    """Index pods by (namespace, job name), as compact PodView summaries."""
-    return {(namespace or "", labels[contract.LABEL_JOB_NAME]): pod_view(body)}
+def worker_pods(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, memo: kopf.Memo, **_: Any) -> Any:
+    """Index pods by (namespace, job name), as compact PodView summaries; wake the pod's job loop.
+
+    Kopf calls indexing functions on every event of every matching object, before handlers, at a fraction
+    of a handler's cost (no per-call logging or outcome bookkeeping): the wake-up rides along here
+    instead of in a separate event handler. Measured with bench/operator_scale.py, see docs/benchmarks.md.
+    """
+    key = (namespace or "", labels[contract.LABEL_JOB_NAME])
+    memo.wakers.wake(key)
+    return {key: pod_view(body)}
+
+
+@kopf.index(contract.GROUP, contract.VERSION, contract.PLURAL, registry=REGISTRY)
+def job_events(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """Wake the job's loop on every event of the job (spec edited, status written by others); index nothing."""
+    memo.wakers.wake((namespace or "", name))
 
 
 @kopf.on.event("nodes", registry=REGISTRY)
@@ -133,18 +147,6 @@ def node_power_pressure(name: str, annotations: Mapping[str, str], type: str | N
         pressured.add(name)
     else:
         pressured.discard(name)
-
-
-@kopf.on.event("pods", labels=OPERATOR_PODS, registry=REGISTRY)
-def wake_on_pod_event(namespace: str | None, labels: Mapping[str, str], memo: kopf.Memo, **_: Any) -> None:
-    """A worker pod changed: its job's loop looks again now."""
-    memo.wakers.wake((namespace or "", labels[contract.LABEL_JOB_NAME]))
-
-
-@kopf.on.event(contract.GROUP, contract.VERSION, contract.PLURAL, registry=REGISTRY)
-def wake_on_job_event(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
-    """The job changed (spec edited, status written by others): its loop looks again now."""
-    memo.wakers.wake((namespace or "", name))
 
 
 @kopf.daemon(contract.GROUP, contract.VERSION, contract.PLURAL, cancellation_timeout=10.0, registry=REGISTRY)
@@ -181,6 +183,9 @@ async def job_lifecycle(
                 logger.warning("reconcile of %s/%s failed, retrying: %s", namespace, name, e)
                 delay = min(delay, 2.0)
             await _wait(stopped, waker, delay)
+            if waker.is_set() and config.reconcile_debounce_seconds > 0:
+                # Events come in bursts (a gang's pods, our own status echo): one pass handles them all.
+                await asyncio.sleep(config.reconcile_debounce_seconds)
     finally:
         wakers.forget(key)
         reconciler.forget(*key)
