@@ -96,8 +96,8 @@ class KubeApi:
         self.calls: Counter[tuple[str, str]] = Counter()
 
     def close(self) -> None:
-        """Stop the thread pool (pending calls finish first)."""
-        self._pool.shutdown(wait=True)
+        """Stop taking calls; calls already running finish in the background (the event loop never waits)."""
+        self._pool.shutdown(wait=False)
 
     # --- the blocking core -------------------------------------------------------------------------
     def request(
@@ -148,7 +148,10 @@ class KubeApi:
 
     async def _run(self, *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, lambda: self._checked(*args, **kwargs))
+        try:
+            return await loop.run_in_executor(self._pool, lambda: self._checked(*args, **kwargs))
+        except RuntimeError as e:  # the pool was closed: the operator is stopping
+            raise TransientApiError(f"the operator is stopping: {e}", delay=1.0) from e
 
     def _checked(self, *args: Any, **kwargs: Any) -> Any:
         try:

@@ -374,6 +374,10 @@ class JobReconciler:
             for p in pods
             if not p.terminating and p.phase == "Running"
         )
+        if not targets and not (carbon and carbon.intensity_query):
+            # Nothing runs, so there is nothing to read (and no TelemetryAvailable verdict to give).
+            self.hub.unregister(key)
+            return
         self.hub.register(
             JobRegistration(
                 key=key,
