@@ -129,7 +129,7 @@ def wait(predicate: Any, timeout: float, what: str) -> None:
         time.sleep(0.2)
 
 
-def run(n_jobs: int, prometheus: FakePrometheus) -> dict[str, float]:
+def run(n_jobs: int, prometheus: FakePrometheus, rate_per_second: float = 0.0) -> dict[str, float]:
     pod_created: dict[str, float] = {}
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -159,10 +159,13 @@ def run(n_jobs: int, prometheus: FakePrometheus) -> dict[str, float]:
             time.sleep(1.0)
             server.clear_requests()
             applied: dict[str, float] = {}
+            start = time.monotonic()
             for i in range(n_jobs):
                 name = f"scale-{i}"
                 manifest = job_manifest(name, replicas=REPLICAS)
                 manifest["spec"]["energy"] = {"telemetry": {"source": "Prometheus", "intervalSeconds": 1}}
+                if rate_per_second > 0:  # paced arrivals instead of one burst
+                    time.sleep(max(0.0, (start + i / rate_per_second) - time.monotonic()))
                 applied[name] = time.monotonic()
                 server.create(c.PLURAL, manifest, namespace="default")
 
@@ -242,6 +245,9 @@ def run(n_jobs: int, prometheus: FakePrometheus) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", type=int, nargs="*", default=[10, 100, 500])
+    parser.add_argument(
+        "--paced-rate", type=float, default=10.0, help="also run 100 jobs arriving at this rate (jobs/s); 0: skip"
+    )
     args = parser.parse_args()
     prometheus = FakePrometheus()
     results = {}
@@ -256,7 +262,15 @@ def main() -> int:
             flush=True,
         )
         print("    requests by kind (all jobs):", json.dumps(r["requests_by_kind"], sort_keys=True), flush=True)
+    paced = None
+    if args.paced_rate > 0 and 100 in results:
+        print(f"--- 100 jobs x {REPLICAS} pods, arriving at {args.paced_rate:g} jobs/s", flush=True)
+        paced = run(100, prometheus, args.paced_rate)
+        print(f"apply->all pods: p50 {paced['p50_ms']:.0f} ms, p99 {paced['p99_ms']:.0f} ms", flush=True)
     print()
+    if paced is not None:
+        print(f"scale_paced_p50_ms_100_jobs: {paced['p50_ms']:.1f}")
+        print(f"scale_paced_p99_ms_100_jobs: {paced['p99_ms']:.1f}")
     if 100 in results:
         print(f"scale_p50_ms_100_jobs: {results[100]['p50_ms']:.1f}")
         print(f"scale_p99_ms_100_jobs: {results[100]['p99_ms']:.1f}")
