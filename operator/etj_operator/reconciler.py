@@ -215,7 +215,7 @@ class JobReconciler:
         plan = reconcile(obs)
         if outcome is not None:
             plan.events.extend(outcome.events)
-        self._after(plan, now, int(meta.get("generation") or 1))
+        self.settle_status(plan, now, int(meta.get("generation") or 1))
         # The status (e.g. restarts + 1 for a gang restart) is written before any pod is touched: if the write
         # fails or the operator dies right after, no pod was deleted or created on an unrecorded decision.
         await self._write_status(namespace, name, before, plan.status, state)
@@ -332,8 +332,9 @@ class JobReconciler:
             status["placement"] = outcome.placement
         return outcome
 
-    def _after(self, plan: Plan, now: datetime, generation: int) -> None:
-        """Status touches that depend on the lifecycle's result."""
+    @staticmethod
+    def settle_status(plan: Plan, now: datetime, generation: int) -> None:
+        """Status touches that depend on the lifecycle's result (pure; updates ``plan.status``)."""
         status = plan.status
         placement = status.get("placement")
         if isinstance(placement, dict) and placement.get("rescheduling") and status.get("phase") in (
@@ -350,6 +351,14 @@ class JobReconciler:
                 to_rfc3339(now),
                 generation,
             )
+        if status.get("phase") in ("Succeeded", "Failed"):
+            # Nothing runs any more: no power draw, and no cap in force (the harness restored its GPUs' limits).
+            energy = status.get("energy")
+            if isinstance(energy, dict) and energy.get("currentWatts"):
+                status["energy"] = {**energy, "currentWatts": 0.0}
+            control = status.get("control")
+            if isinstance(control, dict) and control.get(contract.CONTROL_POWER_LIMIT_WATTS_PER_GPU) is not None:
+                status["control"] = {**control, contract.CONTROL_POWER_LIMIT_WATTS_PER_GPU: None}
         applied = [
             s.get("name")
             for s in (status.get(contract.WORKLOAD) or {}).get(contract.WORKLOAD_STAGES) or []

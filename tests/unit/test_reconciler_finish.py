@@ -1,0 +1,19 @@
+"""A finished job shows no power draw and no cap in force."""
+
+from datetime import UTC, datetime
+
+from etj_operator import contract as c
+from etj_operator.lifecycle import Plan
+from etj_operator.reconciler import JobReconciler
+
+
+def test_finished_job_clears_current_power_and_the_cap():
+    status = {
+        "phase": "Succeeded",
+        "energy": {"joules": 10.0, "currentWatts": 700.0},
+        "control": {c.CONTROL_POWER_LIMIT_WATTS_PER_GPU: 250, c.CONTROL_CHECKPOINT_REQUESTED: 2},
+    }
+    plan = Plan(status=status)
+    JobReconciler.settle_status(plan, datetime.now(UTC), 1)
+    assert plan.status["energy"] == {"joules": 10.0, "currentWatts": 0.0}
+    assert plan.status["control"] == {c.CONTROL_POWER_LIMIT_WATTS_PER_GPU: None, c.CONTROL_CHECKPOINT_REQUESTED: 2}
