@@ -318,6 +318,9 @@ def _run(b: _Builder, spec: JobSpec) -> None:
     b.plan.create_pods = [
         i for i in range(spec.replicas) if i not in gang and worker_pod_name(job, i) not in held
     ]
+    # Pods about to be created count as pending now: one status write instead of a second one when the
+    # watch shows them.
+    b.status["replicaStatuses"]["Worker"]["pending"] += len(b.plan.create_pods)
     if (b.plan.create_pods or gang) and not b.status.get("startTime"):
         b.status["startTime"] = b.now
         if spec.run_policy.active_deadline_seconds is not None:

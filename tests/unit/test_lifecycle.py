@@ -39,6 +39,7 @@ def test_new_job_creates_children_and_all_pods():
     assert cond.is_true(status["conditions"], cond.CREATED)
     assert status["startTime"] == "2026-01-01T12:00:00Z"
     assert status["observedGeneration"] == 1 and status["restarts"] == 0
+    assert status["replicaStatuses"] == {"Worker": {"active": 0, "pending": 2, "succeeded": 0, "failed": 0}}
 
 
 def test_existing_pods_are_not_recreated():
