@@ -79,7 +79,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=contract.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=contract.GROUP)
     settings.execution.max_workers = config.max_workers
-    settings.posting.level = logging.INFO
+    settings.posting.level = logging.WARNING  # the operator posts its own Events; kopf posts only problems
     settings.watching.server_timeout = 300
     memo.config = config
     memo.wakers = Wakers()  # per operator run: asyncio events must not outlive their event loop
