@@ -80,6 +80,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=contract.GROUP)
     settings.execution.max_workers = config.max_workers
     settings.posting.level = logging.WARNING  # the operator posts its own Events; kopf posts only problems
+    settings.posting.reporting_component = contract.MANAGED_BY  # "From" in `kubectl describe`
+    settings.posting.reporting_instance = os.environ.get("HOSTNAME", "local")
+    settings.posting.event_name_prefix = "etj-event-"
     settings.watching.server_timeout = 300
     memo.config = config
     memo.wakers = Wakers()  # per operator run: asyncio events must not outlive their event loop
