@@ -124,12 +124,16 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.index("pods", labels=OPERATOR_PODS, registry=REGISTRY)
-def worker_pods(namespace: str | None, labels: Mapping[str, str], body: kopf.Body, memo: kopf.Memo, **_: Any) -> Any:
+async def worker_pods(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> Any:
     """Index pods by (namespace, job name), as compact PodView summaries; wake the pod's job loop.
 
     Kopf calls indexing functions on every event of every matching object, before handlers, at a fraction
     of a handler's cost (no per-call logging or outcome bookkeeping): the wake-up rides along here
     instead of in a separate event handler. Measured with bench/operator_scale.py, see docs/benchmarks.md.
+    It is async on purpose: Kopf runs sync functions in a thread pool, and asyncio events must be set from
+    the event loop's own thread.
     """
     key = (namespace or "", labels[contract.LABEL_JOB_NAME])
     memo.wakers.wake(key)
@@ -137,13 +141,15 @@ def worker_pods(namespace: str | None, labels: Mapping[str, str], body: kopf.Bod
 
 
 @kopf.index(contract.GROUP, contract.VERSION, contract.PLURAL, registry=REGISTRY)
-def job_events(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+async def job_events(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
     """Wake the job's loop on every event of the job (spec edited, status written by others); index nothing."""
     memo.wakers.wake((namespace or "", name))
 
 
 @kopf.on.event("nodes", registry=REGISTRY)
-def node_power_pressure(name: str, annotations: Mapping[str, str], type: str | None, memo: kopf.Memo, **_: Any) -> None:
+async def node_power_pressure(
+    name: str, annotations: Mapping[str, str], type: str | None, memo: kopf.Memo, **_: Any
+) -> None:
     """Track nodes annotated efficienttraining.dev/power-pressure="true" (placement policy)."""
     pressured: set[str] = memo.pressured_nodes
     if type != "DELETED" and annotations.get(POWER_PRESSURE_ANNOTATION) == "true":
