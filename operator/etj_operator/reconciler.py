@@ -220,35 +220,7 @@ class JobReconciler:
         # fails or the operator dies right after, no pod was deleted or created on an unrecorded decision.
         await self._write_status(namespace, name, before, plan.status, state)
 
-        job = builders.JobRef.from_body(body)
-        if plan.ensure_children and spec is not None and not state.children_ensured:
-            await self._ensure_children(job, spec)
-            state.children_ensured = True
-        _settle_in_flight(state, pods)
-        clock = time.monotonic()
-        deletions = [n for n in plan.delete_pods if clock - state.deleting.get(n, -1e9) > IN_FLIGHT_EXPIRY_SECONDS]
-        for pod_name in deletions:
-            state.deleting[pod_name] = clock
-        results = await asyncio.gather(
-            *(self.api.delete("Pod", namespace, n) for n in deletions), return_exceptions=True
-        )
-        _drop_failed(deletions, results, state.deleting)
-        if plan.create_pods and spec is not None:
-            if not state.children_ensured:  # after an operator restart: children may predate us; cheap if so
-                await self._ensure_children(job, spec)
-                state.children_ensured = True
-            generation = int(plan.status.get("restarts") or 0)
-            options = builders.PodOptions(self.config.control_poll_steps, self.config.gpu_backend)
-            directive = _placement_directive(spec, plan.status.get("placement") or {})
-            manifests = []
-            for index in plan.create_pods:
-                manifest = builders.build_worker_pod(job, spec, index, generation, options, directive)
-                pod_name = manifest["metadata"]["name"]
-                if clock - state.creating.get(pod_name, -1e9) > IN_FLIGHT_EXPIRY_SECONDS:
-                    state.creating[pod_name] = clock
-                    manifests.append(manifest)
-            results = await asyncio.gather(*(self.api.create(m) for m in manifests), return_exceptions=True)
-            _drop_failed([m["metadata"]["name"] for m in manifests], results, state.creating)
+        await self._apply_children_and_pods(builders.JobRef.from_body(body), spec, plan, pods, state)
         for event in plan.events:
             self.events(body, event)
             if event.reason == "GangRestarted":
@@ -265,6 +237,42 @@ class JobReconciler:
             self.phase_counter.set((namespace, name), plan.status.get("phase"))
         RECONCILE_SECONDS.observe(time.perf_counter() - started)
         return plan
+
+    async def _apply_children_and_pods(
+        self, job: builders.JobRef, spec: JobSpec | None, plan: Plan, pods: list[PodView], state: JobState
+    ) -> None:
+        """Create the children once, then the plan's pod deletions and creations, never one twice in flight.
+
+        Deletions need no spec (an invalid job's pods are deleted); children and creations do.
+        """
+        if spec is not None and (plan.ensure_children or plan.create_pods) and not state.children_ensured:
+            # Also after an operator restart, before its first pod create: the children may predate this
+            # process (then each create is a cheap 409).
+            await self._ensure_children(job, spec)
+            state.children_ensured = True
+        _settle_in_flight(state, pods)
+        clock = time.monotonic()
+        deletions = [n for n in plan.delete_pods if clock - state.deleting.get(n, -1e9) > IN_FLIGHT_EXPIRY_SECONDS]
+        for pod_name in deletions:
+            state.deleting[pod_name] = clock
+        results = await asyncio.gather(
+            *(self.api.delete("Pod", job.namespace, n) for n in deletions), return_exceptions=True
+        )
+        _drop_failed(deletions, results, state.deleting)
+        if spec is None or not plan.create_pods:
+            return
+        generation = int(plan.status.get("restarts") or 0)
+        options = builders.PodOptions(self.config.control_poll_steps, self.config.gpu_backend)
+        directive = _placement_directive(spec, plan.status.get("placement") or {})
+        manifests = []
+        for index in plan.create_pods:
+            manifest = builders.build_worker_pod(job, spec, index, generation, options, directive)
+            pod_name = manifest["metadata"]["name"]
+            if clock - state.creating.get(pod_name, -1e9) > IN_FLIGHT_EXPIRY_SECONDS:
+                state.creating[pod_name] = clock
+                manifests.append(manifest)
+        results = await asyncio.gather(*(self.api.create(m) for m in manifests), return_exceptions=True)
+        _drop_failed([m["metadata"]["name"] for m in manifests], results, state.creating)
 
     def forget(self, namespace: str, name: str) -> None:
         """The job is gone (or its loop stopped): drop its telemetry registration and metrics."""

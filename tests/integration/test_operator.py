@@ -165,3 +165,15 @@ def test_operator_restart_mid_job_creates_no_duplicates_and_keeps_status(server)
     assert len(posts_after) - len(posts_before) <= 3 + 3  # at most one (idempotent) attempt per pod
     assert len(cluster.pods("durable")) == 3
     assert status["restarts"] == 1
+
+
+def test_a_spec_made_invalid_mid_run_fails_the_job_and_stops_its_pods(cluster):
+    cluster.apply(job_manifest("edited", replicas=2))
+    cluster.wait_pods("edited", 2)
+    cluster.set_phase("edited", "Running")
+    cluster.wait_phase("edited", "Running")
+    # an API server without CEL admits this edit; the operator's parser does not
+    cluster.server.patch(c.PLURAL, NS, "edited", {"spec": {"energy": {"power": {"mode": "Fixed"}}}})
+    status = cluster.wait_phase("edited", "Failed")
+    assert "spec.energy.power.limitWatts" in next(x for x in status["conditions"] if x["type"] == "Invalid")["message"]
+    wait_until(lambda: not cluster.live_pods("edited"), what="the gang stopped")
