@@ -134,5 +134,10 @@ def run(config: TrainConfig, env: HarnessEnv | None = None) -> int:
             os.replace(tmp, config.result_file)
         exit_code = harness.exit_code
     if dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            # No rank tears its process group down while a peer is still in a collective: gloo aborts the
+            # late rank (SIGABRT, "terminate called without an active exception") otherwise.
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
     return exit_code
