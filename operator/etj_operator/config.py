@@ -31,6 +31,10 @@ class OperatorConfig:
     #: exported_pod/exported_namespace when Prometheus scrapes with honor_labels=false).
     prometheus_pod_label: str = "pod"
     prometheus_namespace_label: str = "namespace"
+    #: Extra label matchers added to every telemetry query (e.g. `job="dcgm-exporter"`), to narrow big answers.
+    prometheus_extra_matchers: str = ""
+    #: dcgm-exporter's power-limit metric; empty skips that query (2 queries per cycle instead of 3).
+    prometheus_limit_metric: str = "DCGM_FI_DEV_POWER_MGMT_LIMIT"
     #: Range of per-GPU power limits the throttle may set (H100 SXM: 200..700 W).
     gpu_min_limit_watts: int = 200
     gpu_max_limit_watts: int = 700
@@ -70,6 +74,8 @@ class OperatorConfig:
             ),
             prometheus_pod_label=env.get("ETJ_PROMETHEUS_POD_LABEL", cls.prometheus_pod_label),
             prometheus_namespace_label=env.get("ETJ_PROMETHEUS_NAMESPACE_LABEL", cls.prometheus_namespace_label),
+            prometheus_extra_matchers=env.get("ETJ_PROMETHEUS_EXTRA_MATCHERS", cls.prometheus_extra_matchers),
+            prometheus_limit_metric=env.get("ETJ_PROMETHEUS_LIMIT_METRIC", cls.prometheus_limit_metric),
             gpu_min_limit_watts=int(number("ETJ_GPU_MIN_LIMIT_WATTS", cls.gpu_min_limit_watts)),
             gpu_max_limit_watts=int(number("ETJ_GPU_MAX_LIMIT_WATTS", cls.gpu_max_limit_watts)),
             checkpoint_timeout_seconds=number("ETJ_CHECKPOINT_TIMEOUT_SECONDS", cls.checkpoint_timeout_seconds),

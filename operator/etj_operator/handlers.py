@@ -107,6 +107,8 @@ def make_source(config: OperatorConfig, kind: str, url: str) -> TelemetrySource:
         url or config.prometheus_url,
         pod_label=config.prometheus_pod_label,
         namespace_label=config.prometheus_namespace_label,
+        limit_metric=config.prometheus_limit_metric or None,
+        extra_matchers=config.prometheus_extra_matchers,
     )
 
 

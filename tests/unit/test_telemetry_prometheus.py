@@ -6,7 +6,7 @@ import pytest
 from prometheus_server import free_port
 
 from etj_operator.telemetry.base import PodTarget
-from etj_operator.telemetry.prometheus import PrometheusTelemetry, prometheus_telemetry_from_env
+from etj_operator.telemetry.prometheus import PrometheusTelemetry
 
 TARGETS = [PodTarget("ml", "a-worker-0", "a"), PodTarget("ml", "b-worker-0", "b")]
 
@@ -157,35 +157,20 @@ def test_query_scalar(answer, expected):
     assert asyncio.run(Canned({"carbon": answer}).query_scalar("carbon_intensity")) == expected
 
 
-def test_from_env():
-    assert prometheus_telemetry_from_env({}) is None
-    source = prometheus_telemetry_from_env(
+def test_operator_settings_shape_the_source():
+    from etj_operator.config import OperatorConfig
+    from etj_operator.handlers import make_source
+
+    config = OperatorConfig.from_env(
         {
-            "ETJ_PROMETHEUS_URL": "http://prom:9090",
-            "ETJ_PROMETHEUS_LABEL_SCHEME": "exported_pod",
+            "ETJ_PROMETHEUS_POD_LABEL": "exported_pod",
+            "ETJ_PROMETHEUS_NAMESPACE_LABEL": "exported_namespace",
             "ETJ_PROMETHEUS_LIMIT_METRIC": "",
-            "ETJ_PROMETHEUS_TIMEOUT_SECONDS": "3",
+            "ETJ_PROMETHEUS_EXTRA_MATCHERS": 'job="dcgm"',
         }
     )
-    assert source is not None
+    source = make_source(config, "Prometheus", "http://prom:9090")
+    assert isinstance(source, PrometheusTelemetry)
     assert (source.pod_label, source.namespace_label, len(source.queries)) == ("exported_pod", "exported_namespace", 2)
-    assert source.timeout_seconds == 3.0
-    custom = prometheus_telemetry_from_env(
-        {"ETJ_PROMETHEUS_POD_LABEL": "pod_name", "ETJ_PROMETHEUS_NAMESPACE_LABEL": "pod_namespace"},
-        url="http://override:9090",
-    )
-    assert custom is not None and custom.url == "http://override:9090"
-    assert (custom.pod_label, custom.namespace_label) == ("pod_name", "pod_namespace")
-
-
-@pytest.mark.parametrize(
-    ("env", "names"),
-    [
-        ({"ETJ_PROMETHEUS_LABEL_SCHEME": "podz"}, "ETJ_PROMETHEUS_LABEL_SCHEME"),
-        ({"ETJ_PROMETHEUS_TIMEOUT_SECONDS": "soon"}, "ETJ_PROMETHEUS_TIMEOUT_SECONDS"),
-        ({"ETJ_PROMETHEUS_POD_LABEL": "bad label"}, "ETJ_PROMETHEUS_"),
-    ],
-)
-def test_from_env_names_the_bad_variable(env, names):
-    with pytest.raises(ValueError, match=names):
-        prometheus_telemetry_from_env({"ETJ_PROMETHEUS_URL": "http://p", **env})
+    assert all('job="dcgm"' in q.promql for q in source.queries)
+    assert len(make_source(OperatorConfig.from_env({}), "Prometheus", "http://p").queries) == 3

@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import re
 import threading
 from collections.abc import Mapping, Sequence
@@ -44,7 +43,6 @@ __all__ = [
     "LABEL_SCHEMES",
     "SIMULATED_SOURCE",
     "PrometheusTelemetry",
-    "prometheus_telemetry_from_env",
 ]
 
 log = logging.getLogger(__name__)
@@ -299,45 +297,3 @@ def _describe(error: BaseException) -> str:
     text = str(error) or type(error).__name__
     return f"{type(error).__name__}: {text[:300]}"
 
-
-def prometheus_telemetry_from_env(
-    env: Mapping[str, str] | None = None, *, url: str | None = None
-) -> PrometheusTelemetry | None:
-    """Build the source from ``ETJ_PROMETHEUS_*`` variables; None when no URL is known.
-
-    Variables: ``ETJ_PROMETHEUS_URL`` (overridden by ``url``, e.g. a job's spec.energy.telemetry override),
-    ``ETJ_PROMETHEUS_LABEL_SCHEME`` (``pod``, ``exported_pod`` or ``pod_name``; default ``pod``), then
-    ``ETJ_PROMETHEUS_POD_LABEL`` and ``ETJ_PROMETHEUS_NAMESPACE_LABEL`` override single labels,
-    ``ETJ_PROMETHEUS_GPU_LABEL`` (default ``UUID``), ``ETJ_PROMETHEUS_POWER_METRIC``,
-    ``ETJ_PROMETHEUS_ENERGY_METRIC``, ``ETJ_PROMETHEUS_LIMIT_METRIC`` (empty: do not query limits),
-    ``ETJ_PROMETHEUS_EXTRA_MATCHERS`` and ``ETJ_PROMETHEUS_TIMEOUT_SECONDS``.
-    A malformed value raises ValueError naming the variable.
-    """
-    env = os.environ if env is None else env
-    base = url or env.get("ETJ_PROMETHEUS_URL", "")
-    if not base:
-        return None
-    scheme = env.get("ETJ_PROMETHEUS_LABEL_SCHEME", "pod") or "pod"
-    if scheme not in LABEL_SCHEMES:
-        raise ValueError(f"ETJ_PROMETHEUS_LABEL_SCHEME={scheme!r} must be one of {', '.join(LABEL_SCHEMES)}")
-    pod_label, namespace_label = LABEL_SCHEMES[scheme]
-    raw_timeout = env.get("ETJ_PROMETHEUS_TIMEOUT_SECONDS", "") or "5"
-    try:
-        timeout_seconds = float(raw_timeout)
-    except ValueError as e:
-        raise ValueError(f"ETJ_PROMETHEUS_TIMEOUT_SECONDS={raw_timeout!r} is not a number") from e
-    limit = env.get("ETJ_PROMETHEUS_LIMIT_METRIC", DEFAULT_LIMIT_METRIC)
-    try:
-        return PrometheusTelemetry(
-            base,
-            pod_label=env.get("ETJ_PROMETHEUS_POD_LABEL", "") or pod_label,
-            namespace_label=env.get("ETJ_PROMETHEUS_NAMESPACE_LABEL", "") or namespace_label,
-            gpu_label=env.get("ETJ_PROMETHEUS_GPU_LABEL", "") or "UUID",
-            power_metric=env.get("ETJ_PROMETHEUS_POWER_METRIC", "") or DEFAULT_POWER_METRIC,
-            energy_metric=env.get("ETJ_PROMETHEUS_ENERGY_METRIC", "") or DEFAULT_ENERGY_METRIC,
-            limit_metric=limit or None,
-            extra_matchers=env.get("ETJ_PROMETHEUS_EXTRA_MATCHERS", ""),
-            timeout_seconds=timeout_seconds,
-        )
-    except ValueError as e:
-        raise ValueError(f"ETJ_PROMETHEUS_*: {e}") from e
