@@ -126,6 +126,8 @@ class DcgmExporter:
         #: Scrapes answered (any status).
         self.scrapes = 0
         self._lock = threading.RLock()
+        #: When each successful scrape was rendered (time.time()), in order.
+        self._render_times_s: list[float] = []
         self._gpus: list[ExporterGpu] = []
         self._by_pod: dict[tuple[str, str], list[ExporterGpu]] = {}
         self._next_index: dict[str, int] = {}
@@ -151,7 +153,10 @@ class DcgmExporter:
                 if failing:
                     self.send_error(503, "injected failure")
                     return
-                body = exporter.render().encode()
+                when_s = time.time()
+                body = exporter.render(when_s).encode()
+                with exporter._lock:
+                    exporter._render_times_s.append(when_s)
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
                 self.send_header("Content-Length", str(len(body)))
@@ -316,6 +321,16 @@ class DcgmExporter:
         """Exact energy (J) the pod's GPUs drew between two ``time.time()`` instants."""
         with self._lock:
             return sum(g.joules_between(start_s, end_s) for g in self._pod_gpus(namespace, pod))
+
+    def served_at_or_after(self, when_s: float) -> float:
+        """When the first scrape at or after ``when_s`` was rendered (``when_s`` itself if none was).
+
+        Prometheus stamps a sample with the time its scrape started, a little before the exporter renders
+        the counter: the render time is when the value it stored was true.
+        """
+        with self._lock:
+            i = bisect.bisect_left(self._render_times_s, when_s)
+            return self._render_times_s[i] if i < len(self._render_times_s) else when_s
 
     def ground_truth_joules(self, namespace: str, pod: str, *, until_s: float | None = None) -> float:
         """Exact energy (J) the pod's GPUs drew since the pod was added (until now or ``until_s``)."""

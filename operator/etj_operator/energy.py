@@ -36,6 +36,9 @@ class SeriesState:
     last_seen_seconds: float
     counter_mj: float | None = None
     power_watts: float | None = None
+    #: When this series' baseline was taken (its first reading, or a re-baseline after a long gap): the
+    #: series has been accounted without a hole since then.
+    since_seconds: float | None = None
 
 
 @dataclass
@@ -78,7 +81,12 @@ class EnergyState:
             "simulated": self.simulated,
             "lastSampleTime": self.last_sample_seconds,
             "series": {
-                key: {"t": s.last_seen_seconds, "counterMillijoules": s.counter_mj, "watts": s.power_watts}
+                key: {
+                    "t": s.last_seen_seconds,
+                    "since": s.since_seconds,
+                    "counterMillijoules": s.counter_mj,
+                    "watts": s.power_watts,
+                }
                 for key, s in sorted(self.series.items())
             },
             "history": [list(point) for point in self.history],
@@ -100,6 +108,7 @@ class EnergyState:
                     float(entry["t"]),
                     _opt_float(entry.get("counterMillijoules")),
                     _opt_float(entry.get("watts")),
+                    _opt_float(entry.get("since")),
                 )
         last = raw.get("lastSampleTime")
         source = str(raw.get("source") or "").replace(" (simulated)", "")
@@ -152,7 +161,11 @@ def integrate(
         prev = state.series.get(sample.series)
         delta = _series_delta(prev, sample, settings)
         added += delta
-        entry = SeriesState(t, _valid(sample.energy_mj), _valid(sample.power_watts))
+        continuous = prev is not None and (
+            t - prev.last_seen_seconds <= settings.max_counter_gap_seconds or prev.counter_mj is None
+        )
+        since = prev.since_seconds if continuous and prev is not None else t
+        entry = SeriesState(t, _valid(sample.energy_mj), _valid(sample.power_watts), since)
         if prev is not None and t < prev.last_seen_seconds:
             continue  # an out-of-order (older) reading never moves the baseline back
         state.series[sample.series] = entry

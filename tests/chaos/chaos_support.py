@@ -438,13 +438,22 @@ def check_outcomes(server: EmulatorServer, scripts: list[Lifecycle]) -> list[str
 
 
 def energy_errors(server: EmulatorServer, exporter: Any, scripts: list[Lifecycle], report: Report) -> None:
-    """Per job: status.energy.joules against the exporter's exact integral up to each GPU's last reading."""
+    """Per job: status.energy.joules against the exporter's exact integral over what accounting covers.
+
+    Per GPU series, from its baseline (``since``: the first reading the operator had, as documented in
+    docs/energy.md; a pod that starts while the operator is down is baselined at the first reading after
+    the restart) to its last reading. Anything lost or counted twice across restarts inside that window
+    shows up here.
+    """
     for s in scripts:
         energy = ((server.get(c.PLURAL, NS, s.name) or {}).get("status") or {}).get("energy") or {}
         truth = 0.0
         for key, entry in (energy.get("series") or {}).items():
             pod = key.split("/", 1)[0]
-            truth += exporter.energy_joules_between(NS, pod, 0.0, float(entry["t"]))
+            # the sample times are scrape starts; the counters were read when the exporter rendered them
+            start = exporter.served_at_or_after(float(entry["since"]))
+            end = exporter.served_at_or_after(float(entry["t"]))
+            truth += exporter.energy_joules_between(NS, pod, start, end)
         joules = float(energy.get("joules") or 0.0)
         report.total_joules += joules
         report.total_truth += truth

@@ -87,8 +87,9 @@ def test_energy_matches_ground_truth_and_throttle_caps_then_releases(cluster, ex
     energy = status["energy"]
     assert energy["source"] == "Prometheus" and energy["simulated"] is False
     # ground truth: the exporter's own integral between the first and the last sample the operator used
-    t0 = energy["history"][0][0]
-    t1 = energy["lastSampleTime"]
+    # (sample times are scrape starts; the counters were read when the exporter rendered them)
+    t0 = exporter.served_at_or_after(energy["history"][0][0])
+    t1 = exporter.served_at_or_after(energy["lastSampleTime"])
     truth = sum(exporter.energy_joules_between(NS, f"acct-worker-{i}", t0, t1) for i in range(2))
     assert t1 - t0 > 5
     assert energy["joules"] == pytest.approx(truth, rel=0.01)

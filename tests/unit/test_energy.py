@@ -47,6 +47,17 @@ def test_long_counter_gap_rebaselines():
     assert s.joules == 0
     integrate(s, [sample(10_010, 51_000_000)], source="Prometheus")
     assert s.joules == 1000
+    assert s.series["job-worker-0/GPU-0"].since_seconds == 10_000  # accounted without a hole since then
+
+
+def test_baseline_time_survives_a_restart():
+    s = EnergyState()
+    integrate(s, [sample(5, 0, 100)], source="Prometheus")
+    integrate(s, [sample(15, 1_000_000, 100)], source="Prometheus")
+    restored = EnergyState.from_status(s.to_status())
+    integrate(restored, [sample(25, 2_000_000, 100)], source="Prometheus")
+    assert restored.series["job-worker-0/GPU-0"].since_seconds == 5
+    assert restored.to_status()["series"]["job-worker-0/GPU-0"]["since"] == 5
 
 
 def test_status_round_trip_continues_without_loss_or_double_count():
