@@ -1,11 +1,11 @@
 """Every Kopf handler of the operator, in one place. Each is a guard plus one call into a domain module.
 
 * ``worker_pods``: an index of the operator's pods by job, kept current by Kopf's pod watch (fully
-  populated before any handler runs, so a restarted operator sees every existing pod).
-* ``job_events``: wakes the job's lifecycle loop when the job changed (``worker_pods`` does it for pods).
+  populated before any handler runs, so a restarted operator sees every existing pod); wakes the job's loop.
+* ``etj_jobs``: an index of the jobs themselves (the latest body of each); wakes the job's loop.
+* ``job_loops``: starts a job's reconcile loop (:mod:`etj_operator.supervisor`) when a job is first seen,
+  stops it when the job is deleted. Kopf calls it only for the events that need it (its ``when`` filter).
 * ``node_power_pressure``: tracks nodes annotated for power pressure (placement policy).
-* ``job_lifecycle``: one daemon per job; a level-triggered loop of observe -> decide -> act
-  (:mod:`etj_operator.reconciler`), every ``reconcile_interval_seconds`` or as soon as it is woken.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ from etj_operator import contract
 from etj_operator.config import OperatorConfig
 from etj_operator.kubeapi import KubeApi, make_api_client
 from etj_operator.lifecycle import Event, PodView
-from etj_operator.metrics import RECONCILE_ERRORS, serve
+from etj_operator.metrics import serve
 from etj_operator.policies import POWER_PRESSURE_ANNOTATION
-from etj_operator.reconciler import JobReconciler, JobState, pod_view
+from etj_operator.reconciler import JobReconciler, pod_view
+from etj_operator.supervisor import JobSupervisor, Wakers
 from etj_operator.telemetry.base import TelemetrySource
 from etj_operator.telemetry.direct import DirectTelemetry
 from etj_operator.telemetry.hub import TelemetryHub
@@ -36,26 +37,12 @@ logger = logging.getLogger(__name__)
 #: registry (tests run other kopf operators in the same process).
 REGISTRY = kopf.OperatorRegistry()
 
+#: The finalizer earlier versions of the operator put on every job (for their per-job Kopf daemons); never added now.
+LEGACY_FINALIZER = f"{contract.GROUP}/operator"
+#: How long a stopping operator lets each job loop finish the pass it is in before cancelling it.
+LOOP_STOP_GRACE_SECONDS = 10.0
+
 OPERATOR_PODS: dict[str, Any] = {contract.LABEL_JOB_NAME: kopf.PRESENT, contract.LABEL_MANAGED_BY: contract.MANAGED_BY}
-
-
-class Wakers:
-    """One asyncio.Event per job: set by watch events, awaited by the job's lifecycle loop."""
-
-    def __init__(self) -> None:
-        self._events: dict[tuple[str, str], asyncio.Event] = {}
-
-    def get(self, key: tuple[str, str]) -> asyncio.Event:
-        """The job's event (created on first use)."""
-        return self._events.setdefault(key, asyncio.Event())
-
-    def wake(self, key: tuple[str, str]) -> None:
-        """Wake the job's loop if it exists (or make it run at once when it starts)."""
-        self.get(key).set()
-
-    def forget(self, key: tuple[str, str]) -> None:
-        """Drop the job's event (its daemon stopped)."""
-        self._events.pop(key, None)
 
 
 def post_event(body: Mapping[str, Any], event: Event) -> None:
@@ -75,9 +62,9 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     """Operator settings, the API wrapper and the metrics endpoint."""
     config = OperatorConfig.from_env()
-    settings.persistence.finalizer = f"{contract.GROUP}/operator"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=contract.GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=contract.GROUP)
+    # No handler needs a finalizer any more; naming the one earlier versions put on jobs makes Kopf take it
+    # off each such job on its first event (an upgrade leaves no job undeletable).
+    settings.persistence.finalizer = LEGACY_FINALIZER
     settings.execution.max_workers = config.max_workers
     settings.posting.level = logging.WARNING  # the operator posts its own Events; kopf posts only problems
     settings.posting.reporting_component = contract.MANAGED_BY  # "From" in `kubectl describe`
@@ -91,6 +78,12 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.hub = TelemetryHub(lambda kind, url: make_source(config, kind, url), memo.wakers.wake)
     memo.reconciler = JobReconciler(
         memo.api, config, post_event, hub=memo.hub, node_pressure=memo.pressured_nodes.__contains__
+    )
+    memo.supervisor = JobSupervisor(
+        memo.reconciler,
+        memo.wakers,
+        interval_seconds=config.reconcile_interval_seconds,
+        debounce_seconds=config.reconcile_debounce_seconds,
     )
     memo.telemetry_stop = asyncio.Event()
     memo.telemetry_task = asyncio.create_task(
@@ -114,7 +107,10 @@ def make_source(config: OperatorConfig, kind: str, url: str) -> TelemetrySource:
 
 @kopf.on.cleanup(registry=REGISTRY)
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
-    """Stop the telemetry cycle and release the API wrapper's threads."""
+    """Stop the job loops (each ends its current pass), the telemetry cycle, then the API wrapper's threads."""
+    supervisor = getattr(memo, "supervisor", None)
+    if isinstance(supervisor, JobSupervisor):
+        await supervisor.close(LOOP_STOP_GRACE_SECONDS)
     stop = getattr(memo, "telemetry_stop", None)
     task = getattr(memo, "telemetry_task", None)
     if isinstance(stop, asyncio.Event) and isinstance(task, asyncio.Task):
@@ -143,9 +139,37 @@ async def worker_pods(
 
 
 @kopf.index(contract.GROUP, contract.VERSION, contract.PLURAL, registry=REGISTRY)
-async def job_events(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
-    """Wake the job's loop on every event of the job (spec edited, status written by others); index nothing."""
-    memo.wakers.wake((namespace or "", name))
+async def etj_jobs(namespace: str | None, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> Any:
+    """Index each job's latest body by (namespace, name) and wake its loop (spec edited, status written)."""
+    key = (namespace or "", name)
+    memo.wakers.wake(key)
+    return {key: body}
+
+
+def _needs_loop_change(
+    namespace: str | None, name: str, type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> bool:
+    supervisor: JobSupervisor = memo.supervisor
+    return supervisor.needs_attention((namespace or "", name), type, body)
+
+
+@kopf.on.event(contract.GROUP, contract.VERSION, contract.PLURAL, when=_needs_loop_change, registry=REGISTRY)
+async def job_loops(
+    namespace: str | None,
+    name: str,
+    type: str | None,
+    body: kopf.Body,
+    memo: kopf.Memo,
+    etj_jobs: kopf.Index[tuple[str, str], Mapping[str, Any]] | None = None,
+    worker_pods: kopf.Index[tuple[str, str], PodView] | None = None,
+    **_: Any,
+) -> None:
+    """Start the job's reconcile loop when the job is first seen; stop it when the job is deleted."""
+    supervisor: JobSupervisor = memo.supervisor
+    if etj_jobs is None or worker_pods is None:  # Kopf passes every index to every handler
+        raise RuntimeError("kopf did not pass the etj_jobs and worker_pods indices")
+    supervisor.attach(etj_jobs, worker_pods)
+    supervisor.handle((namespace or "", name), type, body)
 
 
 @kopf.on.event("nodes", registry=REGISTRY)
@@ -158,56 +182,3 @@ async def node_power_pressure(
         pressured.add(name)
     else:
         pressured.discard(name)
-
-
-@kopf.daemon(contract.GROUP, contract.VERSION, contract.PLURAL, cancellation_timeout=10.0, registry=REGISTRY)
-async def job_lifecycle(
-    stopped: kopf.DaemonStopped,
-    body: kopf.Body,
-    name: str,
-    namespace: str | None,
-    memo: kopf.Memo,
-    worker_pods: kopf.Index[tuple[str, str], PodView] | None = None,
-    **_: Any,
-) -> None:
-    """Reconcile one job until it is deleted or the operator stops."""
-    key = (namespace or "", name)
-    reconciler: JobReconciler = memo.reconciler
-    config: OperatorConfig = memo.config
-    state = JobState()
-    wakers: Wakers = memo.wakers
-    waker = wakers.get(key)
-    try:
-        while not stopped:
-            waker.clear()
-            delay = config.reconcile_interval_seconds
-            try:
-                pods = list(worker_pods.get(key, [])) if worker_pods is not None else []
-                telemetry = reconciler.hub.take(key) if reconciler.hub is not None else None
-                plan = await reconciler.reconcile(body, pods, state, telemetry=telemetry)
-                if plan.delete_job:
-                    return
-                if plan.requeue_after_seconds is not None:
-                    delay = max(0.05, min(delay, plan.requeue_after_seconds))
-            except (kopf.TemporaryError, kopf.PermanentError) as e:
-                RECONCILE_ERRORS.inc()
-                logger.warning("reconcile of %s/%s failed, retrying: %s", namespace, name, e)
-                delay = min(delay, 2.0)
-            await _wait(stopped, waker, delay)
-            if waker.is_set() and config.reconcile_debounce_seconds > 0:
-                # Events come in bursts (a gang's pods, our own status echo): one pass handles them all.
-                await asyncio.sleep(config.reconcile_debounce_seconds)
-    finally:
-        wakers.forget(key)
-        reconciler.forget(*key)
-
-
-async def _wait(stopped: kopf.DaemonStopped, waker: asyncio.Event, seconds: float) -> None:
-    """Sleep until woken, stopped, or the timeout passes."""
-    wake = asyncio.ensure_future(waker.wait())
-    stop = asyncio.ensure_future(stopped.wait())
-    try:
-        await asyncio.wait({wake, stop}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (wake, stop):
-            task.cancel()

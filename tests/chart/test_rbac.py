@@ -15,6 +15,7 @@ import pytest
 from chart_support import ROOT, render, rules_of
 
 from etj_operator import contract as c
+from etj_operator.handlers import LEGACY_FINALIZER
 from etj_operator.runner import OperatorThread
 from etj_operator.sandbox.emulator import EmulatorServer
 
@@ -80,7 +81,10 @@ def granted(objects: list[dict[str, Any]]) -> Iterable[tuple[str, str, str]]:
 
 
 def run_lifecycle(cluster: Cluster) -> list[dict[str, Any]]:
-    """Create, run, gang-restart, succeed, TTL-delete one job; create and delete another. Returns the job Roles."""
+    """Create, run, gang-restart, succeed, TTL-delete one job; create and delete another; upgrade a third.
+
+Returns the job Roles.
+"""
     cluster.apply(job_manifest("rbac-gang", replicas=2, runPolicy={"ttlSecondsAfterFinished": 1}))
     cluster.wait_pods("rbac-gang", 2)
     roles = cluster.server.list("roles", NS)  # garbage-collected with the job later
@@ -96,7 +100,12 @@ def run_lifecycle(cluster: Cluster) -> list[dict[str, Any]]:
     cluster.apply(job_manifest("rbac-gone", replicas=1))
     cluster.wait_pods("rbac-gone", 1)
     cluster.server.delete(c.PLURAL, NS, "rbac-gone")
-    wait_until(lambda: cluster.job("rbac-gone") is None, what="job deleted (finalizer released)")
+    wait_until(lambda: cluster.job("rbac-gone") is None, what="job deleted")
+    # a job from an earlier operator version carries its finalizer: the operator patches it off (upgrade path)
+    legacy = job_manifest("rbac-legacy", replicas=1)
+    legacy["metadata"]["finalizers"] = [LEGACY_FINALIZER]
+    cluster.apply(legacy)
+    wait_until(lambda: not (cluster.job("rbac-legacy") or {})["metadata"].get("finalizers"), what="finalizer off")
     return roles
 
 

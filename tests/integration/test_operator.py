@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from etj_operator import contract as c
+from etj_operator.handlers import LEGACY_FINALIZER
 from etj_operator.runner import OperatorThread
 from etj_operator.sandbox.emulator import EmulatorServer
 
@@ -125,10 +128,59 @@ def test_ttl_deletes_the_finished_job_and_its_children(cluster):
 def test_delete_cleans_up_children(cluster):
     cluster.apply(job_manifest("gone", replicas=2))
     cluster.wait_pods("gone", 2)
+    assert not (cluster.job("gone") or {})["metadata"].get("finalizers")  # nothing holds a deletion
     cluster.server.delete(c.PLURAL, NS, "gone")
-    wait_until(lambda: cluster.job("gone") is None, what="job deleted (finalizer released)")
+    wait_until(lambda: cluster.job("gone") is None, what="job deleted")
     wait_until(lambda: not cluster.pods("gone"), what="pods garbage-collected")
     assert cluster.server.get("roles", NS, "gone-etj") is None
+
+
+def test_foreground_deletion_recreates_no_pod(cluster):
+    cluster.apply(job_manifest("fg", replicas=2))
+    cluster.wait_pods("fg", 2)
+    for pod in cluster.pods("fg"):  # a pod finalizer keeps the job in its foreground deletion for a while
+        cluster.server.patch("pods", NS, pod["metadata"]["name"], {"metadata": {"finalizers": ["test.dev/hold"]}})
+    creations = cluster.pod_creations("fg")
+    before = len(cluster.server.requests)
+    cluster.server.delete(c.PLURAL, NS, "fg", propagation="Foreground")
+    wait_until(
+        lambda: len([p for p in cluster.pods("fg") if p["metadata"].get("deletionTimestamp")]) == 2,
+        what="pods terminating",
+    )
+    time.sleep(1.5)  # three reconcile intervals: a loop still running would recreate the terminating pods
+    assert cluster.pod_creations("fg") == creations
+    assert (cluster.job("fg") or {})["metadata"].get("deletionTimestamp")
+    writes = [r for r in cluster.server.requests[before:] if r.method != "GET" and "OpenAPI" in r.user_agent]
+    assert writes == []  # the job's loop stopped: no status patch, pod or child request on a deleting job
+    for pod in cluster.pods("fg"):
+        cluster.server.patch("pods", NS, pod["metadata"]["name"], {"metadata": {"finalizers": None}})
+    wait_until(lambda: cluster.job("fg") is None, what="job deleted once its pods are gone")
+    assert cluster.pod_creations("fg") == creations
+
+
+def test_a_job_deleted_and_applied_again_is_reconciled_again(cluster):
+    cluster.apply(job_manifest("again", replicas=1))
+    cluster.wait_pods("again", 1)
+    cluster.server.delete(c.PLURAL, NS, "again")
+    cluster.apply(job_manifest("again", replicas=2))  # at once: the first loop may still be winding down
+    uid = (cluster.job("again") or {})["metadata"]["uid"]
+
+    def owned_by_new_job() -> bool:
+        pods = cluster.live_pods("again")
+        return len(pods) == 2 and all(p["metadata"]["ownerReferences"][0]["uid"] == uid for p in pods)
+
+    wait_until(owned_by_new_job, what="the new job's two pods")
+    assert cluster.wait_phase("again", "Pending")["observedGeneration"] == 1
+
+
+def test_the_finalizer_of_earlier_versions_is_taken_off(cluster):
+    legacy = job_manifest("legacy", replicas=1)
+    legacy["metadata"]["finalizers"] = [LEGACY_FINALIZER]  # as a job created under an earlier operator version
+    cluster.apply(legacy)
+    cluster.wait_pods("legacy", 1)
+    wait_until(lambda: not (cluster.job("legacy") or {})["metadata"].get("finalizers"), what="finalizer removed")
+    cluster.server.delete(c.PLURAL, NS, "legacy")
+    wait_until(lambda: cluster.job("legacy") is None, what="job deleted")
 
 
 def test_invalid_spec_fails_with_the_field_and_no_pods(cluster):

@@ -65,7 +65,7 @@ def test_every_request_under_chaos_is_allowed_by_the_chart(tmp_path, monkeypatch
             server.patch(c.PLURAL, NS, "rbac-pausable", {"spec": {"suspend": False}})
             cluster.wait_pods("rbac-pausable", 2)
             server.delete(c.PLURAL, NS, "rbac-pausable")
-            wait_until(lambda: cluster.job("rbac-pausable") is None, 20, "job deleted (finalizer released)")
+            wait_until(lambda: cluster.job("rbac-pausable") is None, 20, "job deleted")
             time.sleep(0.5)
         finally:
             operator.close()

@@ -1,0 +1,227 @@
+"""One reconcile loop per job, run and stopped by the operator itself (not by Kopf daemons).
+
+Each job gets an asyncio task that loops observe -> decide -> act (:meth:`JobReconciler.reconcile`) every
+``reconcile_interval_seconds`` or as soon as it is woken (a watch event of the job or of one of its pods, or
+new telemetry). The loop reads the job and its pods from Kopf's indices, which Kopf keeps current from its
+watch streams, so a pass costs no API read.
+
+Why not a Kopf daemon per job (the first design): a daemon makes Kopf put a finalizer on every job (two
+extra PATCH requests per job lifecycle and one more watch event each) and run its spawning machinery on
+every event of every job; in bench/operator_scale.py that was most of the operator's CPU in a burst of
+jobs. The loops here need neither: deleting a job needs no cleanup the API server does not do itself
+(pods and children carry ownerReferences; the harness lifts its own power cap when its pod stops).
+
+Life of a loop:
+
+* started by :meth:`JobSupervisor.ensure` from a Kopf event handler. Kopf calls event handlers only once
+  every index is populated from its initial listings, so a restarted operator's first pass already sees
+  every existing pod (no duplicate pods after a restart).
+* stopped when the job is deleted or gets a ``deletionTimestamp`` (a foreground deletion waits for the
+  pods to go: the loop must not recreate them), when the job's TTL deletes it, or when the operator stops
+  (:meth:`JobSupervisor.close`: loops finish the pass they are in, within a grace period, then are cancelled).
+* an unexpected error in a pass is logged and counted, and the loop tries again after a short delay; it
+  never ends the loop (nor the operator).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import kopf
+
+from etj_operator.lifecycle import PodView
+from etj_operator.metrics import RECONCILE_ERRORS
+from etj_operator.reconciler import JobReconciler, JobState
+
+logger = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+#: Kopf's index shape: key -> the values indexed under it (one job body per job key; PodViews per job).
+JobIndex = Mapping[Key, Iterable[Mapping[str, Any]]]
+PodIndex = Mapping[Key, Iterable[PodView]]
+
+#: Retry delay after a failed pass (API errors, or a bug: the loop survives both).
+ERROR_RETRY_SECONDS = 2.0
+#: Shortest requeue a plan may ask for (keeps a wrong plan from spinning the loop).
+MIN_REQUEUE_SECONDS = 0.05
+
+
+class Wakers:
+    """One asyncio.Event per job: set by watch events and telemetry, awaited by the job's loop."""
+
+    def __init__(self) -> None:
+        self._events: dict[Key, asyncio.Event] = {}
+
+    def get(self, key: Key) -> asyncio.Event:
+        """The job's event (created on first use)."""
+        return self._events.setdefault(key, asyncio.Event())
+
+    def wake(self, key: Key) -> None:
+        """Wake the job's loop if it exists (or make it run at once when it starts)."""
+        self.get(key).set()
+
+    def forget(self, key: Key) -> None:
+        """Drop the job's event (its loop stopped)."""
+        self._events.pop(key, None)
+
+
+def is_terminating(body: Mapping[str, Any]) -> bool:
+    """The job has a deletionTimestamp (deleted, waiting for finalizers or its dependents)."""
+    return bool((body.get("metadata") or {}).get("deletionTimestamp"))
+
+
+class JobSupervisor:
+    """Starts, tracks and stops the per-job reconcile loops of one operator run."""
+
+    def __init__(
+        self,
+        reconciler: JobReconciler,
+        wakers: Wakers,
+        *,
+        interval_seconds: float,
+        debounce_seconds: float,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.reconciler = reconciler
+        self.wakers = wakers
+        self.interval_seconds = interval_seconds
+        self.debounce_seconds = debounce_seconds
+        self._jobs: JobIndex = {}
+        self._pods: PodIndex = {}
+        self._tasks: dict[Key, asyncio.Task[None]] = {}
+        self._stop_requested: set[Key] = set()
+        #: Jobs whose loop ended for good while the object still exists (TTL deletion sent): not restarted.
+        self._finished: set[Key] = set()
+        self._closing = asyncio.Event()
+
+    # ----- called from Kopf handlers ------------------------------------------------------------------
+
+    def attach(self, jobs: JobIndex, pods: PodIndex) -> None:
+        """Kopf's live indices of jobs and of the operator's pods (the same objects on every call)."""
+        self._jobs = jobs
+        self._pods = pods
+
+    def needs_attention(self, key: Key, event_type: str | None, body: Mapping[str, Any]) -> bool:
+        """Whether an event of the job must start or stop its loop (cheap: Kopf asks on every event)."""
+        if event_type == "DELETED":
+            return key in self._tasks or key in self._finished
+        if is_terminating(body):
+            return key in self._tasks
+        return key not in self._tasks and key not in self._finished and not self._closing.is_set()
+
+    def handle(self, key: Key, event_type: str | None, body: Mapping[str, Any]) -> None:
+        """Start the job's loop, or stop it when the job is deleted or being deleted."""
+        if event_type == "DELETED":
+            self._finished.discard(key)
+            self.stop(key)
+        elif is_terminating(body):
+            self.stop(key)
+        else:
+            self.ensure(key)
+
+    def ensure(self, key: Key) -> None:
+        """Start the job's loop unless it runs (or ended for good, or the operator is stopping)."""
+        if key in self._tasks or key in self._finished or self._closing.is_set():
+            return
+        self._stop_requested.discard(key)
+        self._tasks[key] = asyncio.create_task(self._loop(key), name=f"etj-job-{key[0]}/{key[1]}")
+
+    def stop(self, key: Key) -> None:
+        """Ask the job's loop to end after its current pass (it is woken to notice at once)."""
+        if key in self._tasks:
+            self._stop_requested.add(key)
+            self.wakers.wake(key)
+
+    @property
+    def running(self) -> frozenset[Key]:
+        """Keys of the jobs whose loop runs now."""
+        return frozenset(self._tasks)
+
+    async def close(self, grace_seconds: float = 10.0) -> None:
+        """Stop every loop: each finishes its current pass within the grace period, then is cancelled."""
+        self._closing.set()
+        tasks = list(self._tasks.values())
+        for key in list(self._tasks):
+            self.wakers.wake(key)
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=grace_seconds)
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if pending:
+            logger.warning(
+                "%d job loops did not finish their pass in %.0f s and were cancelled", len(pending), grace_seconds
+            )
+
+    # ----- the loop -------------------------------------------------------------------------------------
+
+    def _body(self, key: Key) -> Mapping[str, Any] | None:
+        for body in self._jobs.get(key, ()):
+            return body
+        return None
+
+    def _should_end(self, key: Key) -> bool:
+        return key in self._stop_requested or self._closing.is_set()
+
+    async def _loop(self, key: Key) -> None:
+        namespace, name = key
+        state = JobState()
+        waker = self.wakers.get(key)
+        hub = self.reconciler.hub
+        try:
+            while not self._should_end(key):
+                waker.clear()
+                body = self._body(key)
+                if body is None or is_terminating(body):
+                    return  # deleted (or being deleted): nothing more to do for it
+                delay = self.interval_seconds
+                try:
+                    pods = list(self._pods.get(key, ()))
+                    telemetry = hub.take(key) if hub is not None else None
+                    plan = await self.reconciler.reconcile(body, pods, state, telemetry=telemetry)
+                    if plan.delete_job:
+                        self._finished.add(key)
+                        return
+                    if plan.requeue_after_seconds is not None:
+                        delay = max(MIN_REQUEUE_SECONDS, min(delay, plan.requeue_after_seconds))
+                except (kopf.TemporaryError, kopf.PermanentError) as e:
+                    RECONCILE_ERRORS.inc()
+                    logger.warning("reconcile of %s/%s failed, retrying: %s", namespace, name, e)
+                    delay = min(delay, ERROR_RETRY_SECONDS)
+                except Exception:  # a bug must not end the job's loop: log it, count it, try again
+                    RECONCILE_ERRORS.inc()
+                    logger.exception("reconcile of %s/%s failed unexpectedly, retrying", namespace, name)
+                    delay = min(delay, ERROR_RETRY_SECONDS)
+                if self._should_end(key):
+                    return
+                await _wait(waker, self._closing, delay)
+                if waker.is_set() and self.debounce_seconds > 0 and not self._should_end(key):
+                    # Events come in bursts (a gang's pods, our own status echo): one pass handles them all.
+                    await asyncio.sleep(self.debounce_seconds)
+        finally:
+            self._tasks.pop(key, None)
+            self._stop_requested.discard(key)
+            self.wakers.forget(key)
+            self.reconciler.forget(namespace, name)
+            # A job of the same name created while this loop was ending (delete and re-apply) gets its own.
+            body = self._body(key)
+            if body is not None and not is_terminating(body) and not self._closing.is_set():
+                self.ensure(key)
+
+
+async def _wait(waker: asyncio.Event, closing: asyncio.Event, seconds: float) -> None:
+    """Sleep until woken, the operator stops, or the timeout passes."""
+    wake = asyncio.ensure_future(waker.wait())
+    stop = asyncio.ensure_future(closing.wait())
+    try:
+        await asyncio.wait({wake, stop}, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (wake, stop):
+            task.cancel()
