@@ -1,0 +1,177 @@
+"""JobSupervisor: the per-job loops start, stop and survive as documented (a fake reconciler, no API)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from etj_operator import metrics
+from etj_operator.errors import TransientApiError
+from etj_operator.lifecycle import Plan
+from etj_operator.supervisor import JobSupervisor, Wakers
+
+KEY = ("ns", "job")
+
+
+class FakeReconciler:
+    """Records each pass; the test decides what a pass returns or raises."""
+
+    hub = None
+
+    def __init__(self, outcome: Callable[[int], Plan] | None = None) -> None:
+        self.passes: list[tuple[dict[str, Any], list[Any]]] = []
+        self.forgotten: list[tuple[str, str]] = []
+        self.outcome = outcome or (lambda n: Plan(status={}))
+        self.block: asyncio.Event | None = None
+
+    async def reconcile(self, body: dict[str, Any], pods: list[Any], state: Any, telemetry: Any = None) -> Plan:
+        self.passes.append((body, pods))
+        if self.block is not None:
+            await self.block.wait()
+        return self.outcome(len(self.passes))
+
+    def forget(self, namespace: str, name: str) -> None:
+        self.forgotten.append((namespace, name))
+
+
+def job(uid: str = "u1", terminating: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": KEY[1], "namespace": KEY[0], "uid": uid}
+    if terminating:
+        meta["deletionTimestamp"] = "2026-11-29T00:00:00Z"
+    return {"metadata": meta}
+
+
+def make(reconciler: FakeReconciler, interval: float = 30.0) -> tuple[JobSupervisor, dict[Any, list[Any]]]:
+    supervisor = JobSupervisor(reconciler, Wakers(), interval_seconds=interval, debounce_seconds=0)  # type: ignore[arg-type]
+    jobs: dict[Any, list[Any]] = {KEY: [job()]}
+    supervisor.attach(jobs, {KEY: ["pod-a", "pod-b"]})
+    return supervisor, jobs
+
+
+async def until(predicate: Callable[[], bool], seconds: float = 2.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
+@pytest.mark.asyncio
+async def test_a_loop_reconciles_the_indexed_body_and_pods_and_wakes_on_events():
+    reconciler = FakeReconciler()
+    supervisor, jobs = make(reconciler)
+    assert supervisor.needs_attention(KEY, None, job())  # first sight of the job
+    supervisor.handle(KEY, None, job())
+    await until(lambda: len(reconciler.passes) == 1)
+    assert reconciler.passes[0] == (jobs[KEY][0], ["pod-a", "pod-b"])
+    assert not supervisor.needs_attention(KEY, "MODIFIED", job())  # running: Kopf need not call the handler
+    jobs[KEY] = [job(uid="u1") | {"spec": {"edited": True}}]
+    supervisor.wakers.wake(KEY)  # what the indexers do on every event
+    await until(lambda: len(reconciler.passes) == 2)
+    assert reconciler.passes[1][0]["spec"] == {"edited": True}
+    await supervisor.close()
+    assert reconciler.forgotten == [KEY]
+
+
+@pytest.mark.asyncio
+async def test_deleted_and_terminating_jobs_stop_their_loop():
+    reconciler = FakeReconciler()
+    supervisor, jobs = make(reconciler)
+    supervisor.ensure(KEY)
+    await until(lambda: len(reconciler.passes) == 1)
+    assert supervisor.needs_attention(KEY, "MODIFIED", job(terminating=True))
+    jobs[KEY] = [job(terminating=True)]
+    supervisor.handle(KEY, "MODIFIED", job(terminating=True))
+    await until(lambda: KEY not in supervisor.running)
+    assert len(reconciler.passes) == 1  # no pass on a job being deleted
+    assert not supervisor.needs_attention(KEY, "MODIFIED", job(terminating=True))
+    supervisor.handle(KEY, "MODIFIED", job(terminating=True))
+    assert KEY not in supervisor.running
+
+
+@pytest.mark.asyncio
+async def test_a_loop_that_deleted_its_job_by_ttl_is_not_restarted_until_the_job_is_gone():
+    reconciler = FakeReconciler(lambda n: Plan(status={}, delete_job=True))
+    supervisor, _ = make(reconciler)
+    supervisor.ensure(KEY)
+    await until(lambda: KEY not in supervisor.running)
+    assert not supervisor.needs_attention(KEY, "MODIFIED", job())
+    supervisor.ensure(KEY)
+    assert KEY not in supervisor.running and len(reconciler.passes) == 1
+    assert supervisor.needs_attention(KEY, "DELETED", job())
+    supervisor.handle(KEY, "DELETED", job())
+    assert supervisor.needs_attention(KEY, None, job(uid="u2"))  # a new job of the same name gets a loop
+
+
+@pytest.mark.asyncio
+async def test_errors_are_counted_and_retried_without_ending_the_loop(monkeypatch):
+    monkeypatch.setattr("etj_operator.supervisor.ERROR_RETRY_SECONDS", 0.01)
+
+    def outcome(n: int) -> Plan:
+        if n == 1:
+            raise TransientApiError("API unavailable", delay=1.0)
+        if n == 2:
+            raise ValueError("a bug")
+        return Plan(status={})
+
+    errors_before = metrics.RECONCILE_ERRORS._value.get()
+    reconciler = FakeReconciler(outcome)
+    supervisor, _ = make(reconciler)
+    supervisor.ensure(KEY)
+    await until(lambda: len(reconciler.passes) >= 3)
+    assert KEY in supervisor.running
+    assert metrics.RECONCILE_ERRORS._value.get() - errors_before == 2
+    await supervisor.close()
+
+
+@pytest.mark.asyncio
+async def test_requeue_is_honoured_with_a_floor():
+    reconciler = FakeReconciler(lambda n: Plan(status={}, requeue_after_seconds=0.0))
+    supervisor, _ = make(reconciler)
+    supervisor.ensure(KEY)
+    await asyncio.sleep(0.3)
+    await supervisor.close()
+    # a 0 s requeue runs at most every 50 ms (MIN_REQUEUE_SECONDS), not in a busy loop
+    assert 3 <= len(reconciler.passes) <= 8
+
+
+@pytest.mark.asyncio
+async def test_close_lets_a_pass_finish_and_cancels_one_past_the_grace_period():
+    reconciler = FakeReconciler()
+    reconciler.block = asyncio.Event()
+    supervisor, _ = make(reconciler)
+    supervisor.ensure(KEY)
+    await until(lambda: len(reconciler.passes) == 1)
+    closing = asyncio.create_task(supervisor.close(grace_seconds=5))
+    await asyncio.sleep(0.05)
+    assert not closing.done()  # waits for the pass in flight
+    reconciler.block.set()
+    await asyncio.wait_for(closing, 1)
+    assert supervisor.running == frozenset() and len(reconciler.passes) == 1
+    supervisor.ensure(KEY)  # a stopping operator starts nothing
+    assert supervisor.running == frozenset()
+
+    stuck = FakeReconciler()
+    stuck.block = asyncio.Event()  # never set
+    supervisor, _ = make(stuck)
+    supervisor.ensure(KEY)
+    await until(lambda: len(stuck.passes) == 1)
+    await asyncio.wait_for(supervisor.close(grace_seconds=0.05), 1)
+    assert supervisor.running == frozenset() and stuck.forgotten == [KEY]
+
+
+@pytest.mark.asyncio
+async def test_a_job_applied_again_while_its_old_loop_ends_gets_a_new_loop():
+    reconciler = FakeReconciler()
+    supervisor, jobs = make(reconciler)
+    supervisor.ensure(KEY)
+    await until(lambda: len(reconciler.passes) == 1)
+    supervisor.handle(KEY, "DELETED", job())  # the old loop is asked to stop ...
+    jobs[KEY] = [job(uid="u2")]  # ... and before it has, the job is created again
+    supervisor.handle(KEY, None, job(uid="u2"))  # ignored: the old loop still runs
+    await until(lambda: len(reconciler.passes) == 2)
+    assert reconciler.passes[1][0]["metadata"]["uid"] == "u2"
+    assert KEY in supervisor.running
+    await supervisor.close()
