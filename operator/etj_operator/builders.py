@@ -261,3 +261,40 @@ def _shape_trainer(container: dict[str, Any], ctx: EnvContext, spec: JobSpec) ->
         mounts = [m for m in container.get("volumeMounts") or [] if m.get("name") != CHECKPOINT_VOLUME]
         mounts.append({"name": CHECKPOINT_VOLUME, "mountPath": spec.checkpoint.path})
         container["volumeMounts"] = mounts
+
+
+#: The API server refuses longer Event messages; longer ones are cut in the middle.
+EVENT_MESSAGE_LIMIT = 1024
+
+
+def build_event(
+    job: Mapping[str, Any], event_type: str, reason: str, message: str, *, component: str, instance: str, now: str
+) -> Manifest:
+    """A core/v1 Event about the job, as `kubectl describe etj` and `kubectl get events` show it."""
+    meta = job.get("metadata") or {}
+    namespace = meta.get("namespace") or "default"
+    if len(message) > EVENT_MESSAGE_LIMIT:
+        keep = (EVENT_MESSAGE_LIMIT - 3) // 2
+        message = f"{message[:keep]}...{message[-keep:]}"
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta.get('name', 'etj')}.", "namespace": namespace},
+        "involvedObject": {
+            "apiVersion": c.API_VERSION,
+            "kind": c.KIND,
+            "name": meta.get("name", ""),
+            "namespace": namespace,
+            "uid": meta.get("uid", ""),
+            "resourceVersion": meta.get("resourceVersion", ""),
+        },
+        "type": event_type,
+        "reason": reason,
+        "message": message,
+        "source": {"component": component},  # the "From" column of `kubectl describe`
+        "reportingComponent": component,
+        "reportingInstance": instance,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }

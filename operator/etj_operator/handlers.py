@@ -20,8 +20,9 @@ import kopf
 
 from etj_operator import contract
 from etj_operator.config import OperatorConfig
+from etj_operator.events import EventPoster
 from etj_operator.kubeapi import KubeApi, make_api_client
-from etj_operator.lifecycle import Event, PodView
+from etj_operator.lifecycle import PodView
 from etj_operator.metrics import serve
 from etj_operator.policies import POWER_PRESSURE_ANNOTATION
 from etj_operator.reconciler import JobReconciler, pod_view
@@ -45,9 +46,50 @@ LOOP_STOP_GRACE_SECONDS = 10.0
 OPERATOR_PODS: dict[str, Any] = {contract.LABEL_JOB_NAME: kopf.PRESENT, contract.LABEL_MANAGED_BY: contract.MANAGED_BY}
 
 
-def post_event(body: Mapping[str, Any], event: Event) -> None:
-    """Record a Kubernetes Event on the job through Kopf's event poster."""
-    kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason, message=event.message)
+class NoDiffBase(kopf.DiffBaseStorage):
+    """Kopf keeps no "last handled" copy of objects: no handler of this operator reacts to diffs.
+
+    Kopf would otherwise deep-copy every pod and job body on every watch event to compute a diff nobody
+    reads (a measurable share of the event loop in a burst of jobs, bench/operator_scale.py). Valid only
+    while the operator has no on.create/update/delete/field/resume handlers, daemons or timers; a unit
+    test checks that.
+    """
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        """An empty essence: every event looks like "no change" to Kopf."""
+        return cast(kopf.BodyEssence, {})
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        """No stored base."""
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        """Store nothing (no annotation written)."""
+        return None
+
+
+class NoProgress(kopf.ProgressStorage):
+    """Kopf stores no per-handler progress on objects: event handlers and indexers keep none (see above)."""
+
+    def fetch(self, *, key: Any, body: kopf.Body) -> Any:
+        """No stored progress."""
+        return None
+
+    def store(self, *, key: Any, record: Any, body: kopf.Body, patch: kopf.Patch) -> None:
+        """Store nothing."""
+        return None
+
+    def purge(self, *, key: Any, body: kopf.Body, patch: kopf.Patch) -> None:
+        """Nothing to purge."""
+        return None
+
+    def touch(self, *, body: kopf.Body, patch: kopf.Patch, value: str | None) -> None:
+        """Nothing to touch."""
+        return None
+
+    def clear(self, *, essence: kopf.BodyEssence) -> kopf.BodyEssence:
+        """Nothing of ours to clear from the essence."""
+        return essence
 
 
 @kopf.on.login(registry=REGISTRY)
@@ -65,19 +107,24 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # No handler needs a finalizer any more; naming the one earlier versions put on jobs makes Kopf take it
     # off each such job on its first event (an upgrade leaves no job undeletable).
     settings.persistence.finalizer = LEGACY_FINALIZER
+    settings.persistence.diffbase_storage = NoDiffBase()
+    settings.persistence.progress_storage = NoProgress()
     settings.execution.max_workers = config.max_workers
-    settings.posting.level = logging.WARNING  # the operator posts its own Events; kopf posts only problems
+    settings.posting.level = logging.WARNING  # the operator posts its own Events (events.py); kopf only problems
     settings.posting.reporting_component = contract.MANAGED_BY  # "From" in `kubectl describe`
     settings.posting.reporting_instance = os.environ.get("HOSTNAME", "local")
     settings.posting.event_name_prefix = "etj-event-"
     settings.watching.server_timeout = 300
     memo.config = config
     memo.wakers = Wakers()  # per operator run: asyncio events must not outlive their event loop
-    memo.api = KubeApi(make_api_client(), max_workers=config.max_workers)
+    memo.api = KubeApi(make_api_client(max_connections=config.max_workers), max_workers=config.max_workers)
     memo.pressured_nodes = set()
     memo.hub = TelemetryHub(lambda kind, url: make_source(config, kind, url), memo.wakers.wake)
+    memo.events = EventPoster(
+        memo.api, component=contract.MANAGED_BY, instance=settings.posting.reporting_instance or "local"
+    )
     memo.reconciler = JobReconciler(
-        memo.api, config, post_event, hub=memo.hub, node_pressure=memo.pressured_nodes.__contains__
+        memo.api, config, memo.events, hub=memo.hub, node_pressure=memo.pressured_nodes.__contains__
     )
     memo.supervisor = JobSupervisor(
         memo.reconciler,
@@ -111,6 +158,9 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     supervisor = getattr(memo, "supervisor", None)
     if isinstance(supervisor, JobSupervisor):
         await supervisor.close(LOOP_STOP_GRACE_SECONDS)
+    events = getattr(memo, "events", None)
+    if isinstance(events, EventPoster):
+        await events.drain()
     stop = getattr(memo, "telemetry_stop", None)
     task = getattr(memo, "telemetry_task", None)
     if isinstance(stop, asyncio.Event) and isinstance(task, asyncio.Task):

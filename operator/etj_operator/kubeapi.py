@@ -71,18 +71,26 @@ class ApiStatusError(Exception):
         self.status = status
 
 
-def make_api_client() -> Any:
-    """An ApiClient from $KUBECONFIG when set, else in-cluster credentials, else ~/.kube/config."""
+def make_api_client(max_connections: int | None = None) -> Any:
+    """An ApiClient from $KUBECONFIG when set, else in-cluster credentials, else ~/.kube/config.
+
+    ``max_connections`` sizes its connection pool: as many as the threads that share it (the default is
+    5 per CPU; with more threads than that urllib3 discards connections and opens new ones under load).
+    """
     from kubernetes import client, config
 
+    configuration = client.Configuration()
     path = os.environ.get("KUBECONFIG")
     if path:
-        return config.new_client_from_config(config_file=path)  # type: ignore[no-untyped-call]
-    try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-        return client.ApiClient()
-    except config.ConfigException:
-        return config.new_client_from_config()  # type: ignore[no-untyped-call]
+        config.load_kube_config(config_file=path, client_configuration=configuration)  # type: ignore[no-untyped-call]
+    else:
+        try:
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        except config.ConfigException:
+            config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    if max_connections is not None:
+        configuration.connection_pool_maxsize = max_connections
+    return client.ApiClient(configuration)
 
 
 class KubeApi:

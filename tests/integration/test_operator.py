@@ -229,3 +229,18 @@ def test_a_spec_made_invalid_mid_run_fails_the_job_and_stops_its_pods(cluster):
     status = cluster.wait_phase("edited", "Failed")
     assert "spec.energy.power.limitWatts" in next(x for x in status["conditions"] if x["type"] == "Invalid")["message"]
     wait_until(lambda: not cluster.live_pods("edited"), what="the gang stopped")
+
+
+def test_events_are_on_the_job_as_kubectl_describe_lists_them(cluster):
+    cluster.apply(job_manifest("told", replicas=1))
+    cluster.wait_pods("told", 1)
+    uid = (cluster.job("told") or {})["metadata"]["uid"]
+
+    def events() -> list[dict]:
+        return cluster.server.list("events", NS, field_selector="involvedObject.name=told")
+
+    wait_until(lambda: any(e["reason"] == "JobCreated" for e in events()), what="JobCreated event")
+    created = next(e for e in events() if e["reason"] == "JobCreated")
+    assert created["involvedObject"]["uid"] == uid and created["involvedObject"]["kind"] == c.KIND
+    assert created["source"]["component"] == c.MANAGED_BY and created["type"] == "Normal"
+

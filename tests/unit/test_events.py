@@ -1,0 +1,71 @@
+"""Events: the manifest `kubectl describe` reads, and a poster that never fails or blocks a reconcile."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+
+from etj_operator import contract as c
+from etj_operator.builders import EVENT_MESSAGE_LIMIT, build_event
+from etj_operator.errors import TransientApiError
+from etj_operator.events import EventPoster
+from etj_operator.lifecycle import Event
+
+JOB = {"metadata": {"name": "digits", "namespace": "team-a", "uid": "u-1", "resourceVersion": "7"}}
+
+
+def test_the_event_names_the_job_and_the_operator():
+    e = build_event(JOB, "Normal", "JobCreated", "created 2 pods", component="etj", instance="pod-1", now="T")
+    assert e["kind"] == "Event" and e["metadata"] == {"generateName": "digits.", "namespace": "team-a"}
+    assert e["involvedObject"] == {
+        "apiVersion": c.API_VERSION,
+        "kind": c.KIND,
+        "name": "digits",
+        "namespace": "team-a",
+        "uid": "u-1",
+        "resourceVersion": "7",
+    }
+    assert (e["type"], e["reason"], e["message"]) == ("Normal", "JobCreated", "created 2 pods")
+    assert e["source"] == {"component": "etj"} and e["reportingInstance"] == "pod-1"
+    assert e["firstTimestamp"] == e["lastTimestamp"] == "T" and e["count"] == 1
+
+
+def test_a_long_message_is_cut_in_the_middle_to_the_api_limit():
+    message = "head " + "x" * 5000 + " tail"
+    cut = build_event(JOB, "Warning", "R", message, component="etj", instance="i", now="T")["message"]
+    assert len(cut) <= EVENT_MESSAGE_LIMIT and cut.startswith("head ") and cut.endswith(" tail") and "..." in cut
+
+
+class FakeApi:
+    def __init__(self, fail: bool = False) -> None:
+        self.created: list[dict[str, Any]] = []
+        self.fail = fail
+
+    async def create(self, manifest: dict[str, Any]) -> bool:
+        await asyncio.sleep(0.01)
+        if self.fail:
+            raise TransientApiError("503 from the API server", delay=1.0)
+        self.created.append(manifest)
+        return True
+
+
+@pytest.mark.asyncio
+async def test_the_poster_returns_at_once_and_posts_in_the_background():
+    api = FakeApi()
+    poster = EventPoster(api, component="etj", instance="i", clock=lambda: "T")  # type: ignore[arg-type]
+    poster(JOB, Event("Normal", "JobCreated", "m"))
+    assert api.created == []  # not yet: the caller was not held up
+    await poster.drain()
+    assert [m["reason"] for m in api.created] == ["JobCreated"]
+
+
+@pytest.mark.asyncio
+async def test_a_failed_post_is_logged_not_raised(caplog):
+    poster = EventPoster(FakeApi(fail=True), component="etj", instance="i")  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="etj_operator.events"):
+        poster(JOB, Event("Warning", "BudgetExceeded", "m"))
+        await poster.drain()
+    assert "could not post Event BudgetExceeded on team-a/digits" in caplog.text
