@@ -213,7 +213,7 @@ def run(n_jobs: int, prometheus: FakePrometheus, rate_per_second: float = 0.0) -
                 r
                 for r in server.requests
                 if r.verb not in ("watch", None)
-                and ("kopf" in r.user_agent or "OpenAPI-Generator" in r.user_agent)
+                and ("kopf" in r.user_agent or r.user_agent.startswith("etj-operator/"))
                 and not (r.verb == "list" and r.resource in ("customresourcedefinitions", "namespaces"))
             ]
             lifecycle = operator_requests

@@ -21,7 +21,7 @@ import kopf
 from etj_operator import contract
 from etj_operator.config import OperatorConfig
 from etj_operator.events import EventPoster
-from etj_operator.kubeapi import KubeApi, make_api_client
+from etj_operator.kubeapi import KubeApi, load_connection
 from etj_operator.lifecycle import PodView
 from etj_operator.metrics import serve
 from etj_operator.policies import POWER_PRESSURE_ANNOTATION
@@ -117,7 +117,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.server_timeout = 300
     memo.config = config
     memo.wakers = Wakers()  # per operator run: asyncio events must not outlive their event loop
-    memo.api = KubeApi(make_api_client(max_connections=config.max_workers), max_workers=config.max_workers)
+    memo.api = KubeApi(load_connection(), max_connections=config.max_workers)
     memo.pressured_nodes = set()
     memo.hub = TelemetryHub(lambda kind, url: make_source(config, kind, url), memo.wakers.wake)
     memo.events = EventPoster(
@@ -154,7 +154,7 @@ def make_source(config: OperatorConfig, kind: str, url: str) -> TelemetrySource:
 
 @kopf.on.cleanup(registry=REGISTRY)
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
-    """Stop the job loops (each ends its current pass), the telemetry cycle, then the API wrapper's threads."""
+    """Stop the job loops (each ends its current pass), post pending Events, stop telemetry, close the API."""
     supervisor = getattr(memo, "supervisor", None)
     if isinstance(supervisor, JobSupervisor):
         await supervisor.close(LOOP_STOP_GRACE_SECONDS)
@@ -168,7 +168,7 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
         await task
     api = getattr(memo, "api", None)
     if isinstance(api, KubeApi):
-        api.close()
+        await api.aclose()
 
 
 @kopf.index("pods", labels=OPERATOR_PODS, registry=REGISTRY)

@@ -21,6 +21,7 @@ runs. matplotlib (Agg backend) and kubernetes are imported only when needed.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import math
@@ -393,30 +394,27 @@ def default_namespace(kubeconfig: str | None = None) -> str:
 
 def fetch_job(name: str, namespace: str, kubeconfig: str | None = None) -> dict[str, Any]:
     """GET the EfficientTrainingJob; raises ReportError when it is missing or the API is unreachable."""
-    from etj_operator.kubeapi import RESOURCES, ApiStatusError, KubeApi, make_api_client
+    from etj_operator.kubeapi import RESOURCES, KubeApi, load_connection
 
     try:
-        if kubeconfig:
-            from kubernetes import config
-
-            client = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
-        else:
-            client = make_api_client()
+        connection = load_connection(kubeconfig)
     except Exception as e:
         raise ReportError(f"cannot load Kubernetes credentials: {e}") from e
-    api = KubeApi(client, max_workers=1)
     path = RESOURCES[contract.KIND].path(namespace, name)
+
+    async def get() -> Any:
+        api = KubeApi(connection, max_connections=1)
+        try:
+            return await api.get(contract.KIND, namespace, name)
+        finally:
+            await api.aclose()
+
     try:
-        job = api.request("get", "GET", contract.PLURAL, path)
-    except ApiStatusError as e:
-        if e.status == 404:
-            raise ReportError(f"{contract.KIND} {namespace}/{name} not found") from e
-        raise ReportError(f"GET {path}: {e}") from e
+        job = asyncio.run(get())
     except Exception as e:
         raise ReportError(f"GET {path}: {e}") from e
-    finally:
-        api.close()
-        client.close()
+    if job is None:
+        raise ReportError(f"{contract.KIND} {namespace}/{name} not found")
     if not isinstance(job, dict):
         raise ReportError(f"GET {path}: unexpected answer")
     return job

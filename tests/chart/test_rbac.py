@@ -22,8 +22,8 @@ from etj_operator.sandbox.emulator import EmulatorServer
 from emulated import NS, Cluster, wait_until
 from jobs import job_manifest
 
-#: The clients whose requests are the operator's: kopf, and the kubernetes package's ApiClient (KubeApi).
-OPERATOR_USER_AGENTS = ("kopf/", "OpenAPI-Generator/")
+#: The clients whose requests are the operator's: kopf, and the operator's own API wrapper (KubeApi).
+OPERATOR_USER_AGENTS = ("kopf/", "etj-operator/")
 
 #: Verbs granted although no exercised path uses them, and why. Keep this short; every entry needs a reason.
 GRANTED_BUT_NOT_EXERCISED: dict[tuple[str, str, str], str] = {}
