@@ -23,8 +23,11 @@ class OperatorConfig:
     metrics_port: int = 8080
     #: Default Prometheus base URL for telemetry (a job may override it).
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
-    #: Threads for blocking API and Prometheus calls.
+    #: Connections to the API server (requests beyond wait for one) and Kopf's threads for sync handlers.
     max_workers: int = 16
+    #: Reconcile passes running at once, over all jobs (0: no limit). A burst of new jobs then gets its
+    #: pods job after job instead of all jobs at the end of the burst (bench/operator_scale.py).
+    max_concurrent_reconciles: int = 8
     #: Seconds between two telemetry cycles (one batched read for all jobs).
     telemetry_interval_seconds: float = 15.0
     #: Prometheus label names that carry the pod and namespace of a GPU's user (dcgm-exporter's pod mapping;
@@ -69,6 +72,7 @@ class OperatorConfig:
             metrics_port=int(number("ETJ_METRICS_PORT", cls.metrics_port)),
             prometheus_url=env.get("ETJ_PROMETHEUS_URL", cls.prometheus_url),
             max_workers=max(1, int(number("ETJ_MAX_WORKERS", cls.max_workers))),
+            max_concurrent_reconciles=int(number("ETJ_MAX_CONCURRENT_RECONCILES", cls.max_concurrent_reconciles)),
             telemetry_interval_seconds=max(
                 0.1, number("ETJ_TELEMETRY_INTERVAL_SECONDS", cls.telemetry_interval_seconds)
             ),

@@ -131,6 +131,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         memo.wakers,
         interval_seconds=config.reconcile_interval_seconds,
         debounce_seconds=config.reconcile_debounce_seconds,
+        max_concurrent_passes=config.max_concurrent_reconciles,
     )
     memo.telemetry_stop = asyncio.Event()
     memo.telemetry_task = asyncio.create_task(

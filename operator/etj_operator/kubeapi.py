@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import ssl
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,6 +30,8 @@ from etj_operator.metrics import API_REQUESTS
 logger = logging.getLogger(__name__)
 
 MERGE_PATCH: Final = "application/merge-patch+json"
+#: How long a bearer token is reused before the credentials are read again (a 401 re-reads at once).
+AUTH_REFRESH_SECONDS: Final = 60.0
 
 
 def _version() -> str:
@@ -93,8 +97,8 @@ class ClusterConnection:
     ssl: ssl.SSLContext | bool = True
     proxy: str | None = None
     server_hostname: str | None = None
-    #: The Authorization header's value, asked for on every request so rotated tokens are picked up.
-    authorization: Callable[[], str | None] = lambda: None
+    #: The Authorization header's value; called with refresh=True after a 401 (a rotated token).
+    authorization: Callable[..., str | None] = lambda refresh=False: None
 
 
 def load_connection(kubeconfig: str | None = None) -> ClusterConnection:
@@ -131,9 +135,18 @@ def connection_from(configuration: Any) -> ClusterConnection:
             context.load_cert_chain(configuration.cert_file, configuration.key_file or None)
         tls = context
 
-    def authorization() -> str | None:
-        value = (configuration.auth_settings().get("BearerToken") or {}).get("value")
-        return str(value) if value else None
+    cache: dict[str, Any] = {"value": None, "at": -math.inf}
+
+    def authorization(refresh: bool = False) -> str | None:
+        # The kubernetes package re-reads the credentials on every ask (its kubeconfig hook re-applies the
+        # whole config, proxies from the environment included): about a fifth of the operator's CPU in a
+        # burst of jobs when asked per request. Asked at most every AUTH_REFRESH_SECONDS, or at once after
+        # a 401 (a rotated or expired token).
+        now = time.monotonic()
+        if refresh or now - cache["at"] >= AUTH_REFRESH_SECONDS:
+            value = (configuration.auth_settings().get("BearerToken") or {}).get("value")
+            cache.update(value=str(value) if value else None, at=now)
+        return cache["value"]  # type: ignore[no-any-return]
 
     return ClusterConnection(
         host=str(configuration.host).rstrip("/"),
@@ -191,11 +204,33 @@ class KubeApi:
         query: Mapping[str, str] | None = None,
         content_type: str = "application/json",
     ) -> Any:
-        """Send one request and return the decoded JSON; raise ApiStatusError for non-2xx answers."""
+        """Send one request and return the decoded JSON; raise ApiStatusError for non-2xx answers.
+
+        A 401 makes it read the credentials again and retry once (the token was rotated or expired).
+        """
+        try:
+            return await self._send(verb, method, resource, path, body, query, content_type, refresh=False)
+        except ApiStatusError as e:
+            if e.status != 401:
+                raise
+            return await self._send(verb, method, resource, path, body, query, content_type, refresh=True)
+
+    async def _send(
+        self,
+        verb: str,
+        method: str,
+        resource: str,
+        path: str,
+        body: Any,
+        query: Mapping[str, str] | None,
+        content_type: str,
+        *,
+        refresh: bool,
+    ) -> Any:
         if self._closed:
             raise TransientApiError(f"{method} {path}: the operator is stopping", delay=1.0)
         headers = {"Content-Type": content_type}
-        token = self.connection.authorization()
+        token = self.connection.authorization(refresh=refresh)
         if token:
             headers["Authorization"] = token
         extra: dict[str, Any] = {}

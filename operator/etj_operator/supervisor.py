@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import kopf
@@ -84,7 +84,7 @@ class JobSupervisor:
         *,
         interval_seconds: float,
         debounce_seconds: float,
-        clock: Callable[[], float] | None = None,
+        max_concurrent_passes: int = 0,
     ) -> None:
         self.reconciler = reconciler
         self.wakers = wakers
@@ -97,6 +97,11 @@ class JobSupervisor:
         #: Jobs whose loop ended for good while the object still exists (TTL deletion sent): not restarted.
         self._finished: set[Key] = set()
         self._closing = asyncio.Event()
+        #: At most this many passes run at once (0: no limit). In a burst of new jobs, a limit makes jobs
+        #: finish their creation pass one after the other instead of all of them near the end.
+        self._passes: asyncio.Semaphore | contextlib.AbstractAsyncContextManager[Any] = (
+            asyncio.Semaphore(max_concurrent_passes) if max_concurrent_passes > 0 else contextlib.nullcontext()
+        )
 
     # ----- called from Kopf handlers ------------------------------------------------------------------
 
@@ -185,7 +190,8 @@ class JobSupervisor:
                 try:
                     pods = list(self._pods.get(key, ()))
                     telemetry = hub.take(key) if hub is not None else None
-                    plan = await self.reconciler.reconcile(body, pods, state, telemetry=telemetry)
+                    async with self._passes:
+                        plan = await self.reconciler.reconcile(body, pods, state, telemetry=telemetry)
                     if plan.delete_job:
                         self._finished.add(key)
                         return

@@ -52,7 +52,7 @@ async def serve(script: Scripted) -> tuple[web.AppRunner, str]:
 async def test_requests_carry_the_token_user_agent_and_body():
     script = Scripted([(201, {"metadata": {"name": "p"}}), (200, {"status": {}})])
     runner, url = await serve(script)
-    api = KubeApi(ClusterConnection(host=url, authorization=lambda: "Bearer t0k3n"))
+    api = KubeApi(ClusterConnection(host=url, authorization=lambda refresh=False: "Bearer t0k3n"))
     try:
         assert await api.create(POD) is True
         assert await api.patch_job_status("ns", "j", {"phase": "Running"}) == {"status": {}}
@@ -131,9 +131,40 @@ def test_connection_from_a_kubeconfig_configuration():
         cfg.api_key["authorization"] = f"rotated-{len(calls)}"
 
     configuration.refresh_api_key_hook = rotate
+    connection = connection_from(configuration)
     assert connection.authorization() == "Bearer rotated-1"
-    assert connection.authorization() == "Bearer rotated-2"
+    assert connection.authorization() == "Bearer rotated-1"  # reused: reading credentials is not free
+    assert connection.authorization(refresh=True) == "Bearer rotated-2"
 
     plain = client.Configuration()
     plain.host = "http://127.0.0.1:8001"
     assert connection_from(plain).ssl is True and connection_from(plain).authorization() is None
+
+
+@pytest.mark.asyncio
+async def test_a_401_reads_the_credentials_again_and_retries_once():
+    script = Scripted([(401, {"message": "token expired"}), (201, {}), (401, {"message": "no"}), (401, {})])
+    runner, url = await serve(script)
+    tokens = iter(["Bearer old", "Bearer new", "Bearer newer"])
+    current = {"value": next(tokens)}
+
+    def authorization(refresh: bool = False) -> str:
+        if refresh:
+            current["value"] = next(tokens)
+        return current["value"]
+
+    api = KubeApi(ClusterConnection(host=url, authorization=authorization))
+    try:
+        assert await api.create(POD) is True
+        with pytest.raises(PermanentApiError) as info:  # still 401 with fresh credentials: give up
+            await api.create(POD)
+        assert info.value.status == 401
+    finally:
+        await api.aclose()
+        await runner.cleanup()
+    assert [r["headers"]["Authorization"] for r in script.seen] == [
+        "Bearer old",
+        "Bearer new",
+        "Bearer new",
+        "Bearer newer",
+    ]

@@ -175,3 +175,37 @@ async def test_a_job_applied_again_while_its_old_loop_ends_gets_a_new_loop():
     assert reconciler.passes[1][0]["metadata"]["uid"] == "u2"
     assert KEY in supervisor.running
     await supervisor.close()
+
+
+@pytest.mark.asyncio
+async def test_at_most_the_configured_number_of_passes_run_at_once():
+    running, peak = 0, 0
+    release = asyncio.Event()
+
+    class Counting(FakeReconciler):
+        async def reconcile(self, body: dict[str, Any], pods: list[Any], state: Any, telemetry: Any = None) -> Plan:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            await release.wait()
+            running -= 1
+            return await super().reconcile(body, pods, state, telemetry)
+
+    reconciler = Counting()
+    supervisor = JobSupervisor(
+        reconciler,  # type: ignore[arg-type]
+        Wakers(),
+        interval_seconds=30,
+        debounce_seconds=0,
+        max_concurrent_passes=2,
+    )
+    keys = [("ns", f"job-{i}") for i in range(5)]
+    supervisor.attach({k: [job()] for k in keys}, {})
+    for key in keys:
+        supervisor.ensure(key)
+    await asyncio.sleep(0.05)
+    assert running == 2  # the other three wait for a slot
+    release.set()
+    await until(lambda: len(reconciler.passes) == 5)
+    assert peak == 2
+    await supervisor.close()
