@@ -1,16 +1,18 @@
 """Every Kopf handler of the operator, in one place. Each is a guard plus one call into a domain module.
 
-* ``worker_pods``: an index of the operator's pods by job, kept current by Kopf's pod watch (fully
-  populated before any handler runs, so a restarted operator sees every existing pod); wakes the job's loop.
-* ``etj_jobs``: an index of the jobs themselves (the latest body of each); wakes the job's loop.
-* ``job_loops``: starts a job's reconcile loop (:mod:`etj_operator.supervisor`) when a job is first seen,
-  stops it when the job is deleted. Kopf calls it only for the events that need it (its ``when`` filter).
+* ``job_watch``: hands every added or changed job to the supervisor (:mod:`etj_operator.supervisor`),
+  which starts, wakes or stops the job's reconcile loop.
+* ``job_deleted``: stops the loop of a deleted job.
 * ``node_power_pressure``: tracks nodes annotated for power pressure (placement policy).
+
+The operator's pods are not watched through Kopf but by :class:`~etj_operator.podwatch.PodInformer`
+(started here at startup), which costs a fraction of Kopf's per-event processing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Mapping
@@ -22,10 +24,10 @@ from etj_operator import contract
 from etj_operator.config import OperatorConfig
 from etj_operator.events import EventPoster
 from etj_operator.kubeapi import KubeApi, load_connection
-from etj_operator.lifecycle import PodView
 from etj_operator.metrics import serve
+from etj_operator.podwatch import PodInformer
 from etj_operator.policies import POWER_PRESSURE_ANNOTATION
-from etj_operator.reconciler import JobReconciler, pod_view
+from etj_operator.reconciler import JobReconciler
 from etj_operator.supervisor import JobSupervisor, Wakers
 from etj_operator.telemetry.base import TelemetrySource
 from etj_operator.telemetry.direct import DirectTelemetry
@@ -43,7 +45,6 @@ LEGACY_FINALIZER = f"{contract.GROUP}/operator"
 #: How long a stopping operator lets each job loop finish the pass it is in before cancelling it.
 LOOP_STOP_GRACE_SECONDS = 10.0
 
-OPERATOR_PODS: dict[str, Any] = {contract.LABEL_JOB_NAME: kopf.PRESENT, contract.LABEL_MANAGED_BY: contract.MANAGED_BY}
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -122,17 +123,22 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.hub = TelemetryHub(lambda kind, url: make_source(config, kind, url), memo.wakers.wake)
     memo.events = EventPoster(
         memo.api, component=contract.MANAGED_BY, instance=settings.posting.reporting_instance or "local"
-    )
+    )  # it yields to reconcile passes: its idle event is the supervisor's, set below
     memo.reconciler = JobReconciler(
         memo.api, config, memo.events, hub=memo.hub, node_pressure=memo.pressured_nodes.__contains__
     )
+    memo.pods = PodInformer(memo.api, getattr(memo, "namespaces", ()), memo.wakers.wake)
+    memo.pods_task = asyncio.create_task(memo.pods.run(), name="etj-pod-informer")
     memo.supervisor = JobSupervisor(
         memo.reconciler,
         memo.wakers,
+        memo.pods,
         interval_seconds=config.reconcile_interval_seconds,
         debounce_seconds=config.reconcile_debounce_seconds,
         max_concurrent_passes=config.max_concurrent_reconciles,
+        ready=memo.pods.synced,
     )
+    memo.events.idle = memo.supervisor.idle
     memo.telemetry_stop = asyncio.Event()
     memo.telemetry_task = asyncio.create_task(
         memo.hub.run_forever(config.telemetry_interval_seconds, memo.telemetry_stop), name="etj-telemetry"
@@ -162,6 +168,11 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     events = getattr(memo, "events", None)
     if isinstance(events, EventPoster):
         await events.drain()
+    pods_task = getattr(memo, "pods_task", None)
+    if isinstance(pods_task, asyncio.Task):
+        pods_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pods_task
     stop = getattr(memo, "telemetry_stop", None)
     task = getattr(memo, "telemetry_task", None)
     if isinstance(stop, asyncio.Event) and isinstance(task, asyncio.Task):
@@ -172,55 +183,28 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
         await api.aclose()
 
 
-@kopf.index("pods", labels=OPERATOR_PODS, registry=REGISTRY)
-async def worker_pods(
-    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, memo: kopf.Memo, **_: Any
-) -> Any:
-    """Index pods by (namespace, job name), as compact PodView summaries; wake the pod's job loop.
-
-    Kopf calls indexing functions on every event of every matching object, before handlers, at a fraction
-    of a handler's cost (no per-call logging or outcome bookkeeping): the wake-up rides along here
-    instead of in a separate event handler. Measured with bench/operator_scale.py, see docs/benchmarks.md.
-    It is async on purpose: Kopf runs sync functions in a thread pool, and asyncio events must be set from
-    the event loop's own thread.
-    """
-    key = (namespace or "", labels[contract.LABEL_JOB_NAME])
-    memo.wakers.wake(key)
-    return {key: pod_view(body)}
-
-
 @kopf.index(contract.GROUP, contract.VERSION, contract.PLURAL, registry=REGISTRY)
-async def etj_jobs(namespace: str | None, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> Any:
-    """Index each job's latest body by (namespace, name) and wake its loop (spec edited, status written)."""
-    key = (namespace or "", name)
-    memo.wakers.wake(key)
-    return {key: body}
+async def job_watch(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Hand every added or changed job to the supervisor (starts, wakes or stops its loop); index nothing.
 
-
-def _needs_loop_change(
-    namespace: str | None, name: str, type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
-) -> bool:
+    An indexing function, not an event handler, on purpose: Kopf calls indexing functions first and at a
+    fraction of an event handler's cost, and without waiting for other resources' initial listings (the
+    loops wait for the pod informer themselves). Async, so the supervisor runs on the event loop's thread.
+    """
     supervisor: JobSupervisor = memo.supervisor
-    return supervisor.needs_attention((namespace or "", name), type, body)
+    supervisor.observe(body)
 
 
-@kopf.on.event(contract.GROUP, contract.VERSION, contract.PLURAL, when=_needs_loop_change, registry=REGISTRY)
-async def job_loops(
-    namespace: str | None,
-    name: str,
-    type: str | None,
-    body: kopf.Body,
-    memo: kopf.Memo,
-    etj_jobs: kopf.Index[tuple[str, str], Mapping[str, Any]] | None = None,
-    worker_pods: kopf.Index[tuple[str, str], PodView] | None = None,
-    **_: Any,
-) -> None:
-    """Start the job's reconcile loop when the job is first seen; stop it when the job is deleted."""
+def _known_job_deleted(namespace: str | None, name: str, type: str | None, memo: kopf.Memo, **_: Any) -> bool:
     supervisor: JobSupervisor = memo.supervisor
-    if etj_jobs is None or worker_pods is None:  # Kopf passes every index to every handler
-        raise RuntimeError("kopf did not pass the etj_jobs and worker_pods indices")
-    supervisor.attach(etj_jobs, worker_pods)
-    supervisor.handle((namespace or "", name), type, body)
+    return type == "DELETED" and supervisor.knows((namespace or "", name))
+
+
+@kopf.on.event(contract.GROUP, contract.VERSION, contract.PLURAL, when=_known_job_deleted, registry=REGISTRY)
+async def job_deleted(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """Stop the loop of a deleted job (Kopf does not call indexing functions for deletions)."""
+    supervisor: JobSupervisor = memo.supervisor
+    supervisor.gone((namespace or "", name))
 
 
 @kopf.on.event("nodes", registry=REGISTRY)

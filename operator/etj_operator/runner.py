@@ -33,6 +33,7 @@ def run_operator(
             registry=REGISTRY,
             standalone=True,
             liveness_endpoint=liveness_endpoint,
+            memo=kopf.Memo(namespaces=tuple(namespaces)),  # the pod informer watches the same namespaces
             stop_flag=stop_flag,
             ready_flag=ready_flag,
         )

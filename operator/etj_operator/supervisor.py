@@ -28,8 +28,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import kopf
 
@@ -40,9 +41,13 @@ from etj_operator.reconciler import JobReconciler, JobState
 logger = logging.getLogger(__name__)
 
 Key = tuple[str, str]
-#: Kopf's index shape: key -> the values indexed under it (one job body per job key; PodViews per job).
-JobIndex = Mapping[Key, Iterable[Mapping[str, Any]]]
-PodIndex = Mapping[Key, Iterable[PodView]]
+
+
+class PodIndex(Protocol):
+    """The operator's pods by job key (:class:`~etj_operator.podwatch.PodInformer`, or a dict in tests)."""
+
+    def get(self, key: Key, default: Iterable[PodView], /) -> Iterable[PodView]:
+        """The job's pods, or ``default``."""
 
 #: Retry delay after a failed pass (API errors, or a bug: the loop survives both).
 ERROR_RETRY_SECONDS = 2.0
@@ -81,52 +86,59 @@ class JobSupervisor:
         self,
         reconciler: JobReconciler,
         wakers: Wakers,
+        pods: PodIndex,
         *,
         interval_seconds: float,
         debounce_seconds: float,
         max_concurrent_passes: int = 0,
+        ready: asyncio.Event | None = None,
     ) -> None:
         self.reconciler = reconciler
         self.wakers = wakers
         self.interval_seconds = interval_seconds
         self.debounce_seconds = debounce_seconds
-        self._jobs: JobIndex = {}
-        self._pods: PodIndex = {}
+        #: The latest body of every job seen (from Kopf's job watch), by key.
+        self._bodies: dict[Key, Mapping[str, Any]] = {}
+        self._pods = pods
         self._tasks: dict[Key, asyncio.Task[None]] = {}
         self._stop_requested: set[Key] = set()
         #: Jobs whose loop ended for good while the object still exists (TTL deletion sent): not restarted.
         self._finished: set[Key] = set()
         self._closing = asyncio.Event()
+        #: Set when the pod index holds every existing pod; no loop makes a pass before (no duplicates).
+        self._ready = ready
         #: At most this many passes run at once (0: no limit). In a burst of new jobs, a limit makes jobs
         #: finish their creation pass one after the other instead of all of them near the end.
         self._passes: asyncio.Semaphore | contextlib.AbstractAsyncContextManager[Any] = (
             asyncio.Semaphore(max_concurrent_passes) if max_concurrent_passes > 0 else contextlib.nullcontext()
         )
+        self._active_passes = 0
+        #: Set while no pass runs or waits: lower-priority work (Events) goes then (:class:`EventPoster`).
+        self.idle = asyncio.Event()
+        self.idle.set()
 
     # ----- called from Kopf handlers ------------------------------------------------------------------
 
-    def attach(self, jobs: JobIndex, pods: PodIndex) -> None:
-        """Kopf's live indices of jobs and of the operator's pods (the same objects on every call)."""
-        self._jobs = jobs
-        self._pods = pods
-
-    def needs_attention(self, key: Key, event_type: str | None, body: Mapping[str, Any]) -> bool:
-        """Whether an event of the job must start or stop its loop (cheap: Kopf asks on every event)."""
-        if event_type == "DELETED":
-            return key in self._tasks or key in self._finished
+    def observe(self, body: Mapping[str, Any]) -> None:
+        """A job was added or changed: keep its body, start its loop (or stop it if being deleted), wake it."""
+        meta = body.get("metadata") or {}
+        key = (meta.get("namespace") or "", meta.get("name") or "")
+        self._bodies[key] = body
         if is_terminating(body):
-            return key in self._tasks
-        return key not in self._tasks and key not in self._finished and not self._closing.is_set()
-
-    def handle(self, key: Key, event_type: str | None, body: Mapping[str, Any]) -> None:
-        """Start the job's loop, or stop it when the job is deleted or being deleted."""
-        if event_type == "DELETED":
-            self._finished.discard(key)
-            self.stop(key)
-        elif is_terminating(body):
             self.stop(key)
         else:
             self.ensure(key)
+        self.wakers.wake(key)
+
+    def knows(self, key: Key) -> bool:
+        """Whether the job has a body, a loop or a finished mark here (a DELETED event then matters)."""
+        return key in self._bodies or key in self._tasks or key in self._finished
+
+    def gone(self, key: Key) -> None:
+        """The job was deleted: forget it and stop its loop."""
+        self._bodies.pop(key, None)
+        self._finished.discard(key)
+        self.stop(key)
 
     def ensure(self, key: Key) -> None:
         """Start the job's loop unless it runs (or ended for good, or the operator is stopping)."""
@@ -168,9 +180,7 @@ class JobSupervisor:
     # ----- the loop -------------------------------------------------------------------------------------
 
     def _body(self, key: Key) -> Mapping[str, Any] | None:
-        for body in self._jobs.get(key, ()):
-            return body
-        return None
+        return self._bodies.get(key)
 
     def _should_end(self, key: Key) -> bool:
         return key in self._stop_requested or self._closing.is_set()
@@ -181,6 +191,8 @@ class JobSupervisor:
         waker = self.wakers.get(key)
         hub = self.reconciler.hub
         try:
+            if self._ready is not None and not self._ready.is_set():
+                await _wait(self._ready, self._closing, math.inf)
             while not self._should_end(key):
                 waker.clear()
                 body = self._body(key)
@@ -190,8 +202,15 @@ class JobSupervisor:
                 try:
                     pods = list(self._pods.get(key, ()))
                     telemetry = hub.take(key) if hub is not None else None
-                    async with self._passes:
-                        plan = await self.reconciler.reconcile(body, pods, state, telemetry=telemetry)
+                    self._active_passes += 1
+                    self.idle.clear()
+                    try:
+                        async with self._passes:
+                            plan = await self.reconciler.reconcile(body, pods, state, telemetry=telemetry)
+                    finally:
+                        self._active_passes -= 1
+                        if self._active_passes == 0:
+                            self.idle.set()
                     if plan.delete_job:
                         self._finished.add(key)
                         return

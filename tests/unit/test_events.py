@@ -69,3 +69,21 @@ async def test_a_failed_post_is_logged_not_raised(caplog):
         poster(JOB, Event("Warning", "BudgetExceeded", "m"))
         await poster.drain()
     assert "could not post Event BudgetExceeded on team-a/digits" in caplog.text
+
+
+@pytest.mark.asyncio
+async def test_events_wait_for_the_reconcile_passes_to_pause_but_not_forever():
+    api = FakeApi()
+    idle = asyncio.Event()  # a pass is running
+    poster = EventPoster(api, component="etj", instance="i", idle=idle, max_delay_seconds=5)  # type: ignore[arg-type]
+    poster(JOB, Event("Normal", "JobCreated", "m"))
+    await asyncio.sleep(0.05)
+    assert api.created == []  # pods first
+    idle.set()
+    await poster.drain()
+    assert [m["reason"] for m in api.created] == ["JobCreated"]
+
+    busy = EventPoster(api, component="etj", instance="i", idle=asyncio.Event(), max_delay_seconds=0.05)  # type: ignore[arg-type]
+    busy(JOB, Event("Normal", "JobSucceeded", "m"))
+    await busy.drain()
+    assert [m["reason"] for m in api.created] == ["JobCreated", "JobSucceeded"]  # posted after the max delay

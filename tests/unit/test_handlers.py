@@ -12,8 +12,8 @@ def test_no_handler_needs_kopf_state_on_objects():
     assert list(handlers.REGISTRY._spawning.get_all_handlers()) == []
     watching = {h.id for h in handlers.REGISTRY._watching.get_all_handlers()}
     indexing = {h.id for h in handlers.REGISTRY._indexing.get_all_handlers()}
-    assert watching == {"job_loops", "node_power_pressure"}
-    assert indexing == {"worker_pods", "etj_jobs"}
+    assert watching == {"job_deleted", "node_power_pressure"}
+    assert indexing == {"job_watch"}  # pods: podwatch.PodInformer, not Kopf
 
 
 def test_the_null_storages_keep_nothing():

@@ -44,11 +44,15 @@ def job(uid: str = "u1", terminating: bool = False) -> dict[str, Any]:
     return {"metadata": meta}
 
 
-def make(reconciler: FakeReconciler, interval: float = 30.0) -> tuple[JobSupervisor, dict[Any, list[Any]]]:
-    supervisor = JobSupervisor(reconciler, Wakers(), interval_seconds=interval, debounce_seconds=0)  # type: ignore[arg-type]
-    jobs: dict[Any, list[Any]] = {KEY: [job()]}
-    supervisor.attach(jobs, {KEY: ["pod-a", "pod-b"]})
-    return supervisor, jobs
+def make(reconciler: FakeReconciler, interval: float = 30.0, **options: Any) -> JobSupervisor:
+    return JobSupervisor(
+        reconciler,  # type: ignore[arg-type]
+        Wakers(),
+        {KEY: ["pod-a", "pod-b"]},
+        interval_seconds=interval,
+        debounce_seconds=0,
+        **options,
+    )
 
 
 async def until(predicate: Callable[[], bool], seconds: float = 2.0) -> None:
@@ -59,50 +63,64 @@ async def until(predicate: Callable[[], bool], seconds: float = 2.0) -> None:
 
 
 @pytest.mark.asyncio
-async def test_a_loop_reconciles_the_indexed_body_and_pods_and_wakes_on_events():
+async def test_a_loop_reconciles_the_latest_body_and_pods_and_wakes_on_changes():
     reconciler = FakeReconciler()
-    supervisor, jobs = make(reconciler)
-    assert supervisor.needs_attention(KEY, None, job())  # first sight of the job
-    supervisor.handle(KEY, None, job())
+    supervisor = make(reconciler)
+    assert not supervisor.knows(KEY)
+    first = job()
+    supervisor.observe(first)  # what the job watch does on ADDED
+    assert supervisor.knows(KEY) and KEY in supervisor.running
     await until(lambda: len(reconciler.passes) == 1)
-    assert reconciler.passes[0] == (jobs[KEY][0], ["pod-a", "pod-b"])
-    assert not supervisor.needs_attention(KEY, "MODIFIED", job())  # running: Kopf need not call the handler
-    jobs[KEY] = [job(uid="u1") | {"spec": {"edited": True}}]
-    supervisor.wakers.wake(KEY)  # what the indexers do on every event
+    assert reconciler.passes[0] == (first, ["pod-a", "pod-b"])
+    edited = job() | {"spec": {"edited": True}}
+    supervisor.observe(edited)  # MODIFIED: the same loop, woken
     await until(lambda: len(reconciler.passes) == 2)
-    assert reconciler.passes[1][0]["spec"] == {"edited": True}
+    assert reconciler.passes[1][0] is edited
     await supervisor.close()
     assert reconciler.forgotten == [KEY]
 
 
 @pytest.mark.asyncio
+async def test_no_pass_before_the_pod_index_is_ready():
+    ready = asyncio.Event()
+    reconciler = FakeReconciler()
+    supervisor = make(reconciler, ready=ready)
+    supervisor.observe(job())
+    await asyncio.sleep(0.05)
+    assert reconciler.passes == []  # a restarted operator must see existing pods before deciding anything
+    ready.set()
+    await until(lambda: len(reconciler.passes) == 1)
+    await supervisor.close()
+
+
+@pytest.mark.asyncio
 async def test_deleted_and_terminating_jobs_stop_their_loop():
     reconciler = FakeReconciler()
-    supervisor, jobs = make(reconciler)
-    supervisor.ensure(KEY)
+    supervisor = make(reconciler)
+    supervisor.observe(job())
     await until(lambda: len(reconciler.passes) == 1)
-    assert supervisor.needs_attention(KEY, "MODIFIED", job(terminating=True))
-    jobs[KEY] = [job(terminating=True)]
-    supervisor.handle(KEY, "MODIFIED", job(terminating=True))
+    supervisor.observe(job(terminating=True))  # a foreground deletion waits for the pods: keep off them
     await until(lambda: KEY not in supervisor.running)
-    assert len(reconciler.passes) == 1  # no pass on a job being deleted
-    assert not supervisor.needs_attention(KEY, "MODIFIED", job(terminating=True))
-    supervisor.handle(KEY, "MODIFIED", job(terminating=True))
+    assert len(reconciler.passes) == 1
+    supervisor.observe(job(terminating=True))
     assert KEY not in supervisor.running
+    supervisor.gone(KEY)
+    assert not supervisor.knows(KEY)
 
 
 @pytest.mark.asyncio
 async def test_a_loop_that_deleted_its_job_by_ttl_is_not_restarted_until_the_job_is_gone():
     reconciler = FakeReconciler(lambda n: Plan(status={}, delete_job=True))
-    supervisor, _ = make(reconciler)
-    supervisor.ensure(KEY)
+    supervisor = make(reconciler)
+    supervisor.observe(job())
     await until(lambda: KEY not in supervisor.running)
-    assert not supervisor.needs_attention(KEY, "MODIFIED", job())
-    supervisor.ensure(KEY)
+    supervisor.observe(job())  # events of the job until the deletion lands
     assert KEY not in supervisor.running and len(reconciler.passes) == 1
-    assert supervisor.needs_attention(KEY, "DELETED", job())
-    supervisor.handle(KEY, "DELETED", job())
-    assert supervisor.needs_attention(KEY, None, job(uid="u2"))  # a new job of the same name gets a loop
+    assert supervisor.knows(KEY)
+    supervisor.gone(KEY)
+    supervisor.observe(job(uid="u2"))  # a new job of the same name gets a loop
+    await until(lambda: len(reconciler.passes) == 2)
+    await supervisor.close()
 
 
 @pytest.mark.asyncio
@@ -118,8 +136,8 @@ async def test_errors_are_counted_and_retried_without_ending_the_loop(monkeypatc
 
     errors_before = metrics.RECONCILE_ERRORS._value.get()
     reconciler = FakeReconciler(outcome)
-    supervisor, _ = make(reconciler)
-    supervisor.ensure(KEY)
+    supervisor = make(reconciler)
+    supervisor.observe(job())
     await until(lambda: len(reconciler.passes) >= 3)
     assert KEY in supervisor.running
     assert metrics.RECONCILE_ERRORS._value.get() - errors_before == 2
@@ -129,8 +147,8 @@ async def test_errors_are_counted_and_retried_without_ending_the_loop(monkeypatc
 @pytest.mark.asyncio
 async def test_requeue_is_honoured_with_a_floor():
     reconciler = FakeReconciler(lambda n: Plan(status={}, requeue_after_seconds=0.0))
-    supervisor, _ = make(reconciler)
-    supervisor.ensure(KEY)
+    supervisor = make(reconciler)
+    supervisor.observe(job())
     await asyncio.sleep(0.3)
     await supervisor.close()
     # a 0 s requeue runs at most every 50 ms (MIN_REQUEUE_SECONDS), not in a busy loop
@@ -141,8 +159,8 @@ async def test_requeue_is_honoured_with_a_floor():
 async def test_close_lets_a_pass_finish_and_cancels_one_past_the_grace_period():
     reconciler = FakeReconciler()
     reconciler.block = asyncio.Event()
-    supervisor, _ = make(reconciler)
-    supervisor.ensure(KEY)
+    supervisor = make(reconciler)
+    supervisor.observe(job())
     await until(lambda: len(reconciler.passes) == 1)
     closing = asyncio.create_task(supervisor.close(grace_seconds=5))
     await asyncio.sleep(0.05)
@@ -150,13 +168,13 @@ async def test_close_lets_a_pass_finish_and_cancels_one_past_the_grace_period():
     reconciler.block.set()
     await asyncio.wait_for(closing, 1)
     assert supervisor.running == frozenset() and len(reconciler.passes) == 1
-    supervisor.ensure(KEY)  # a stopping operator starts nothing
+    supervisor.observe(job())  # a stopping operator starts nothing
     assert supervisor.running == frozenset()
 
     stuck = FakeReconciler()
     stuck.block = asyncio.Event()  # never set
-    supervisor, _ = make(stuck)
-    supervisor.ensure(KEY)
+    supervisor = make(stuck)
+    supervisor.observe(job())
     await until(lambda: len(stuck.passes) == 1)
     await asyncio.wait_for(supervisor.close(grace_seconds=0.05), 1)
     assert supervisor.running == frozenset() and stuck.forgotten == [KEY]
@@ -165,12 +183,13 @@ async def test_close_lets_a_pass_finish_and_cancels_one_past_the_grace_period():
 @pytest.mark.asyncio
 async def test_a_job_applied_again_while_its_old_loop_ends_gets_a_new_loop():
     reconciler = FakeReconciler()
-    supervisor, jobs = make(reconciler)
-    supervisor.ensure(KEY)
-    await until(lambda: len(reconciler.passes) == 1)
-    supervisor.handle(KEY, "DELETED", job())  # the old loop is asked to stop ...
-    jobs[KEY] = [job(uid="u2")]  # ... and before it has, the job is created again
-    supervisor.handle(KEY, None, job(uid="u2"))  # ignored: the old loop still runs
+    reconciler.block = asyncio.Event()
+    supervisor = make(reconciler)
+    supervisor.observe(job())
+    await until(lambda: len(reconciler.passes) == 1)  # the pass is in flight
+    supervisor.gone(KEY)  # the old loop is asked to stop ...
+    supervisor.observe(job(uid="u2"))  # ... and before it has, the job is created again
+    reconciler.block.set()
     await until(lambda: len(reconciler.passes) == 2)
     assert reconciler.passes[1][0]["metadata"]["uid"] == "u2"
     assert KEY in supervisor.running
@@ -192,17 +211,9 @@ async def test_at_most_the_configured_number_of_passes_run_at_once():
             return await super().reconcile(body, pods, state, telemetry)
 
     reconciler = Counting()
-    supervisor = JobSupervisor(
-        reconciler,  # type: ignore[arg-type]
-        Wakers(),
-        interval_seconds=30,
-        debounce_seconds=0,
-        max_concurrent_passes=2,
-    )
-    keys = [("ns", f"job-{i}") for i in range(5)]
-    supervisor.attach({k: [job()] for k in keys}, {})
-    for key in keys:
-        supervisor.ensure(key)
+    supervisor = make(reconciler, max_concurrent_passes=2)
+    for i in range(5):
+        supervisor.observe({"metadata": {"name": f"job-{i}", "namespace": "ns", "uid": str(i)}})
     await asyncio.sleep(0.05)
     assert running == 2  # the other three wait for a slot
     release.set()

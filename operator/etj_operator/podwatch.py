@@ -1,0 +1,168 @@
+"""The operator's pods, listed then watched, kept as compact :class:`PodView` summaries by job.
+
+A small informer: per watched namespace (or once cluster-wide) it lists the pods that carry the
+operator's labels, then watches them from the list's resourceVersion, with bookmarks; a watch that ends
+is resumed from the last version seen, a 410 Gone (version too old) lists again, and errors are retried
+with backoff, forever. Every change wakes the loop of the pod's job.
+
+Why not Kopf's index, as before: Kopf runs every watch event of every pod through its full per-object
+machinery (cause detection, handler invocation, patch bookkeeping) just to call an indexing function; a
+burst of 100 jobs makes 400 pods and as many events. Here an event costs a JSON decode and a dict update
+(bench/operator_scale.py, docs/benchmarks.md). The guarantee Kopf's index gave is kept: :attr:`synced`
+is set once every namespace has been listed, and job loops make their first pass only after that, so a
+restarted operator sees every existing pod before it decides anything (no duplicate pods).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Final
+
+from etj_operator import contract
+from etj_operator.errors import PermanentApiError, TransientApiError
+from etj_operator.kubeapi import RESOURCES, ApiStatusError, KubeApi
+from etj_operator.lifecycle import PodView
+from etj_operator.reconciler import pod_view
+
+logger = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+
+#: The operator's pods: every pod it creates carries both labels.
+POD_SELECTOR: Final = f"{contract.LABEL_JOB_NAME},{contract.LABEL_MANAGED_BY}={contract.MANAGED_BY}"
+#: Backoff between failed list/watch attempts: doubles from the first to the last value.
+RETRY_SECONDS: Final = (1.0, 30.0)
+
+
+class _Gone(Exception):
+    """The watch's resourceVersion is too old (410): list again."""
+
+
+class PodInformer:
+    """Pods of the operator by job key ``(namespace, job name)``; read with :meth:`get`."""
+
+    def __init__(
+        self,
+        api: KubeApi,
+        namespaces: Sequence[str],
+        wake: Callable[[Key], None],
+        *,
+        watch_timeout_seconds: float = 300.0,
+    ) -> None:
+        self.api = api
+        #: Empty: cluster-wide (one list and watch across all namespaces).
+        self.namespaces = tuple(namespaces)
+        self.wake = wake
+        self.watch_timeout_seconds = watch_timeout_seconds
+        #: Set once every namespace has been listed (and stays set through later relists).
+        self.synced = asyncio.Event()
+        self._by_job: dict[Key, dict[str, PodView]] = {}
+        self._job_of: dict[Key, Key] = {}  # (namespace, pod name) -> job key
+
+    # ----- reading -----------------------------------------------------------------------------------
+
+    def get(self, key: Key, default: Iterable[PodView] = ()) -> Iterable[PodView]:
+        """The job's pods as last seen (a copy), or ``default``."""
+        pods = self._by_job.get(key)
+        return list(pods.values()) if pods else default
+
+    def __len__(self) -> int:
+        return len(self._job_of)
+
+    # ----- running -----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """List and watch every scope until cancelled."""
+        scopes: list[str | None] = list(self.namespaces) or [None]
+        listed = [asyncio.Event() for _ in scopes]
+
+        async def mark_synced() -> None:
+            await asyncio.gather(*(event.wait() for event in listed))
+            self.synced.set()
+
+        marker = asyncio.create_task(mark_synced())
+        try:
+            await asyncio.gather(*(self._follow(scope, event) for scope, event in zip(scopes, listed, strict=True)))
+        finally:
+            marker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await marker
+
+    async def _follow(self, namespace: str | None, listed: asyncio.Event) -> None:
+        version: str | None = None
+        delay = RETRY_SECONDS[0]
+        where = namespace or "all namespaces"
+        while True:
+            try:
+                if version is None:
+                    version = await self._relist(namespace)
+                    listed.set()
+                version = await self._watch(namespace, version)
+                delay = RETRY_SECONDS[0]
+            except _Gone:
+                logger.info("pod watch in %s: resourceVersion expired, listing again", where)
+                version = None
+            except (TransientApiError, PermanentApiError, ApiStatusError) as e:
+                logger.warning("pod list/watch in %s failed, retrying in %.0f s: %s", where, delay, e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_SECONDS[1])
+
+    async def _relist(self, namespace: str | None) -> str:
+        res = RESOURCES["Pod"]
+        answer = await self.api.request(
+            "list", "GET", res.plural, res.path(namespace), query={"labelSelector": POD_SELECTOR}
+        )
+        answer = answer if isinstance(answer, dict) else {}
+        items = answer.get("items") or []
+        seen: set[Key] = set()
+        for pod in items:
+            seen.add(self._upsert(pod))
+        # pods this scope held that the list no longer shows were deleted while the watch was down
+        stale = [pod for pod in self._job_of if (namespace is None or pod[0] == namespace) and pod not in seen]
+        for pod in stale:
+            self._remove(pod)
+        return str((answer.get("metadata") or {}).get("resourceVersion") or "")
+
+    async def _watch(self, namespace: str | None, version: str) -> str:
+        res = RESOURCES["Pod"]
+        query = {"labelSelector": POD_SELECTOR, "allowWatchBookmarks": "true"}
+        if version:
+            query["resourceVersion"] = version
+        async for event in self.api.watch(res.plural, res.path(namespace), query, self.watch_timeout_seconds):
+            kind, obj = event.get("type"), event.get("object") or {}
+            if kind == "ERROR":
+                if obj.get("code") == 410:
+                    raise _Gone()
+                raise TransientApiError(f"watch error: {obj.get('message') or obj}", delay=2.0)
+            meta = obj.get("metadata") or {}
+            version = str(meta.get("resourceVersion") or version)
+            if kind in ("ADDED", "MODIFIED"):
+                self._upsert(obj)
+            elif kind == "DELETED":
+                self._remove((meta.get("namespace") or "", meta.get("name") or ""))
+        return version
+
+    # ----- the index ---------------------------------------------------------------------------------
+
+    def _upsert(self, pod: dict[str, Any]) -> Key:
+        meta = pod.get("metadata") or {}
+        ref = (meta.get("namespace") or "", meta.get("name") or "")
+        job = (ref[0], (meta.get("labels") or {}).get(contract.LABEL_JOB_NAME, ""))
+        self._by_job.setdefault(job, {})[ref[1]] = pod_view(pod)
+        self._job_of[ref] = job
+        self.wake(job)
+        return ref
+
+    def _remove(self, ref: Key) -> None:
+        job = self._job_of.pop(ref, None)
+        if job is None:
+            return
+        pods = self._by_job.get(job)
+        if pods is not None:
+            pods.pop(ref[1], None)
+            if not pods:
+                del self._by_job[job]
+        self.wake(job)
