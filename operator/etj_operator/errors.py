@@ -6,6 +6,7 @@
      └── TransientApiError      the API answered 5xx/429 or could not be reached: retry later
     kopf.PermanentError
      └── PermanentApiError      the API refused the request (4xx other than 404/409): retrying cannot help
+    JobGone                     the job is gone (404 on its status): its loop ends, nothing more is created
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ import kopf
 
 class TransientApiError(kopf.TemporaryError):
     """The API server failed or was unreachable; the same call may succeed later."""
+
+
+class JobGone(Exception):
+    """The job was deleted while its loop was deciding (its status write found no job): end the loop."""
 
 
 class PermanentApiError(kopf.PermanentError):

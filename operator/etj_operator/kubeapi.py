@@ -353,19 +353,25 @@ class KubeApi:
             raise PermanentApiError(str(e), status=e.status) from e
         return True
 
-    async def patch_job_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any] | None:
-        """Merge-patch the job's status subresource; None when the job is gone."""
+    async def patch_job_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
+        """Merge-patch the job's status subresource; False when the job is gone (404)."""
         res = RESOURCES[contract.KIND]
         path = res.path(namespace, name, "status")
         try:
-            result = await self._run(
-                "patch", "PATCH", f"{res.plural}/status", path, body={"status": dict(status)}, content_type=MERGE_PATCH
+            await self._run(
+                "patch",
+                "PATCH",
+                f"{res.plural}/status",
+                path,
+                body={"status": dict(status)},
+                content_type=MERGE_PATCH,
+                decode=False,  # the echo is not needed: the watch brings the job's new body
             )
         except ApiStatusError as e:
             if e.status == 404:
-                return None
+                return False
             raise PermanentApiError(str(e), status=e.status) from e
-        return result if isinstance(result, dict) else None
+        return True
 
     async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         """Read one object; None when it does not exist."""

@@ -21,6 +21,7 @@ from etj_operator import builders, contract
 from etj_operator import conditions as cond
 from etj_operator.config import OperatorConfig
 from etj_operator.energy import EnergyState, integrate
+from etj_operator.errors import JobGone
 from etj_operator.kubeapi import KubeApi
 from etj_operator.lifecycle import Event, Observation, Plan, PodView, reconcile, to_rfc3339
 from etj_operator.metrics import (
@@ -436,6 +437,6 @@ class JobReconciler:
         for key in OWNED_KEYS:
             if after.get(key) != before.get(key):
                 patch[key] = after.get(key)  # None removes the key (merge patch)
-        if patch:
-            await self.api.patch_job_status(namespace, name, patch)
+        if patch and not await self.api.patch_job_status(namespace, name, patch):
+            raise JobGone(f"{namespace}/{name}")
         state.owned = {k: after[k] for k in OWNED_KEYS if after.get(k) is not None}

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 import kopf
 
+from etj_operator.errors import JobGone
 from etj_operator.lifecycle import PodView
 from etj_operator.metrics import RECONCILE_ERRORS
 from etj_operator.reconciler import JobReconciler, JobState
@@ -216,6 +217,9 @@ class JobSupervisor:
                         return
                     if plan.requeue_after_seconds is not None:
                         delay = max(MIN_REQUEUE_SECONDS, min(delay, plan.requeue_after_seconds))
+                except JobGone:  # deleted under our feet (a missed DELETED event): create nothing more
+                    self._bodies.pop(key, None)
+                    return
                 except (kopf.TemporaryError, kopf.PermanentError) as e:
                     RECONCILE_ERRORS.inc()
                     logger.warning("reconcile of %s/%s failed, retrying: %s", namespace, name, e)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from etj_operator import metrics
-from etj_operator.errors import TransientApiError
+from etj_operator.errors import JobGone, TransientApiError
 from etj_operator.lifecycle import Plan
 from etj_operator.supervisor import JobSupervisor, Wakers
 
@@ -220,3 +220,15 @@ async def test_at_most_the_configured_number_of_passes_run_at_once():
     await until(lambda: len(reconciler.passes) == 5)
     assert peak == 2
     await supervisor.close()
+
+
+@pytest.mark.asyncio
+async def test_a_job_found_gone_by_its_status_write_ends_its_loop():
+    def outcome(n: int) -> Plan:
+        raise JobGone("ns/job")
+
+    reconciler = FakeReconciler(outcome)
+    supervisor = make(reconciler)
+    supervisor.observe(job())
+    await until(lambda: KEY not in supervisor.running)
+    assert len(reconciler.passes) == 1 and not supervisor.knows(KEY)
