@@ -713,6 +713,7 @@ class RequestRecord:
     content_type: str = ""  # e.g. application/json-patch+json for kopf's finalizer patches
     fault: bool = False  # answered by an injected fault
     started_at: float = 0.0  # time.monotonic()
+    answered_at: float = 0.0  # time.monotonic() once the answer is ready (for a watch: when its stream ended)
 
 
 @dataclasses.dataclass
@@ -1627,6 +1628,7 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
             error = ApiError(500, "InternalError", f"emulator failure: {e!r}")
             response = aiohttp.web.json_response(error.to_status(), status=500)
         record.status = response.status
+        record.answered_at = time.monotonic()
         return response
 
     async def _handle_other(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
@@ -1731,6 +1733,7 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
             record.verb = "create"
             obj = self.create_object(rt, path.namespace, _load_body(raw, body_bytes), dry_run=dry_run,
                                      strict_fields=strict_fields)
+            record.name = (obj.get("metadata") or {}).get("name")  # the created object's (generateName too)
             return self._object_response(raw, rt, obj, status=201)
         if method == "PUT" and path.name is not None:
             record.verb = "update"
