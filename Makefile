@@ -38,6 +38,7 @@ bench: install
 	$(PY) bench/harness_overhead.py
 	$(PY) bench/compression.py
 	$(PY) bench/telemetry_scale.py
+	$(PY) bench/api_client.py
 	$(PY) bench/operator_scale.py
 
 clean:

@@ -162,9 +162,9 @@ class KubeApi:
 
     Requests run on the event loop through one aiohttp session with up to ``max_connections`` kept-alive
     connections (more requests wait for a free one). An earlier version sent them through the
-    ``kubernetes`` package's ApiClient on a thread pool: about 0.68 ms of CPU per request against
-    0.12 ms here, which made the API client most of the operator's CPU in a burst of jobs (see
-    docs/benchmarks.md, "Operator scale").
+    ``kubernetes`` package's ApiClient on a thread pool: 0.53 ms of CPU per request against 0.19 ms
+    here (bench/api_client.py), and per request its kubeconfig hook re-applied the whole configuration;
+    together most of the operator's CPU in a burst of jobs (docs/benchmarks.md, "Operator scale").
     """
 
     def __init__(self, connection: ClusterConnection, max_connections: int = 16, timeout_seconds: float = 30.0) -> None:
