@@ -472,6 +472,7 @@ def run_chaos(
     restart_every,
     deadline_seconds,
     scripts=None,
+    restart_after_starts=None,
 ) -> Report:
     rng = random.Random(seed)
     scripts = scripts or make_lifecycles(seed, count)
@@ -485,6 +486,9 @@ def run_chaos(
             waiting = list(scripts)
             started: list = []
             next_restart = time.monotonic() + rng.uniform(*restart_every)
+            # also by progress, so the number of kills does not depend on how fast the jobs run: a kill
+            # after every few job starts (seeded), wherever the running jobs are in their lifecycles then
+            starts_left = rng.randint(*restart_after_starts) if restart_after_starts else None
             deadline = time.monotonic() + deadline_seconds
             while True:
                 active = [s for s in started if not terminal(server, [s])]
@@ -494,6 +498,11 @@ def run_chaos(
                     server.create(c.PLURAL, script.manifest(energy=exporter is not None), namespace=NS)
                     started.append(script)
                     active.append(script)
+                    if starts_left is not None:
+                        starts_left -= 1
+                        if starts_left <= 0 and restart_after_starts:
+                            operator.restart(rng, down_seconds=rng.uniform(0.0, 1.0))
+                            starts_left = rng.randint(*restart_after_starts)
                 if not waiting and not active:
                     break
                 assert not kubelet.errors, kubelet.errors

@@ -64,6 +64,7 @@ def test_long_chaos_run(chaos_server, exporter, chaos_env, tmp_path, seed):
         count=60,
         concurrency=15,
         restart_every=(1.0, 6.0),
+        restart_after_starts=(2, 4),  # 60 jobs: at least 15 kills however fast the jobs run
         deadline_seconds=600,
     )
     assert_clean(report, minimum_restarts=15)
