@@ -2,23 +2,27 @@
 
 Each job gets an asyncio task that loops observe -> decide -> act (:meth:`JobReconciler.reconcile`) every
 ``reconcile_interval_seconds`` or as soon as it is woken (a watch event of the job or of one of its pods, or
-new telemetry). The loop reads the job and its pods from Kopf's indices, which Kopf keeps current from its
-watch streams, so a pass costs no API read.
+new telemetry). The loop reads the job's latest body, which the supervisor keeps from Kopf's job watch
+(:meth:`JobSupervisor.observe`), and its pods from the pod informer (:mod:`etj_operator.podwatch`): a pass
+costs no API read.
 
 Why not a Kopf daemon per job (the first design): a daemon makes Kopf put a finalizer on every job (two
 extra PATCH requests per job lifecycle and one more watch event each) and run its spawning machinery on
 every event of every job; in bench/operator_scale.py that was most of the operator's CPU in a burst of
 jobs. The loops here need neither: deleting a job needs no cleanup the API server does not do itself
-(pods and children carry ownerReferences; the harness lifts its own power cap when its pod stops).
+(pods and children carry ownerReferences; the harness restores the GPUs' default power limit when its pod
+is stopped, docs/harness.md).
 
 Life of a loop:
 
-* started by :meth:`JobSupervisor.ensure` from a Kopf event handler. Kopf calls event handlers only once
-  every index is populated from its initial listings, so a restarted operator's first pass already sees
-  every existing pod (no duplicate pods after a restart).
-* stopped when the job is deleted or gets a ``deletionTimestamp`` (a foreground deletion waits for the
-  pods to go: the loop must not recreate them), when the job's TTL deletes it, or when the operator stops
+* started by :meth:`JobSupervisor.observe` on the first event of a job. Its first pass waits for
+  ``ready`` (the pod informer has listed every watched namespace), so a restarted operator's first pass
+  already sees every existing pod (no duplicate pods after a restart).
+* stopped when the job gets a ``deletionTimestamp`` (a foreground deletion waits for the pods to go: the
+  loop must not recreate them), is deleted (:meth:`JobSupervisor.gone`), is found gone by its own status
+  write (:class:`~etj_operator.errors.JobGone`), has been deleted by its TTL, or when the operator stops
   (:meth:`JobSupervisor.close`: loops finish the pass they are in, within a grace period, then are cancelled).
+* at most ``max_concurrent_passes`` passes run at once over all jobs.
 * an unexpected error in a pass is logged and counted, and the loop tries again after a short delay; it
   never ends the loop (nor the operator).
 """
