@@ -71,8 +71,17 @@ class Wakers:
         return self._events.setdefault(key, asyncio.Event())
 
     def wake(self, key: Key) -> None:
-        """Wake the job's loop if it exists (or make it run at once when it starts)."""
-        self.get(key).set()
+        """Wake the job's loop if it has one (a new loop makes its first pass at once anyway).
+
+        Creates nothing for a job without a loop: pod events of deleted jobs, and events of jobs whose
+        loop has ended, would otherwise leave one event behind per job for the life of the operator.
+        """
+        event = self._events.get(key)
+        if event is not None:
+            event.set()
+
+    def __len__(self) -> int:
+        return len(self._events)
 
     def forget(self, key: Key) -> None:
         """Drop the job's event (its loop stopped)."""

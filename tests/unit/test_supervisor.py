@@ -232,3 +232,15 @@ async def test_a_job_found_gone_by_its_status_write_ends_its_loop():
     supervisor.observe(job())
     await until(lambda: KEY not in supervisor.running)
     assert len(reconciler.passes) == 1 and not supervisor.knows(KEY)
+
+
+@pytest.mark.asyncio
+async def test_wake_ups_of_jobs_without_a_loop_leave_nothing_behind():
+    reconciler = FakeReconciler(lambda n: Plan(status={}, delete_job=True))
+    supervisor = make(reconciler)
+    supervisor.observe(job())
+    await until(lambda: KEY not in supervisor.running)  # TTL: the loop ended, the job still exists
+    for i in range(100):  # pod events of deleted jobs, job events after the loop ended
+        supervisor.wakers.wake(("ns", f"gone-{i}"))
+    supervisor.observe(job())
+    assert len(supervisor.wakers) == 0
