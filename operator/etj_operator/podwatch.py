@@ -35,6 +35,8 @@ Key = tuple[str, str]
 POD_SELECTOR: Final = f"{contract.LABEL_JOB_NAME},{contract.LABEL_MANAGED_BY}={contract.MANAGED_BY}"
 #: Backoff between failed list/watch attempts: doubles from the first to the last value.
 RETRY_SECONDS: Final = (1.0, 30.0)
+#: A watch that ends sooner than this without a single event is treated as a failure (backoff).
+QUICK_END_SECONDS: Final = 1.0
 
 
 class _Gone(Exception):
@@ -95,18 +97,30 @@ class PodInformer:
         version: str | None = None
         delay = RETRY_SECONDS[0]
         where = namespace or "all namespaces"
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 if version is None:
                     version = await self._relist(namespace)
                     listed.set()
-                version = await self._watch(namespace, version)
-                delay = RETRY_SECONDS[0]
+                started = loop.time()
+                version, events = await self._watch(namespace, version)
+                if events == 0 and loop.time() - started < QUICK_END_SECONDS:
+                    # a watch that ends at once with nothing in it (a proxy cutting streams?): no hot loop
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RETRY_SECONDS[1])
+                else:
+                    delay = RETRY_SECONDS[0]
             except _Gone:
                 logger.info("pod watch in %s: resourceVersion expired, listing again", where)
                 version = None
             except (TransientApiError, PermanentApiError, ApiStatusError) as e:
                 logger.warning("pod list/watch in %s failed, retrying in %.0f s: %s", where, delay, e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_SECONDS[1])
+            except Exception:  # a bug or an odd answer must not end the informer: the loops depend on it
+                logger.exception("pod list/watch in %s failed unexpectedly, listing again in %.0f s", where, delay)
+                version = None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_SECONDS[1])
 
@@ -126,12 +140,15 @@ class PodInformer:
             self._remove(pod)
         return str((answer.get("metadata") or {}).get("resourceVersion") or "")
 
-    async def _watch(self, namespace: str | None, version: str) -> str:
+    async def _watch(self, namespace: str | None, version: str) -> tuple[str, int]:
+        """Follow one watch stream; returns the last version seen and how many events came."""
         res = RESOURCES["Pod"]
         query = {"labelSelector": POD_SELECTOR, "allowWatchBookmarks": "true"}
         if version:
             query["resourceVersion"] = version
+        count = 0
         async for event in self.api.watch(res.plural, res.path(namespace), query, self.watch_timeout_seconds):
+            count += 1
             kind, obj = event.get("type"), event.get("object") or {}
             if kind == "ERROR":
                 if obj.get("code") == 410:
@@ -143,7 +160,7 @@ class PodInformer:
                 self._upsert(obj)
             elif kind == "DELETED":
                 self._remove((meta.get("namespace") or "", meta.get("name") or ""))
-        return version
+        return version, count
 
     # ----- the index ---------------------------------------------------------------------------------
 

@@ -144,3 +144,30 @@ async def test_a_failed_list_is_retried_and_namespaces_are_listed_each(monkeypat
         await runner.cleanup()
     lists = [path for path, q in script.seen if q.get("watch") is None]
     assert sorted(lists) == sorted(["/api/v1/namespaces/ns/pods"] * 2 + ["/api/v1/namespaces/other/pods"])
+
+
+@pytest.mark.asyncio
+async def test_an_odd_answer_does_not_end_the_informer_and_empty_watches_back_off(monkeypatch):
+    monkeypatch.setattr("etj_operator.podwatch.RETRY_SECONDS", (0.05, 0.2))
+    script = ScriptedApi(
+        lists={
+            "/api/v1/pods": [
+                {"metadata": {"resourceVersion": "1"}, "items": ["not a pod"]},  # a bug's worth of surprise
+                {"metadata": {"resourceVersion": "2"}, "items": [pod("a-0", "a")]},
+            ]
+        },
+        watches=[[], [], []],  # streams that end at once, empty
+    )
+    runner, api = await start(script)
+    informer = PodInformer(api, [], lambda key: None)
+    task = asyncio.create_task(informer.run())
+    try:
+        await until(lambda: names(informer, "a") == {"a-0": "Pending"})
+        await asyncio.sleep(0.3)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await api.aclose()
+        await runner.cleanup()
+    watches = [q for _, q in script.seen if q.get("watch") == "true"]
+    assert 3 <= len(watches) <= 6  # backed off (0.05, 0.1, 0.2 s), not hundreds of immediate re-watches
