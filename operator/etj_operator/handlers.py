@@ -46,7 +46,6 @@ LEGACY_FINALIZER = f"{contract.GROUP}/operator"
 LOOP_STOP_GRACE_SECONDS = 10.0
 
 
-
 class NoDiffBase(kopf.DiffBaseStorage):
     """Kopf keeps no "last handled" copy of objects: no handler of this operator reacts to diffs.
 

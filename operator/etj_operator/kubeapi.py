@@ -233,23 +233,13 @@ class KubeApi:
     ) -> Any:
         if self._closed:
             raise TransientApiError(f"{method} {path}: the operator is stopping", delay=1.0)
-        headers = {"Content-Type": content_type}
-        token = self.connection.authorization(refresh=refresh)
-        if token:
-            headers["Authorization"] = token
-        extra: dict[str, Any] = {}
-        if self.connection.proxy:
-            extra["proxy"] = self.connection.proxy
-        if self.connection.server_hostname:
-            extra["server_hostname"] = self.connection.server_hostname
         try:
             async with self._open_session().request(
                 method,
                 self.connection.host + path,
                 params=dict(query) if query else None,
                 data=json.dumps(body) if body is not None else None,
-                headers=headers,
-                **extra,
+                **self._options({"Content-Type": content_type}, refresh=refresh),
             ) as response:
                 data = await response.read()
                 code = response.status
@@ -279,17 +269,15 @@ class KubeApi:
         """
         if self._closed:
             raise TransientApiError(f"watch {path}: the operator is stopping", delay=1.0)
-        headers = {}
-        token = self.connection.authorization()
-        if token:
-            headers["Authorization"] = token
         params = {**query, "watch": "true", "timeoutSeconds": str(int(timeout_seconds))}
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=timeout_seconds + 30)
         try:
             async with self._open_session().get(
-                self.connection.host + path, params=params, headers=headers, timeout=timeout
+                self.connection.host + path, params=params, timeout=timeout, **self._options({}, refresh=False)
             ) as response:
                 self._count("watch", resource, str(response.status))
+                if response.status == 401:  # the caller retries; it then sends fresh credentials
+                    self.connection.authorization(refresh=True)
                 if response.status >= 300:
                     text = await response.text()
                     try:
@@ -307,6 +295,16 @@ class KubeApi:
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as e:
             self._count("watch", resource, "error")
             raise TransientApiError(f"watch {path}: {type(e).__name__}: {e}", delay=2.0) from e
+
+    def _options(self, headers: dict[str, str], *, refresh: bool) -> dict[str, Any]:
+        """Per-request options every call shares: the Authorization header, the proxy, the TLS name."""
+        token = self.connection.authorization(refresh=refresh)
+        options: dict[str, Any] = {"headers": {**headers, "Authorization": token} if token else headers}
+        if self.connection.proxy:
+            options["proxy"] = self.connection.proxy
+        if self.connection.server_hostname:
+            options["server_hostname"] = self.connection.server_hostname
+        return options
 
     def _count(self, verb: str, resource: str, code: str) -> None:
         self.calls[(verb, resource)] += 1

@@ -402,7 +402,7 @@ def fetch_job(name: str, namespace: str, kubeconfig: str | None = None) -> dict[
         raise ReportError(f"cannot load Kubernetes credentials: {e}") from e
     path = RESOURCES[contract.KIND].path(namespace, name)
 
-    async def get() -> Any:
+    async def get() -> dict[str, Any] | None:
         api = KubeApi(connection, max_connections=1)
         try:
             return await api.get(contract.KIND, namespace, name)
@@ -415,8 +415,6 @@ def fetch_job(name: str, namespace: str, kubeconfig: str | None = None) -> dict[
         raise ReportError(f"GET {path}: {e}") from e
     if job is None:
         raise ReportError(f"{contract.KIND} {namespace}/{name} not found")
-    if not isinstance(job, dict):
-        raise ReportError(f"GET {path}: unexpected answer")
     return job
 
 

@@ -12,7 +12,7 @@ from aiohttp import web
 from kubernetes import client
 
 from etj_operator.errors import PermanentApiError, TransientApiError
-from etj_operator.kubeapi import USER_AGENT, ClusterConnection, KubeApi, connection_from
+from etj_operator.kubeapi import USER_AGENT, ApiStatusError, ClusterConnection, KubeApi, connection_from
 
 POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "ns"}}
 
@@ -168,3 +168,27 @@ async def test_a_401_reads_the_credentials_again_and_retries_once():
         "Bearer new",
         "Bearer newer",
     ]
+
+
+@pytest.mark.asyncio
+async def test_a_watch_answered_401_reads_the_credentials_again_for_the_next_attempt():
+    script = Scripted([(401, {"message": "token expired"})])
+    runner, url = await serve(script)
+    refreshes: list[bool] = []
+
+    def authorization(refresh: bool = False) -> str:
+        refreshes.append(refresh)
+        return "Bearer t"
+
+    api = KubeApi(ClusterConnection(host=url, authorization=authorization))
+    try:
+        with pytest.raises(ApiStatusError) as info:
+            async for _ in api.watch("pods", "/api/v1/pods", {}, timeout_seconds=5):
+                pass
+        assert info.value.status == 401
+    finally:
+        await api.aclose()
+        await runner.cleanup()
+    assert refreshes == [False, True]
+    assert script.seen[0]["headers"]["Authorization"] == "Bearer t"
+    assert "watch=true" in script.seen[0]["path"]
