@@ -107,3 +107,30 @@ def test_apply_get_describe_logs_delete(sandbox, tmp_path):
                         lambda _, u=uid, n=i: not tagged_processes(state, f"default/light-worker-{n}/{u}"),
                         timeout_seconds=30)
     assert "No resources found" in kubectl(sandbox, "get", "etj").stderr
+
+
+def test_everyday_commands_create_namespace_configmap_events_and_logs_follow(sandbox):
+    server = sandbox.server
+    # typed commands: kubectl sends these bodies as protobuf
+    assert "created" in kubectl(sandbox, "create", "namespace", "team-a").stdout
+    assert "created" in kubectl(sandbox, "create", "configmap", "settings", "--from-literal=lr=0.1",
+                                "-n", "team-a").stdout
+    assert server.get("configmaps", "team-a", "settings")["data"] == {"lr": "0.1"}
+
+    job = light_job("short")
+    job["spec"]["replicas"] = 1
+    job["spec"]["template"]["spec"]["containers"][0]["command"] = [
+        sys.executable, "-c", "import time; print('first', flush=True); time.sleep(2); print('last', flush=True)"]
+    kubectl(sandbox, "apply", "-f", "-", stdin=yaml.safe_dump(job))
+    server.wait_for("pods", "default", "short-worker-0",
+                    lambda p: p is not None and (p.get("status") or {}).get("phase") in ("Running", "Succeeded"),
+                    timeout_seconds=60)
+    followed = kubectl(sandbox, "logs", "-f", "short-worker-0").stdout  # returns when the worker ends
+    assert "first" in followed and "last" in followed
+    assert server.get("pods", "default", "short-worker-0")["status"]["phase"] == "Succeeded"
+
+    events = kubectl(sandbox, "get", "events", "--field-selector", "involvedObject.name=short").stdout
+    header = events.splitlines()[0].split()
+    assert header[:5] == ["LAST", "SEEN", "TYPE", "REASON", "OBJECT"], events
+    assert "efficienttrainingjob/short" in events
+    kubectl(sandbox, "delete", "etj", "short")

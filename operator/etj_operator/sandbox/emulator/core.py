@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import datetime
 import functools
 import logging
 import random
@@ -20,7 +21,16 @@ import kmock
 
 from .errors import ApiError, UnknownResourceError, _already_exists, _bad_request, _conflict, _invalid, _not_found
 from .frontend import HttpFrontend
-from .objects import _DNS_LABEL, _DNS_SUBDOMAIN, _RFC1035_LABEL, _generate_name, _meta, _now, _without
+from .objects import (
+    _DNS_LABEL,
+    _DNS_SUBDOMAIN,
+    _RFC1035_LABEL,
+    _generate_name,
+    _meta,
+    _now,
+    _parse_time,
+    _without,
+)
 from .patches import JsonPatchError, apply_json_patch, apply_merge_patch, apply_strategic_merge_patch
 from .requestlog import FaultInjector, RequestRecord
 from .resources import BUILTIN_RESOURCES, ResourceType, resource_types_from_crd
@@ -188,6 +198,11 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
             if field not in rt.field_labels:
                 raise _bad_request(f'field label not supported: {field}')
         return fields
+
+    @property
+    def closing(self) -> bool:
+        """Whether the server is shutting down (streams end)."""
+        return self._closing
 
     @property
     def resource_version(self) -> int:
@@ -481,7 +496,9 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         if rt.plural == "customresourcedefinitions" and rt.group == "apiextensions.k8s.io":
             for served in resource_types_from_crd(committed):
                 self._register(served)
-        if new_meta.get("deletionTimestamp") and not new_meta.get("finalizers"):
+        if new_meta.get("deletionTimestamp") and not new_meta.get("finalizers") and \
+                not new_meta.get("deletionGracePeriodSeconds"):
+            # the last finalizer went (ShouldDeleteDuringUpdate); a graceful deletion waits for its kubelet
             return self._remove(rt, committed)
         return self._present(rt, committed)
 
@@ -516,13 +533,21 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
 
     def delete_object(self, rt: ResourceType, namespace: str | None, name: str, *,
                       propagation: str | None = None, preconditions: Mapping[str, Any] | None = None,
-                      dry_run: bool = False) -> Json:
-        """``DELETE``: remove now, or mark with ``deletionTimestamp`` while finalizers (or dependents) remain."""
+                      dry_run: bool = False, grace_period_seconds: int | None = None) -> Json:
+        """``DELETE``: remove now, or mark with ``deletionTimestamp`` while finalizers (or dependents) remain.
+
+        A pod bound to a node (``spec.nodeName``) and not finished is deleted gracefully, as on a real server:
+        it gets ``deletionTimestamp`` = now + grace and ``deletionGracePeriodSeconds`` (``grace_period_seconds``,
+        else its ``terminationGracePeriodSeconds``) and stays, Terminating, until its kubelet deletes it again
+        with a grace period of 0. A later DELETE may shorten the grace period, never lengthen it.
+        """
         obj = self.read_object(rt, namespace, name)
         meta = _meta(obj)
         for field in ("uid", "resourceVersion"):
             if preconditions and preconditions.get(field) and preconditions[field] != meta.get(field):
                 raise _conflict(rt, name)
+        if grace_period_seconds is not None and grace_period_seconds < 0:
+            grace_period_seconds = 1  # a real server reads a negative grace period as 1 s
         if dry_run:
             return obj
         propagation = propagation or "Background"
@@ -535,11 +560,15 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
             finalizers.append("foregroundDeletion")
         namespace_with_content = rt.plural == "namespaces" and rt.group == "" and self._namespace_content(name)
         if meta.get("deletionTimestamp"):
-            return obj  # already terminating; the finalizers' owners finish it
-        if not finalizers and not namespace_with_content:
+            # already terminating: the finalizers' owners (or the pod's kubelet) finish it
+            return self._delete_again(rt, obj, grace_period_seconds)
+        grace = _graceful_delete_period(rt, obj, grace_period_seconds)
+        if not grace and not finalizers and not namespace_with_content:
             return self._present(rt, self._remove(rt, obj))
         new = copy.deepcopy(obj)
-        new["metadata"].update(deletionTimestamp=_now(), deletionGracePeriodSeconds=0)
+        new["metadata"].update(deletionTimestamp=_timestamp_in(grace), deletionGracePeriodSeconds=grace)
+        if grace and isinstance(meta.get("generation"), int):
+            new["metadata"]["generation"] = meta["generation"] + 1  # as BeforeDelete does on a graceful delete
         if finalizers:
             new["metadata"]["finalizers"] = finalizers
         if rt.plural == "namespaces" and rt.group == "":
@@ -552,14 +581,33 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
             self._defer(lambda: self._empty_namespace(name))
         return self._present(rt, committed)
 
+    def _delete_again(self, rt: ResourceType, obj: Json, grace_period_seconds: int | None) -> Json:
+        """A DELETE of an object that already has a ``deletionTimestamp`` (rest.BeforeDelete's rules)."""
+        meta = _meta(obj)
+        current = meta.get("deletionGracePeriodSeconds") or 0
+        if not current or grace_period_seconds is None or grace_period_seconds >= current:
+            return obj  # waiting for finalizers, or a graceful deletion already pending: nothing changes
+        # only a shorter grace period is taken: the deadline moves earlier by the difference
+        started = _parse_time(str(meta["deletionTimestamp"]))
+        deadline = (started or datetime.datetime.now(datetime.UTC)) - datetime.timedelta(seconds=current)
+        new = copy.deepcopy(obj)
+        new["metadata"].update(
+            deletionTimestamp=_format_time(deadline + datetime.timedelta(seconds=grace_period_seconds)),
+            deletionGracePeriodSeconds=grace_period_seconds)
+        if not grace_period_seconds and not meta.get("finalizers"):
+            return self._present(rt, self._remove(rt, obj))
+        return self._present(rt, self._commit(rt, new))
+
     def delete_collection(self, rt: ResourceType, namespace: str | None, *, label_selector: str = "",
-                          field_selector: str = "", propagation: str | None = None) -> list[Json]:
+                          field_selector: str = "", propagation: str | None = None,
+                          grace_period_seconds: int | None = None) -> list[Json]:
         """``DELETE`` on a collection: delete every selected object."""
         doomed = self.list_objects(rt, namespace, label_selector=label_selector, field_selector=field_selector)
         for obj in doomed:
             meta = _meta(obj)
             try:
-                self.delete_object(rt, meta.get("namespace"), meta["name"], propagation=propagation)
+                self.delete_object(rt, meta.get("namespace"), meta["name"], propagation=propagation,
+                                   grace_period_seconds=grace_period_seconds)
             except ApiError as e:
                 if e.code != 404:
                     raise
@@ -753,6 +801,31 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         """Let kmock's DSL answer a non-Kubernetes path (test-defined reactions, else kmock's 404)."""
         response: aiohttp.web.StreamResponse = await super().__call__(raw)
         return response
+
+
+def _graceful_delete_period(rt: ResourceType, obj: Json, requested: int | None) -> int:
+    """The grace period of a first DELETE: 0 (at once) except for pods, as the pod strategy decides.
+
+    kube-apiserver's ``CheckGracefulDelete`` for pods: the DeleteOptions' period, else the pod's
+    ``terminationGracePeriodSeconds``; 0 for a pod no node runs (no ``spec.nodeName``) or one already
+    Succeeded or Failed. Other kinds here have no graceful deletion.
+    """
+    if rt.group != "" or rt.plural != "pods":
+        return 0
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    period = requested if requested is not None else spec.get("terminationGracePeriodSeconds")
+    if not isinstance(period, int) or not spec.get("nodeName") or status.get("phase") in ("Succeeded", "Failed"):
+        return 0
+    return 1 if period < 0 else period
+
+
+def _format_time(moment: datetime.datetime) -> str:
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _timestamp_in(seconds: int) -> str:
+    """Now plus ``seconds``, as a metadata timestamp (a deletionTimestamp is the deadline, not the request)."""
+    return _format_time(datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=seconds))
 
 
 def _qos_class(pod_spec: Mapping[str, Any]) -> str:

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp.web
 
+from . import protobuf, tables
 from .errors import ApiError, _bad_request, _endpoint_not_found
-from .objects import _age, _meta
 from .requestlog import RequestRecord
-from .resources import _DEFAULT_TABLE, _POD_TABLE, ResourceType
+from .resources import ResourceType
 
 if TYPE_CHECKING:
     from .core import KubeApiEmulator
@@ -29,6 +29,8 @@ Json = dict[str, Any]
 logger = logging.getLogger(__name__)
 
 SUBRESOURCE_VERBS: Final = ("get", "patch", "update")
+#: How often a followed pod log (``kubectl logs -f``) is read again for new lines.
+LOG_FOLLOW_POLL_SECONDS: Final = 0.25
 EMULATED_VERSION: Final = {"major": "1", "minor": "32", "gitVersion": "v1.32.0-etj-emulator"}
 
 @dataclasses.dataclass(frozen=True)
@@ -201,7 +203,7 @@ class HttpFrontend:
             return await self._handle_watch(raw, rt, path)
         if method == "GET" and path.subresource == "log" and rt.plural == "pods" and rt.group == "":
             record.verb = "get"
-            return self._pod_log(path.namespace or "", path.name or "", query.get("container"))
+            return await self._pod_log(raw, path.namespace or "", path.name or "", query.get("container"))
         if method == "GET" and path.name is None:
             record.verb = "list"
             return self._handle_list(raw, rt, path.namespace)
@@ -247,11 +249,45 @@ class HttpFrontend:
         raise ApiError(405, "MethodNotAllowed", f"the server does not allow this method on the requested"
                        f" resource ({method} {raw.path})")
 
-    def _pod_log(self, namespace: str, name: str, container: str | None) -> aiohttp.web.StreamResponse:
-        self.emulator.read_object(self.emulator.resource_type("pods"), namespace, name)  # 404 for a missing pod
-        if self.emulator.pod_log_reader is None:
+    async def _pod_log(self, raw: aiohttp.web.BaseRequest, namespace: str, name: str,
+                       container: str | None) -> aiohttp.web.StreamResponse:
+        """``GET pods/NAME/log``: the log, its last ``tailLines``; with ``follow=true`` a stream until the pod ends."""
+        pods = self.emulator.resource_type("pods")
+        self.emulator.read_object(pods, namespace, name)  # 404 for a missing pod
+        reader = self.emulator.pod_log_reader
+        if reader is None:
             raise ApiError(400, "BadRequest", f'pod "{name}" has no logs: no kubelet runs its containers')
-        return aiohttp.web.Response(text=self.emulator.pod_log_reader(namespace, name, container))
+        full = reader(namespace, name, container)
+        text = full
+        tail = _int_param(raw.query, "tailLines") if raw.query.get("tailLines") else None
+        if tail is not None:
+            lines = text.splitlines(keepends=True)
+            text = "".join(lines[-tail:]) if tail > 0 else ""
+        if raw.query.get("follow") not in ("true", "1"):
+            return aiohttp.web.Response(text=text)
+        # Follow: what was there, then what is appended, until the pod is gone or finished (as the kubelet
+        # ends the stream when the container exits), or the server stops.
+        response = aiohttp.web.StreamResponse(status=200, headers={"Content-Type": "text/plain"})
+        sent = len(full)
+        try:
+            await response.prepare(raw)
+            await response.write(text.encode())
+            while not self.emulator.closing:
+                await asyncio.sleep(LOG_FOLLOW_POLL_SECONDS)
+                try:
+                    pod = self.emulator.read_object(pods, namespace, name)
+                except ApiError:
+                    pod = None
+                current = reader(namespace, name, container)
+                if len(current) > sent:
+                    await response.write(current[sent:].encode())
+                    sent = len(current)
+                if pod is None or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                    break
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client went away
+        return response
 
     def _list_body(self, rt: ResourceType, items: list[Json], continue_token: str = "",
                    remaining: int | None = None) -> Json:
@@ -310,7 +346,7 @@ class HttpFrontend:
                 if item["type"] == "ERROR":
                     return response
             next_bookmark = loop.time() + self.emulator.bookmark_interval_seconds
-            while not self.emulator._closing:
+            while not self.emulator.closing:
                 wake_at = next_bookmark if deadline is None else min(next_bookmark, deadline)
                 try:
                     event = await asyncio.wait_for(watcher.queue.get(), timeout=max(0.0, wake_at - loop.time()))
@@ -338,30 +374,7 @@ class HttpFrontend:
     # ----- tables and OpenAPI for kubectl --------------------------------------------------------------
 
     def _table(self, rt: ResourceType, objs: list[Json]) -> Json:
-        columns: tuple[Json, ...]
-        if rt.custom:
-            columns = rt.printer_columns or _DEFAULT_TABLE
-        elif rt.plural == "pods" and rt.group == "":
-            columns = _POD_TABLE
-        else:
-            columns = _DEFAULT_TABLE
-        definitions = [{"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0}]
-        definitions += [{"name": c["name"], "type": c.get("type", "string"), "format": c.get("format", ""),
-                         "description": c.get("description", ""), "priority": c.get("priority", 0)}
-                        for c in columns]
-        rows = []
-        for obj in objs:
-            cells: list[Any] = [_meta(obj).get("name")]
-            for column in columns:
-                value = _column_value(obj, column.get("jsonPath", ""))
-                if column.get("type") == "date" and isinstance(value, str):
-                    value = _age(value)
-                cells.append("<none>" if value is None else value)
-            rows.append({"cells": cells, "object": {"kind": "PartialObjectMetadata",
-                                                    "apiVersion": "meta.k8s.io/v1", "metadata": _meta(obj)}})
-        return {"kind": "Table", "apiVersion": "meta.k8s.io/v1",
-                "metadata": {"resourceVersion": str(self.emulator.resource_version)},
-                "columnDefinitions": definitions, "rows": rows}
+        return tables.build_table(rt, objs, self.emulator.resource_version)
 
     def _openapi_index(self) -> Json:
         paths: Json = {}
@@ -424,6 +437,8 @@ def _int_param(query: Mapping[str, str], name: str) -> int:
 def _load_body(raw: aiohttp.web.BaseRequest, body: bytes) -> Any:
     if not body.strip():
         return {}
+    if protobuf.is_protobuf(raw.content_type):
+        return protobuf.decode_object(body)  # kubectl's typed commands (create namespace, auth can-i...)
     try:
         if "yaml" in raw.content_type:
             return yaml.safe_load(body)
@@ -450,28 +465,4 @@ def _patch_type(content_type: str) -> str:
 
 def _wants_table(raw: aiohttp.web.BaseRequest) -> bool:
     return "as=Table" in raw.headers.get("Accept", "")
-
-
-def _column_value(obj: Json, json_path: str) -> Any:
-    """Evaluate the simple JSONPath of printer columns (``.a.b``, ``.a[0].b``, ``.a[?(@.k=="v")].b``)."""
-    if json_path == "__ready":
-        statuses = (obj.get("status") or {}).get("containerStatuses") or []
-        total = len((obj.get("spec") or {}).get("containers") or [])
-        return f"{sum(1 for s in statuses if s.get('ready'))}/{total}"
-    if json_path == "__restarts":
-        statuses = (obj.get("status") or {}).get("containerStatuses") or []
-        return sum(int(s.get("restartCount", 0)) for s in statuses)
-    current: Any = obj
-    for token in re.findall(r"\.([^.\[]+)|\[(\d+)\]|\[\?\(@\.([^=]+)==\"?([^\")]*)\"?\)\]", json_path):
-        key, index, filter_key, filter_value = token
-        if key:
-            current = current.get(key) if isinstance(current, dict) else None
-        elif index:
-            current = current[int(index)] if isinstance(current, list) and int(index) < len(current) else None
-        elif filter_key:
-            current = next((i for i in current or [] if isinstance(i, dict)
-                            and str(i.get(filter_key)) == filter_value), None)
-        if current is None:
-            return None
-    return current
 

@@ -89,16 +89,6 @@ BUILTIN_RESOURCES: Final[tuple[ResourceType, ...]] = (
     _builtin("coordination.k8s.io", "v1", "leases", "Lease"),
 )
 
-_POD_TABLE: Final[tuple[Json, ...]] = (
-    {"name": "Ready", "type": "string", "jsonPath": "__ready"},
-    {"name": "Status", "type": "string", "jsonPath": ".status.phase"},
-    {"name": "Restarts", "type": "integer", "jsonPath": "__restarts"},
-    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-    {"name": "IP", "type": "string", "jsonPath": ".status.podIP", "priority": 1},
-    {"name": "Node", "type": "string", "jsonPath": ".spec.nodeName", "priority": 1},
-)
-_DEFAULT_TABLE: Final[tuple[Json, ...]] = ({"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},)
-
 
 def resource_types_from_crd(crd: Mapping[str, Any]) -> list[ResourceType]:
     """Build the served resource types of a CRD: one per served version."""
