@@ -13,7 +13,8 @@ main thread, not from a short-lived worker thread).
 ServiceMonitor does in a cluster: the exporter's own pod/namespace labels then arrive in Prometheus as
 ``exported_pod``/``exported_namespace``.
 
-Tests skip cleanly when the binary is absent: use :func:`require_prometheus` (or the
+Tests skip cleanly when the binary is absent (``make test`` sets ETJ_REQUIRE_SYSTEM_TOOLS, which turns the
+skip into a failure, so no run of ``make test`` passes without them): use :func:`require_prometheus` (or the
 ``prometheus_binary`` argument). Usage::
 
     with DcgmExporter() as exporter, PrometheusServer([ScrapeJob("dcgm", [exporter.address])]) as prom:
@@ -68,7 +69,10 @@ def require_prometheus() -> str:
 
     binary = find_prometheus()
     if binary is None:
-        pytest.skip("the prometheus binary is not installed (apt-get install -y prometheus)")
+        reason = "the prometheus binary is not installed (apt-get install -y prometheus)"
+        if os.environ.get("ETJ_REQUIRE_SYSTEM_TOOLS"):
+            pytest.fail(f"{reason}; make test requires it (ETJ_ALLOW_SKIPS=1 skips instead)")
+        pytest.skip(reason)
     return binary
 
 
