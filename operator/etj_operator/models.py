@@ -25,6 +25,7 @@ GuardAction = Literal["Rollback", "Stop"]
 PruneMethod = Literal["l1Unstructured", "lnStructured"]
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_RFC1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 #: Pod names are "<job>-worker-<index>"; a pod name is at most 63 characters for its hostname.
 MAX_JOB_NAME_LENGTH = 63 - len("-worker-") - 4
 
@@ -305,8 +306,10 @@ def parse_spec(spec: Mapping[str, Any] | None, name: str | None = None) -> JobSp
             f"is {len(name)} characters; pod names <name>-worker-<i> must fit in 63",
             f"use a name of at most {MAX_JOB_NAME_LENGTH} characters",
         )
-    if name is not None and not _DNS_LABEL.match(name[:MAX_JOB_NAME_LENGTH] or "-"):
-        r.problem("metadata.name", f"{name!r} is not a DNS label", "use lowercase letters, digits and '-'")
+    if name is not None and not _RFC1035_LABEL.match(name[:MAX_JOB_NAME_LENGTH] or "-"):
+        # the job's headless Service is named after it, and a Service name is an RFC 1035 label
+        r.problem("metadata.name", f"{name!r} is not an RFC 1035 label (its Service is named after it)",
+                  "use lowercase letters, digits and '-', starting with a letter")
 
     p = "spec"
     replicas = r.integer(spec, "replicas", p, 1, 1, 1024) or 1

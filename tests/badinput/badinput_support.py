@@ -2,11 +2,11 @@
 
 Not a test module. Admission set-ups of the emulator:
 
-* ``full``: the sandbox's validation (CRD schema through jsonschema, plus the CRD's CEL rules as the
-  operator's own ``parse_spec``): what a current API server with the CRD does;
-* ``schema``: the CRD's structural schema only (types, enums, minimums, patterns, required): an API server
-  that does not evaluate CEL (``x-kubernetes-validations``), e.g. before Kubernetes 1.25;
-* ``none``: no validation beyond pruning and defaulting (the bare emulator): only the operator stands.
+* ``full``: the emulator's default admission (the CRD's OpenAPI schema, list types, then its CEL rules through
+  a real CEL engine): what a current API server with the CRD does;
+* ``schema``: the CRD's structural schema only (types, enums, minimums, patterns, required, list types): an
+  API server that does not evaluate CEL (``x-kubernetes-validations``), e.g. before Kubernetes 1.25;
+* ``none``: no validation beyond pruning and defaulting: only the operator stands.
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from typing import Any
 import yaml
 
 from etj_operator import contract as c
-from etj_operator.sandbox import validation
 from etj_operator.sandbox.emulator import EmulatorServer
+from etj_operator.sandbox.emulator.admission import ValidationMode, configure
+from etj_operator.sandbox.emulator.authn import ADMIN_TOKEN
 
 CORPUS = Path(__file__).parent / "corpus"
 
@@ -56,29 +57,9 @@ def corpus() -> list[Case]:
     return cases
 
 
-class SchemaOnlyAdmission:
-    """Admission by the CRD's structural schema alone (no CEL, no operator rules)."""
-
-    def __init__(self) -> None:
-        self._validators: dict[int, validation.SchemaValidator] = {}
-
-    def __call__(self, rt: Any, obj: dict[str, Any], old: dict[str, Any] | None) -> None:
-        if not rt.custom or not rt.schema:
-            return
-        validator = self._validators.setdefault(id(rt.schema), validation.SchemaValidator(rt.schema))
-        causes = validation.validate_object(validator, obj, old, None)
-        if causes:
-            raise validation.invalid_error(rt.kind, rt.group, str(obj["metadata"].get("name") or ""), causes)
-
-
-def set_admission(server: EmulatorServer, mode: str) -> None:
-    if mode == "full":
-        validation.install(server)
-    elif mode == "schema":
-        hook = SchemaOnlyAdmission()
-        server.call(lambda emulator: emulator.admission.append(hook))
-    elif mode != "none":
-        raise ValueError(mode)
+def set_admission(server: EmulatorServer, mode: ValidationMode) -> None:
+    """Switch the emulator's admission of custom resources: ``full``, ``schema`` (no CEL) or ``none``."""
+    server.call(lambda emulator: configure(emulator, mode))
 
 
 @dataclass
@@ -103,7 +84,8 @@ def post(server: EmulatorServer, manifest: dict[str, Any], strict: bool = True) 
         url,
         data=json.dumps(manifest).encode(),
         method="POST",
-        headers={"Content-Type": "application/json", "Authorization": "Bearer test", "User-Agent": "badinput-test"},
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {ADMIN_TOKEN}",
+                 "User-Agent": "badinput-test"},
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:

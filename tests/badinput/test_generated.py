@@ -22,7 +22,7 @@ from etj_operator import contract as c
 from etj_operator.models import InvalidSpecError, parse_spec
 from etj_operator.runner import OperatorThread
 from etj_operator.sandbox.emulator import EmulatorServer, prune_and_default
-from etj_operator.sandbox.validation import SchemaValidator
+from etj_operator.sandbox.emulator.admission import SchemaValidator
 
 from emulated import NS, ROOT, Cluster, wait_until
 from jobs import job_manifest
