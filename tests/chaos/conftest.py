@@ -56,19 +56,21 @@ def prometheus(exporter):
 
 @pytest.fixture
 def chaos_server():
-    from etj_operator.sandbox.emulator import EmulatorServer
 
-    from emulated import ROOT
+    from emulated import rbac_server
 
-    with EmulatorServer(crds=[ROOT / "crds" / "efficienttrainingjobs.yaml"], event_log_size=100000) as server:
+    # RBAC on: chaos_env gives the operator the chart's ServiceAccount under the chart's rules
+    with rbac_server(event_log_size=100000) as server:
         yield server
 
 
 @pytest.fixture
 def chaos_env(chaos_server, prometheus, tmp_path, monkeypatch):
     """The operator's environment, for a thread (monkeypatched here) and a child process alike."""
+    from emulated import operator_kubeconfig
+
     env = {
-        "KUBECONFIG": str(chaos_server.write_kubeconfig(tmp_path / "kubeconfig")),
+        "KUBECONFIG": str(operator_kubeconfig(chaos_server, tmp_path / "kubeconfig")),
         "ETJ_RECONCILE_INTERVAL_SECONDS": "0.5",
         "ETJ_TELEMETRY_INTERVAL_SECONDS": "1",
         "ETJ_METRICS_PORT": "0",

@@ -15,7 +15,7 @@ from chaos_support import PodCreations
 from etj_operator import contract as c
 from etj_operator.runner import OperatorThread
 
-from emulated import NS, ROOT, Cluster, wait_until
+from emulated import NS, Cluster, operator_kubeconfig, rbac_server, wait_until
 from jobs import job_manifest
 
 pytestmark = pytest.mark.slow
@@ -26,10 +26,9 @@ POD_POSTS = rf"/namespaces/{NS}/pods$"
 
 @pytest.fixture
 def cluster(tmp_path, monkeypatch):
-    from etj_operator.sandbox.emulator import EmulatorServer
 
-    with EmulatorServer(crds=[ROOT / "crds" / "efficienttrainingjobs.yaml"]) as server:
-        monkeypatch.setenv("KUBECONFIG", str(server.write_kubeconfig(tmp_path / "kubeconfig")))
+    with rbac_server() as server:  # the operator as the chart's ServiceAccount, under the chart's rules
+        monkeypatch.setenv("KUBECONFIG", str(operator_kubeconfig(server, tmp_path / "kubeconfig")))
         monkeypatch.setenv("ETJ_RECONCILE_INTERVAL_SECONDS", "0.5")
         monkeypatch.setenv("ETJ_METRICS_PORT", "0")
         creations = PodCreations(server)

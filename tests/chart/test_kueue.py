@@ -5,13 +5,11 @@ that carry them and the queue-name label; suspending again deletes the pods, as 
 from __future__ import annotations
 
 import pytest
-from chart_support import ROOT
 
 from etj_operator import contract as c
 from etj_operator.runner import OperatorThread
-from etj_operator.sandbox.emulator import EmulatorServer
 
-from emulated import NS, Cluster, wait_until
+from emulated import NS, Cluster, operator_kubeconfig, rbac_server, wait_until
 from jobs import job_manifest
 
 FLAVOR_SELECTOR = {"cloud.example.com/gpu-pool": "h100-spot"}
@@ -20,8 +18,8 @@ FLAVOR_TOLERATION = {"key": "spot", "operator": "Equal", "value": "true", "effec
 
 @pytest.fixture
 def cluster(tmp_path, monkeypatch):
-    with EmulatorServer(crds=[ROOT / "crds" / "efficienttrainingjobs.yaml"]) as server:
-        monkeypatch.setenv("KUBECONFIG", str(server.write_kubeconfig(tmp_path / "kubeconfig")))
+    with rbac_server() as server:  # the operator as the chart's ServiceAccount, under the chart's rules
+        monkeypatch.setenv("KUBECONFIG", str(operator_kubeconfig(server, tmp_path / "kubeconfig")))
         monkeypatch.setenv("ETJ_RECONCILE_INTERVAL_SECONDS", "0.5")
         monkeypatch.setenv("ETJ_METRICS_PORT", "0")
         with OperatorThread(quiet=True):

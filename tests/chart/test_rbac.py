@@ -1,9 +1,15 @@
-"""Least privilege, checked both ways: the real operator runs a job's lifecycle against the API emulator, and
+"""Least privilege, checked both ways: the real operator runs a job's lifecycle against the API emulator with
+RBAC and OwnerReferencesPermissionEnforcement on, as the chart's ServiceAccount under the chart's rules
+(rendered with the Helm engine), and
 
-* every request it made (kopf's and the API wrapper's, told apart from the test's own by user agent) is allowed by
-  the chart's rendered RBAC, in the scope it was made (cluster-wide or in a namespace);
+* the server refused it nothing (no 401/403, no denied admission check);
+* every permission it was checked for (its requests, and the admission plugin's checks: delete on each object it
+  sets an ownerReference on, update on the job's finalizers) is allowed by the chart's rendered RBAC, in the
+  scope it was made (cluster-wide or in a namespace);
 * every permission the per-job Roles delegate is held by the operator (RBAC forbids granting what one lacks);
-* every verb the chart grants was used by one of the above, or is on the short documented list below.
+* every verb the chart grants was used by one of the above, or is on the short documented list below;
+* removing any single verb of any rule of the chart's ClusterRole makes a short lifecycle fail
+  (``test_every_rule_of_the_chart_is_needed``).
 """
 
 from __future__ import annotations
@@ -12,18 +18,25 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import pytest
-from chart_support import ROOT, render, rules_of
+from chart_support import render, rules_of
 
 from etj_operator import contract as c
 from etj_operator.handlers import LEGACY_FINALIZER
 from etj_operator.runner import OperatorThread
 from etj_operator.sandbox.emulator import EmulatorServer
 
-from emulated import NS, Cluster, wait_until
+from emulated import (
+    NS,
+    OPERATOR_USER,
+    OPERATOR_USER_AGENTS,
+    Cluster,
+    chart_rbac,
+    operator_kubeconfig,
+    operator_refusals,
+    rbac_server,
+    wait_until,
+)
 from jobs import job_manifest
-
-#: The clients whose requests are the operator's: kopf, and the operator's own API wrapper (KubeApi).
-OPERATOR_USER_AGENTS = ("kopf/", "etj-operator/")
 
 #: Verbs granted although no exercised path uses them, and why. Keep this short; every entry needs a reason.
 GRANTED_BUT_NOT_EXERCISED: dict[tuple[str, str, str], str] = {}
@@ -37,12 +50,16 @@ class Permission(NamedTuple):
 
 
 def operator_requests(server: EmulatorServer) -> set[Permission]:
+    """The operator's requests (by user agent) and, with RBAC on, every permission the server checked for it."""
     used = set()
     for r in server.requests:
         if not r.user_agent.startswith(OPERATOR_USER_AGENTS) or r.verb is None or r.resource is None:
             continue  # discovery (/api, /apis/...) needs no RBAC rule
         resource = f"{r.resource}/{r.subresource}" if r.subresource else r.resource
         used.add(Permission(r.group or "", resource, r.verb, r.namespace))
+    for p in server.access.checked(OPERATOR_USER):
+        if p.allowed:
+            used.add(Permission(p.group, p.resource, p.verb, p.namespace))
     return used
 
 
@@ -110,18 +127,20 @@ Returns the job Roles.
 
 
 @pytest.fixture
-def server(tmp_path, monkeypatch):
-    with EmulatorServer(crds=[ROOT / "crds" / "efficienttrainingjobs.yaml"]) as srv:
-        monkeypatch.setenv("KUBECONFIG", str(srv.write_kubeconfig(tmp_path / "kubeconfig")))
+def server(monkeypatch):
+    with rbac_server() as srv:
         monkeypatch.setenv("ETJ_RECONCILE_INTERVAL_SECONDS", "0.5")
         monkeypatch.setenv("ETJ_METRICS_PORT", "0")
         yield srv
 
 
 @pytest.mark.parametrize("watch_namespaces", [[], [NS]], ids=["cluster-wide", "watch-namespaces"])
-def test_chart_rbac_allows_exactly_what_the_operator_uses(server, watch_namespaces):
+def test_chart_rbac_allows_exactly_what_the_operator_uses(server, watch_namespaces, tmp_path, monkeypatch):
+    kubeconfig = operator_kubeconfig(server, tmp_path / "kubeconfig", watch_namespaces=watch_namespaces)
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     with OperatorThread(namespaces=watch_namespaces, quiet=True):
         job_roles = run_lifecycle(Cluster(server))
+    assert operator_refusals(server) == []
     used = operator_requests(server)
     # the log holds the operator's requests, not only kopf's watches: the lifecycle really went through
     assert {
@@ -130,6 +149,8 @@ def test_chart_rbac_allows_exactly_what_the_operator_uses(server, watch_namespac
         (c.GROUP, f"{c.PLURAL}/status", "patch"),
         (c.GROUP, c.PLURAL, "delete"),
         ("", "events", "create"),
+        ("", "services", "delete"),  # OwnerReferencesPermissionEnforcement: an ownerRef needs delete on the child
+        (c.GROUP, f"{c.PLURAL}/finalizers", "update"),  # ... and blockOwnerDeletion update on the job's finalizers
     } <= {(p.group, p.resource, p.verb) for p in used}
     # the test's own accessors run in-process and never show up as the operator's
     assert not any(p.verb == "create" and p.resource == c.PLURAL for p in used)
@@ -148,3 +169,97 @@ def test_chart_rbac_allows_exactly_what_the_operator_uses(server, watch_namespac
         cluster_scoped = {"customresourcedefinitions", "namespaces", "nodes"}
         for _, rule in rules_of(objects, "ClusterRole"):
             assert set(rule["resources"]) <= cluster_scoped, rule
+
+
+# ----- every rule is needed -------------------------------------------------------------------------------------
+
+
+def single_verb_rules(objects: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """The chart's ClusterRole split into (apiGroup, resource, verb) triples, one rule each."""
+    return sorted({(g, r, v) for _, rule in rules_of(objects, "ClusterRole")
+                   for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]})
+
+
+def without(objects: list[dict[str, Any]], removed: tuple[str, str, str]) -> list[dict[str, Any]]:
+    """The chart's RBAC objects with one verb of one resource taken out of its ClusterRole."""
+    reduced = []
+    for obj in objects:
+        if obj["kind"] == "ClusterRole":
+            rules = [
+                {"apiGroups": [g], "resources": [r], "verbs": [v]}
+                for g, r, v in single_verb_rules([obj])
+                if (g, r, v) != removed
+            ]
+            obj = {**obj, "rules": rules}
+        reduced.append(obj)
+    return reduced
+
+
+def short_lifecycle(cluster: Cluster, name: str, timeout_seconds: float = 15.0) -> None:
+    """Create a one-pod job, run it, succeed, have it TTL-deleted; a job of an earlier operator version has its
+    finalizer patched off. Any refusal of the operator fails the lifecycle at once."""
+
+    def step(predicate, what):
+        def check():
+            refused = operator_refusals(cluster.server)
+            if refused:
+                raise AssertionError(f"{what}: the operator was refused {refused}")
+            return predicate()
+
+        wait_until(check, timeout_seconds, what)
+
+    body = job_manifest(name, replicas=1, runPolicy={"ttlSecondsAfterFinished": 0})
+    for key in ("uid", "generation"):
+        body["metadata"].pop(key, None)
+    cluster.apply(body)
+    step(lambda: len(cluster.live_pods(name)) == 1, "a pod created")
+    cluster.set_phase(name, "Running")
+    step(lambda: cluster.status(name).get("phase") == "Running", "phase Running")
+    cluster.set_phase(name, "Succeeded")
+    step(lambda: cluster.job(name) is None, "job succeeded and deleted by its TTL")
+    legacy = job_manifest(f"{name}-legacy", replicas=1)
+    for key in ("uid", "generation"):
+        legacy["metadata"].pop(key, None)
+    legacy["metadata"]["finalizers"] = [LEGACY_FINALIZER]
+    cluster.apply(legacy)
+    step(lambda: not (cluster.job(f"{name}-legacy") or {})["metadata"].get("finalizers"), "legacy finalizer off")
+    cluster.server.delete(c.PLURAL, NS, f"{name}-legacy")
+    step(lambda: cluster.job(f"{name}-legacy") is None, "legacy job deleted")
+
+
+@pytest.fixture(scope="module")
+def shared_server():
+    with rbac_server() as srv:
+        yield srv
+
+
+def test_every_rule_of_the_chart_is_needed(shared_server, tmp_path, monkeypatch):
+    """Take each verb of each rule out of the chart's ClusterRole in turn: the short lifecycle fails every time
+    (and passes with the whole ClusterRole, the control)."""
+    monkeypatch.setenv("ETJ_RECONCILE_INTERVAL_SECONDS", "0.5")
+    monkeypatch.setenv("ETJ_METRICS_PORT", "0")
+    objects = chart_rbac()
+    cluster = Cluster(shared_server)
+    outcomes: dict[tuple[str, str, str] | None, str] = {}
+    for index, removed in enumerate([None, *single_verb_rules(objects)]):
+        kubeconfig = operator_kubeconfig(shared_server, tmp_path / f"kubeconfig-{index}",
+                                         objects=objects if removed is None else without(objects, removed))
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+        shared_server.clear_requests()
+        shared_server.access.clear_checked()
+        name = f"rule-{index}"
+        try:
+            with OperatorThread(quiet=True):
+                short_lifecycle(cluster, name)
+            outcomes[removed] = "passed"
+        except AssertionError as e:
+            outcomes[removed] = f"failed: {str(e).splitlines()[0][:200]}"
+        finally:
+            for leftover in (name, f"{name}-legacy"):
+                if shared_server.get(c.PLURAL, NS, leftover) is not None:
+                    shared_server.patch(c.PLURAL, NS, leftover, {"metadata": {"finalizers": []}})
+                    shared_server.delete(c.PLURAL, NS, leftover)
+    assert outcomes.pop(None) == "passed", "the lifecycle fails with the chart's whole ClusterRole"
+    unneeded = sorted(rule for rule, outcome in outcomes.items() if outcome == "passed")
+    assert unneeded == [], f"the lifecycle passes without these rules of the chart's ClusterRole: {unneeded}"
+    assert len(outcomes) == len(single_verb_rules(objects))

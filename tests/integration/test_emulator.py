@@ -28,6 +28,7 @@ from etj_operator.sandbox.emulator import (
     apply_strategic_merge_patch,
     parse_label_selector,
 )
+from etj_operator.sandbox.emulator.authn import ADMIN_TOKEN
 
 GROUP, VERSION, PLURAL = "efficienttraining.dev", "v1alpha1", "efficienttrainingjobs"
 NS = "team-a"
@@ -68,7 +69,7 @@ def raw(emulator: EmulatorServer) -> Callable[..., Any]:
              accept: str = "application/json") -> tuple[int, Any]:
         request = urllib.request.Request(
             emulator.url + path, method=method, data=None if body is None else json.dumps(body).encode(),
-            headers={"Authorization": "Bearer t", "Accept": accept, "Content-Type": content_type})
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Accept": accept, "Content-Type": content_type})
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 return response.status, json.loads(response.read())
@@ -635,9 +636,10 @@ def test_fault_injection(emulator: EmulatorServer, custom: kubernetes.client.Cus
     fault = emulator.faults.add(method="PATCH", path_regex=r"/efficienttrainingjobs/x/status$", status=500, times=2)
     for _ in range(2):
         with pytest.raises(ApiException) as info:
-            custom.patch_namespaced_custom_object_status(GROUP, VERSION, NS, PLURAL, "x", {"status": {"phase": "A"}})
+            custom.patch_namespaced_custom_object_status(GROUP, VERSION, NS, PLURAL, "x",
+                                                         {"status": {"phase": "Running"}})
         assert info.value.status == 500
-    custom.patch_namespaced_custom_object_status(GROUP, VERSION, NS, PLURAL, "x", {"status": {"phase": "A"}})
+    custom.patch_namespaced_custom_object_status(GROUP, VERSION, NS, PLURAL, "x", {"status": {"phase": "Running"}})
     assert fault.hits == 2 and emulator.faults.active == []
 
     emulator.faults.add(path_regex=r"/efficienttrainingjobs/x$", status=409, times=1)
@@ -656,7 +658,7 @@ def test_request_log_records_verbs_and_statuses(emulator: EmulatorServer,
     emulator.clear_requests()
     create_job(custom, "log")
     custom.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "log")
-    custom.patch_namespaced_custom_object_status(GROUP, VERSION, NS, PLURAL, "log", {"status": {"phase": "R"}})
+    custom.patch_namespaced_custom_object_status(GROUP, VERSION, NS, PLURAL, "log", {"status": {"phase": "Running"}})
     with pytest.raises(ApiException):
         custom.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "missing")
     log = [(r.method, r.verb, r.resource, r.subresource, r.name, r.status) for r in emulator.requests]
@@ -711,7 +713,7 @@ TINY_OPERATOR = textwrap.dedent("""
 
     @kopf.on.create('efficienttraining.dev', 'v1alpha1', 'efficienttrainingjobs')
     def created(patch, **_):
-        patch.status['phase'] = 'Seen'
+        patch.status['phase'] = 'Running'  # a phase the CRD allows
 
     @kopf.on.delete('efficienttraining.dev', 'v1alpha1', 'efficienttrainingjobs')
     def deleted(**_):
@@ -733,11 +735,11 @@ def test_kopf_handles_objects_through_the_emulator(emulator: EmulatorServer, emu
 
     with KopfRunner(["run", *scope, "--standalone", str(operator_file)], timeout=60) as runner:
         seen = emulator.wait_for("etj", NS, "existing", lambda o: bool(
-            o and o.get("status", {}).get("phase") == "Seen" and o["metadata"].get("finalizers")),
+            o and o.get("status", {}).get("phase") == "Running" and o["metadata"].get("finalizers")),
             timeout_seconds=20)
         assert seen is not None
         emulator.create("etj", job_body("later"), namespace=NS)
-        emulator.wait_for("etj", NS, "later", lambda o: bool(o and o.get("status", {}).get("phase") == "Seen"),
+        emulator.wait_for("etj", NS, "later", lambda o: bool(o and o.get("status", {}).get("phase") == "Running"),
                           timeout_seconds=20)
         emulator.delete("etj", NS, "existing")
         emulator.wait_for("etj", NS, "existing", lambda o: o is None, timeout_seconds=20)

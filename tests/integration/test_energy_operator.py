@@ -12,9 +12,8 @@ from prometheus_server import PrometheusServer, ScrapeJob, find_prometheus
 
 from etj_operator import contract as c
 from etj_operator.runner import OperatorThread
-from etj_operator.sandbox.emulator import EmulatorServer
 
-from emulated import NS, ROOT, Cluster, wait_until
+from emulated import NS, Cluster, operator_kubeconfig, rbac_server, wait_until
 from jobs import job_manifest
 
 pytestmark = [
@@ -37,8 +36,8 @@ def prometheus(exporter):
 
 @pytest.fixture
 def cluster(prometheus, tmp_path, monkeypatch):
-    with EmulatorServer(crds=[ROOT / "crds" / "efficienttrainingjobs.yaml"]) as server:
-        monkeypatch.setenv("KUBECONFIG", str(server.write_kubeconfig(tmp_path / "kubeconfig")))
+    with rbac_server() as server:  # the operator as the chart's ServiceAccount, under the chart's rules
+        monkeypatch.setenv("KUBECONFIG", str(operator_kubeconfig(server, tmp_path / "kubeconfig")))
         monkeypatch.setenv("ETJ_RECONCILE_INTERVAL_SECONDS", "0.5")
         monkeypatch.setenv("ETJ_TELEMETRY_INTERVAL_SECONDS", "1")
         monkeypatch.setenv("ETJ_METRICS_PORT", "0")

@@ -6,9 +6,8 @@ import socket
 import urllib.request
 
 from etj_operator.runner import OperatorThread
-from etj_operator.sandbox.emulator import EmulatorServer
 
-from emulated import ROOT, Cluster, wait_until
+from emulated import Cluster, operator_kubeconfig, rbac_server, wait_until
 from jobs import job_manifest
 
 
@@ -25,8 +24,8 @@ def get(url: str) -> str:
 
 def test_liveness_and_metrics(tmp_path, monkeypatch):
     metrics_port, live_port = free_port(), free_port()
-    with EmulatorServer(crds=[ROOT / "crds" / "efficienttrainingjobs.yaml"]) as server:
-        monkeypatch.setenv("KUBECONFIG", str(server.write_kubeconfig(tmp_path / "kubeconfig")))
+    with rbac_server() as server:  # the operator as the chart's ServiceAccount, under the chart's rules
+        monkeypatch.setenv("KUBECONFIG", str(operator_kubeconfig(server, tmp_path / "kubeconfig")))
         monkeypatch.setenv("ETJ_METRICS_PORT", str(metrics_port))
         monkeypatch.setenv("ETJ_RECONCILE_INTERVAL_SECONDS", "0.5")
         with OperatorThread(liveness_endpoint=f"http://127.0.0.1:{live_port}/healthz"):

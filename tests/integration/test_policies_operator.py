@@ -6,16 +6,15 @@ import pytest
 
 from etj_operator import contract as c
 from etj_operator.runner import OperatorThread
-from etj_operator.sandbox.emulator import EmulatorServer
 
-from emulated import NS, ROOT, Cluster, wait_until
+from emulated import NS, Cluster, operator_kubeconfig, rbac_server, wait_until
 from jobs import job_manifest
 
 
 @pytest.fixture
 def cluster(tmp_path, monkeypatch):
-    with EmulatorServer(crds=[ROOT / "crds" / "efficienttrainingjobs.yaml"]) as server:
-        monkeypatch.setenv("KUBECONFIG", str(server.write_kubeconfig(tmp_path / "kubeconfig")))
+    with rbac_server() as server:  # the operator as the chart's ServiceAccount, under the chart's rules
+        monkeypatch.setenv("KUBECONFIG", str(operator_kubeconfig(server, tmp_path / "kubeconfig")))
         monkeypatch.setenv("ETJ_RECONCILE_INTERVAL_SECONDS", "0.5")
         monkeypatch.setenv("ETJ_METRICS_PORT", "0")
         monkeypatch.setenv("ETJ_PROMETHEUS_URL", "http://127.0.0.1:9")  # nothing listens: telemetry fails
@@ -49,6 +48,7 @@ def test_power_pressure_moves_the_gang_after_a_checkpoint(cluster):
     assert status["restarts"] == 0  # a move is not a failure
 
     def moved():
+        cluster.finish_terminations("movable")  # the node's kubelet removes the moved pods once they stopped
         pods = cluster.live_pods("movable")
         return (
             len(pods) == 2

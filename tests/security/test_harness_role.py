@@ -8,6 +8,8 @@ other jobs, pods, secrets and any list (resourceNames cannot restrict a list or 
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from typing import NamedTuple
 
 import pytest
@@ -98,3 +100,37 @@ def test_the_binding_gives_the_role_to_the_jobs_own_service_account_only():
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": f"{JOB}-etj"}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": f"{JOB}-etj", "namespace": "ml"}]
     assert binding["metadata"]["namespace"] == "ml"  # a RoleBinding: never cluster-wide
+
+
+@pytest.fixture(scope="module")
+def emulated_harness():
+    """The job's Role and RoleBinding in an emulator enforcing RBAC, and the harness's own token."""
+    from etj_operator.sandbox.emulator import EmulatorServer
+
+    with EmulatorServer(rbac=True) as server:
+        job = builders.JobRef.from_body(job_manifest(JOB, namespace="ml"))
+        server.create("serviceaccounts", builders.build_service_account(job))
+        server.create("roles", builders.build_role(job))
+        server.create("rolebindings", builders.build_role_binding(job, builders.service_account_name(job)))
+        yield server, server.service_account_token("ml", builders.service_account_name(job))
+
+
+def _case_id(value: object) -> str:
+    return f"{value.verb}-{value.resource}-{value.name}-{value.namespace}" if isinstance(value, Request) else ""
+
+
+@pytest.mark.parametrize(("request_", "allowed"), [(r, True) for r in ALLOWED] + [(r, False) for r in DENIED],
+                         ids=_case_id)
+def test_the_emulators_rbac_authorizer_agrees(emulated_harness, request_, allowed):
+    """The same table through the emulator's RBAC authorizer, as a self review made with the harness's token."""
+    server, token = emulated_harness
+    resource, _, subresource = request_.resource.partition("/")
+    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview", "spec": {
+        "resourceAttributes": {"verb": request_.verb, "group": request_.group, "resource": resource,
+                               "subresource": subresource, "name": request_.name or "",
+                               "namespace": request_.namespace}}}
+    http = urllib.request.Request(f"{server.url}/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+                                  data=json.dumps(review).encode(), method="POST",
+                                  headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(http, timeout=10) as response:
+        assert json.loads(response.read())["status"]["allowed"] is allowed

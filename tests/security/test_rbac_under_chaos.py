@@ -17,9 +17,9 @@ from chaos_support import ChaosOperator, assert_clean, make_crash_lifecycles, ru
 from chart_support import ROOT, render
 
 from etj_operator import contract as c
-from etj_operator.sandbox.emulator import EmulatorServer
+from etj_operator.sandbox.emulator.admission import configure
 
-from emulated import NS, Cluster, wait_until
+from emulated import NS, Cluster, operator_kubeconfig, operator_refusals, rbac_server, wait_until
 from jobs import job_manifest
 
 pytestmark = pytest.mark.slow
@@ -34,9 +34,9 @@ def chart_rbac_module():
 
 def test_every_request_under_chaos_is_allowed_by_the_chart(tmp_path, monkeypatch):
     rbac = chart_rbac_module()
-    with EmulatorServer(crds=[ROOT / "crds" / "efficienttrainingjobs.yaml"]) as server:
+    with rbac_server() as server:  # RBAC on: the operator as the chart's ServiceAccount, under the chart's rules
         env = {
-            "KUBECONFIG": str(server.write_kubeconfig(tmp_path / "kubeconfig")),
+            "KUBECONFIG": str(operator_kubeconfig(server, tmp_path / "kubeconfig")),
             "ETJ_RECONCILE_INTERVAL_SECONDS": "0.5",
             "ETJ_METRICS_PORT": "0",
         }
@@ -53,6 +53,8 @@ def test_every_request_under_chaos_is_allowed_by_the_chart(tmp_path, monkeypatch
         operator.start("process")
         try:
             cluster = Cluster(server)
+            # CEL refuses this spec at admission; a server without CEL admits it and the operator fails it
+            server.call(lambda emulator: configure(emulator, "schema"))
             bad = job_manifest("rbac-invalid", energy={"power": {"mode": "Fixed"}})
             pausable = job_manifest("rbac-pausable", replicas=2)
             for body in (bad, pausable):
@@ -77,6 +79,7 @@ def test_every_request_under_chaos_is_allowed_by_the_chart(tmp_path, monkeypatch
         ("events", "create"),
         ("roles", "create"),
     }
+    assert operator_refusals(server) == []
     objects = render({})
     missing = sorted(p for p in used if not rbac.allowed(objects, p))
     assert missing == [], f"the chart's RBAC does not allow: {missing}"

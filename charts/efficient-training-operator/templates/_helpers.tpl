@@ -61,9 +61,13 @@ Namespaced rules: what the operator does inside the namespaces it watches.
     operator deletes finished jobs (ttlSecondsAfterFinished). get is not used by the operator itself: it is held
     so that the operator may create each job's Role granting get/watch (RBAC forbids granting what one lacks).
   - efficienttrainingjobs/status: the operator patches status; get is held for the per-job Role, as above.
+  - efficienttrainingjobs/finalizers: update, because every child carries a blockOwnerDeletion ownerReference
+    to its job; with the OwnerReferencesPermissionEnforcement admission plugin (on in OpenShift) setting one
+    needs update on the owner's finalizers, and every child create was refused (403) without it.
   - pods: kopf lists and watches worker pods; the operator creates them and deletes them (gang restart, suspend,
     cleanup).
   - services, serviceaccounts, roles, rolebindings: created once per job (owned by the job; garbage-collected).
+    delete is held for the same admission plugin: setting an ownerReference on an object needs delete on it.
   - events: kopf posts Kubernetes events on jobs.
 */}}
 {{- define "etj.rbac.namespacedRules" -}}
@@ -73,15 +77,18 @@ Namespaced rules: what the operator does inside the namespaces it watches.
 - apiGroups: ["efficienttraining.dev"]
   resources: ["efficienttrainingjobs/status"]
   verbs: ["get", "patch"]
+- apiGroups: ["efficienttraining.dev"]
+  resources: ["efficienttrainingjobs/finalizers"]
+  verbs: ["update"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch", "create", "delete"]
 - apiGroups: [""]
   resources: ["services", "serviceaccounts"]
-  verbs: ["create"]
+  verbs: ["create", "delete"]
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
-  verbs: ["create"]
+  verbs: ["create", "delete"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]

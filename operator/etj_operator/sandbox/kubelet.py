@@ -9,7 +9,8 @@ There are no images, containers or network namespaces here, so the kubelet appro
   two pods can both serve ``/metrics`` on port 9400, each on its own address.
 * **DNS.** Env values that name a pod through its headless Service (``<hostname>.<subdomain>.<ns>.svc``,
   optionally ``.cluster.local``, or ``<hostname>.<subdomain>`` in the same namespace), alone or as
-  ``host:port``, are rewritten to that pod's address. A pod whose peers have no address yet waits (Pending).
+  ``host:port``, are rewritten to that pod's address. Only a running, not terminating pod answers (the
+  newest, if several carry the name). A pod whose peers have no such address yet waits (Pending).
 * **Ports.** torchrun's TCPStore (C++) binds its port on every address, which the shim cannot redirect; so
   each pod's container ports named ``rendezvous`` get a free host port, and the rewrite applies it to the
   ports that go with a rewritten name (``MASTER_PORT``/``PET_MASTER_PORT`` beside ``MASTER_ADDR``/
@@ -18,16 +19,24 @@ There are no images, containers or network namespaces here, so the kubelet appro
   per-claim directory, ``hostPath`` a directory under the state dir (the host path itself is never used);
   env values and ``workingDir`` under a mount path are rewritten to the host directory (e.g.
   ``ETJ_CHECKPOINT_DIR=/checkpoints``). Other volume types are not mounted.
-* **Credentials.** ``KUBECONFIG`` points at the sandbox's kubeconfig (the harness's client reads it when no
-  in-cluster service account exists).
+* **Credentials.** ``KUBECONFIG`` points at a kubeconfig of the pod's own (``<pod dir>/kubeconfig``) with a token
+  of its ServiceAccount (``spec.serviceAccountName``), as the projected token volume gives a pod on a node; none
+  with ``automountServiceAccountToken: false``. Without ``KubeletConfig.pod_token``, the sandbox's kubeconfig.
 * **No GPUs.** ``ETJ_GPU_BACKEND=simulated`` is forced; ``OMP_NUM_THREADS=1``, ``GLOO_SOCKET_IFNAME=lo`` and
   ``ETJ_SIMULATED_SLEEP=1`` are defaults the pod's env may override.
-* **Lifecycle.** Pending until started, Running with the address, then Succeeded or Failed with the exit
-  code in ``containerStatuses`` (a signal ``n`` reads ``128+n``). Nothing is restarted (the operator restarts
-  gangs). When a pod is deleted (the emulator deletes at once) or gets a ``deletionTimestamp``, its
-  processes get SIGTERM, then SIGKILL after the grace period (``terminationGracePeriodSeconds``, capped).
-  When the container's main process exits, whatever it left running is killed, as a container's PID
-  namespace would be.
+* **Lifecycle.** A pod the kubelet runs is first bound to its node (``spec.nodeName``, as the scheduler's
+  binding would; the sandbox is one node, ``sandbox``), so the API deletes it gracefully, as on a real
+  cluster. Pending until started, Running with the address, then Succeeded or Failed with the exit code in
+  ``containerStatuses`` (a signal ``n`` reads ``128+n``). Nothing is restarted (the operator restarts
+  gangs). When the container's main process exits, whatever it left running is killed, as a container's
+  PID namespace would be.
+* **Termination.** A pod with a ``deletionTimestamp`` is Terminating: its processes get SIGTERM at once and
+  SIGKILL when its grace period (``deletionGracePeriodSeconds``, capped by ``max_grace_seconds``) runs
+  out; a later DELETE with a shorter grace period brings the SIGKILL forward. Once they have exited, the
+  kubelet writes the terminal phase and removes the pod with a grace-0 DELETE carrying the pod's UID (as
+  the kubelet's status manager does); only then can a pod of the same name be created. A pod removed from
+  the API at once (a forced delete) gets a short grace (:data:`FORCED_GRACE_SECONDS`). A terminating or
+  finished pod is never the answer to a name (see DNS): a new worker never finds a dying master.
 * **Process tracking.** torchrun starts its workers in sessions of their own, so a process group does not
   hold a pod. Every process of a pod inherits ``ETJ_SANDBOX_STATE`` (the state directory) and
   ``ETJ_SANDBOX_POD`` (namespace/name/uid) in its environment; the kubelet finds a pod's processes, and a
@@ -53,7 +62,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -126,6 +135,15 @@ class PodApi(Protocol):
         """Write a pod's phase and container statuses."""
         ...
 
+    def bind_pod(self, namespace: str, name: str, node: str) -> Json:
+        """Assign a pod to a node (``pods/binding``)."""
+        ...
+
+    def delete_pod(self, namespace: str, name: str, *, grace_period_seconds: int | None = None,
+                   uid: str | None = None) -> Json | None:
+        """Delete a pod with a grace period and a UID precondition."""
+        ...
+
 
 @dataclass(frozen=True)
 class KubeletConfig:
@@ -149,6 +167,19 @@ class KubeletConfig:
     remapped_port_names: tuple[str, ...] = ("rendezvous",)
     #: Directory with the interpreter and console scripts (``torchrun``) first on the pods' PATH.
     bin_dir: Path = field(default_factory=lambda: Path(sys.executable).parent)
+    #: ``(namespace, service account) -> token`` (e.g. ``EmulatorServer.service_account_token``): each pod gets a
+    #: kubeconfig of its own with its ServiceAccount's token, as the projected token volume gives a pod on a
+    #: node (None: every pod uses ``kubeconfig``, the sandbox's own credentials).
+    pod_token: Callable[[str, str], str] | None = None
+    #: The API URL written into the pods' own kubeconfigs (with ``pod_token``).
+    api_url: str = ""
+    #: The node the kubelet binds the pods it runs to (``spec.nodeName``).
+    node_name: str = "sandbox"
+
+
+#: The grace of a pod removed from the API without waiting for its kubelet (a forced delete): the kubelet
+#: still gives its containers a short one (2 s is its minimum per container kill).
+FORCED_GRACE_SECONDS = 2.0
 
 
 # ----- processes, found by their environment -----------------------------------------------------------
@@ -267,11 +298,19 @@ class _PodRun:
     pod_dir: Path
     ports: dict[int, int]
     seen_at: float
+    #: The pod's terminationGracePeriodSeconds (capped), for a pod removed before its termination began.
+    grace_seconds: float = 30.0
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     finished: bool = False
     terminating: bool = False
     gone: bool = False
+    #: When the termination began (SIGTERM), and when SIGKILL is due (the kubelet's clock).
+    terminating_since: float = 0.0
+    kill_at: float = 0.0
+    killed: bool = False
+    #: The grace-0 DELETE that removes the pod has been sent.
+    removed: bool = False
 
     @property
     def tag(self) -> str:
@@ -285,16 +324,17 @@ class _Unresolved(Exception):
 class ProcessKubelet:
     """Runs pods of the API as local processes (see the module docstring). ``start()``/``stop()``."""
 
-    def __init__(self, api: PodApi, config: KubeletConfig) -> None:
+    def __init__(self, api: PodApi, config: KubeletConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.api = api
         self.config = config
         self.state_dir = Path(config.state_dir).resolve()
+        #: Seconds, monotonic: grace periods and resolve timeouts are measured on it (tests pass a fake one).
+        self.clock = clock
         self._runs: dict[str, _PodRun] = {}
         self._latest: dict[tuple[str, str], _PodRun] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._terminators: list[threading.Thread] = []
         self._next_address = _address_to_int(config.first_address)
         self._shim_dir = self.state_dir / "shim"
         self.error: BaseException | None = None
@@ -317,11 +357,10 @@ class ProcessKubelet:
         grace = self.config.max_grace_seconds if grace_seconds is None else grace_seconds
         with self._lock:
             running = [r for r in self._runs.values() if r.proc is not None and not r.finished]
-        threads = [threading.Thread(target=self._terminate, args=(r, grace), daemon=True) for r in running
-                   if not r.terminating]
+        threads = [threading.Thread(target=self._terminate, args=(r, grace), daemon=True) for r in running]
         for t in threads:
             t.start()
-        for t in threads + self._terminators:
+        for t in threads:
             t.join(timeout=self.config.max_grace_seconds + 15)
         kill_tagged(self.state_dir, grace_seconds=1.0)  # anything that escaped its pod
 
@@ -357,20 +396,24 @@ class ProcessKubelet:
     def _main(self) -> None:
         while not self._stop.is_set():
             try:
-                self._sync()
+                self.sync()
             except Exception as e:  # the API being stopped, or a bug: keep going, log once per kind
                 if not self._stop.is_set():
                     log.warning("kubelet sync failed: %r", e)
                     self.error = e
             self._stop.wait(self.config.poll_seconds)
 
-    def _sync(self) -> None:
+    def sync(self) -> None:
+        """One look at the pods: admit new ones, start, report, and carry terminations on (the loop's body)."""
         pods = self.api.list("pods")
         live = {p["metadata"]["uid"]: p for p in pods}
         for listed in pods:
             meta = listed["metadata"]
             uid = meta["uid"]
-            if uid in self._runs or meta.get("deletionTimestamp"):
+            if uid in self._runs:
+                continue
+            if meta.get("deletionTimestamp"):
+                self._remove_unstarted(listed)
                 continue
             if (listed.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
                 continue  # finished before this kubelet started: nothing to run
@@ -378,11 +421,7 @@ class ProcessKubelet:
         for run in list(self._runs.values()):
             pod = live.get(run.uid)
             if pod is None or pod["metadata"].get("deletionTimestamp"):
-                run.gone = pod is None
-                if not run.terminating and not run.finished and run.proc is not None:
-                    self._begin_termination(run, pod)
-                elif run.proc is None or run.finished:
-                    self._forget(run)
+                self._terminating(run, pod)
                 continue
             if run.finished or run.terminating:
                 continue
@@ -394,6 +433,67 @@ class ProcessKubelet:
     def _forget(self, run: _PodRun) -> None:
         with self._lock:
             self._runs.pop(run.uid, None)
+
+    # ----- termination --------------------------------------------------------------------------------
+
+    def _grace(self, run: _PodRun, pod: Json | None) -> float:
+        """The pod's grace period now: its deletionGracePeriodSeconds (else its spec's), capped."""
+        if pod is None:
+            return min(run.grace_seconds, FORCED_GRACE_SECONDS)
+        meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+        period = meta.get("deletionGracePeriodSeconds")
+        if period is None:
+            period = spec.get("terminationGracePeriodSeconds", run.grace_seconds)
+        return min(max(float(period), 0.0), self.config.max_grace_seconds)
+
+    def _terminating(self, run: _PodRun, pod: Json | None) -> None:
+        """Carry a deleted pod's termination one step: SIGTERM, SIGKILL at the deadline, report, remove."""
+        run.gone = pod is None
+        now = self.clock()
+        proc = run.proc
+        alive = proc is not None and proc.poll() is None
+        if not run.terminating:
+            run.terminating = True  # from now on no name resolves to this run
+            run.terminating_since = now
+            run.kill_at = now + self._grace(run, pod)
+            if proc is not None and alive:
+                log.info("pod %s/%s: terminating (grace %.0f s)", run.namespace, run.name, run.kill_at - now)
+                _signal_all(tagged_processes(self.state_dir, run.tag) or [proc.pid], signal.SIGTERM)
+        else:
+            # a later DELETE may have shortened the grace period (never lengthened)
+            run.kill_at = min(run.kill_at, run.terminating_since + self._grace(run, pod))
+        if proc is not None and alive:
+            if now >= run.kill_at and not run.killed:
+                log.warning("pod %s/%s: still running at the end of its grace period: SIGKILL", run.namespace,
+                            run.name)
+                _signal_all(tagged_processes(self.state_dir, run.tag) or [proc.pid], signal.SIGKILL)
+                run.killed = True
+            return  # stopping: look again on the next sync
+        if run.proc is not None and not run.finished:  # exited during its termination
+            self._report_exit(run)
+        if pod is None:
+            self._forget(run)
+        elif not run.removed:  # once: a pod its finalizers still hold stays until they go
+            run.removed = self._remove_pod(run.namespace, run.name, run.uid)
+
+    def _remove_unstarted(self, pod: Json) -> None:
+        """A bound pod deleted before this kubelet ran anything of it: nothing to stop, so it goes at once.
+
+        The sandbox's kubelet stands for every node, so a pod bound elsewhere (``nodeName`` in its
+        template) is its to remove too; an unbound pod never waits for a kubelet.
+        """
+        meta, spec = pod["metadata"], pod.get("spec") or {}
+        if spec.get("nodeName"):
+            self._remove_pod(meta.get("namespace") or "default", meta["name"], meta["uid"])
+
+    def _remove_pod(self, namespace: str, name: str, uid: str) -> bool:
+        """The pod's containers have stopped: delete it for good (grace 0, only this UID); False if that failed."""
+        try:
+            self.api.delete_pod(namespace, name, grace_period_seconds=0, uid=uid)
+        except Exception as e:  # the API is going away, or a fault: the next sync tries again
+            log.debug("pod %s/%s: not removed: %r", namespace, name, e)
+            return False
+        return True
 
     # ----- admitting and starting a pod ----------------------------------------------------------------
 
@@ -412,9 +512,16 @@ class ProcessKubelet:
             address, problem = self._allocate_address(container), ""
         except RuntimeError as e:
             address, problem = "", str(e)
+        if not spec.get("nodeName"):
+            try:  # as the scheduler's binding does; from now on the API deletes the pod gracefully
+                self.api.bind_pod(namespace, name, self.config.node_name)
+            except Exception as e:  # deleted meanwhile, or bound by someone else: the next sync sees which
+                log.debug("pod %s/%s: not bound: %r", namespace, name, e)
+                return
+        grace = min(max(float(spec.get("terminationGracePeriodSeconds", 30)), 0.0), self.config.max_grace_seconds)
         run = _PodRun(namespace=namespace, name=name, uid=uid, hostname=spec.get("hostname") or name,
                       subdomain=spec.get("subdomain") or "", ip=address, pod_dir=pod_dir,
-                      ports=ports, seen_at=time.monotonic())
+                      ports=ports, seen_at=self.clock(), grace_seconds=grace)
         with self._lock:
             self._runs[uid] = run
             self._latest[(namespace, name)] = run
@@ -454,9 +561,12 @@ class ProcessKubelet:
         runs = list(self._runs.values())
         if match.group("ns") is None and not any(r.namespace == ns and r.subdomain == match.group("sub") for r in runs):
             return None
-        for run in runs:
-            if run.namespace == ns and run.hostname == match.group("host") and run.subdomain == match.group("sub"):
-                return run
+        # Never a terminating or finished run: a new worker must not find a dying master (on a real cluster
+        # the operator waits until the old gang is gone; here the name waits for a live pod too).
+        named = [r for r in runs if r.namespace == ns and r.hostname == match.group("host")
+                 and r.subdomain == match.group("sub") and not (r.terminating or r.finished or r.gone)]
+        if named:
+            return max(named, key=lambda r: r.seen_at)
         if strict:
             raise _Unresolved(host)
         return None
@@ -482,7 +592,7 @@ class ProcessKubelet:
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "HOSTNAME": run.hostname,
             "POD_NAME": run.name,
-            "KUBECONFIG": str(Path(cfg.kubeconfig).resolve()),
+            "KUBECONFIG": self._pod_kubeconfig(run, pod),
             "PYTHONPATH": str(self._shim_dir),
             "PYTHONUNBUFFERED": "1",
             "OMP_NUM_THREADS": "1",
@@ -526,6 +636,23 @@ class ProcessKubelet:
         })
         return env
 
+    def _pod_kubeconfig(self, run: _PodRun, pod: Json) -> str:
+        """The pod's credentials: a kubeconfig with its ServiceAccount's token (see ``KubeletConfig.pod_token``)."""
+        cfg = self.config
+        if cfg.pod_token is None:
+            return str(Path(cfg.kubeconfig).resolve())
+        from etj_operator.sandbox.identities import pod_kubeconfig
+
+        spec = pod.get("spec") or {}
+        account = str(spec.get("serviceAccountName") or "default")
+        token: str | None = None
+        if spec.get("automountServiceAccountToken") is not False:
+            try:
+                token = cfg.pod_token(run.namespace, account)
+            except Exception as e:  # the ServiceAccount does not exist: the pod acts anonymously
+                log.warning("pod %s/%s: no token for ServiceAccount %s: %s", run.namespace, run.name, account, e)
+        return str(pod_kubeconfig(cfg.api_url, token, run.namespace, run.pod_dir / "kubeconfig").resolve())
+
     def _mounts(self, run: _PodRun, pod: Json, container: Json) -> list[tuple[str, Path]]:
         volumes = {v.get("name"): v for v in (pod.get("spec") or {}).get("volumes") or []}
         mounts: list[tuple[str, Path]] = []
@@ -558,7 +685,7 @@ class ProcessKubelet:
         try:
             env = self.pod_environment(run, pod, container)
         except _Unresolved as e:
-            if time.monotonic() - run.seen_at < self.config.resolve_timeout_seconds:
+            if self.clock() - run.seen_at < self.config.resolve_timeout_seconds:
                 return  # its peers have no address yet; look again on the next sync
             log.warning("pod %s/%s: %s has no address; starting anyway", run.namespace, run.name, e)
             env = self.pod_environment(run, pod, container, strict=False)
@@ -619,14 +746,6 @@ class ProcessKubelet:
             _signal_all(leftovers, signal.SIGKILL)
         log.info("pod %s/%s: exited with %d", run.namespace, run.name, code)
         self._set_phase(run, "Succeeded" if code == 0 else "Failed", exit_code=code)
-
-    def _begin_termination(self, run: _PodRun, pod: Json | None) -> None:
-        run.terminating = True
-        spec = (pod or {}).get("spec") or {}
-        grace = min(max(float(spec.get("terminationGracePeriodSeconds", 30)), 0.0), self.config.max_grace_seconds)
-        thread = threading.Thread(target=self._terminate, args=(run, grace), name=f"terminate-{run.name}", daemon=True)
-        self._terminators.append(thread)
-        thread.start()
 
     def _terminate(self, run: _PodRun, grace: float) -> None:
         """SIGTERM the pod's processes, SIGKILL after ``grace`` seconds; report the end if the pod still exists."""

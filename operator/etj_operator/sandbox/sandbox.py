@@ -157,14 +157,18 @@ class Sandbox:
 
     def start(self) -> Sandbox:
         """Start everything; on any failure, stop what was started and raise SandboxError."""
-        from etj_operator.sandbox import validation
         from etj_operator.sandbox.emulator import EmulatorServer
+        from etj_operator.sandbox.emulator.authn import ADMIN
 
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.recover()
         crds = self.options.crds or (crd_path(),)
         try:
-            self.server = EmulatorServer(host=self.options.host, port=self.options.port, crds=crds).start()
+            # RBAC as on a cluster: the operator runs as the chart's ServiceAccount under the chart's rules, each
+            # pod as its own ServiceAccount; kubectl sends no token over plain HTTP, so requests without one act
+            # as the administrator (what the legacy insecure port of kube-apiserver did).
+            self.server = EmulatorServer(host=self.options.host, port=self.options.port, crds=crds, rbac=True,
+                                         anonymous=ADMIN, owner_references_permission_enforcement=True).start()
         except RuntimeError as e:
             self.server = None
             cause = e.__cause__ or e
@@ -173,12 +177,13 @@ class Sandbox:
                 " (another sandbox? use --port 0 for a free port)"
             ) from e
         try:
-            validation.install(self.server)
+            # The emulator validates custom resources (CRD schema and CEL rules) by default, as a real server.
             self.server.write_kubeconfig(self.kubeconfig)
             self.kubelet = ProcessKubelet(
                 self.server,
                 KubeletConfig(state_dir=self.state_dir, kubeconfig=self.kubeconfig,
-                              max_grace_seconds=self.options.max_grace_seconds, env_defaults=self.options.pod_env),
+                              max_grace_seconds=self.options.max_grace_seconds, env_defaults=self.options.pod_env,
+                              pod_token=self.server.service_account_token, api_url=self.server.url),
             ).start()
             self.server.emulator.pod_log_reader = self.kubelet.read_log
             if self.options.operator:
@@ -193,8 +198,12 @@ class Sandbox:
         import kubernetes
 
         from etj_operator.runner import OperatorThread
+        from etj_operator.sandbox.identities import chart_rbac_objects, install_operator_identity
 
-        settings = {**OPERATOR_ENV_DEFAULTS, **self.options.operator_env, "KUBECONFIG": str(self.kubeconfig)}
+        assert self.server is not None
+        token = install_operator_identity(self.server, chart_rbac_objects())  # the chart's ServiceAccount and rules
+        operator_kubeconfig = self.server.write_kubeconfig(self.state_dir / "operator-kubeconfig", token=token)
+        settings = {**OPERATOR_ENV_DEFAULTS, **self.options.operator_env, "KUBECONFIG": str(operator_kubeconfig)}
         for name, value in settings.items():
             if name == "KUBECONFIG" or name in self.options.operator_env or name not in os.environ:
                 self._saved_env.setdefault(name, os.environ.get(name))
@@ -202,7 +211,7 @@ class Sandbox:
         # The kubernetes package reads $KUBECONFIG once at import (kopf imports it): point its default here too.
         kube_config = kubernetes.config.kube_config
         self._saved_kube_default = kube_config.KUBE_CONFIG_DEFAULT_LOCATION
-        kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(self.kubeconfig)
+        kube_config.KUBE_CONFIG_DEFAULT_LOCATION = str(operator_kubeconfig)
         self.operator = OperatorThread(quiet=True).start()
 
     def _write_state(self) -> None:

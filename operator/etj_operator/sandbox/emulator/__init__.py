@@ -24,9 +24,11 @@ accessors so tests can play the kubelet, plus fault injection (:class:`FaultInje
 
 Modules, one responsibility each: ``errors`` (Status answers), ``objects`` (metadata helpers), ``selection``
 (label and field selectors), ``patches`` (merge, strategic merge, JSON patch), ``resources`` (built-in and
-CRD-defined types), ``structural`` (pruning and defaulting), ``requestlog`` (request log and faults),
-``watch`` (watch plumbing), ``core`` (the state machine), ``frontend`` (HTTP, Tables, OpenAPI) and ``server``
-(the threaded server and its accessors).
+CRD-defined types), ``structural`` (pruning and defaulting), ``admission`` and ``cel`` (schema and CEL
+validation of custom resources), ``crdcheck`` (what a real server checks in a CRD), ``authn`` and ``rbac``
+(bearer tokens, the RBAC authorizer and its escalation checks), ``requestlog`` (request log and faults),
+``watch`` (watch plumbing), ``core`` (the state machine), ``frontend`` (HTTP), ``protobuf`` (kubectl's protobuf
+bodies), ``tables`` (``kubectl get`` columns) and ``server`` (the threaded server and its accessors).
 """
 
 from .core import KubeApiEmulator

@@ -22,6 +22,7 @@ from .resources import ResourceType
 
 if TYPE_CHECKING:
     from .core import KubeApiEmulator
+    from .rbac import AccessControl
 import yaml
 
 Json = dict[str, Any]
@@ -78,6 +79,8 @@ class HttpFrontend:
 
     def __init__(self, emulator: KubeApiEmulator) -> None:
         self.emulator = emulator
+        #: Authentication and RBAC (``rbac.AccessControl``), set by ``EmulatorServer``; None: no access checks.
+        self.access: AccessControl | None = None
 
     async def serve(self, raw: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
         """Serve one HTTP request: record it, inject faults, then answer as a Kubernetes API server."""
@@ -91,6 +94,8 @@ class HttpFrontend:
             while len(self.emulator._log) > self.emulator.request_log_size:
                 self.emulator._log.popleft()
         try:
+            if self.access is not None:  # authentication and authorization come first, as on a real server
+                self.access.check_request(raw)
             fault = self.emulator.faults.take(raw.method, raw.path_qs)
             if fault is not None:
                 record.fault = True
@@ -99,7 +104,10 @@ class HttpFrontend:
                 if fault.status is not None:
                     raise fault.to_error()
             api_path = _parse_api_path(raw.path)
-            if api_path is None:
+            answer = None if self.access is None else await self.access.answer(raw, api_path)
+            if answer is not None:  # TokenRequest and self reviews: answered from the caller's identity
+                response = answer
+            elif api_path is None:
                 response = await self._handle_other(raw)
             else:
                 response = await self._handle_api(raw, api_path, record)
@@ -236,15 +244,24 @@ class HttpFrontend:
             if options.get("orphanDependents") is True and not propagation:
                 propagation = "Orphan"
             dry_run = dry_run or "All" in (options.get("dryRun") or [])
+            # DeleteOptions.gracePeriodSeconds (kubectl --grace-period, the kubelet's final grace-0 delete)
+            grace = options.get("gracePeriodSeconds", query.get("gracePeriodSeconds"))
+            if grace is not None:
+                try:
+                    grace = int(grace)
+                except (TypeError, ValueError):
+                    raise _bad_request(f"invalid gracePeriodSeconds: {grace!r}") from None
             if path.name is None:
                 record.verb = "deletecollection"
                 items = self.emulator.delete_collection(
                     rt, path.namespace, label_selector=query.get("labelSelector", ""),
-                    field_selector=query.get("fieldSelector", ""), propagation=propagation)
+                    field_selector=query.get("fieldSelector", ""), propagation=propagation,
+                    grace_period_seconds=grace)
                 return aiohttp.web.json_response(self._list_body(rt, items))
             record.verb = "delete"
             obj = self.emulator.delete_object(rt, path.namespace, path.name, propagation=propagation,
-                                     preconditions=options.get("preconditions"), dry_run=dry_run)
+                                     preconditions=options.get("preconditions"), dry_run=dry_run,
+                                     grace_period_seconds=grace)
             return self._object_response(raw, rt, obj)
         raise ApiError(405, "MethodNotAllowed", f"the server does not allow this method on the requested"
                        f" resource ({method} {raw.path})")

@@ -1,7 +1,7 @@
 r"""Request bodies in Kubernetes' protobuf encoding, decoded into the JSON form the emulator stores.
 
 kubectl's typed commands (``kubectl create namespace|configmap|secret|serviceaccount|role|rolebinding|
-clusterrole|clusterrolebinding``, ``kubectl auth can-i``) send ``Content-Type: application/vnd.kubernetes.
+clusterrole|clusterrolebinding|token``, ``kubectl auth can-i``) send ``Content-Type: application/vnd.kubernetes.
 protobuf`` for built-in kinds, and client-go has no fallback to JSON for protobuf (it has one for CBOR only).
 A real server decodes these bodies; the emulator does too, for the kinds listed in :data:`KINDS`.
 
@@ -150,6 +150,10 @@ MESSAGES: Final[dict[str, dict[int, Field]]] = {
     "NonResourceAttributes": {1: _f("path"), 2: _f("verb")},
     "SelfSubjectRulesReview": {1: _f("metadata", "ObjectMeta"), 2: _f("spec", "SelfSubjectRulesReviewSpec")},
     "SelfSubjectRulesReviewSpec": {1: _f("namespace")},
+    "TokenRequest": {1: _f("metadata", "ObjectMeta"), 2: _f("spec", "TokenRequestSpec")},
+    "TokenRequestSpec": {1: _f("audiences", repeated=True), 3: _f("boundObjectRef", "BoundObjectReference"),
+                         4: _f("expirationSeconds", "int")},
+    "BoundObjectReference": {1: _f("kind"), 2: _f("apiVersion"), 3: _f("name"), 4: _f("uid")},
 }
 
 #: ``(apiVersion, kind) -> message`` of the objects whose protobuf bodies the emulator decodes.
@@ -164,6 +168,7 @@ KINDS: Final[dict[tuple[str, str], str]] = {
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): "RoleBinding",
     ("authorization.k8s.io/v1", "SelfSubjectAccessReview"): "SelfSubjectAccessReview",
     ("authorization.k8s.io/v1", "SelfSubjectRulesReview"): "SelfSubjectRulesReview",
+    ("authentication.k8s.io/v1", "TokenRequest"): "TokenRequest",
 }
 
 

@@ -72,7 +72,7 @@ BUILTIN_RESOURCES: Final[tuple[ResourceType, ...]] = (
     _builtin("", "v1", "pods", "Pod", short=("po",), subresources=("status", "log"), fields=_POD_FIELDS,
              categories=("all",)),
     _builtin("", "v1", "services", "Service", short=("svc",), subresources=("status",), categories=("all",)),
-    _builtin("", "v1", "serviceaccounts", "ServiceAccount", short=("sa",)),
+    _builtin("", "v1", "serviceaccounts", "ServiceAccount", short=("sa",), subresources=("token",)),
     _builtin("", "v1", "configmaps", "ConfigMap", short=("cm",)),
     _builtin("", "v1", "secrets", "Secret", fields=("type",)),
     _builtin("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", short=("pvc",),
@@ -87,6 +87,13 @@ BUILTIN_RESOURCES: Final[tuple[ResourceType, ...]] = (
     _builtin("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",
              namespaced=False, short=("crd", "crds"), subresources=("status",)),
     _builtin("coordination.k8s.io", "v1", "leases", "Lease"),
+    # Answered from the caller's identity (rbac.AccessControl), never stored: create only, as on a real server.
+    ResourceType(group="authorization.k8s.io", version="v1", plural="selfsubjectaccessreviews",
+                 kind="SelfSubjectAccessReview", namespaced=False, singular="selfsubjectaccessreview",
+                 verbs=("create",)),
+    ResourceType(group="authorization.k8s.io", version="v1", plural="selfsubjectrulesreviews",
+                 kind="SelfSubjectRulesReview", namespaced=False, singular="selfsubjectrulesreview",
+                 verbs=("create",)),
 )
 
 

@@ -16,6 +16,9 @@ from typing import Any, Self, TypeVar
 import aiohttp.web
 import yaml
 
+from .admission import ValidationMode
+from .admission import configure as configure_validation
+from .authn import ADMIN_TOKEN, UserInfo
 from .core import (
     DEFAULT_BOOKMARK_INTERVAL_SECONDS,
     DEFAULT_EVENT_LOG_SIZE,
@@ -25,6 +28,7 @@ from .core import (
 )
 from .errors import ApiError, UnknownResourceError
 from .objects import _meta, _now
+from .rbac import AccessControl, bootstrap_policy
 from .requestlog import FaultInjector, RequestRecord
 
 Json = dict[str, Any]
@@ -44,19 +48,38 @@ class EmulatorServer:
         self, *, host: str = "127.0.0.1", port: int = 0, crds: Iterable[Mapping[str, Any] | str | pathlib.Path] = (),
         bookmark_interval_seconds: float = DEFAULT_BOOKMARK_INTERVAL_SECONDS, strict_namespaces: bool = False,
         history_limit: int = DEFAULT_HISTORY_LIMIT, event_log_size: int = DEFAULT_EVENT_LOG_SIZE,
-        request_log_size: int = DEFAULT_REQUEST_LOG_SIZE,
+        request_log_size: int = DEFAULT_REQUEST_LOG_SIZE, rbac: bool = False, anonymous: bool | UserInfo = True,
+        owner_references_permission_enforcement: bool = False, validation: ValidationMode = "full",
     ) -> None:
+        """Set up the emulator; ``start()`` serves it.
+
+        ``rbac=True``: authenticate bearer tokens and authorize every request with RBAC (see ``rbac.py``);
+        ``anonymous``: a request without a token is ``system:anonymous`` (False: 401; a UserInfo: that user, as
+        the sandbox makes kubectl the administrator, since kubectl sends no token over plain HTTP);
+        ``owner_references_permission_enforcement``: the admission plugin of that name (OpenShift has it on);
+        ``validation``: custom resources checked against their CRD's schema and CEL rules (``"full"``, as a real
+        server), the schema only (``"schema"``, a server without CEL) or not at all (``"none"``).
+        """
         self.host = host
         self._requested_port = port
         self._port: int | None = None
         self.emulator = KubeApiEmulator(bookmark_interval_seconds=bookmark_interval_seconds,
                                         strict_namespaces=strict_namespaces, history_limit=history_limit,
                                         event_log_size=event_log_size, request_log_size=request_log_size)
+        configure_validation(self.emulator, validation)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested: asyncio.Event | None = None
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
+        self.access = AccessControl(self.emulator, enabled=rbac, anonymous=anonymous is not False,
+                                    anonymous_user=anonymous if isinstance(anonymous, UserInfo) else None,
+                                    owner_references_permission_enforcement=owner_references_permission_enforcement)
+        self.emulator._http.access = self.access
+        self.emulator.admission.append(self.access.admit)
+        if rbac:
+            for plural, obj in bootstrap_policy():
+                self.create(plural, obj)
         for crd in crds:
             if isinstance(crd, Mapping):
                 self.load_crd(crd)
@@ -163,22 +186,36 @@ class EmulatorServer:
 
     # ----- kubeconfig -----------------------------------------------------------------------------------
 
-    def kubeconfig(self, *, namespace: str = "default", context: str = "etj-emulator") -> Json:
-        """A kubeconfig dict with a token user that the ``kubernetes`` client, kopf and kubectl accept."""
+    def kubeconfig(self, *, namespace: str = "default", context: str = "etj-emulator",
+                   token: str | None = ADMIN_TOKEN) -> Json:
+        """A kubeconfig dict with a token user that the ``kubernetes`` client, kopf and kubectl accept.
+
+        ``token`` defaults to the administrator's (``system:masters``); pass a ServiceAccount's token
+        (:meth:`service_account_token`) to act as it, or None for an anonymous user.
+        """
         return {
             "apiVersion": "v1", "kind": "Config", "preferences": {},
             "clusters": [{"name": context, "cluster": {"server": self.url}}],
-            "users": [{"name": context, "user": {"token": "etj-emulator-token"}}],
+            "users": [{"name": context, "user": {"token": token} if token else {}}],
             "contexts": [{"name": context, "context": {"cluster": context, "user": context, "namespace": namespace}}],
             "current-context": context,
         }
 
-    def write_kubeconfig(self, path: str | pathlib.Path, *, namespace: str = "default") -> pathlib.Path:
-        """Write the kubeconfig to ``path`` and return it."""
+    def write_kubeconfig(self, path: str | pathlib.Path, *, namespace: str = "default",
+                         token: str | None = ADMIN_TOKEN) -> pathlib.Path:
+        """Write the kubeconfig (see :meth:`kubeconfig`) to ``path`` and return it."""
         target = pathlib.Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(yaml.safe_dump(self.kubeconfig(namespace=namespace), sort_keys=False))
+        target.write_text(yaml.safe_dump(self.kubeconfig(namespace=namespace, token=token), sort_keys=False))
         return target
+
+    def service_account_token(self, namespace: str, name: str) -> str:
+        """A new token of an existing ServiceAccount (as the TokenRequest API issues); ApiError 404 if absent."""
+        def issue(emulator: KubeApiEmulator) -> str:
+            account = emulator.read_object(emulator.resource_type("v1/serviceaccounts"), namespace, name)
+            return self.access.authenticator.issue_service_account_token(namespace, name,
+                                                                         _meta(account).get("uid", ""))
+        return self.call(issue)
 
     # ----- in-process accessors -------------------------------------------------------------------------
 
@@ -325,6 +362,63 @@ class EmulatorServer:
         if reason is not None:
             status["reason"] = reason
         return self.patch_status("pods", namespace, name, status)
+
+    def bind_pod(self, namespace: str, name: str, node: str) -> Json:
+        """Assign a pod to a node, as a scheduler's ``POST pods/NAME/binding`` does (sets ``spec.nodeName``).
+
+        409 when the pod is already bound or is being deleted, as on a real server. A pod bound to a node is
+        deleted gracefully: it stays Terminating until its kubelet removes it (:meth:`finish_termination`).
+        """
+        def bind(emulator: KubeApiEmulator) -> Json:
+            pods = emulator.resource_type("pods")
+            pod = copy.deepcopy(emulator.read_object(pods, namespace, name))
+            bound = (pod.get("spec") or {}).get("nodeName")
+            why = (f"pod {name} is being deleted, cannot be assigned to a host" if _meta(pod).get("deletionTimestamp")
+                   else f'pod {name} is already assigned to node "{bound}"' if bound else "")
+            if why:
+                raise ApiError(409, "Conflict", f'Operation cannot be fulfilled on pods/binding "{name}": {why}',
+                               details={"name": name, "kind": "pods/binding"})
+            pod.setdefault("spec", {})["nodeName"] = node
+            status = pod.setdefault("status", {})
+            others = [c for c in status.get("conditions") or [] if c.get("type") != "PodScheduled"]
+            status["conditions"] = [{"type": "PodScheduled", "status": "True", "lastTransitionTime": _now()}, *others]
+            return copy.deepcopy(emulator._commit(pods, pod))
+        return self.call(bind)
+
+    def delete_pod(self, namespace: str, name: str, *, grace_period_seconds: int | None = None,
+                   uid: str | None = None) -> Json | None:
+        """``DELETE`` a pod with DeleteOptions (grace period, UID precondition); None if it was absent.
+
+        Returns the pod as it is afterwards: still there with a ``deletionTimestamp`` while it terminates.
+        """
+        def remove(emulator: KubeApiEmulator) -> Json | None:
+            try:
+                return copy.deepcopy(emulator.delete_object(
+                    emulator.resource_type("pods"), namespace, name, grace_period_seconds=grace_period_seconds,
+                    preconditions={"uid": uid} if uid else None))
+            except ApiError as e:
+                if e.code == 404:
+                    return None
+                raise
+        return self.call(remove)
+
+    def finish_termination(self, namespace: str, name: str, *, exit_code: int = 143) -> Json | None:
+        """Play the kubelet once a terminating pod's containers have stopped: report, then remove it.
+
+        Writes the terminal phase (``exit_code`` 143 is a SIGTERM'd trainer: Failed; 0: Succeeded), then deletes
+        the pod with a grace period of 0 and its UID as precondition (the kubelet's status manager does both).
+        Returns the pod's last state, or None if it was absent; raises ApiError 409 for a pod not terminating.
+        """
+        pod = self.get("pods", namespace, name)
+        if pod is None:
+            return None
+        if not _meta(pod).get("deletionTimestamp"):
+            raise ApiError(409, "Conflict", f'pod "{name}" is not terminating: nothing to finish')
+        if (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+            pod = self.set_pod_phase(namespace, name, "Succeeded" if exit_code == 0 else "Failed",
+                                     exit_code=exit_code)
+        self.delete_pod(namespace, name, grace_period_seconds=0, uid=_meta(pod).get("uid"))
+        return pod
 
     def wait_for(self, resource: str, namespace: str | None, name: str,
                  predicate: Callable[[Json | None], bool], *, timeout_seconds: float = 10.0,
