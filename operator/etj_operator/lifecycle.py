@@ -7,7 +7,15 @@ apply plans; nothing here does I/O, so every transition is unit-tested.
 
 Gang semantics: every pod carries the gang generation it was created for (``status.restarts`` at the
 time). A failed pod fails the whole gang: all pods are deleted, ``restarts`` goes up by one and a new gang
-is created once the old pods are gone (pod names are reused, so the old ones must disappear first).
+is created once the old pods are gone.
+
+"Gone" means gone from the API, not merely Terminating: on a node, a deleted pod keeps running for its
+grace period (``deletionTimestamp`` set, the kubelet stopping its containers), and its headless-Service
+name still resolves to it. A new worker created beside a terminating worker 0 resolved the master address
+to the dying pod on a real cluster and the new gang deadlocked. So no pod is created while any pod of the
+job is terminating or is being deleted in the same pass (gang restarts, suspend and resume, pauses,
+reschedules, stale or scaled-down pods alike); terminating pods are counted in
+``replicaStatuses.Worker.terminating`` meanwhile.
 """
 
 from __future__ import annotations
@@ -19,7 +27,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from etj_operator import conditions as cond
-from etj_operator.envvars import worker_pod_name
 from etj_operator.models import InvalidSpecError, JobSpec
 
 PENDING = "Pending"
@@ -227,9 +234,11 @@ def reconcile(obs: Observation) -> Plan:
 
 
 def _replica_statuses(b: _Builder) -> None:
-    counts = {"active": 0, "pending": 0, "succeeded": 0, "failed": 0}
+    counts = {"active": 0, "pending": 0, "succeeded": 0, "failed": 0, "terminating": 0}
     for pod in b.obs.pods:
         if pod.terminating:
+            # still on its node (stopping, or its kubelet has not removed it yet): shown, never as active
+            counts["terminating"] += 1
             continue
         key = {"Running": "active", "Succeeded": "succeeded", "Failed": "failed"}.get(pod.phase, "pending")
         counts[key] += 1
@@ -312,12 +321,8 @@ def _run(b: _Builder, spec: JobSpec) -> None:
         _finished(b, spec)
         return
 
-    # A name held by a terminating (or just-deleted stale) pod cannot be reused until that pod is gone.
-    held = {p.name for p in b.obs.pods if p.terminating} | {p.name for p in stale}
-    job = b.obs.name
-    b.plan.create_pods = [
-        i for i in range(spec.replicas) if i not in gang and worker_pod_name(job, i) not in held
-    ]
+    if not _going_away(b):
+        b.plan.create_pods = [i for i in range(spec.replicas) if i not in gang]
     # Pods about to be created count as pending now: one status write instead of a second one when the
     # watch shows them.
     b.status["replicaStatuses"]["Worker"]["pending"] += len(b.plan.create_pods)
@@ -338,16 +343,26 @@ def _run(b: _Builder, spec: JobSpec) -> None:
         b.phase(THROTTLED if b.obs.throttled else RUNNING)
     elif cond.is_true(b.conditions, cond.RESTARTING):
         b.phase(RESTARTING)
-    elif b.status.get("phase") in (RUNNING, THROTTLED) and all(
-        p.phase in ("Running", "Succeeded") for p in gang.values()
-    ):
-        # Workers finishing one after another (worker 0 decides success): still running, not pending.
-        pass
     elif b.obs.rescheduling or b.obs.recreate:
         b.phase(RESCHEDULING)
+    elif gang and b.status.get("phase") in (RUNNING, THROTTLED) and all(
+        p.phase in ("Running", "Succeeded") for p in gang.values()
+    ):
+        # Workers finishing one after another (worker 0 decides success): still running, not pending. A gang
+        # whose pods are all terminating is not running.
+        pass
     else:
         # New, resumed, or a pod of a running gang went missing (deleted by hand, evicted): recreated.
         b.phase(PENDING)
+
+
+def _going_away(b: _Builder) -> list[PodView]:
+    """Pods of the job that are terminating, or deleted by this plan: while any exists, nothing is created.
+
+    A new pod beside a dying one would find the dying one under the job's DNS names (worker 0 is the
+    rendezvous master) and could reuse its name; the old generation must be gone from the API first.
+    """
+    return [p for p in b.obs.pods if p.terminating or p.name in b.plan.delete_pods]
 
 
 def _gang_failed(b: _Builder, spec: JobSpec, pod: PodView, restarts: int) -> None:

@@ -220,15 +220,14 @@ class JobReconciler:
         # The status (e.g. restarts + 1 for a gang restart) is written before any pod is touched: if the write
         # fails or the operator dies right after, no pod was deleted or created on an unrecorded decision.
         await self._write_status(namespace, name, before, plan.status, state)
+        # The pass's Events (and decision counts) go out as soon as the decision is recorded, before any pod
+        # is touched: a pod action that fails half-way must not lose them (JobCreated was lost when the first
+        # pod create failed), and the retry cannot post them twice, because it starts from the written status
+        # and so does not derive the same transition again. A failed status write posts nothing: the retry
+        # derives the transition anew and posts it then.
+        self._record_decisions(body, plan, outcome)
 
         await self._apply_children_and_pods(builders.JobRef.from_body(body), spec, plan, pods, state)
-        for event in plan.events:
-            self.events(body, event)
-            if event.reason == "GangRestarted":
-                GANG_RESTARTS.labels(namespace=namespace, job=name).inc()
-        if outcome is not None:
-            for decision in outcome.decisions:
-                POLICY_DECISIONS.labels(namespace=namespace, job=name, decision=decision).inc()
         self._register_telemetry(namespace, name, spec, plan, pods)
         self._export(namespace, name, plan)
         if plan.delete_job:
@@ -238,6 +237,18 @@ class JobReconciler:
             self.phase_counter.set((namespace, name), plan.status.get("phase"))
         RECONCILE_SECONDS.observe(time.perf_counter() - started)
         return plan
+
+    def _record_decisions(self, body: Mapping[str, Any], plan: Plan, outcome: PolicyOutcome | None) -> None:
+        """Post the plan's Events and count its gang restarts and policy decisions (once per decision)."""
+        meta = body.get("metadata") or {}
+        name, namespace = meta["name"], meta.get("namespace") or "default"
+        for event in plan.events:
+            self.events(body, event)
+            if event.reason == "GangRestarted":
+                GANG_RESTARTS.labels(namespace=namespace, job=name).inc()
+        if outcome is not None:
+            for decision in outcome.decisions:
+                POLICY_DECISIONS.labels(namespace=namespace, job=name, decision=decision).inc()
 
     async def _apply_children_and_pods(
         self, job: builders.JobRef, spec: JobSpec | None, plan: Plan, pods: list[PodView], state: JobState
@@ -418,12 +429,18 @@ class JobReconciler:
         JOB_POWER_LIMIT_WATTS.labels(namespace=namespace, job=name).set(float(limit or 0))
 
     async def _ensure_children(self, job: builders.JobRef, spec: JobSpec) -> None:
+        """Create the job's children in dependency order: the RoleBinding only once its Role exists.
+
+        A real API server checks a RoleBinding against the rules of the Role it names (escalation
+        prevention): a writer without ``bind`` gets 404 while that Role does not exist yet. So the
+        ServiceAccount, the Role and the Service go out together, the RoleBinding after them.
+        """
         await asyncio.gather(
             self.api.create(builders.build_service_account(job)),
             self.api.create(builders.build_role(job)),
-            self.api.create(builders.build_role_binding(job, builders.pod_service_account(spec, job))),
             self.api.create(builders.build_service(job)),
         )
+        await self.api.create(builders.build_role_binding(job, builders.pod_service_account(spec, job)))
 
     async def _write_status(
         self,

@@ -9,16 +9,17 @@ import pytest
 from etj_operator import contract as c
 from etj_operator.handlers import LEGACY_FINALIZER
 from etj_operator.runner import OperatorThread
-from etj_operator.sandbox.emulator import EmulatorServer
+from etj_operator.sandbox.emulator.admission import configure
 
-from emulated import NS, ROOT, Cluster, wait_until
+from emulated import NS, Cluster, operator_kubeconfig, rbac_server, wait_until
 from jobs import job_manifest
 
 
 @pytest.fixture
 def server(tmp_path, monkeypatch):
-    with EmulatorServer(crds=[ROOT / "crds" / "efficienttrainingjobs.yaml"]) as srv:
-        kubeconfig = srv.write_kubeconfig(tmp_path / "kubeconfig")
+    # RBAC on: the operator runs as the chart's ServiceAccount under the chart's rules (tests/emulated.py)
+    with rbac_server() as srv:
+        kubeconfig = operator_kubeconfig(srv, tmp_path / "kubeconfig")
         monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
         monkeypatch.setenv("ETJ_RECONCILE_INTERVAL_SECONDS", "0.5")
         monkeypatch.setenv("ETJ_METRICS_PORT", "0")
@@ -185,7 +186,13 @@ def test_the_finalizer_of_earlier_versions_is_taken_off(cluster):
     wait_until(lambda: cluster.job("legacy") is None, what="job deleted")
 
 
+def without_cel(cluster):
+    """Admission as on an API server without CEL (schema only): the CRD's rules are the operator's to apply."""
+    cluster.server.call(lambda emulator: configure(emulator, "schema"))
+
+
 def test_invalid_spec_fails_with_the_field_and_no_pods(cluster):
+    without_cel(cluster)  # a real server refuses this job at admission (CEL rule); one without CEL admits it
     cluster.apply(job_manifest("bad", energy={"power": {"mode": "Fixed"}}))
     status = cluster.wait_phase("bad", "Failed")
     invalid = next(x for x in status["conditions"] if x["type"] == "Invalid")
@@ -222,6 +229,7 @@ def test_operator_restart_mid_job_creates_no_duplicates_and_keeps_status(server)
 
 
 def test_a_spec_made_invalid_mid_run_fails_the_job_and_stops_its_pods(cluster):
+    without_cel(cluster)
     cluster.apply(job_manifest("edited", replicas=2))
     cluster.wait_pods("edited", 2)
     cluster.set_phase("edited", "Running")
@@ -245,3 +253,89 @@ def test_events_are_on_the_job_as_kubectl_describe_lists_them(cluster):
     created = next(e for e in events() if e["reason"] == "JobCreated")
     assert created["involvedObject"]["uid"] == uid and created["involvedObject"]["kind"] == c.KIND
     assert created["source"]["component"] == c.MANAGED_BY and created["type"] == "Normal"
+
+
+# ----- graceful deletion: a gang restart waits until the old gang is gone from the API -------------------
+
+
+def test_a_gang_restart_under_graceful_deletion_waits_for_the_slow_worker_0(cluster):
+    template = job_manifest("graceful")["spec"]["template"]
+    template["spec"]["terminationGracePeriodSeconds"] = 60  # a trainer that checkpoints before it exits
+    cluster.apply(job_manifest("graceful", replicas=2, template=template, runPolicy={"backoffLimit": 3}))
+    cluster.wait_pods("graceful", 2)
+    cluster.bind("graceful")  # scheduled: from now on their deletion is graceful, as on a node
+    cluster.set_phase("graceful", "Running")
+    cluster.wait_phase("graceful", "Running")
+    cluster.set_phase("graceful", "Failed", indices=[1], exit_code=1)
+
+    # The failed worker 1 goes at once (a finished pod has nothing to stop); worker 0, still running, stays
+    # Terminating: its kubelet has sent SIGTERM and the trainer takes its time to exit.
+    status = wait_until(
+        lambda: (s := cluster.status("graceful")).get("replicaStatuses", {}).get("Worker", {}).get("terminating") == 1
+        and s,
+        what="the operator to see worker 0 terminating",
+    )
+    assert status["restarts"] == 1 and status["phase"] == "Restarting"
+    assert [p["metadata"]["name"] for p in cluster.pods("graceful")] == ["graceful-worker-0"]
+
+    # Two later passes (marked by spec edits the operator acknowledges with observedGeneration) see the same
+    # old worker 0 terminating: both must leave the new gang uncreated, worker 1 included, whose name is free.
+    for generation, limit in ((2, 4), (3, 5)):
+        cluster.server.patch(c.PLURAL, NS, "graceful", {"spec": {"runPolicy": {"backoffLimit": limit}}})
+        wait_until(lambda g=generation: cluster.status("graceful").get("observedGeneration") == g, what="a pass")
+    pods = cluster.pods("graceful")
+    assert [(p["metadata"]["name"], bool(p["metadata"].get("deletionTimestamp"))) for p in pods] == [
+        ("graceful-worker-0", True)
+    ]
+    assert cluster.status("graceful")["phase"] == "Restarting"
+
+    finished_at = time.monotonic()
+    assert cluster.finish_terminations("graceful") == 1  # the trainer exited on SIGTERM; the kubelet removes it
+    new_gang = cluster.wait_pods("graceful", 2, generation=1)
+    assert all(not p["spec"].get("nodeName") for p in new_gang)
+    new_posts = [
+        r for r in cluster.server.requests
+        if r.method == "POST" and r.resource == "pods" and r.status == 201 and r.started_at >= finished_at
+    ]
+    assert len(new_posts) == 2  # both new pods were asked for only after the old worker 0 was gone
+    assert cluster.pod_creations("graceful") == 4  # two per generation, none duplicated
+    cluster.bind("graceful")
+    cluster.set_phase("graceful", "Running")
+    status = cluster.wait_phase("graceful", "Running")
+    assert status["restarts"] == 1 and status["replicaStatuses"]["Worker"]["terminating"] == 0
+
+
+def test_resume_waits_until_the_suspended_pods_have_terminated(cluster):
+    cluster.apply(job_manifest("nap", replicas=2))
+    cluster.wait_pods("nap", 2)
+    cluster.bind("nap")
+    cluster.set_phase("nap", "Running")
+    cluster.wait_phase("nap", "Running")
+    cluster.server.patch(c.PLURAL, NS, "nap", {"spec": {"suspend": True}})
+    cluster.wait_phase("nap", "Suspended")
+    wait_until(lambda: len(cluster.terminating_pods("nap")) == 2, what="both pods terminating")
+    cluster.server.patch(c.PLURAL, NS, "nap", {"spec": {"suspend": False}})
+    wait_until(lambda: cluster.status("nap").get("observedGeneration") == 3, what="the resume seen")
+    cluster.server.patch(c.PLURAL, NS, "nap", {"spec": {"runPolicy": {"backoffLimit": 4}}})
+    wait_until(lambda: cluster.status("nap").get("observedGeneration") == 4, what="one more pass")
+    assert cluster.live_pods("nap") == [] and len(cluster.terminating_pods("nap")) == 2
+    assert cluster.status("nap")["replicaStatuses"]["Worker"]["terminating"] == 2
+    assert cluster.finish_terminations("nap") == 2
+    cluster.wait_pods("nap", 2)
+    assert cluster.pod_creations("nap") == 4
+
+
+def test_the_events_of_a_pass_survive_a_failed_pod_create(cluster):
+    fault = cluster.server.faults.add(method="POST", path_regex=rf"/namespaces/{NS}/pods$", status=500, times=1)
+    cluster.apply(job_manifest("unlucky", replicas=2))
+    cluster.wait_pods("unlucky", 2)
+    assert fault.hits == 1  # the first pass failed half-way: after its status write, at a pod create
+
+    def created_events() -> list[dict]:
+        events = cluster.server.list("events", NS, field_selector="involvedObject.name=unlucky")
+        return [e for e in events if e["reason"] == "JobCreated"]
+
+    events = wait_until(created_events, what="the JobCreated event")
+    # the retry derives no second JobCreated: it starts from the status the failed pass wrote
+    wait_until(lambda: cluster.status("unlucky").get("phase") == "Pending", what="the retried pass")
+    assert len(created_events()) == 1 and events[0].get("count", 1) == 1

@@ -190,3 +190,158 @@ def test_a_port_taken_on_every_address_fails_the_pod_with_a_reason(server, kubel
         done = server.wait_for("pods", NS, "blocked", phase_is("Failed"), timeout_seconds=30)
     assert done["status"]["reason"] == "AddressUnavailable"
     assert str(port) in kubelet.read_log(NS, "blocked")
+
+
+# ----- graceful termination on a fake clock: no background thread, one sync() at a time ------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Recorder:
+    """The emulator as the kubelet's PodApi, recording the kubelet's writes in order."""
+
+    def __init__(self, server: EmulatorServer) -> None:
+        self.server = server
+        self.calls: list[tuple] = []
+
+    def list(self, *args, **kwargs):
+        return self.server.list(*args, **kwargs)
+
+    def set_pod_phase(self, namespace, name, phase, **kwargs):
+        self.calls.append(("phase", name, phase, kwargs.get("exit_code")))
+        return self.server.set_pod_phase(namespace, name, phase, **kwargs)
+
+    def bind_pod(self, namespace, name, node):
+        self.calls.append(("bind", name, node))
+        return self.server.bind_pod(namespace, name, node)
+
+    def delete_pod(self, namespace, name, **kwargs):
+        self.calls.append(("delete", name, kwargs.get("grace_period_seconds"), kwargs.get("uid")))
+        return self.server.delete_pod(namespace, name, **kwargs)
+
+
+@pytest.fixture
+def manual(server, tmp_path, monkeypatch):
+    """A kubelet driven by hand: (kubelet, clock, recorder, signals sent as (signal, pod tag) pairs)."""
+    import etj_operator.sandbox.kubelet as kubelet_module
+
+    signals: list[tuple[int, str]] = []
+    real_signal_all = kubelet_module._signal_all
+
+    def recording_signal_all(pids, sig):
+        tags = {kubelet_module._environ(pid).get(b"ETJ_SANDBOX_POD", b"").decode() for pid in pids}
+        signals.extend((sig, tag) for tag in sorted(tags))
+        real_signal_all(pids, sig)
+
+    monkeypatch.setattr(kubelet_module, "_signal_all", recording_signal_all)
+    clock, recorder = FakeClock(), Recorder(server)
+    k = ProcessKubelet(recorder, KubeletConfig(state_dir=tmp_path / "state", kubeconfig=server.write_kubeconfig(
+        tmp_path / "kubeconfig"), max_grace_seconds=60), clock=clock)
+    yield k, clock, recorder, signals
+    k.stop(grace_seconds=1)
+    assert tagged_processes(tmp_path / "state") == []
+
+
+IGNORES_SIGTERM = ("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                   "print('ready', flush=True)\ntime.sleep(120)")
+
+
+def sync_until(kubelet, predicate, what, tries=600):
+    """Sync (the fake clock stands still) until ``predicate()``; waits for processes, never asserts on time."""
+    import time
+
+    for _ in range(tries):
+        kubelet.sync()
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"never happened: {what}")
+
+
+def start(server, kubelet, body):
+    name = body["metadata"]["name"]
+    server.create("pods", body, namespace=NS)
+    sync_until(kubelet, lambda: "ready" in kubelet.read_log(NS, name), f"{name} ready")
+    return server.get("pods", NS, name)
+
+
+def test_the_kubelet_binds_what_it_runs_and_honours_the_grace_period(server, manual):
+    kubelet, clock, recorder, signals = manual
+    running = start(server, kubelet, pod("slow", IGNORES_SIGTERM, grace=30))
+    assert running["spec"]["nodeName"] == "sandbox" and ("bind", "slow", "sandbox") in recorder.calls
+    tag = f"{NS}/slow/{running['metadata']['uid']}"
+
+    server.delete_pod(NS, "slow")  # bound: Terminating for 30 s
+    kubelet.sync()
+    assert signals == [(15, tag)]  # SIGTERM at once
+    clock.now += 29.9
+    kubelet.sync()
+    assert signals == [(15, tag)]  # the trainer ignores it; no SIGKILL before the deadline
+    assert server.get("pods", NS, "slow")["metadata"]["deletionTimestamp"]  # still Terminating
+    assert not any(c[0] == "delete" for c in recorder.calls)
+    clock.now += 0.2
+    kubelet.sync()
+    assert signals == [(15, tag), (9, tag)]
+    sync_until(kubelet, lambda: server.get("pods", NS, "slow") is None, "the pod removed")
+    # report first, then remove with grace 0 and the pod's own UID (a newer pod of the name is left alone)
+    assert recorder.calls[-2:] == [("phase", "slow", "Failed", 137),
+                                   ("delete", "slow", 0, running["metadata"]["uid"])]
+
+
+def test_a_shorter_grace_period_brings_the_sigkill_forward(server, manual):
+    kubelet, clock, _, signals = manual
+    running = start(server, kubelet, pod("hurried", IGNORES_SIGTERM, grace=30))
+    tag = f"{NS}/hurried/{running['metadata']['uid']}"
+    server.delete_pod(NS, "hurried")
+    kubelet.sync()
+    clock.now += 5
+    server.delete_pod(NS, "hurried", grace_period_seconds=8)  # kubectl delete --grace-period=8, 5 s later
+    kubelet.sync()
+    assert signals == [(15, tag)]
+    clock.now += 3.1  # 8.1 s after the SIGTERM: past the shortened deadline, far from the first one
+    kubelet.sync()
+    assert signals == [(15, tag), (9, tag)]
+    sync_until(kubelet, lambda: server.get("pods", NS, "hurried") is None, "the pod removed")
+
+
+def test_a_terminating_master_is_never_the_answer_to_its_name(server, manual):
+    kubelet, clock, _, _ = manual
+    master = dict(hostname="job-worker-0", subdomain="job", ports={"rendezvous": 29500}, grace=30)
+    old = start(server, kubelet, pod("job-worker-0", IGNORES_SIGTERM, **master))
+    old_ip = old["status"]["podIP"]
+    server.delete_pod(NS, "job-worker-0")  # the gang restarts: the old master terminates slowly
+    kubelet.sync()
+    peer_code = "import os; print('master at', os.environ['MASTER_ADDR'], flush=True)"
+    server.create("pods", pod("job-worker-1", peer_code, hostname="job-worker-1", subdomain="job",
+                              env={"MASTER_ADDR": "job-worker-0.job.default.svc"}), namespace=NS)
+    for _ in range(3):
+        kubelet.sync()
+    peer = server.get("pods", NS, "job-worker-1")
+    assert peer["status"]["phase"] == "Pending" and "podIP" not in peer["status"]  # waits: no live master
+    assert "master at" not in kubelet.read_log(NS, "job-worker-1")
+
+    clock.now += 31  # the old master's grace runs out; it is killed and removed
+    sync_until(kubelet, lambda: server.get("pods", NS, "job-worker-0") is None, "the old master removed")
+    new = start(server, kubelet, pod("job-worker-0", IGNORES_SIGTERM, **master))
+    sync_until(kubelet, lambda: "master at" in kubelet.read_log(NS, "job-worker-1"), "the peer started")
+    seen = kubelet.read_log(NS, "job-worker-1").split("master at ")[-1].split()[0]
+    assert seen == new["status"]["podIP"] != old_ip
+
+
+def test_a_pod_deleted_before_it_started_is_removed_at_once(server, manual):
+    kubelet, _, recorder, signals = manual
+    # its peer never comes, so it waits for an address and has no process
+    server.create("pods", pod("waiting", "print('never')", hostname="w", subdomain="lonely",
+                              env={"MASTER_ADDR": "nobody.lonely.default.svc"}), namespace=NS)
+    kubelet.sync()
+    uid = server.get("pods", NS, "waiting")["metadata"]["uid"]
+    server.delete_pod(NS, "waiting")
+    kubelet.sync()
+    assert server.get("pods", NS, "waiting") is None
+    assert signals == [] and ("delete", "waiting", 0, uid) in recorder.calls

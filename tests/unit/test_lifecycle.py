@@ -1,3 +1,4 @@
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 from etj_operator import conditions as cond
@@ -39,7 +40,9 @@ def test_new_job_creates_children_and_all_pods():
     assert cond.is_true(status["conditions"], cond.CREATED)
     assert status["startTime"] == "2026-01-01T12:00:00Z"
     assert status["observedGeneration"] == 1 and status["restarts"] == 0
-    assert status["replicaStatuses"] == {"Worker": {"active": 0, "pending": 2, "succeeded": 0, "failed": 0}}
+    assert status["replicaStatuses"] == {
+        "Worker": {"active": 0, "pending": 2, "succeeded": 0, "failed": 0, "terminating": 0}
+    }
 
 
 def test_existing_pods_are_not_recreated():
@@ -47,7 +50,9 @@ def test_existing_pods_are_not_recreated():
     plan, status = step(status, running())
     assert plan.create_pods == [] and not plan.ensure_children
     assert status["phase"] == "Running"
-    assert status["replicaStatuses"] == {"Worker": {"active": 2, "pending": 0, "succeeded": 0, "failed": 0}}
+    assert status["replicaStatuses"] == {
+        "Worker": {"active": 2, "pending": 0, "succeeded": 0, "failed": 0, "terminating": 0}
+    }
 
 
 def test_a_missing_pod_is_recreated_alone():
@@ -67,9 +72,10 @@ def test_failure_restarts_the_whole_gang_then_recreates_it():
     # old pods still terminating: names are held, nothing is created yet
     plan, status = step(status, [pod(0, "Running", terminating=True), pod(1, "Failed", terminating=True)])
     assert plan.create_pods == [] and plan.delete_pods == []
-    # a stale pod the index still shows as live (old generation) is deleted again, not reused
+    # a stale pod the index still shows as live (old generation) is deleted again, and while it exists no
+    # pod of the new generation is created (not even worker 1, whose name is free)
     plan, status = step(status, [pod(0, "Running", gen=0)])
-    assert plan.delete_pods == ["digits-worker-0"] and plan.create_pods == [1]
+    assert plan.delete_pods == ["digits-worker-0"] and plan.create_pods == []
     plan, status = step(status, [])
     assert plan.create_pods == [0, 1]
     _, status = step(status, running(gen=1))
@@ -206,3 +212,96 @@ def test_workers_finishing_before_worker_0_keep_the_job_running():
     _, status = step(status, running())
     plan, status = step(status, [pod(0, "Running"), pod(1, "Succeeded")])
     assert status["phase"] == "Running" and plan.create_pods == [] and plan.events == []
+
+
+# ----- graceful deletion: a new generation only once the old one is gone from the API -----------------
+
+
+def observe_with(status, pods, **fields):
+    """An observation with the energy policies' fields (hold, recreate, ...) set."""
+    return dataclasses.replace(observe(status, pods), **fields)
+
+
+def restarted_status():
+    """The status right after a gang restart was decided (both old pods deleted, restarts = 1)."""
+    _, status = step()
+    _, status = step(status, running())
+    plan, status = step(status, [pod(0), pod(1, "Failed", exit_code=1)])
+    assert status["restarts"] == 1 and plan.create_pods == []
+    return status
+
+
+def test_no_new_worker_while_the_old_worker_0_is_still_terminating():
+    status = restarted_status()
+    # worker 1 (failed) went at once; worker 0 is still on its node, stopping within its grace period
+    plan, status = step(status, [pod(0, "Running", terminating=True)])
+    assert plan.create_pods == [] and plan.delete_pods == []  # deleted once already: not deleted again
+    assert status["phase"] == "Restarting"
+    assert status["replicaStatuses"]["Worker"] == {
+        "active": 0, "pending": 0, "succeeded": 0, "failed": 0, "terminating": 1
+    }
+    # its phase may turn terminal while it terminates (the kubelet reports the exit): still not a new failure
+    plan, status = step(status, [pod(0, "Failed", terminating=True, exit_code=143)])
+    assert plan.create_pods == [] and status["restarts"] == 1 and status["phase"] == "Restarting"
+    plan, status = step(status, [])
+    assert plan.create_pods == [0, 1]
+    assert status["replicaStatuses"]["Worker"]["pending"] == 2
+    assert status["replicaStatuses"]["Worker"]["terminating"] == 0
+
+
+def test_a_terminating_pod_of_the_new_generation_blocks_creation_too():
+    # a stray terminating pod of the current generation (deleted by hand) beside a missing one
+    status = restarted_status()
+    plan, status = step(status, [pod(1, "Pending", gen=1, terminating=True)])
+    assert plan.create_pods == []
+    plan, status = step(status, [])
+    assert plan.create_pods == [0, 1]
+
+
+def test_resume_waits_until_the_suspended_pods_are_gone():
+    _, status = step()
+    _, status = step(status, running())
+    plan, status = step(status, running(), suspend=True)
+    assert sorted(plan.delete_pods) == ["digits-worker-0", "digits-worker-1"]
+    terminating = [pod(0, terminating=True), pod(1, terminating=True)]
+    plan, status = step(status, terminating, suspend=True)
+    assert status["phase"] == "Suspended" and status["replicaStatuses"]["Worker"]["terminating"] == 2
+    plan, status = step(status, terminating[:1])  # resumed while worker 0 still terminates
+    assert plan.create_pods == [] and not cond.is_true(status["conditions"], cond.SUSPENDED)
+    plan, status = step(status, [])
+    assert plan.create_pods == [0, 1]
+
+
+def test_a_reschedule_deletes_the_gang_and_recreates_it_only_once_it_is_gone():
+    _, status = step()
+    _, status = step(status, running())
+    plan = reconcile(observe_with(status, running(), recreate=True, rescheduling=True))
+    assert sorted(plan.delete_pods) == ["digits-worker-0", "digits-worker-1"] and plan.create_pods == []
+    status = plan.status
+    assert status["phase"] == "Rescheduling"
+    plan = reconcile(observe_with(status, [pod(0, terminating=True)], rescheduling=True))
+    assert plan.create_pods == [] and plan.status["phase"] == "Rescheduling"
+    plan = reconcile(observe_with(plan.status, [], rescheduling=True))
+    assert plan.create_pods == [0, 1]
+    assert plan.status["restarts"] == 0  # a move is not a restart
+
+
+def test_a_pause_resumes_only_once_the_paused_pods_are_gone():
+    _, status = step()
+    _, status = step(status, running())
+    plan = reconcile(observe_with(status, running(), hold="Paused"))
+    assert plan.status["phase"] == "Paused" and len(plan.delete_pods) == 2
+    plan = reconcile(observe_with(plan.status, [pod(1, terminating=True)]))
+    assert plan.create_pods == []
+    plan = reconcile(observe_with(plan.status, []))
+    assert plan.create_pods == [0, 1]
+
+
+def test_scale_down_creates_nothing_while_the_extra_pod_goes():
+    _, status = step()
+    plan, status = step(status, [pod(0), pod(2)])  # worker 1 missing, worker 2 beyond the new size
+    assert plan.delete_pods == ["digits-worker-2"] and plan.create_pods == []
+    plan, status = step(status, [pod(0), pod(2, terminating=True)])
+    assert plan.create_pods == []
+    plan, status = step(status, [pod(0)])
+    assert plan.create_pods == [1]

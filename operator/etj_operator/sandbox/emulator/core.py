@@ -19,18 +19,11 @@ import aiohttp.web
 import attrs
 import kmock
 
+from .admission import CustomResourceAdmission
+from .crdcheck import check_crd
 from .errors import ApiError, UnknownResourceError, _already_exists, _bad_request, _conflict, _invalid, _not_found
 from .frontend import HttpFrontend
-from .objects import (
-    _DNS_LABEL,
-    _DNS_SUBDOMAIN,
-    _RFC1035_LABEL,
-    _generate_name,
-    _meta,
-    _now,
-    _parse_time,
-    _without,
-)
+from .objects import _DNS_LABEL, _DNS_SUBDOMAIN, _RFC1035_LABEL, _generate_name, _meta, _now, _parse_time, _without
 from .patches import JsonPatchError, apply_json_patch, apply_merge_patch, apply_strategic_merge_patch
 from .requestlog import FaultInjector, RequestRecord
 from .resources import BUILTIN_RESOURCES, ResourceType, resource_types_from_crd
@@ -78,8 +71,10 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
     strict_namespaces: bool = False
     faults: FaultInjector = attrs.field(factory=FaultInjector)
     #: Admission hooks ``(resource type, new object, stored object or None)`` run before every create/update
-    #: is committed (dry runs included); they reject by raising ApiError (the sandbox's schema validation).
-    admission: list[Callable[[ResourceType, Json, Json | None], None]] = attrs.field(factory=list)
+    #: is committed (dry runs included); they reject by raising ApiError. By default: the CRD schema and CEL
+    #: rules, as a real server (see ``admission.configure`` to turn CEL or all validation off).
+    admission: list[Callable[[ResourceType, Json, Json | None], None]] = attrs.field(
+        factory=lambda: [CustomResourceAdmission()])
     #: Reads a pod's container log ``(namespace, pod, container or None) -> text`` for ``GET pods/NAME/log``
     #: (the sandbox kubelet's log files); None: the endpoint answers 400, as without a kubelet.
     pod_log_reader: Callable[[str, str, str | None], str] | None = None
@@ -290,6 +285,11 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
             self.create_object(ns_type, None, {"metadata": {"name": namespace}})
 
     def _validate_name(self, rt: ResourceType, name: str) -> None:
+        if rt.group == "rbac.authorization.k8s.io":
+            # RBAC names are path segments (ValidateRBACName): `system:discovery` is valid
+            if name in (".", "..") or "/" in name or "%" in name:
+                raise _invalid(rt, name, f"metadata.name: Invalid value: {name!r}: may not contain '/' or '%'")
+            return
         pattern, limit = _DNS_SUBDOMAIN, 253
         if rt.plural in ("namespaces", "services"):
             pattern, limit = (_DNS_LABEL if rt.plural == "namespaces" else _RFC1035_LABEL), 63
@@ -342,6 +342,8 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         if rt.custom:
             obj = prune_and_default(obj, rt.schema, strict=strict_fields)
         self._initialise_builtin(rt, obj)
+        if rt.plural == "customresourcedefinitions" and rt.group == "apiextensions.k8s.io":
+            check_crd(obj)  # what a real server checks in a CRD (structural schema, defaults, CEL rules)
         for admit in self.admission:
             admit(rt, obj, None)
         if dry_run:
@@ -488,6 +490,8 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
             new_meta["generation"] = int(old_meta.get("generation", 1)) + 1
         if new == old:
             return old  # a no-op write neither bumps the resourceVersion nor makes a watch event
+        if rt.plural == "customresourcedefinitions" and rt.group == "apiextensions.k8s.io" and subresource is None:
+            check_crd(new, old)
         for admit in self.admission:
             admit(rt, new, old)
         if dry_run:
