@@ -134,4 +134,13 @@ def test_everyday_commands_create_namespace_configmap_events_and_logs_follow(san
     header = events.splitlines()[0].split()
     assert header[:5] == ["LAST", "SEEN", "TYPE", "REASON", "OBJECT"], events
     assert "efficienttrainingjob/short" in events
+
+    # kubectl auth can-i, answered by the sandbox's RBAC: the job's pods may patch their job's status, not delete it
+    account = server.get("pods", "default", "short-worker-0")["spec"]["serviceAccountName"]
+    pod_user = f"system:serviceaccount:default:{account}"
+    can = kubectl(sandbox, "auth", "can-i", "patch", "efficienttrainingjobs/short", "--subresource=status",
+                  "--as", pod_user, check=False)
+    assert can.stdout.strip() == "yes", (can.stdout, can.stderr)
+    cannot = kubectl(sandbox, "auth", "can-i", "delete", "efficienttrainingjobs/short", "--as", pod_user, check=False)
+    assert cannot.stdout.strip() == "no", (cannot.stdout, cannot.stderr)
     kubectl(sandbox, "delete", "etj", "short")

@@ -345,3 +345,28 @@ def test_a_pod_deleted_before_it_started_is_removed_at_once(server, manual):
     kubelet.sync()
     assert server.get("pods", NS, "waiting") is None
     assert signals == [] and ("delete", "waiting", 0, uid) in recorder.calls
+
+
+def test_the_projected_token_volume_holds_the_pods_token_and_namespace(server, tmp_path):
+    """The API server adds kube-api-access-* to every pod; the kubelet fills it as a node's kubelet does."""
+    server.create("serviceaccounts", {"metadata": {"name": "default"}}, namespace=NS)
+    kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig")
+    issued = []
+
+    def token(namespace: str, account: str) -> str:
+        issued.append((namespace, account))
+        return server.service_account_token(namespace, account)
+
+    kubelet = ProcessKubelet(server, KubeletConfig(state_dir=tmp_path / "state", kubeconfig=kubeconfig,
+                                                   max_grace_seconds=5, poll_seconds=0.05, pod_token=token))
+    env = {"TOKEN_DIR": "/var/run/secrets/kubernetes.io/serviceaccount"}
+    code = ("import os; d = os.environ['TOKEN_DIR']; print(open(os.path.join(d, 'namespace')).read());"
+            " print(len(open(os.path.join(d, 'token')).read()) > 10)")
+    kubelet.start()
+    try:
+        server.create("pods", pod("tok", code, env=env), namespace=NS)
+        server.wait_for("pods", NS, "tok", phase_is("Succeeded"), timeout_seconds=30)
+        assert kubelet.read_log(NS, "tok").splitlines()[-2:] == [NS, "True"]  # after the kubelet's header
+        assert issued == [(NS, "default")]  # one token for the kubeconfig and the volume
+    finally:
+        kubelet.stop(grace_seconds=2)

@@ -18,7 +18,9 @@ There are no images, containers or network namespaces here, so the kubelet appro
 * **Volumes.** ``emptyDir`` mounts become a per-pod directory, ``persistentVolumeClaim`` mounts a
   per-claim directory, ``hostPath`` a directory under the state dir (the host path itself is never used);
   env values and ``workingDir`` under a mount path are rewritten to the host directory (e.g.
-  ``ETJ_CHECKPOINT_DIR=/checkpoints``). Other volume types are not mounted.
+  ``ETJ_CHECKPOINT_DIR=/checkpoints``). A ``projected`` volume (the API server adds the ServiceAccount's
+  ``kube-api-access-*`` one to every pod) gets the pod's token and namespace files, as a kubelet writes them
+  (no ``ca.crt``: the sandbox serves plain HTTP). Other volume types are not mounted.
 * **Credentials.** ``KUBECONFIG`` points at a kubeconfig of the pod's own (``<pod dir>/kubeconfig``) with a token
   of its ServiceAccount (``spec.serviceAccountName``), as the projected token volume gives a pod on a node; none
   with ``automountServiceAccountToken: false``. Without ``KubeletConfig.pod_token``, the sandbox's kubeconfig.
@@ -311,6 +313,8 @@ class _PodRun:
     killed: bool = False
     #: The grace-0 DELETE that removes the pod has been sent.
     removed: bool = False
+    #: The pod's ServiceAccount token, issued once (kubeconfig and projected token volume).
+    token: str | None = None
 
     @property
     def tag(self) -> str:
@@ -643,15 +647,39 @@ class ProcessKubelet:
             return str(Path(cfg.kubeconfig).resolve())
         from etj_operator.sandbox.identities import pod_kubeconfig
 
+        return str(pod_kubeconfig(cfg.api_url, self._pod_token(run, pod), run.namespace,
+                                  run.pod_dir / "kubeconfig").resolve())
+
+    def _pod_token(self, run: _PodRun, pod: Json) -> str | None:
+        """A token of the pod's ServiceAccount (issued once per run), or None: no automount, or no such account."""
+        if run.token is not None or self.config.pod_token is None:
+            return run.token
         spec = pod.get("spec") or {}
         account = str(spec.get("serviceAccountName") or "default")
-        token: str | None = None
-        if spec.get("automountServiceAccountToken") is not False:
-            try:
-                token = cfg.pod_token(run.namespace, account)
-            except Exception as e:  # the ServiceAccount does not exist: the pod acts anonymously
-                log.warning("pod %s/%s: no token for ServiceAccount %s: %s", run.namespace, run.name, account, e)
-        return str(pod_kubeconfig(cfg.api_url, token, run.namespace, run.pod_dir / "kubeconfig").resolve())
+        if spec.get("automountServiceAccountToken") is False:
+            return None
+        try:
+            run.token = self.config.pod_token(run.namespace, account)
+        except Exception as e:  # the ServiceAccount does not exist: the pod acts anonymously
+            log.warning("pod %s/%s: no token for ServiceAccount %s: %s", run.namespace, run.name, account, e)
+        return run.token
+
+    def _projected(self, run: _PodRun, pod: Json, volume: Json, host: Path) -> None:
+        """Fill a projected volume as the kubelet does: the ServiceAccount token and the namespace.
+
+        The sandbox serves plain HTTP, so there is no cluster CA: a ``kube-root-ca.crt`` source is left out.
+        """
+        host.mkdir(parents=True, exist_ok=True)
+        for source in (volume.get("projected") or {}).get("sources") or []:
+            if "serviceAccountToken" in source:
+                token = self._pod_token(run, pod)
+                if token:
+                    path = host / str((source["serviceAccountToken"] or {}).get("path") or "token")
+                    path.write_text(token)
+                    path.chmod(0o600)
+            for item in (source.get("downwardAPI") or {}).get("items") or []:
+                if (item.get("fieldRef") or {}).get("fieldPath") == "metadata.namespace" and item.get("path"):
+                    (host / str(item["path"])).write_text(run.namespace)
 
     def _mounts(self, run: _PodRun, pod: Json, container: Json) -> list[tuple[str, Path]]:
         volumes = {v.get("name"): v for v in (pod.get("spec") or {}).get("volumes") or []}
@@ -666,6 +694,9 @@ class ProcessKubelet:
             elif "persistentVolumeClaim" in volume:
                 claim = (volume["persistentVolumeClaim"] or {}).get("claimName", volume["name"])
                 host = self.state_dir / "volumes" / run.namespace / f"pvc-{claim}"
+            elif "projected" in volume:
+                host = run.pod_dir / "volumes" / str(volume["name"])
+                self._projected(run, pod, volume, host)
             elif "hostPath" in volume:
                 safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str((volume["hostPath"] or {}).get("path", "")).strip("/"))
                 host = self.state_dir / "volumes" / "hostpath" / (safe or "root")

@@ -27,8 +27,9 @@ Modules, one responsibility each: ``errors`` (Status answers), ``objects`` (meta
 CRD-defined types), ``structural`` (pruning and defaulting), ``admission`` and ``cel`` (schema and CEL
 validation of custom resources), ``crdcheck`` (what a real server checks in a CRD), ``authn`` and ``rbac``
 (bearer tokens, the RBAC authorizer and its escalation checks), ``requestlog`` (request log and faults),
-``watch`` (watch plumbing), ``core`` (the state machine), ``frontend`` (HTTP), ``protobuf`` (kubectl's protobuf
-bodies), ``tables`` (``kubectl get`` columns) and ``server`` (the threaded server and its accessors).
+``watch`` (watch plumbing), ``core`` (the state machine), ``defaults`` (what a server adds to new pods),
+``frontend`` (HTTP), ``protobuf`` (kubectl's protobuf bodies), ``tables`` (``kubectl get`` columns) and
+``server`` (the threaded server and its accessors).
 """
 
 from .core import KubeApiEmulator

@@ -21,6 +21,7 @@ import kmock
 
 from .admission import CustomResourceAdmission
 from .crdcheck import check_crd
+from .defaults import default_pod_spec
 from .errors import ApiError, UnknownResourceError, _already_exists, _bad_request, _conflict, _invalid, _not_found
 from .frontend import HttpFrontend
 from .objects import _DNS_LABEL, _DNS_SUBDOMAIN, _RFC1035_LABEL, _generate_name, _meta, _now, _parse_time, _without
@@ -359,11 +360,9 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
             return
         if rt.plural == "pods":
             spec = obj.setdefault("spec", {})
+            if isinstance(spec, dict):
+                default_pod_spec(spec)  # registry defaults and the default admission plugins (defaults.py)
             obj["status"] = {"phase": "Pending", "qosClass": _qos_class(spec)}
-            spec.setdefault("restartPolicy", "Always")
-            spec.setdefault("schedulerName", "default-scheduler")
-            spec.setdefault("serviceAccountName", "default")
-            spec.setdefault("terminationGracePeriodSeconds", 30)
         elif rt.plural == "namespaces":
             obj["status"] = {"phase": "Active"}
         elif rt.plural == "services":
