@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,10 +135,46 @@ def run(config: TrainConfig, env: HarnessEnv | None = None) -> int:
             os.replace(tmp, config.result_file)
         exit_code = harness.exit_code
     if dist.is_initialized():
-        try:
-            # No rank tears its process group down while a peer is still in a collective: gloo aborts the
-            # late rank (SIGABRT, "terminate called without an active exception") otherwise.
-            dist.barrier()
-        finally:
-            dist.destroy_process_group()
+        _teardown()
     return exit_code
+
+
+#: How long a rank waits for its peers at each step of the teardown before it goes anyway.
+TEARDOWN_TIMEOUT_SECONDS = 30.0
+
+
+def _meet(store: Any, key: str, world_size: int, timeout_seconds: float) -> None:
+    """Wait on the rendezvous store until every rank has counted itself in at ``key`` (bounded)."""
+    try:
+        store.add(key, 1)
+        deadline = time.monotonic() + timeout_seconds
+        while store.add(key, 0) < world_size:
+            if time.monotonic() > deadline:
+                log.warning("teardown: not every rank reached %s in %.0f s; going on", key, timeout_seconds)
+                return
+            time.sleep(0.01)
+    except Exception as e:  # the store's host (rank 0) is gone: the others are past this point too
+        log.debug("teardown: store unavailable at %s: %r", key, e)
+
+
+def _teardown(timeout_seconds: float = TEARDOWN_TIMEOUT_SECONDS) -> None:
+    """Tear the process group down so that no rank is aborted by gloo.
+
+    A rank that closes its gloo connections while a peer is still inside a collective (the last barrier
+    included: one rank leaves it before the other has read the final message) makes gloo's I/O thread throw
+    in the peer, and the peer dies with SIGABRT ("terminate called without an active exception"): seen on a
+    loaded 2-core machine even with a barrier first. So the ranks also meet on the rendezvous store (TCP,
+    hosted by rank 0) once all are past the barrier, destroy their process groups, and meet again before
+    exiting, so that rank 0, which hosts the store, leaves last.
+    """
+    world_size = dist.get_world_size()
+    get_store = getattr(dist.distributed_c10d, "_get_default_store", None)
+    store = get_store() if get_store is not None and world_size > 1 else None  # kept alive past destroy
+    try:
+        dist.barrier()
+        if store is not None:
+            _meet(store, "etj/teardown/past-barrier", world_size, timeout_seconds)
+    finally:
+        dist.destroy_process_group()
+    if store is not None:
+        _meet(store, "etj/teardown/destroyed", world_size, timeout_seconds)
