@@ -23,7 +23,9 @@ SUCCEEDED: Final = "Succeeded"
 FAILED: Final = "Failed"
 SUSPENDED: Final = "Suspended"
 INVALID: Final = "Invalid"
-CONDITION_TYPES: Final = (CREATED, RUNNING, RESTARTING, SUCCEEDED, FAILED, SUSPENDED, INVALID)
+#: True while the API server refuses a request of the job's pass (403, 422, ...): which object, and why.
+API_REQUEST_REFUSED: Final = "ApiRequestRefused"
+CONDITION_TYPES: Final = (CREATED, RUNNING, RESTARTING, SUCCEEDED, FAILED, SUSPENDED, INVALID, API_REQUEST_REFUSED)
 
 _EXCLUSIVE: Final = {RUNNING: RESTARTING, RESTARTING: RUNNING}
 _FINAL: Final = (SUCCEEDED, FAILED)
@@ -40,6 +42,8 @@ REASON_RESUMED: Final = "JobResumed"
 REASON_INVALID_SPEC: Final = "InvalidSpec"
 REASON_SPEC_FIXED: Final = "SpecFixed"
 REASON_GANG_RESTARTED: Final = "GangRestarted"
+#: ApiRequestRefused False again: every request of a pass was accepted.
+REASON_REQUESTS_ACCEPTED: Final = "RequestsAccepted"
 
 
 def find(conditions: Sequence[Condition], ctype: str) -> Condition | None:

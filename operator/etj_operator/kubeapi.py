@@ -4,7 +4,9 @@ It speaks raw REST with plain dicts over aiohttp on the event loop, with the cre
 ``kubernetes`` package reads (in-cluster service account, or a kubeconfig), so custom resources keep every
 field as written. Creates are idempotent on 409 and deletes on 404, names are deterministic, so re-running
 any step after an operator restart is harmless. Every call is counted (verb, resource, code) for the
-operator's metrics and for the RBAC coverage test.
+operator's metrics and for the RBAC coverage test. A failed call raises one of the transport's own errors
+(:mod:`etj_operator.errors`: transient, conflict, not found, gone, permanent), which keep the server's
+Status (code, reason, message, causes), its Retry-After, and the object the call was about.
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ from typing import Any, Final
 import aiohttp
 
 from etj_operator import contract
-from etj_operator.errors import PermanentApiError, TransientApiError
+from etj_operator.errors import (
+    ApiStatusError,
+    ConflictError,
+    NotFoundError,
+    PermanentApiError,
+    TransientApiError,
+    error_for,
+)
 from etj_operator.metrics import API_REQUESTS
 
 logger = logging.getLogger(__name__)
@@ -79,12 +88,16 @@ RESOURCES: Final[Mapping[str, Resource]] = {
 }
 
 
-class ApiStatusError(Exception):
-    """A non-2xx answer, with the Status object's message."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"HTTP {status}: {message}")
-        self.status = status
+__all__ = [
+    "RESOURCES",
+    "USER_AGENT",
+    "ApiStatusError",
+    "ClusterConnection",
+    "KubeApi",
+    "Resource",
+    "connection_from",
+    "load_connection",
+]
 
 
 @dataclass(frozen=True)
@@ -204,23 +217,30 @@ class KubeApi:
         query: Mapping[str, str] | None = None,
         content_type: str = "application/json",
         decode: bool = True,
+        *,
+        kind: str = "",
+        namespace: str | None = None,
+        name: str = "",
     ) -> Any:
-        """Send one request and return the decoded JSON; raise ApiStatusError for non-2xx answers.
+        """Send one request and return the decoded JSON; raise an :class:`ApiStatusError` subclass otherwise.
 
         ``decode=False`` skips decoding a successful answer (returns None): a created pod's echo is
         not needed, and decoding it was a measurable share of a burst. Error answers are always decoded.
-        A 401 makes it read the credentials again and retry once (the token was rotated or expired).
+        A 401 makes it read the credentials again and retry once (the token was rotated or expired); a
+        second 401 is a :class:`PermanentApiError`. ``kind``, ``namespace`` and ``name`` name the object
+        in the error (for the job's condition and Event).
         """
+        about = _About(verb, kind or resource, namespace, name)
         try:
-            return await self._send(verb, method, resource, path, body, query, content_type, decode, refresh=False)
-        except ApiStatusError as e:
-            if e.status != 401:
+            return await self._send(about, method, resource, path, body, query, content_type, decode, refresh=False)
+        except PermanentApiError as e:
+            if e.code != 401:
                 raise
-            return await self._send(verb, method, resource, path, body, query, content_type, decode, refresh=True)
+            return await self._send(about, method, resource, path, body, query, content_type, decode, refresh=True)
 
     async def _send(
         self,
-        verb: str,
+        about: _About,
         method: str,
         resource: str,
         path: str,
@@ -231,8 +251,9 @@ class KubeApi:
         *,
         refresh: bool,
     ) -> Any:
+        verb = about.verb
         if self._closed:
-            raise TransientApiError(f"{method} {path}: the operator is stopping", delay=1.0)
+            raise about.error(TransientApiError, f"{method} {path}: the operator is stopping")
         try:
             async with self._open_session().request(
                 method,
@@ -243,9 +264,10 @@ class KubeApi:
             ) as response:
                 data = await response.read()
                 code = response.status
+                retry_after = response.headers.get("Retry-After")
         except (aiohttp.ClientError, TimeoutError, OSError) as e:  # refused, reset, TLS, timeouts: retry
             self._count(verb, resource, "error")
-            raise TransientApiError(f"{method} {path}: {type(e).__name__}: {e}", delay=2.0) from e
+            raise about.error(TransientApiError, f"{method} {path}: {type(e).__name__}: {e}") from e
         self._count(verb, resource, str(code))
         decoded: Any = None
         if data and (decode or code >= 300):
@@ -254,8 +276,7 @@ class KubeApi:
             except ValueError:
                 decoded = {"message": data.decode(errors="replace")}
         if code >= 300:
-            message = decoded.get("message", "") if isinstance(decoded, dict) else ""
-            raise ApiStatusError(code, message or f"{method} {path}")
+            raise about.answer(code, decoded, retry_after, f"{method} {path}")
         return decoded
 
     async def watch(
@@ -267,8 +288,9 @@ class KubeApi:
         all arrives for 30 s longer than that. Lines are split here, not by aiohttp's line reader, whose
         64 KiB line limit a big pod could pass.
         """
+        about = _About("watch", resource, None, "")
         if self._closed:
-            raise TransientApiError(f"watch {path}: the operator is stopping", delay=1.0)
+            raise about.error(TransientApiError, f"watch {path}: the operator is stopping")
         params = {**query, "watch": "true", "timeoutSeconds": str(int(timeout_seconds))}
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=timeout_seconds + 30)
         try:
@@ -281,10 +303,10 @@ class KubeApi:
                 if response.status >= 300:
                     text = await response.text()
                     try:
-                        message = json.loads(text).get("message", "")
+                        status: Any = json.loads(text)
                     except ValueError:
-                        message = text
-                    raise ApiStatusError(response.status, message or f"watch {path}")
+                        status = {"message": text}
+                    raise about.answer(response.status, status, response.headers.get("Retry-After"), f"watch {path}")
                 pending = b""
                 async for chunk in response.content.iter_any():
                     pending += chunk
@@ -294,7 +316,7 @@ class KubeApi:
                             yield json.loads(line)
         except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as e:
             self._count("watch", resource, "error")
-            raise TransientApiError(f"watch {path}: {type(e).__name__}: {e}", delay=2.0) from e
+            raise about.error(TransientApiError, f"watch {path}: {type(e).__name__}: {e}") from e
 
     def _options(self, headers: dict[str, str], *, refresh: bool) -> dict[str, Any]:
         """Per-request options every call shares: the Authorization header, the proxy, the TLS name."""
@@ -310,17 +332,6 @@ class KubeApi:
         self.calls[(verb, resource)] += 1
         API_REQUESTS.labels(verb=verb, resource=resource, code=code).inc()
 
-    async def _run(self, *args: Any, **kwargs: Any) -> Any:
-        """A request whose 5xx/429 answers are transient errors and other 4xx (but 404/409) permanent."""
-        try:
-            return await self.request(*args, **kwargs)
-        except ApiStatusError as e:
-            if e.status in (404, 409):
-                raise
-            if e.status == 429 or e.status >= 500:
-                raise TransientApiError(str(e), delay=2.0) from e
-            raise PermanentApiError(str(e), status=e.status) from e
-
     # --- idempotent operations -----------------------------------------------------------------------
     async def create(self, manifest: Mapping[str, Any]) -> bool:
         """Create an object; False (not an error) when it already exists (409)."""
@@ -328,11 +339,19 @@ class KubeApi:
         meta = manifest["metadata"]
         path = res.path(meta.get("namespace"))
         try:
-            await self._run("create", "POST", res.plural, path, body=dict(manifest), decode=False)
-        except ApiStatusError as e:
-            if e.status == 409:
-                return False
-            raise PermanentApiError(str(e), status=e.status) from e
+            await self.request(
+                "create",
+                "POST",
+                res.plural,
+                path,
+                body=dict(manifest),
+                decode=False,
+                kind=manifest["kind"],
+                namespace=meta.get("namespace"),
+                name=meta.get("name") or "",
+            )
+        except ConflictError:
+            return False
         return True
 
     async def delete(
@@ -344,11 +363,19 @@ class KubeApi:
         if grace_period_seconds is not None:
             body["gracePeriodSeconds"] = grace_period_seconds
         try:
-            await self._run("delete", "DELETE", res.plural, res.path(namespace, name), body=body, decode=False)
-        except ApiStatusError as e:
-            if e.status == 404:
-                return False
-            raise PermanentApiError(str(e), status=e.status) from e
+            await self.request(
+                "delete",
+                "DELETE",
+                res.plural,
+                res.path(namespace, name),
+                body=body,
+                decode=False,
+                kind=kind,
+                namespace=namespace,
+                name=name,
+            )
+        except NotFoundError:
+            return False
         return True
 
     async def patch_job_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
@@ -356,7 +383,7 @@ class KubeApi:
         res = RESOURCES[contract.KIND]
         path = res.path(namespace, name, "status")
         try:
-            await self._run(
+            await self.request(
                 "patch",
                 "PATCH",
                 f"{res.plural}/status",
@@ -364,20 +391,48 @@ class KubeApi:
                 body={"status": dict(status)},
                 content_type=MERGE_PATCH,
                 decode=False,  # the echo is not needed: the watch brings the job's new body
+                kind=contract.KIND,
+                namespace=namespace,
+                name=name,
             )
-        except ApiStatusError as e:
-            if e.status == 404:
-                return False
-            raise PermanentApiError(str(e), status=e.status) from e
+        except NotFoundError:
+            return False
         return True
 
     async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         """Read one object; None when it does not exist."""
         res = RESOURCES[kind]
         try:
-            result = await self._run("get", "GET", res.plural, res.path(namespace, name))
-        except ApiStatusError as e:
-            if e.status == 404:
-                return None
-            raise PermanentApiError(str(e), status=e.status) from e
+            result = await self.request(
+                "get", "GET", res.plural, res.path(namespace, name), kind=kind, namespace=namespace, name=name
+            )
+        except NotFoundError:
+            return None
         return result if isinstance(result, dict) else None
+
+
+@dataclass(frozen=True)
+class _About:
+    """What a call was about, for its errors: the verb and the object (kind, namespace, name)."""
+
+    verb: str
+    kind: str
+    namespace: str | None
+    name: str
+
+    def error(self, cls: type[ApiStatusError], message: str) -> ApiStatusError:
+        """An error of ``cls`` for a call that got no answer."""
+        return cls(message, verb=self.verb, kind=self.kind, namespace=self.namespace, name=self.name)
+
+    def answer(self, code: int, status: Any, retry_after: str | None, fallback: str) -> ApiStatusError:
+        """The error for a non-2xx answer (classified by :func:`~etj_operator.errors.error_for`)."""
+        return error_for(
+            code,
+            status,
+            retry_after=retry_after,
+            verb=self.verb,
+            kind=self.kind,
+            namespace=self.namespace,
+            name=self.name,
+            fallback_message=fallback,
+        )

@@ -1,9 +1,10 @@
 """The job lifecycle as one pure function: what is observed in, what to do out.
 
 :func:`reconcile` takes an :class:`Observation` (the job's parsed spec, its current status, its pods as
-the operator's pod index sees them, and the time) and returns a :class:`Plan`: children to create, pods to
-create or delete, the new status, events, whether to delete the job, and when to look again. The handlers
-apply plans; nothing here does I/O, so every transition is unit-tested.
+the operator's pod informer sees them, the time, and what the energy policies decided: hold, fail, recreate,
+throttled) and returns a :class:`Plan`: children to create, pods to create or delete, the new status,
+events, whether to delete the job, and when to look again. :class:`~etj_operator.reconciler.JobReconciler`
+applies plans; nothing here does I/O, so every transition is unit-tested.
 
 Gang semantics: every pod carries the gang generation it was created for (``status.restarts`` at the
 time). A failed pod fails the whole gang: all pods are deleted, ``restarts`` goes up by one and a new gang
@@ -128,7 +129,7 @@ class Event:
 
 @dataclass
 class Plan:
-    """What the handlers should do, in this order: children, deletions, creations, status, job deletion."""
+    """What the reconciler should do, in this order: status, events, children, deletions, creations, job deletion."""
 
     status: dict[str, Any]
     ensure_children: bool = False

@@ -3,7 +3,8 @@
 A small informer: per watched namespace (or once cluster-wide) it lists the pods that carry the
 operator's labels, then watches them from the list's resourceVersion, with bookmarks; a watch that ends
 is resumed from the last version seen, a 410 Gone (version too old) lists again, and errors are retried
-with backoff, forever. Every change wakes the loop of the pod's job.
+with backoff (:data:`BACKOFF`, the server's Retry-After as a floor), forever. Every change wakes the loop
+of the pod's job.
 
 Why not Kopf's index, as before: Kopf runs every watch event of every pod through its full per-object
 machinery (cause detection, handler invocation, patch bookkeeping) just to call an indexing function; a
@@ -18,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final
 
 from etj_operator import contract
-from etj_operator.errors import PermanentApiError, TransientApiError
-from etj_operator.kubeapi import RESOURCES, ApiStatusError, KubeApi
+from etj_operator.backoff import Backoff
+from etj_operator.errors import ApiStatusError, GoneError, PermanentApiError, TransientApiError
+from etj_operator.kubeapi import RESOURCES, KubeApi
 from etj_operator.lifecycle import PodView
 from etj_operator.reconciler import pod_view
 
@@ -33,14 +36,10 @@ Key = tuple[str, str]
 
 #: The operator's pods: every pod it creates carries both labels.
 POD_SELECTOR: Final = f"{contract.LABEL_JOB_NAME},{contract.LABEL_MANAGED_BY}={contract.MANAGED_BY}"
-#: Backoff between failed list/watch attempts: doubles from the first to the last value.
-RETRY_SECONDS: Final = (1.0, 30.0)
+#: Backoff between failed list/watch attempts: 0.5-1 s at first, doubling, at most 30 s apart.
+BACKOFF: Final = Backoff(base_seconds=1.0, cap_seconds=30.0, jitter=0.5)
 #: A watch that ends sooner than this without a single event is treated as a failure (backoff).
 QUICK_END_SECONDS: Final = 1.0
-
-
-class _Gone(Exception):
-    """The watch's resourceVersion is too old (410): list again."""
 
 
 class PodInformer:
@@ -53,12 +52,19 @@ class PodInformer:
         wake: Callable[[Key], None],
         *,
         watch_timeout_seconds: float = 300.0,
+        backoff: Backoff = BACKOFF,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.api = api
         #: Empty: cluster-wide (one list and watch across all namespaces).
         self.namespaces = tuple(namespaces)
         self.wake = wake
         self.watch_timeout_seconds = watch_timeout_seconds
+        self.backoff = backoff
+        #: The retries' only timing seams (tests inject a fake clock and a sleep that records).
+        self._clock = clock
+        self._sleep = sleep
         #: Set once every namespace has been listed (and stays set through later relists).
         self.synced = asyncio.Event()
         self._by_job: dict[Key, dict[str, PodView]] = {}
@@ -95,34 +101,37 @@ class PodInformer:
 
     async def _follow(self, namespace: str | None, listed: asyncio.Event) -> None:
         version: str | None = None
-        delay = RETRY_SECONDS[0]
+        failures = 0  # consecutive failed (or empty, quick) attempts: the backoff's attempt number
         where = namespace or "all namespaces"
-        loop = asyncio.get_running_loop()
         while True:
             try:
                 if version is None:
                     version = await self._relist(namespace)
                     listed.set()
-                started = loop.time()
+                started = self._clock()
                 version, events = await self._watch(namespace, version)
-                if events == 0 and loop.time() - started < QUICK_END_SECONDS:
+                if events == 0 and self._clock() - started < QUICK_END_SECONDS:
                     # a watch that ends at once with nothing in it (a proxy cutting streams?): no hot loop
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, RETRY_SECONDS[1])
+                    await self._sleep(self.backoff.delay_seconds(failures))
+                    failures += 1
                 else:
-                    delay = RETRY_SECONDS[0]
-            except _Gone:
+                    failures = 0
+            except GoneError:
                 logger.info("pod watch in %s: resourceVersion expired, listing again", where)
                 version = None
-            except (TransientApiError, PermanentApiError, ApiStatusError) as e:
-                logger.warning("pod list/watch in %s failed, retrying in %.0f s: %s", where, delay, e)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_SECONDS[1])
+            except ApiStatusError as e:
+                delay = self.backoff.delay_seconds(failures, e.retry_after_seconds)
+                failures += 1
+                # a refusal (403: the operator's RBAC lacks pods) needs a person; a 5xx passes by itself
+                level = logging.ERROR if isinstance(e, PermanentApiError) else logging.WARNING
+                logger.log(level, "pod list/watch in %s failed, retrying in %.1f s: %s", where, delay, e)
+                await self._sleep(delay)
             except Exception:  # a bug or an odd answer must not end the informer: the loops depend on it
-                logger.exception("pod list/watch in %s failed unexpectedly, listing again in %.0f s", where, delay)
+                delay = self.backoff.delay_seconds(failures)
+                failures += 1
+                logger.exception("pod list/watch in %s failed unexpectedly, listing again in %.1f s", where, delay)
                 version = None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_SECONDS[1])
+                await self._sleep(delay)
 
     async def _relist(self, namespace: str | None) -> str:
         res = RESOURCES["Pod"]
@@ -151,9 +160,11 @@ class PodInformer:
             count += 1
             kind, obj = event.get("type"), event.get("object") or {}
             if kind == "ERROR":
+                message = str(obj.get("message") or obj)
                 if obj.get("code") == 410:
-                    raise _Gone()
-                raise TransientApiError(f"watch error: {obj.get('message') or obj}", delay=2.0)
+                    raise GoneError(message, code=410, verb="watch", kind="pods")
+                message = f"watch error: {message}"
+                raise TransientApiError(message, reason=str(obj.get("reason") or ""), verb="watch", kind="pods")
             meta = obj.get("metadata") or {}
             version = str(meta.get("resourceVersion") or version)
             if kind in ("ADDED", "MODIFIED"):

@@ -1,10 +1,16 @@
 """Applies lifecycle plans: observe a job and its pods, decide (pure), act through the API wrapper.
 
-One :class:`JobReconciler` serves all jobs; one :class:`JobState` per job holds what this operator process
-last wrote. The lifecycle owns a fixed set of status keys (:data:`OWNED_KEYS`); other writers own the rest
-(the harness: ``status.workload``; telemetry: ``status.energy``). Because the job's watched body lags our
-own writes by one watch event, the owned keys are taken from :class:`JobState` once this process has
-written them, so a reconcile never acts on its own stale status (for example counting a restart twice).
+One :class:`JobReconciler` serves all jobs; each job's loop (:mod:`etj_operator.supervisor`) calls it with
+the job's body, its pods from the pod informer and the telemetry hub's latest samples. A pass runs the energy
+policies and the lifecycle (both pure), writes the status, then posts the pass's Events through an
+:class:`EventSink` (:class:`~etj_operator.events.EventPoster` in production, which posts them through the
+API wrapper) and creates or deletes children and pods through :class:`~etj_operator.kubeapi.KubeApi`.
+
+One :class:`JobState` per job holds what this operator process last wrote. The reconciler owns a fixed set
+of status keys (:data:`OWNED_KEYS`, ``status.energy`` among them: it integrates the telemetry samples
+itself); the harness owns ``status.workload``. Because the job's watched body lags our own writes by one
+watch event, the owned keys are taken from :class:`JobState` once this process has written them, so a
+reconcile never acts on its own stale status (for example counting a restart twice).
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from etj_operator import builders, contract
 from etj_operator import conditions as cond
 from etj_operator.config import OperatorConfig
 from etj_operator.energy import EnergyState, integrate
-from etj_operator.errors import JobGone
+from etj_operator.errors import ApiStatusError, JobGone, PermanentApiError
 from etj_operator.kubeapi import KubeApi
 from etj_operator.lifecycle import Event, Observation, Plan, PodView, reconcile, to_rfc3339
 from etj_operator.metrics import (
@@ -61,7 +67,7 @@ IN_FLIGHT_EXPIRY_SECONDS: Final = 30.0
 
 
 class EventSink(Protocol):
-    """Where Kubernetes Events go (kopf's poster in production, a list in tests)."""
+    """Where Kubernetes Events go (:class:`~etj_operator.events.EventPoster` in production, a list in tests)."""
 
     def __call__(self, body: Mapping[str, Any], event: Event) -> None:
         """Record ``event`` on the object ``body``."""
@@ -217,17 +223,23 @@ class JobReconciler:
         if outcome is not None:
             plan.events.extend(outcome.events)
         self.settle_status(plan, now, int(meta.get("generation") or 1))
-        # The status (e.g. restarts + 1 for a gang restart) is written before any pod is touched: if the write
-        # fails or the operator dies right after, no pod was deleted or created on an unrecorded decision.
-        await self._write_status(namespace, name, before, plan.status, state)
-        # The pass's Events (and decision counts) go out as soon as the decision is recorded, before any pod
-        # is touched: a pod action that fails half-way must not lose them (JobCreated was lost when the first
-        # pod create failed), and the retry cannot post them twice, because it starts from the written status
-        # and so does not derive the same transition again. A failed status write posts nothing: the retry
-        # derives the transition anew and posts it then.
-        self._record_decisions(body, plan, outcome)
-
-        await self._apply_children_and_pods(builders.JobRef.from_body(body), spec, plan, pods, state)
+        try:
+            # The status (e.g. restarts + 1 for a gang restart) is written before any pod is touched: if the
+            # write fails or the operator dies right after, no pod was deleted or created on an unrecorded
+            # decision.
+            await self._write_status(namespace, name, before, plan.status, state)
+            # The pass's Events (and decision counts) go out as soon as the decision is recorded, before any
+            # pod is touched: a pod action that fails half-way must not lose them (JobCreated was lost when the
+            # first pod create failed), and the retry cannot post them twice, because it starts from the
+            # written status and so does not derive the same transition again. A failed status write posts
+            # nothing: the retry derives the transition anew and posts it then.
+            self._record_decisions(body, plan, outcome)
+            await self._apply_children_and_pods(builders.JobRef.from_body(body), spec, plan, pods, state)
+        except PermanentApiError as refused:
+            # Shown on the job in this very pass; the supervisor then retries the pass slowly.
+            await self._show_refusal(body, state, refused, now)
+            raise
+        await self._clear_refusal(body, plan, state, now)
         self._register_telemetry(namespace, name, spec, plan, pods)
         self._export(namespace, name, plan)
         if plan.delete_job:
@@ -287,7 +299,10 @@ class JobReconciler:
         _drop_failed([m["metadata"]["name"] for m in manifests], results, state.creating)
 
     def forget(self, namespace: str, name: str) -> None:
-        """The job is gone (or its loop stopped): drop its telemetry registration and metrics."""
+        """The job is gone (or its loop stopped): drop its phase, telemetry registration and per-job series.
+
+        Every series of every per-job metric family goes (:func:`~etj_operator.metrics.forget_job`).
+        """
         self.phase_counter.set((namespace, name), None)
         if self.hub is not None:
             self.hub.unregister((namespace, name))
@@ -441,6 +456,58 @@ class JobReconciler:
             self.api.create(builders.build_service(job)),
         )
         await self.api.create(builders.build_role_binding(job, builders.pod_service_account(spec, job)))
+
+    async def _show_refusal(
+        self, body: Mapping[str, Any], state: JobState, error: PermanentApiError, now: datetime
+    ) -> None:
+        """The API server refused a request of the pass (403, 422...): say so on the job, naming the object.
+
+        Sets the ApiRequestRefused condition True with the server's message, and posts a Warning Event
+        (``Failed<Verb>``: FailedCreate, FailedPatch...) when the condition changed: it turned True, or another
+        object or message is refused. A slow retry of the same refusal adds no Event. A condition write that
+        fails too is logged; the Event and the log still say it, and the next retry writes it again.
+        """
+        meta = body.get("metadata") or {}
+        code = f"{error.code} {error.reason}".strip()
+        message = f"{error.verb} {error.object_ref} refused ({code}): {error.message}"
+        if error.causes:
+            message += " [" + "; ".join(f"{c.field}: {c.message}" if c.field else c.message for c in error.causes) + "]"
+        if await self._set_refused(body, state, True, error.reason or "Refused", message, now):
+            self.events(body, Event("Warning", f"Failed{error.verb.capitalize()}", message))
+        logger.warning("%s/%s: %s", meta.get("namespace") or "default", meta.get("name"), message)
+
+    async def _clear_refusal(self, body: Mapping[str, Any], plan: Plan, state: JobState, now: datetime) -> None:
+        """Every request of the pass was accepted: ApiRequestRefused goes False if it was True."""
+        if cond.is_true(list(plan.status.get("conditions") or []), cond.API_REQUEST_REFUSED):
+            message = "the API server accepted every request of the job's last pass"
+            if await self._set_refused(body, state, False, cond.REASON_REQUESTS_ACCEPTED, message, now):
+                plan.status["conditions"] = (state.owned or {}).get("conditions")
+
+    async def _set_refused(
+        self, body: Mapping[str, Any], state: JobState, value: bool, reason: str, message: str, now: datetime
+    ) -> bool:
+        """Write the ApiRequestRefused condition alone; return whether it changed (written or not)."""
+        meta = body.get("metadata") or {}
+        name, namespace = meta["name"], meta.get("namespace") or "default"
+        status = dict(body.get("status") or {})
+        if state.owned is not None:
+            status = {k: v for k, v in status.items() if k not in OWNED_KEYS} | state.owned
+        conditions = list(status.get("conditions") or [])
+        generation = int(meta.get("generation") or 1)
+        updated = cond.set_condition(
+            conditions, cond.API_REQUEST_REFUSED, value, reason, message, to_rfc3339(now), generation
+        )
+        if updated == conditions:
+            return False
+        try:
+            if not await self.api.patch_job_status(namespace, name, {"conditions": updated}):
+                return True  # the job is gone: nothing to show it on
+        except ApiStatusError as e:
+            logger.warning("%s/%s: could not write the %s condition: %s", namespace, name, cond.API_REQUEST_REFUSED, e)
+            return True
+        status["conditions"] = updated
+        state.owned = {k: status[k] for k in OWNED_KEYS if status.get(k) is not None}
+        return True
 
     async def _write_status(
         self,

@@ -14,9 +14,11 @@ The plot has two panels sharing a UTC time axis: job power with the power limit 
 stage and condition markers, a shaded span while the job is paused; and cumulative energy with the
 budget line. Data from the simulated GPU is labelled as such in the JSON and the plot title.
 
-:func:`write_report` takes a job dict (no cluster needed); :func:`fetch_job` reads one with the
-``kubernetes`` client (a plain GET of the object); :func:`run_report_command` is what ``etj report``
-runs. matplotlib (Agg backend) and kubernetes are imported only when needed.
+:func:`write_report` takes a job dict (no cluster needed); :func:`fetch_job` reads one through the
+operator's API wrapper (:class:`~etj_operator.kubeapi.KubeApi`, a plain GET of the object);
+:func:`run_report_command` is what ``etj report`` runs (``--file`` reads a saved manifest instead of the
+cluster). matplotlib (Agg backend), the API wrapper and the ``kubernetes`` client (only to read the
+kubeconfig's current namespace) are imported only when needed.
 """
 
 from __future__ import annotations

@@ -23,8 +23,13 @@ Life of a loop:
   write (:class:`~etj_operator.errors.JobGone`), has been deleted by its TTL, or when the operator stops
   (:meth:`JobSupervisor.close`: loops finish the pass they are in, within a grace period, then are cancelled).
 * at most ``max_concurrent_passes`` passes run at once over all jobs.
-* an unexpected error in a pass is logged and counted, and the loop tries again after a short delay; it
-  never ends the loop (nor the operator).
+* a pass that raises is logged and counted and retried with a growing delay (:mod:`etj_operator.backoff`),
+  never ending the loop (nor the operator): a request the API server refused
+  (:class:`~etj_operator.errors.PermanentApiError`, already shown on the job by the reconciler) on
+  :data:`PERMANENT_BACKOFF`, up to minutes apart; any other error (5xx, 429, no answer, a conflict, a bug)
+  on :data:`TRANSIENT_BACKOFF`. The server's Retry-After is a floor. While it backs off, the loop ignores
+  wake-ups (its own status echo, pod events, telemetry) except a change of the job's generation: a user who
+  fixes the spec gets a pass at once, with the backoff reset.
 """
 
 from __future__ import annotations
@@ -33,12 +38,12 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
-import kopf
-
-from etj_operator.errors import JobGone
+from etj_operator.backoff import Backoff
+from etj_operator.errors import ApiStatusError, JobGone, PermanentApiError
 from etj_operator.lifecycle import PodView
 from etj_operator.metrics import RECONCILE_ERRORS
 from etj_operator.reconciler import JobReconciler, JobState
@@ -54,10 +59,17 @@ class PodIndex(Protocol):
     def get(self, key: Key, default: Iterable[PodView], /) -> Iterable[PodView]:
         """The job's pods, or ``default``."""
 
-#: Retry delay after a failed pass (API errors, or a bug: the loop survives both).
-ERROR_RETRY_SECONDS = 2.0
+#: Retries of a pass that failed on a transient error (5xx, 429, no answer, a conflict) or a bug: 0.25-0.5 s
+#: at first, doubling, at most 30 s apart.
+TRANSIENT_BACKOFF = Backoff(base_seconds=0.5, cap_seconds=30.0, jitter=0.5)
+#: Retries of a pass whose request the API server refused (403, 422): 2.5-5 s at first, doubling, at most
+#: 5 minutes apart. Retried at all because the cause may lie outside the job (RBAC, an admission policy).
+PERMANENT_BACKOFF = Backoff(base_seconds=5.0, cap_seconds=300.0, jitter=0.5)
 #: Shortest requeue a plan may ask for (keeps a wrong plan from spinning the loop).
 MIN_REQUEUE_SECONDS = 0.05
+
+#: Sleep until the first event is set, the second (the operator stopping) is set, or the seconds pass.
+Waiter = Callable[[asyncio.Event, asyncio.Event, float], Awaitable[None]]
 
 
 class Wakers:
@@ -106,6 +118,10 @@ class JobSupervisor:
         debounce_seconds: float,
         max_concurrent_passes: int = 0,
         ready: asyncio.Event | None = None,
+        transient_backoff: Backoff | None = None,
+        permanent_backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wait: Waiter | None = None,
     ) -> None:
         self.reconciler = reconciler
         self.wakers = wakers
@@ -130,6 +146,12 @@ class JobSupervisor:
         #: Set while no pass runs or waits: lower-priority work (Events) goes then (:class:`EventPoster`).
         self.idle = asyncio.Event()
         self.idle.set()
+        #: Retry policies of failed passes (the module's defaults when None, read at construction).
+        self.transient_backoff = transient_backoff or TRANSIENT_BACKOFF
+        self.permanent_backoff = permanent_backoff or PERMANENT_BACKOFF
+        #: The loops' only timing seams (tests inject a fake clock and a waiter that advances it).
+        self._clock = clock
+        self._wait = wait or _wait
 
     # ----- called from Kopf handlers ------------------------------------------------------------------
 
@@ -204,15 +226,19 @@ class JobSupervisor:
         state = JobState()
         waker = self.wakers.get(key)
         hub = self.reconciler.hub
+        failures = 0  # consecutive failed passes of the same generation: the backoff's attempt number
+        failed_generation: int | None = None
         try:
             if self._ready is not None and not self._ready.is_set():
-                await _wait(self._ready, self._closing, math.inf)
+                await self._wait(self._ready, self._closing, math.inf)
             while not self._should_end(key):
                 waker.clear()
                 body = self._body(key)
                 if body is None or is_terminating(body):
                     return  # deleted (or being deleted): nothing more to do for it
                 delay = self.interval_seconds
+                backoff: Backoff | None = None
+                retry_after: float | None = None
                 try:
                     pods = list(self._pods.get(key, ()))
                     telemetry = hub.take(key) if hub is not None else None
@@ -230,20 +256,40 @@ class JobSupervisor:
                         return
                     if plan.requeue_after_seconds is not None:
                         delay = max(MIN_REQUEUE_SECONDS, min(delay, plan.requeue_after_seconds))
+                    failures, failed_generation = 0, None
                 except JobGone:  # deleted under our feet (a missed DELETED event): create nothing more
                     self._bodies.pop(key, None)
                     return
-                except (kopf.TemporaryError, kopf.PermanentError) as e:
+                except PermanentApiError as e:  # the reconciler has shown it on the job: retry slowly
                     RECONCILE_ERRORS.inc()
-                    logger.warning("reconcile of %s/%s failed, retrying: %s", namespace, name, e)
-                    delay = min(delay, ERROR_RETRY_SECONDS)
-                except Exception:  # a bug must not end the job's loop: log it, count it, try again
+                    backoff, retry_after = self.permanent_backoff, e.retry_after_seconds
+                    problem: BaseException = e
+                except ApiStatusError as e:
                     RECONCILE_ERRORS.inc()
-                    logger.exception("reconcile of %s/%s failed unexpectedly, retrying", namespace, name)
-                    delay = min(delay, ERROR_RETRY_SECONDS)
+                    backoff, retry_after, problem = self.transient_backoff, e.retry_after_seconds, e
+                except Exception as e:  # a bug must not end the job's loop: log it, count it, try again
+                    RECONCILE_ERRORS.inc()
+                    backoff, problem = self.transient_backoff, e
+                    logger.exception("reconcile of %s/%s failed unexpectedly", namespace, name)
                 if self._should_end(key):
                     return
-                await _wait(waker, self._closing, delay)
+                if backoff is not None:
+                    generation = _generation(body)
+                    if generation != failed_generation:  # a new spec starts a new schedule
+                        failures, failed_generation = 0, generation
+                    delay = backoff.delay_seconds(failures, retry_after)
+                    failures += 1
+                    logger.warning(
+                        "reconcile of %s/%s failed (%d in a row), retrying in %.1f s: %s",
+                        namespace,
+                        name,
+                        failures,
+                        delay,
+                        problem,
+                    )
+                    await self._back_off(key, waker, delay, generation)
+                    continue
+                await self._wait(waker, self._closing, delay)
                 if waker.is_set() and self.debounce_seconds > 0 and not self._should_end(key):
                     # Events come in bursts (a gang's pods, our own status echo): one pass handles them all.
                     await asyncio.sleep(self.debounce_seconds)
@@ -256,6 +302,24 @@ class JobSupervisor:
             body = self._body(key)
             if body is not None and not is_terminating(body) and not self._closing.is_set():
                 self.ensure(key)
+
+
+    async def _back_off(self, key: Key, waker: asyncio.Event, seconds: float, generation: int) -> None:
+        """Wait ``seconds`` after a failed pass, deaf to wake-ups but a new generation, a stop, or the deletion."""
+        deadline = self._clock() + seconds
+        while not self._should_end(key):
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                return
+            waker.clear()
+            await self._wait(waker, self._closing, remaining)
+            body = self._body(key)
+            if body is None or is_terminating(body) or _generation(body) != generation:
+                return
+
+
+def _generation(body: Mapping[str, Any]) -> int:
+    return int((body.get("metadata") or {}).get("generation") or 0)
 
 
 async def _wait(waker: asyncio.Event, closing: asyncio.Event, seconds: float) -> None:

@@ -47,7 +47,7 @@ class FakeApi:
     async def create(self, manifest: dict[str, Any]) -> bool:
         await asyncio.sleep(0.01)
         if self.fail:
-            raise TransientApiError("503 from the API server", delay=1.0)
+            raise TransientApiError("503 from the API server", code=503)
         self.created.append(manifest)
         return True
 

@@ -11,7 +11,16 @@ import pytest
 from aiohttp import web
 from kubernetes import client
 
-from etj_operator.errors import PermanentApiError, TransientApiError
+from etj_operator.errors import (
+    Cause,
+    ConflictError,
+    GoneError,
+    NotFoundError,
+    PermanentApiError,
+    TransientApiError,
+    error_for,
+    parse_retry_after,
+)
 from etj_operator.kubeapi import USER_AGENT, ApiStatusError, ClusterConnection, KubeApi, connection_from
 
 POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "ns"}}
@@ -20,7 +29,7 @@ POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace":
 class Scripted:
     """Answers every request with the next (status, body) and records what it received."""
 
-    def __init__(self, answers: list[tuple[int, Any]]) -> None:
+    def __init__(self, answers: list[tuple[Any, ...]]) -> None:
         self.answers = answers
         self.seen: list[dict[str, Any]] = []
 
@@ -33,8 +42,8 @@ class Scripted:
                 "body": await request.text(),
             }
         )
-        status, body = self.answers.pop(0)
-        return web.json_response(body, status=status)
+        status, body, *headers = self.answers.pop(0)
+        return web.json_response(body, status=status, headers=headers[0] if headers else None)
 
 
 async def serve(script: Scripted) -> tuple[web.AppRunner, str]:
@@ -94,7 +103,96 @@ async def test_answers_map_to_idempotent_results_and_error_kinds():
             await api.create(POD)
         with pytest.raises(PermanentApiError, match="forbidden") as info:
             await api.create(POD)
-        assert info.value.status == 403
+        assert info.value.code == 403
+    finally:
+        await api.aclose()
+        await runner.cleanup()
+
+
+INVALID_POD = {
+    "kind": "Status",
+    "apiVersion": "v1",
+    "status": "Failure",
+    "message": 'Pod "p" is invalid: spec.containers[0].image: Required value',
+    "reason": "Invalid",
+    "details": {
+        "name": "p",
+        "kind": "pods",
+        "causes": [{"reason": "FieldValueRequired", "message": "Required value", "field": "spec.containers[0].image"}],
+    },
+    "code": 422,
+}
+
+
+@pytest.mark.parametrize(
+    ("code", "kind"),
+    [
+        (400, PermanentApiError),
+        (401, PermanentApiError),
+        (403, PermanentApiError),
+        (404, NotFoundError),
+        (405, PermanentApiError),
+        (409, ConflictError),
+        (410, GoneError),
+        (422, PermanentApiError),
+        (429, TransientApiError),
+        (500, TransientApiError),
+        (503, TransientApiError),
+        (504, TransientApiError),
+    ],
+)
+def test_status_codes_map_to_one_error_kind_each(code, kind):
+    error = error_for(code, {"message": "no", "reason": "Why"}, verb="create", kind="Pod", name="p")
+    assert type(error) is kind and isinstance(error, ApiStatusError)
+    assert (error.code, error.reason, error.message, error.object_ref) == (code, "Why", "no", "Pod/p")
+    assert str(error) == f"{code} Why: no"
+
+
+def test_the_status_body_and_retry_after_are_kept():
+    error = error_for(422, INVALID_POD, verb="create", kind="Pod", namespace="ns", name="p")
+    assert isinstance(error, PermanentApiError) and error.reason == "Invalid"
+    assert error.causes == (Cause("FieldValueRequired", "Required value", "spec.containers[0].image"),)
+    assert error.retry_after_seconds is None and error.namespace == "ns" and error.verb == "create"
+    assert error_for(429, {}, retry_after="3").retry_after_seconds == 3.0
+    assert error_for(503, {"details": {"retryAfterSeconds": 7}}).retry_after_seconds == 7.0
+    assert error_for(503, {"details": {"retryAfterSeconds": 7}}, retry_after="2").retry_after_seconds == 2.0
+    assert error_for(500, None, fallback_message="POST /x").message == "POST /x"  # no body
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") is None and parse_retry_after("-1") is None
+
+
+@pytest.mark.asyncio
+async def test_answers_keep_the_server_status_and_name_the_object():
+    script = Scripted(
+        [
+            (422, INVALID_POD),
+            (429, {"message": "too many requests", "reason": "TooManyRequests"}, {"Retry-After": "4"}),
+            (404, {"message": 'namespaces "ns" not found', "reason": "NotFound"}),
+            (409, {"message": "the object has been modified", "reason": "Conflict"}),
+            (410, {"message": "too old resource version", "reason": "Expired"}),
+            (503, "<html>bad gateway</html>"),
+        ]
+    )
+    runner, url = await serve(script)
+    api = KubeApi(ClusterConnection(host=url))
+    try:
+        with pytest.raises(PermanentApiError) as refused:
+            await api.create(POD)
+        assert (refused.value.code, refused.value.reason, refused.value.object_ref) == (422, "Invalid", "Pod/p")
+        assert refused.value.verb == "create" and refused.value.namespace == "ns"
+        assert refused.value.causes[0].field == "spec.containers[0].image"
+        with pytest.raises(TransientApiError) as throttled:
+            await api.patch_job_status("ns", "j", {"phase": "Running"})
+        assert throttled.value.retry_after_seconds == 4.0 and throttled.value.object_ref == "EfficientTrainingJob/j"
+        with pytest.raises(NotFoundError):  # a create answered 404 (its namespace is missing): not "already gone"
+            await api.create(POD)
+        with pytest.raises(ConflictError):  # a status write answered 409: someone else wrote first
+            await api.patch_job_status("ns", "j", {"phase": "Running"})
+        with pytest.raises(GoneError):
+            async for _ in api.watch("pods", "/api/v1/pods", {}, timeout_seconds=5):
+                pass
+        with pytest.raises(TransientApiError) as failed:
+            await api.get("Pod", "ns", "p")
+        assert failed.value.code == 503 and "bad gateway" in failed.value.message
     finally:
         await api.aclose()
         await runner.cleanup()
@@ -106,8 +204,9 @@ async def test_an_unreachable_or_closed_api_is_a_transient_error():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # nothing listens here once the socket is closed
     api = KubeApi(ClusterConnection(host=f"http://127.0.0.1:{port}"), timeout_seconds=2)
-    with pytest.raises(TransientApiError):
+    with pytest.raises(TransientApiError) as unreachable:
         await api.create(POD)
+    assert unreachable.value.code is None and unreachable.value.object_ref == "Pod/p"
     await api.aclose()
     with pytest.raises(TransientApiError, match="stopping"):
         await api.create(POD)
@@ -158,7 +257,7 @@ async def test_a_401_reads_the_credentials_again_and_retries_once():
         assert await api.create(POD) is True
         with pytest.raises(PermanentApiError) as info:  # still 401 with fresh credentials: give up
             await api.create(POD)
-        assert info.value.status == 401
+        assert info.value.code == 401
     finally:
         await api.aclose()
         await runner.cleanup()
@@ -185,7 +284,7 @@ async def test_a_watch_answered_401_reads_the_credentials_again_for_the_next_att
         with pytest.raises(ApiStatusError) as info:
             async for _ in api.watch("pods", "/api/v1/pods", {}, timeout_seconds=5):
                 pass
-        assert info.value.status == 401
+        assert info.value.code == 401
     finally:
         await api.aclose()
         await runner.cleanup()

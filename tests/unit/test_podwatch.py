@@ -10,8 +10,23 @@ import pytest
 from aiohttp import web
 
 from etj_operator import contract as c
+from etj_operator.backoff import Backoff
 from etj_operator.kubeapi import ClusterConnection, KubeApi
 from etj_operator.podwatch import POD_SELECTOR, PodInformer
+
+#: Jitter-free (rng 0: each delay is its ceiling): 0.05, 0.1, 0.2, 0.2 ... s.
+BACKOFF = Backoff(0.05, 0.2, jitter=0.5, rng=lambda: 0.0)
+
+
+class FakeSleep:
+    """The informer's sleep: records each delay and returns at once (the test never waits on wall time)."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+        await asyncio.sleep(0)
 
 
 def pod(name: str, job: str, phase: str = "Pending", namespace: str = "ns", rv: str = "1") -> dict[str, Any]:
@@ -40,7 +55,8 @@ class ScriptedApi:
         if query.get("watch") != "true":
             answer = self.lists[request.path].pop(0)
             if isinstance(answer, int):
-                return web.json_response({"message": "etcd is unhappy"}, status=answer)
+                headers = {"Retry-After": "7"} if answer == 429 else None
+                return web.json_response({"message": "etcd is unhappy"}, status=answer, headers=headers)
             return web.json_response(answer)
         response = web.StreamResponse()
         await response.prepare(request)
@@ -119,11 +135,14 @@ async def test_list_then_watch_from_its_version_with_bookmarks_and_a_relist_on_4
 
 
 @pytest.mark.asyncio
-async def test_a_failed_list_is_retried_and_namespaces_are_listed_each(monkeypatch):
-    monkeypatch.setattr("etj_operator.podwatch.RETRY_SECONDS", (0.01, 0.05))
+async def test_a_failed_list_is_retried_and_namespaces_are_listed_each():
     script = ScriptedApi(
         lists={
-            "/api/v1/namespaces/ns/pods": [500, {"metadata": {"resourceVersion": "5"}, "items": [pod("a-0", "a")]}],
+            "/api/v1/namespaces/ns/pods": [
+                500,
+                429,  # with Retry-After: 7 (a floor for the next delay)
+                {"metadata": {"resourceVersion": "5"}, "items": [pod("a-0", "a")]},
+            ],
             "/api/v1/namespaces/other/pods": [
                 {"metadata": {"resourceVersion": "6"}, "items": [pod("x-0", "x", namespace="other")]}
             ],
@@ -131,7 +150,9 @@ async def test_a_failed_list_is_retried_and_namespaces_are_listed_each(monkeypat
         watches=[],
     )
     runner, api = await start(script)
-    informer = PodInformer(api, ["ns", "other"], lambda key: None)
+    sleep = FakeSleep()
+    backoff = Backoff(0.05, 10.0, jitter=0.5, rng=lambda: 0.0)
+    informer = PodInformer(api, ["ns", "other"], lambda key: None, backoff=backoff, sleep=sleep)
     task = asyncio.create_task(informer.run())
     try:
         await asyncio.wait_for(informer.synced.wait(), 3)  # only once both namespaces are listed
@@ -143,12 +164,12 @@ async def test_a_failed_list_is_retried_and_namespaces_are_listed_each(monkeypat
         await api.aclose()
         await runner.cleanup()
     lists = [path for path, q in script.seen if q.get("watch") is None]
-    assert sorted(lists) == sorted(["/api/v1/namespaces/ns/pods"] * 2 + ["/api/v1/namespaces/other/pods"])
+    assert sorted(lists) == sorted(["/api/v1/namespaces/ns/pods"] * 3 + ["/api/v1/namespaces/other/pods"])
+    assert sleep.delays == [0.05, 7.0]  # the first retry's backoff, then the server's Retry-After
 
 
 @pytest.mark.asyncio
-async def test_an_odd_answer_does_not_end_the_informer_and_empty_watches_back_off(monkeypatch):
-    monkeypatch.setattr("etj_operator.podwatch.RETRY_SECONDS", (0.05, 0.2))
+async def test_an_odd_answer_does_not_end_the_informer_and_empty_watches_back_off():
     script = ScriptedApi(
         lists={
             "/api/v1/pods": [
@@ -159,15 +180,19 @@ async def test_an_odd_answer_does_not_end_the_informer_and_empty_watches_back_of
         watches=[[], [], []],  # streams that end at once, empty
     )
     runner, api = await start(script)
-    informer = PodInformer(api, [], lambda key: None)
+    sleep = FakeSleep()
+    # a clock that stands still: every watch that ends empty ended "at once" (QUICK_END_SECONDS)
+    informer = PodInformer(api, [], lambda key: None, backoff=BACKOFF, clock=lambda: 0.0, sleep=sleep)
     task = asyncio.create_task(informer.run())
+    watches = lambda: [q for _, q in script.seen if q.get("watch") == "true"]  # noqa: E731
     try:
-        await until(lambda: names(informer, "a") == {"a-0": "Pending"})
-        await asyncio.sleep(0.3)
+        await until(lambda: names(informer, "a") == {"a-0": "Pending"} and len(watches()) == 4)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await api.aclose()
         await runner.cleanup()
-    watches = [q for _, q in script.seen if q.get("watch") == "true"]
-    assert 3 <= len(watches) <= 6  # backed off (0.05, 0.1, 0.2 s), not hundreds of immediate re-watches
+    # the bad list: back off, list again; then each of the 3 empty watches backs off further (capped at 0.2 s);
+    # the 4th watch stays open. Not hundreds of immediate re-watches.
+    assert sleep.delays == [0.05, 0.1, 0.2, 0.2]
+    assert len(watches()) == 4

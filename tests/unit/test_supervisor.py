@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from etj_operator import metrics
-from etj_operator.errors import JobGone, TransientApiError
+from etj_operator.backoff import Backoff
+from etj_operator.errors import JobGone, PermanentApiError, TransientApiError
 from etj_operator.lifecycle import Plan
-from etj_operator.supervisor import JobSupervisor, Wakers
+from etj_operator.supervisor import MIN_REQUEUE_SECONDS, JobSupervisor, Wakers
 
 KEY = ("ns", "job")
 
@@ -37,8 +39,8 @@ class FakeReconciler:
         self.forgotten.append((namespace, name))
 
 
-def job(uid: str = "u1", terminating: bool = False) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": KEY[1], "namespace": KEY[0], "uid": uid}
+def job(uid: str = "u1", terminating: bool = False, generation: int = 1) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": KEY[1], "namespace": KEY[0], "uid": uid, "generation": generation}
     if terminating:
         meta["deletionTimestamp"] = "2026-11-29T00:00:00Z"
     return {"metadata": meta}
@@ -51,6 +53,48 @@ def make(reconciler: FakeReconciler, interval: float = 30.0, **options: Any) -> 
         {KEY: ["pod-a", "pod-b"]},
         interval_seconds=interval,
         debounce_seconds=0,
+        **options,
+    )
+
+
+class FakeTime:
+    """The supervisor's clock and waiter: every wait is recorded and passes at once on the fake clock.
+
+    After ``limit`` waits, a wait blocks until the loop is woken or closed (no timeout), so a test sees an
+    exact, finite schedule. ``on_wait(index, seconds)`` may act (wake the loop, edit the job) and return how
+    much fake time passes before that wait ends (default: all of it).
+    """
+
+    def __init__(self, limit: int, on_wait: Callable[[int, float], float | None] | None = None) -> None:
+        self.now = 0.0
+        self.waits: list[float] = []
+        self.limit = limit
+        self.on_wait = on_wait or (lambda index, seconds: None)
+
+    def clock(self) -> float:
+        return self.now
+
+    async def wait(self, waker: asyncio.Event, closing: asyncio.Event, seconds: float) -> None:
+        if len(self.waits) >= self.limit or seconds == math.inf:
+            futures = {asyncio.ensure_future(waker.wait()), asyncio.ensure_future(closing.wait())}
+            await asyncio.wait(futures, return_when=asyncio.FIRST_COMPLETED)
+            for future in futures:
+                future.cancel()
+            return
+        self.waits.append(seconds)
+        elapsed = self.on_wait(len(self.waits) - 1, seconds)
+        self.now += seconds if elapsed is None else elapsed
+        await asyncio.sleep(0)
+
+
+def timed(reconciler: FakeReconciler, fake: FakeTime, **options: Any) -> JobSupervisor:
+    """A supervisor on fake time, with jitter-free policies (rng 0: every delay is its ceiling)."""
+    return make(
+        reconciler,
+        clock=fake.clock,
+        wait=fake.wait,
+        transient_backoff=Backoff(1.0, 8.0, jitter=0.5, rng=lambda: 0.0),
+        permanent_backoff=Backoff(5.0, 300.0, jitter=0.5, rng=lambda: 0.0),
         **options,
     )
 
@@ -124,35 +168,82 @@ async def test_a_loop_that_deleted_its_job_by_ttl_is_not_restarted_until_the_job
 
 
 @pytest.mark.asyncio
-async def test_errors_are_counted_and_retried_without_ending_the_loop(monkeypatch):
-    monkeypatch.setattr("etj_operator.supervisor.ERROR_RETRY_SECONDS", 0.01)
-
+async def test_errors_are_counted_and_retried_with_growing_delays_without_ending_the_loop():
     def outcome(n: int) -> Plan:
-        if n == 1:
-            raise TransientApiError("API unavailable", delay=1.0)
-        if n == 2:
+        if n in (1, 2, 4):
+            raise TransientApiError("API unavailable", code=503)
+        if n == 3:
             raise ValueError("a bug")
         return Plan(status={})
 
     errors_before = metrics.RECONCILE_ERRORS._value.get()
-    reconciler = FakeReconciler(outcome)
-    supervisor = make(reconciler)
+    reconciler, fake = FakeReconciler(outcome), FakeTime(limit=6)
+    supervisor = timed(reconciler, fake)
     supervisor.observe(job())
-    await until(lambda: len(reconciler.passes) >= 3)
+    await until(lambda: len(fake.waits) == 6 and len(reconciler.passes) == 7)
     assert KEY in supervisor.running
-    assert metrics.RECONCILE_ERRORS._value.get() - errors_before == 2
+    assert metrics.RECONCILE_ERRORS._value.get() - errors_before == 4
+    # 1, 2, 4, 8 s (a bug backs off like a transient error), then the cap; a good pass: the interval
+    assert fake.waits == [1.0, 2.0, 4.0, 8.0, 30.0, 30.0]
+    assert len(reconciler.passes) == 7  # one after each wait
+    await supervisor.close()
+
+
+@pytest.mark.asyncio
+async def test_a_refused_request_is_retried_slowly_and_retry_after_is_a_floor():
+    def outcome(n: int) -> Plan:
+        if n <= 3:
+            raise PermanentApiError("pods is forbidden", code=403, reason="Forbidden")
+        if n == 5:
+            raise TransientApiError("slow down", code=429, retry_after_seconds=6.0)
+        return Plan(status={})
+
+    reconciler, fake = FakeReconciler(outcome), FakeTime(limit=6)
+    supervisor = timed(reconciler, fake)
+    supervisor.observe(job())
+    await until(lambda: len(fake.waits) == 6 and len(reconciler.passes) == 7)
+    # refused: 5, 10, 20 s; a good pass resets the schedule; a 429's Retry-After (6 s) beats the 1 s backoff
+    assert fake.waits == [5.0, 10.0, 20.0, 30.0, 6.0, 30.0]
+    await supervisor.close()
+
+
+@pytest.mark.asyncio
+async def test_a_backing_off_loop_ignores_wake_ups_but_a_new_generation_retries_at_once():
+    supervisor: JobSupervisor
+
+    def on_wait(index: int, seconds: float) -> float | None:
+        if index == 0:  # a pod event (or our own status echo) 1 s into the 5 s backoff: keep backing off
+            supervisor.wakers.wake(KEY)
+            return 1.0
+        if index == 2:  # 2 s into the 10 s backoff, the user fixes the spec: retry now, schedule reset
+            supervisor.observe(job(generation=2))
+            return 2.0
+        return None
+
+    def outcome(n: int) -> Plan:
+        if n <= 4:
+            raise PermanentApiError("pods is forbidden", code=403)
+        return Plan(status={})
+
+    reconciler, fake = FakeReconciler(outcome), FakeTime(limit=5, on_wait=on_wait)
+    supervisor = timed(reconciler, fake)
+    supervisor.observe(job())
+    await until(lambda: len(fake.waits) == 5 and len(reconciler.passes) == 5)
+    # 5 s (a wake-up 1 s in changes nothing: 4 s more), 10 s cut short by the new spec, then 5 s, 10 s again
+    assert fake.waits == [5.0, 4.0, 10.0, 5.0, 10.0]
+    assert [body["metadata"]["generation"] for body, _ in reconciler.passes] == [1, 1, 2, 2, 2]
     await supervisor.close()
 
 
 @pytest.mark.asyncio
 async def test_requeue_is_honoured_with_a_floor():
-    reconciler = FakeReconciler(lambda n: Plan(status={}, requeue_after_seconds=0.0))
-    supervisor = make(reconciler)
+    reconciler, fake = FakeReconciler(lambda n: Plan(status={}, requeue_after_seconds=0.0)), FakeTime(limit=5)
+    supervisor = timed(reconciler, fake)
     supervisor.observe(job())
-    await asyncio.sleep(0.3)
+    await until(lambda: len(fake.waits) == 5 and len(reconciler.passes) == 6)
     await supervisor.close()
-    # a 0 s requeue runs at most every 50 ms (MIN_REQUEUE_SECONDS), not in a busy loop
-    assert 3 <= len(reconciler.passes) <= 8
+    # a 0 s requeue waits MIN_REQUEUE_SECONDS (50 ms) each time, not a busy loop
+    assert fake.waits == [MIN_REQUEUE_SECONDS] * 5 and len(reconciler.passes) == 6
 
 
 @pytest.mark.asyncio

@@ -6,7 +6,8 @@
   ``status.workload`` through the status subresource (merge patch); tests inject a fake.
 * :class:`ControlChannel` runs that I/O in a background thread, so a training step never waits on the
   API: reads happen when requested (every ``ETJ_CONTROL_POLL_STEPS`` steps) and their result is
-  picked up at the next poll; patches are merged, rate-limited and retried with exponential backoff.
+  picked up at the next poll; patches are merged, rate-limited and retried with exponential backoff
+  (:func:`retry_delay_seconds`: jittered, capped, the server's Retry-After as a floor).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -30,6 +32,7 @@ __all__ = [
     "KubernetesJobApi",
     "decide",
     "merge_patch",
+    "retry_delay_seconds",
     "utc_now_iso",
 ]
 
@@ -131,6 +134,39 @@ def utc_now_iso() -> str:
     return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
+def retry_delay_seconds(
+    attempt: int,
+    *,
+    base_seconds: float,
+    cap_seconds: float,
+    jitter: float,
+    u: float,
+    retry_after_seconds: float | None = None,
+    factor: float = 2.0,
+) -> float:
+    """The delay before retry ``attempt`` (0 first), for a random ``u`` in [0, 1) (pure).
+
+    The operator's policy (``etj_operator.backoff.Backoff``), written out here because the workload does not
+    import the operator (docs/architecture.md, "Errors and retries"); tests/unit/test_backoff.py keeps the two
+    equal: ``min(cap, base * factor**attempt) * (1 - jitter * u)``, at least ``min(retry_after, cap)``.
+    """
+    ceiling = cap_seconds if attempt > 64 else min(cap_seconds, base_seconds * factor ** max(0, attempt))
+    delay = ceiling * (1.0 - jitter * u)
+    if retry_after_seconds is not None and retry_after_seconds > 0:
+        delay = max(delay, min(retry_after_seconds, cap_seconds))
+    return delay
+
+
+def _retry_after_seconds(error: Exception) -> float | None:
+    """The Retry-After (seconds) of a kubernetes ``ApiException`` (429/503 carry one), else None."""
+    headers = getattr(error, "headers", None)
+    value = headers.get("Retry-After") if headers is not None and hasattr(headers, "get") else None
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
 class JobApi(Protocol):
     """The seam between the harness and the Kubernetes API (one job object)."""
 
@@ -186,8 +222,9 @@ class ControlChannel:
     """Background I/O for rank 0: fetch ``status.control`` on request, send ``status.workload`` patches.
 
     Never blocks the caller except in :meth:`close` (bounded by its timeout). Failures back off
-    exponentially from ``backoff_min_seconds`` to ``backoff_max_seconds``; training goes on meanwhile
-    with the last control state it saw.
+    exponentially from ``backoff_min_seconds`` to ``backoff_max_seconds`` (:func:`retry_delay_seconds`, a
+    ``backoff_jitter`` share of each delay random, the server's Retry-After as a floor); training goes on
+    meanwhile with the last control state it saw.
     """
 
     def __init__(
@@ -198,7 +235,9 @@ class ControlChannel:
         min_read_interval_seconds: float = 0.5,
         backoff_min_seconds: float = 0.5,
         backoff_max_seconds: float = 30.0,
+        backoff_jitter: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
+        rng: Callable[[], float] = random.random,
     ) -> None:
         self._api = api
         self._clock = clock
@@ -206,6 +245,8 @@ class ControlChannel:
         self.min_read_interval_seconds = min_read_interval_seconds
         self.backoff_min_seconds = backoff_min_seconds
         self.backoff_max_seconds = backoff_max_seconds
+        self.backoff_jitter = backoff_jitter
+        self._rng = rng
         self._cond = threading.Condition()
         self._latest = ControlState()
         self._read_requested = False
@@ -216,6 +257,7 @@ class ControlChannel:
         self._last_read = -1e9
         self._last_patch = -1e9
         self._backoff_seconds = 0.0
+        self._failures_in_row = 0
         self._retry_at = -1e9
         self.failures = 0
         self.reads = 0
@@ -253,7 +295,15 @@ class ControlChannel:
 
     def _fail(self, what: str, error: Exception) -> None:
         self.failures += 1
-        self._backoff_seconds = min(self.backoff_max_seconds, max(self.backoff_min_seconds, self._backoff_seconds * 2))
+        self._backoff_seconds = retry_delay_seconds(
+            self._failures_in_row,
+            base_seconds=self.backoff_min_seconds,
+            cap_seconds=self.backoff_max_seconds,
+            jitter=self.backoff_jitter,
+            u=self._rng(),
+            retry_after_seconds=_retry_after_seconds(error),
+        )
+        self._failures_in_row += 1
         self._retry_at = self._clock() + self._backoff_seconds
         log.warning("%s failed (%s); retrying in %.1f s", what, error, self._backoff_seconds)
 
@@ -292,7 +342,7 @@ class ControlChannel:
             try:
                 self._api.patch_workload(patch)
                 self.patches += 1
-                self._backoff_seconds = 0.0
+                self._backoff_seconds, self._failures_in_row = 0.0, 0
             except Exception as e:  # any client error: keep the patch, back off, try again
                 with self._cond:
                     self._pending = merge_patch(patch, self._pending)
@@ -303,7 +353,7 @@ class ControlChannel:
             try:
                 control = ControlState.from_status(self._api.read_control())
                 self.reads += 1
-                self._backoff_seconds = 0.0
+                self._backoff_seconds, self._failures_in_row = 0.0, 0
                 with self._cond:
                     self._latest = control
             except Exception as e:

@@ -1,0 +1,317 @@
+"""The import contract, checked statically (ast; nothing is imported): which module may import what.
+
+Rules (docs/architecture.md, "Import contract"):
+
+1. The workload (``etj_workload``) imports no operator module, with one exception today:
+   ``etj_operator.contract``, the stdlib-only names both sides share (it moves into a package of its own with
+   issue 20 item 1; then the exception goes). Nor does it import the operator's own libraries (kopf, aiohttp,
+   prometheus_api_client, rich): the workload image must not need them.
+2. The operator (``etj_operator``, the sandbox and demo included) imports no torch, torchao, scikit-learn and
+   no ``etj_workload`` module. The sandbox runs the harness as a process (``python -m etj_workload``), which
+   is not an import.
+3. The pure modules import no I/O library, directly or through a sibling: a pure module may import only
+   other pure modules of the package.
+
+Every import counts: module-level, function-local (lazy), under ``if TYPE_CHECKING:``, and
+``importlib.import_module``/``__import__`` with a literal name.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES: dict[str, Path] = {
+    "etj_operator": ROOT / "operator" / "etj_operator",
+    "etj_workload": ROOT / "workloads" / "etj_workload",
+}
+
+#: The operator modules that decide without I/O, and the modules they need (also pure). The two package
+#: ``__init__`` modules are listed because importing any submodule runs them.
+PURE_MODULES = frozenset(
+    {
+        "etj_operator",
+        "etj_operator.builders",
+        "etj_operator.conditions",
+        "etj_operator.contract",
+        "etj_operator.energy",
+        "etj_operator.envvars",
+        "etj_operator.lifecycle",
+        "etj_operator.models",
+        "etj_operator.policies",
+        "etj_operator.telemetry",  # energy.py needs telemetry.base.GpuSample
+        "etj_operator.telemetry.base",
+    }
+)
+#: What a pure module must not import (top-level names). asyncio is in: the pure core runs no event loop and
+#: awaits nothing, and asyncio is the door to sockets and subprocesses; time is in: the pure core is handed
+#: ``now`` and reads no clock (``datetime`` types stay allowed).
+FORBIDDEN_IN_PURE = frozenset(
+    {
+        "aiohttp",
+        "asyncio",
+        "http",
+        "kopf",
+        "kubernetes",
+        "kubernetes_asyncio",
+        "os",
+        "pathlib",
+        "prometheus_api_client",
+        "prometheus_client",
+        "pynvml",
+        "requests",
+        "select",
+        "selectors",
+        "shutil",
+        "socket",
+        "ssl",
+        "subprocess",
+        "threading",
+        "time",
+        "torch",
+        "urllib",
+        "urllib3",
+    }
+)
+FORBIDDEN_IN_OPERATOR = frozenset({"torch", "torchao", "sklearn", "etj_workload"})
+#: The operator's own libraries, which the workload image must not need.
+FORBIDDEN_IN_WORKLOAD = frozenset({"kopf", "aiohttp", "prometheus_api_client", "rich"})
+#: The exception to rule 1 (today's shared names module; see the module docstring).
+WORKLOAD_MAY_IMPORT = frozenset({"etj_operator", "etj_operator.contract"})
+
+RULE_WORKLOAD = "rule 1: the workload imports no operator module (but etj_operator.contract) and no operator library"
+RULE_OPERATOR = "rule 2: the operator imports no torch, torchao, sklearn or etj_workload"
+RULE_PURE = "rule 3: a pure module imports no I/O library and only pure siblings"
+
+
+@dataclass(frozen=True)
+class Import:
+    """One import statement's target, as an absolute dotted name."""
+
+    importer: str
+    target: str
+    line: int
+
+    @property
+    def top(self) -> str:
+        return self.target.split(".")[0]
+
+    def where(self) -> str:
+        return f"{self.importer} imports {self.target} (line {self.line})"
+
+
+def discover(packages: Mapping[str, Path]) -> dict[str, Path]:
+    """Every module of the packages by dotted name (a package by its own name, for its ``__init__``)."""
+    modules: dict[str, Path] = {}
+    for package, folder in packages.items():
+        for path in sorted(folder.rglob("*.py")):
+            parts = [package, *path.relative_to(folder).with_suffix("").parts]
+            if parts[-1] == "__init__":
+                parts.pop()
+            modules[".".join(parts)] = path
+    return modules
+
+
+def _literal_import(node: ast.Call) -> str | None:
+    """The module of ``importlib.import_module("x")`` / ``import_module("x")`` / ``__import__("x")``."""
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+    if name not in ("import_module", "__import__") or not node.args:
+        return None
+    first = node.args[0]
+    if isinstance(first, ast.Constant) and isinstance(first.value, str) and not first.value.startswith("."):
+        return first.value
+    return None
+
+
+def imports_of(module: str, path: Path, modules: Iterable[str]) -> list[Import]:
+    """Every import in the module's source, resolved to absolute names (``from p import m`` -> ``p.m``)."""
+    known = set(modules)
+    is_package = path.name == "__init__.py"
+    package_parts = module.split(".") if is_package else module.split(".")[:-1]
+    found: list[Import] = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [Import(module, alias.name, node.lineno) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base_parts = package_parts[: len(package_parts) - (node.level - 1)]
+                base = ".".join([*base_parts, *([node.module] if node.module else [])])
+            else:
+                base = node.module or ""
+            if base == "__future__":
+                continue
+            for alias in node.names:
+                candidate = f"{base}.{alias.name}"
+                found.append(Import(module, candidate if candidate in known else base, node.lineno))
+        elif isinstance(node, ast.Call) and (target := _literal_import(node)) is not None:
+            found.append(Import(module, target, node.lineno))
+    return found
+
+
+class Graph:
+    """The modules of the packages and their imports."""
+
+    def __init__(self, packages: Mapping[str, Path]) -> None:
+        self.modules = discover(packages)
+        self.imports = {name: imports_of(name, path, self.modules) for name, path in self.modules.items()}
+
+    def internal(self, imp: Import) -> list[str]:
+        """The package modules an import runs: the target's module and every package above it."""
+        parts = imp.target.split(".")
+        return [m for i in range(1, len(parts) + 1) if (m := ".".join(parts[:i])) in self.modules]
+
+    def closure(self, start: str) -> dict[str, list[str]]:
+        """Every package module ``start`` runs on import, each with the chain of modules that leads to it."""
+        chains: dict[str, list[str]] = {start: [start]}
+        parts = start.split(".")
+        for i in range(1, len(parts)):  # importing a submodule runs its packages first
+            if (package := ".".join(parts[:i])) in self.modules:
+                chains.setdefault(package, [start, package])
+        todo = list(chains)
+        while todo:
+            current = todo.pop()
+            for imp in self.imports[current]:
+                for reached in self.internal(imp):
+                    if reached not in chains:
+                        chains[reached] = [*chains[current], reached]
+                        todo.append(reached)
+        return chains
+
+
+def workload_violations(graph: Graph) -> list[str]:
+    found = []
+    for module, imports in graph.imports.items():
+        if not module.startswith("etj_workload"):
+            continue
+        for imp in imports:
+            if imp.top == "etj_operator" and imp.target not in WORKLOAD_MAY_IMPORT:
+                found.append(f"{imp.where()}: {RULE_WORKLOAD}")
+        for reached, chain in graph.closure(module).items():
+            via = f", run by {module} (via {' -> '.join(chain)})" if reached != module else ""
+            if reached.startswith("etj_operator") and reached not in WORKLOAD_MAY_IMPORT and len(chain) > 2:
+                # (a direct import is named above, with its line)
+                found.append(f"{module} runs {reached} (via {' -> '.join(chain)}): {RULE_WORKLOAD}")
+            for imp in graph.imports[reached]:
+                if imp.top in FORBIDDEN_IN_WORKLOAD:
+                    found.append(f"{imp.where()}{via}: {RULE_WORKLOAD}")
+    # The exception holds only while the shared names module stays stdlib-only.
+    for allowed in WORKLOAD_MAY_IMPORT:
+        for imp in graph.imports.get(allowed, []):
+            if imp.top not in sys.stdlib_module_names:
+                found.append(f"{imp.where()}: {RULE_WORKLOAD} (the shared {allowed} must stay stdlib-only)")
+    return sorted(set(found))
+
+
+def operator_violations(graph: Graph) -> list[str]:
+    return sorted(
+        f"{imp.where()}: {RULE_OPERATOR}"
+        for module, imports in graph.imports.items()
+        if module.startswith("etj_operator")
+        for imp in imports
+        if imp.top in FORBIDDEN_IN_OPERATOR
+    )
+
+
+def pure_violations(graph: Graph, pure: Iterable[str]) -> list[str]:
+    pure = frozenset(pure)
+    found = []
+    for module in sorted(pure):
+        for reached, chain in graph.closure(module).items():
+            via = f" (via {' -> '.join(chain)})" if len(chain) > 1 else ""
+            if reached not in pure:
+                found.append(f"pure {module} runs non-pure {reached}{via}: {RULE_PURE}")
+            for imp in graph.imports[reached]:
+                if imp.top in FORBIDDEN_IN_PURE:
+                    found.append(f"pure {module}: {imp.where()}{via}: {RULE_PURE}")
+    return sorted(set(found))
+
+
+@pytest.fixture(scope="module")
+def graph() -> Graph:
+    return Graph(PACKAGES)
+
+
+def _report(violations: list[str]) -> str:
+    return "import contract broken:\n  " + "\n  ".join(violations)
+
+
+def test_the_workload_imports_no_operator_module_but_the_shared_contract(graph: Graph) -> None:
+    violations = workload_violations(graph)
+    assert violations == [], _report(violations)
+
+
+def test_the_operator_imports_no_torch_and_no_workload_module(graph: Graph) -> None:
+    violations = operator_violations(graph)
+    assert violations == [], _report(violations)
+
+
+def test_the_pure_modules_import_no_io_library_directly_or_through_a_sibling(graph: Graph) -> None:
+    assert graph.modules.keys() >= PURE_MODULES, "a listed pure module does not exist"
+    violations = pure_violations(graph, PURE_MODULES)
+    assert violations == [], _report(violations)
+
+
+def test_the_checker_sees_every_kind_of_import(graph: Graph) -> None:
+    """The rules above pass because the code obeys them, not because the walk misses imports."""
+    targets = {(i.importer, i.target) for imports in graph.imports.values() for i in imports}
+    assert ("etj_operator.handlers", "kopf") in targets  # module level
+    assert ("etj_workload.control", "kubernetes") in targets  # function-local (lazy)
+    assert ("etj_workload.control", "etj_operator.contract") in targets  # from package import module
+    assert ("etj_operator.lifecycle", "etj_operator.conditions") in targets
+    workload_tops = {i.top for m, imports in graph.imports.items() if m.startswith("etj_workload") for i in imports}
+    assert "torch" in workload_tops
+    # energy.py reaches telemetry.base through the telemetry package, and the walk follows it there
+    assert graph.closure("etj_operator.energy").keys() >= {"etj_operator.telemetry", "etj_operator.telemetry.base"}
+    assert len([m for m in graph.modules if m.startswith("etj_workload")]) >= 10
+
+
+def _write(root: Path, files: Mapping[str, str]) -> dict[str, Path]:
+    for relative, text in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return {"etj_operator": root / "op" / "etj_operator", "etj_workload": root / "wl" / "etj_workload"}
+
+
+def test_a_broken_rule_names_the_module_the_import_and_the_rule(tmp_path: Path) -> None:
+    packages = _write(
+        tmp_path,
+        {
+            "op/etj_operator/__init__.py": "",
+            "op/etj_operator/contract.py": "from typing import Final\n",
+            "op/etj_operator/pure.py": "from . import helper\n",  # relative import of a non-pure sibling
+            "op/etj_operator/helper.py": "def f():\n    import aiohttp\n",
+            "op/etj_operator/sandbox/__init__.py": "",
+            "op/etj_operator/sandbox/demo.py": "import importlib\nimportlib.import_module('etj_workload.trainer')\n",
+            "wl/etj_workload/__init__.py": "",
+            "wl/etj_workload/trainer.py": "from etj_operator import contract\nfrom etj_operator.helper import f\n",
+        },
+    )
+    graph = Graph(packages)
+    assert pure_violations(graph, {"etj_operator", "etj_operator.pure"}) == [
+        "pure etj_operator.pure runs non-pure etj_operator.helper (via etj_operator.pure -> etj_operator.helper): "
+        + RULE_PURE,
+        "pure etj_operator.pure: etj_operator.helper imports aiohttp (line 2) "
+        "(via etj_operator.pure -> etj_operator.helper): " + RULE_PURE,
+    ]
+    assert operator_violations(graph) == [
+        f"etj_operator.sandbox.demo imports etj_workload.trainer (line 2): {RULE_OPERATOR}"
+    ]
+    assert workload_violations(graph) == [
+        "etj_operator.helper imports aiohttp (line 2), run by etj_workload.trainer "
+        f"(via etj_workload.trainer -> etj_operator.helper): {RULE_WORKLOAD}",
+        f"etj_workload.trainer imports etj_operator.helper (line 2): {RULE_WORKLOAD}",
+    ]
+    # one step further: a workload module that reaches an operator module through a workload sibling
+    (packages["etj_workload"] / "harness.py").write_text("from etj_workload import trainer\n")
+    assert (
+        "etj_workload.harness runs etj_operator.helper "
+        "(via etj_workload.harness -> etj_workload.trainer -> etj_operator.helper): " + RULE_WORKLOAD
+    ) in workload_violations(Graph(packages))
