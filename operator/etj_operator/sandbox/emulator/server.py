@@ -265,16 +265,8 @@ class EmulatorServer:
 
     def get(self, resource: str, namespace: str | None, name: str) -> Json | None:
         """The object (a copy), or None if absent. ``resource``: ``pods``, ``etj``, ``v1/pods``..."""
-        def read(emulator: KubeApiEmulator) -> Json | None:
-            try:
-                return copy.deepcopy(emulator.read_object(emulator.resource_type(resource), namespace, name))
-            except UnknownResourceError:
-                raise
-            except ApiError as e:
-                if e.code == 404:
-                    return None
-                raise
-        return self.call(read)
+        return self.call(lambda e: _none_if_absent(
+            lambda: copy.deepcopy(e.read_object(e.resource_type(resource), namespace, name))))
 
     def list(self, resource: str, namespace: str | None = None, label_selector: str | None = None,
              field_selector: str | None = None) -> list[Json]:
@@ -308,17 +300,8 @@ class EmulatorServer:
     def delete(self, resource: str, namespace: str | None, name: str, *,
                propagation: str | None = None) -> Json | None:
         """Delete an object; returns its last state, or None if it was already absent."""
-        def remove(emulator: KubeApiEmulator) -> Json | None:
-            try:
-                return copy.deepcopy(emulator.delete_object(emulator.resource_type(resource), namespace, name,
-                                                            propagation=propagation))
-            except UnknownResourceError:
-                raise
-            except ApiError as e:
-                if e.code == 404:
-                    return None
-                raise
-        return self.call(remove)
+        return self.call(lambda e: _none_if_absent(lambda: copy.deepcopy(
+            e.delete_object(e.resource_type(resource), namespace, name, propagation=propagation))))
 
     def set_pod_phase(
         self, namespace: str, name: str, phase: str, *, exit_code: int | Mapping[str, int] | None = None,
@@ -391,16 +374,9 @@ class EmulatorServer:
 
         Returns the pod as it is afterwards: still there with a ``deletionTimestamp`` while it terminates.
         """
-        def remove(emulator: KubeApiEmulator) -> Json | None:
-            try:
-                return copy.deepcopy(emulator.delete_object(
-                    emulator.resource_type("pods"), namespace, name, grace_period_seconds=grace_period_seconds,
-                    preconditions={"uid": uid} if uid else None))
-            except ApiError as e:
-                if e.code == 404:
-                    return None
-                raise
-        return self.call(remove)
+        return self.call(lambda e: _none_if_absent(lambda: copy.deepcopy(e.delete_object(
+            e.resource_type("pods"), namespace, name, grace_period_seconds=grace_period_seconds,
+            preconditions={"uid": uid} if uid else None))))
 
     def finish_termination(self, namespace: str, name: str, *, exit_code: int = 143) -> Json | None:
         """Play the kubelet once a terminating pod's containers have stopped: report, then remove it.
@@ -441,3 +417,15 @@ class EmulatorServer:
     def compact(self) -> None:
         """Forget the event log: watch resumes from older resourceVersions get 410 Gone."""
         self.call(lambda e: e.compact())
+
+
+def _none_if_absent(fn: Callable[[], T]) -> T | None:
+    """``fn()``, or None when it answers 404 for the object (an unknown resource type still raises)."""
+    try:
+        return fn()
+    except UnknownResourceError:
+        raise
+    except ApiError as e:
+        if e.code == 404:
+            return None
+        raise
