@@ -42,6 +42,7 @@ sync-crds:
 
 # Benchmarks print figures (docs/benchmarks.md records them); not part of `make test`.
 bench: install
+	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
 	$(PY) bench/harness_overhead.py
 	$(PY) bench/compression.py
 	$(PY) bench/telemetry_scale.py
