@@ -9,13 +9,14 @@
 # tag because the digest cannot be resolved where this file is written and tested (no registry access).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-# ---- build: one wheel of the project (both packages; extras decide what each image installs) -----------------
+# ---- build: one wheel of the project (the contract and both packages; extras decide what each image installs)
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 COPY pyproject.toml constraints.txt README.md ./
+COPY contract/ contract/
 COPY operator/ operator/
 COPY workloads/ workloads/
 RUN python -m pip wheel --no-deps --wheel-dir /wheels .

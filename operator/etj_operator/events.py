@@ -1,4 +1,4 @@
-"""Kubernetes Events about jobs, posted through :class:`~etj_operator.kubeapi.KubeApi`.
+"""Kubernetes Events about jobs, posted through an :class:`~etj_operator.ports.ObjectCreator` (the API wrapper).
 
 The reconciler hands Events to an :class:`EventPoster` and goes on: posting never blocks a reconcile pass
 and never fails one (an Event that cannot be posted is logged and dropped; the job's status conditions
@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from etj_operator.builders import build_event
-from etj_operator.kubeapi import KubeApi
 from etj_operator.lifecycle import Event
+from etj_operator.ports import ObjectCreator
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ class EventPoster:
 
     def __init__(
         self,
-        api: KubeApi,
+        api: ObjectCreator,
         *,
         component: str,
         instance: str,

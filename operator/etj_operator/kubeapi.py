@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 
@@ -35,6 +35,9 @@ from etj_operator.errors import (
     error_for,
 )
 from etj_operator.metrics import API_REQUESTS
+
+if TYPE_CHECKING:
+    from etj_operator.ports import JobWriter, ObjectCreator
 
 logger = logging.getLogger(__name__)
 
@@ -409,6 +412,11 @@ class KubeApi:
         except NotFoundError:
             return None
         return result if isinstance(result, dict) else None
+
+
+if TYPE_CHECKING:  # KubeApi is the writer the reconciler and the Event poster take (etj_operator.ports): mypy checks
+    _JOB_WRITER: type[JobWriter] = KubeApi  # that it satisfies both protocols structurally, at no runtime cost.
+    _OBJECT_CREATOR: type[ObjectCreator] = KubeApi
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+from etj_contract.plans import AUTO_BOUNDS, AUTO_DEFAULTS
 from etj_operator import contract
 
 PowerMode = Literal["Unmanaged", "Fixed", "Auto"]
@@ -90,11 +91,11 @@ class TelemetrySpec:
 class AutoPowerSpec:
     """Zeus-style profiling of candidate power limits."""
 
-    eta: float = 0.5
-    warmup_steps: int = 5
-    profile_steps: int = 10
-    step_watts: int = 25
-    max_slowdown: float | None = None
+    eta: float = AUTO_DEFAULTS.eta
+    warmup_steps: int = AUTO_DEFAULTS.warmup_steps
+    profile_steps: int = AUTO_DEFAULTS.profile_steps
+    step_watts: int = AUTO_DEFAULTS.step_watts
+    max_slowdown: float | None = AUTO_DEFAULTS.max_slowdown
 
 
 @dataclass(frozen=True)
@@ -458,12 +459,18 @@ def _parse_power(r: _Reader, raw: Mapping[str, Any], p: str) -> PowerSpec:
     if mode == "Auto":
         a = auto_raw or {}
         ap = f"{p}.auto"
+        d, b = AUTO_DEFAULTS, AUTO_BOUNDS  # the contract's, which the harness applies too
         auto = AutoPowerSpec(
-            eta=r.number(a, "eta", ap, 0.5, 0, 1) or 0.0,
-            warmup_steps=r.integer(a, "warmupSteps", ap, 5, 0, 100000) or 0,
-            profile_steps=r.integer(a, "profileSteps", ap, 10, 1, 100000) or 1,
-            step_watts=r.integer(a, "stepWatts", ap, 25, 5, 500) or 25,
-            max_slowdown=r.number(a, "maxSlowdown", ap, None, 1, 10),
+            eta=r.number(a, "eta", ap, d.eta, b.eta.minimum, b.eta.maximum) or 0.0,
+            warmup_steps=r.integer(a, "warmupSteps", ap, d.warmup_steps, b.warmup_steps.minimum, b.warmup_steps.maximum)
+            or 0,
+            profile_steps=r.integer(
+                a, "profileSteps", ap, d.profile_steps, b.profile_steps.minimum, b.profile_steps.maximum
+            )
+            or b.profile_steps.minimum,
+            step_watts=r.integer(a, "stepWatts", ap, d.step_watts, b.step_watts.minimum, b.step_watts.maximum)
+            or d.step_watts,
+            max_slowdown=r.number(a, "maxSlowdown", ap, d.max_slowdown, b.max_slowdown.minimum, b.max_slowdown.maximum),
         )
     budget = r.integer(raw, "budgetWatts", p, None, 1, 10_000_000)
     return PowerSpec(mode=mode, limit_watts=limit, auto=auto, budget_watts=budget)

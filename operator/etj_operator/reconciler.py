@@ -28,7 +28,6 @@ from etj_operator import conditions as cond
 from etj_operator.config import OperatorConfig
 from etj_operator.energy import EnergyState, integrate
 from etj_operator.errors import ApiStatusError, JobGone, PermanentApiError
-from etj_operator.kubeapi import KubeApi
 from etj_operator.lifecycle import Event, Observation, Plan, PodView, reconcile, to_rfc3339
 from etj_operator.metrics import (
     GANG_RESTARTS,
@@ -43,6 +42,7 @@ from etj_operator.metrics import (
 )
 from etj_operator.models import InvalidSpecError, JobSpec, parse_spec
 from etj_operator.policies import RESCHEDULING, PolicyInputs, PolicyOutcome, PolicySettings, decide
+from etj_operator.ports import JobWriter
 from etj_operator.telemetry.base import PodTarget
 from etj_operator.telemetry.hub import JobRegistration, JobTelemetry, TelemetryHub
 
@@ -145,7 +145,7 @@ class JobReconciler:
 
     def __init__(
         self,
-        api: KubeApi,
+        api: JobWriter,
         config: OperatorConfig,
         events: EventSink,
         hub: TelemetryHub | None = None,

@@ -2,15 +2,16 @@
 
 Rules (docs/architecture.md, "Import contract"):
 
-1. The workload (``etj_workload``) imports no operator module, with one exception today:
-   ``etj_operator.contract``, the stdlib-only names both sides share (it moves into a package of its own with
-   issue 20 item 1; then the exception goes). Nor does it import the operator's own libraries (kopf, aiohttp,
+1. The workload (``etj_workload``) imports no operator module: what both sides share lives in the contract
+   package (``etj_contract``). Nor does it import the operator's own libraries (kopf, aiohttp,
    prometheus_api_client, rich): the workload image must not need them.
 2. The operator (``etj_operator``, the sandbox and demo included) imports no torch, torchao, scikit-learn and
    no ``etj_workload`` module. The sandbox runs the harness as a process (``python -m etj_workload``), which
    is not an import.
 3. The pure modules import no I/O library, directly or through a sibling: a pure module may import only
-   other pure modules of the package.
+   other pure modules of the package (or the contract package, pure by rule 4).
+4. The contract package (``etj_contract``) imports the standard library only: no ``etj_operator``, no
+   ``etj_workload``, no third-party library; and, being pure, no I/O library of the standard library either.
 
 Every import counts: module-level, function-local (lazy), under ``if TYPE_CHECKING:``, and
 ``importlib.import_module``/``__import__`` with a literal name.
@@ -28,6 +29,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES: dict[str, Path] = {
+    "etj_contract": ROOT / "contract" / "etj_contract",
     "etj_operator": ROOT / "operator" / "etj_operator",
     "etj_workload": ROOT / "workloads" / "etj_workload",
 }
@@ -82,12 +84,14 @@ FORBIDDEN_IN_PURE = frozenset(
 FORBIDDEN_IN_OPERATOR = frozenset({"torch", "torchao", "sklearn", "etj_workload"})
 #: The operator's own libraries, which the workload image must not need.
 FORBIDDEN_IN_WORKLOAD = frozenset({"kopf", "aiohttp", "prometheus_api_client", "rich"})
-#: The exception to rule 1 (today's shared names module; see the module docstring).
-WORKLOAD_MAY_IMPORT = frozenset({"etj_operator", "etj_operator.contract"})
+#: Operator modules the workload may import: none (what both share is in etj_contract).
+WORKLOAD_MAY_IMPORT: frozenset[str] = frozenset()
+CONTRACT = "etj_contract"
 
-RULE_WORKLOAD = "rule 1: the workload imports no operator module (but etj_operator.contract) and no operator library"
+RULE_WORKLOAD = "rule 1: the workload imports no operator module and no operator library"
 RULE_OPERATOR = "rule 2: the operator imports no torch, torchao, sklearn or etj_workload"
 RULE_PURE = "rule 3: a pure module imports no I/O library and only pure siblings"
+RULE_CONTRACT = "rule 4: the contract package imports the standard library only (and no I/O module of it)"
 
 
 @dataclass(frozen=True)
@@ -201,12 +205,22 @@ def workload_violations(graph: Graph) -> list[str]:
             for imp in graph.imports[reached]:
                 if imp.top in FORBIDDEN_IN_WORKLOAD:
                     found.append(f"{imp.where()}{via}: {RULE_WORKLOAD}")
-    # The exception holds only while the shared names module stays stdlib-only.
-    for allowed in WORKLOAD_MAY_IMPORT:
-        for imp in graph.imports.get(allowed, []):
-            if imp.top not in sys.stdlib_module_names:
-                found.append(f"{imp.where()}: {RULE_WORKLOAD} (the shared {allowed} must stay stdlib-only)")
     return sorted(set(found))
+
+
+def _in_package(module: str, package: str) -> bool:
+    return module == package or module.startswith(f"{package}.")
+
+
+def contract_violations(graph: Graph) -> list[str]:
+    """Rule 4: every import of the contract package is its own or the standard library's (no I/O module)."""
+    return sorted(
+        f"{imp.where()}: {RULE_CONTRACT}"
+        for module, imports in graph.imports.items()
+        if _in_package(module, CONTRACT)
+        for imp in imports
+        if imp.top != CONTRACT and (imp.top not in sys.stdlib_module_names or imp.top in FORBIDDEN_IN_PURE)
+    )
 
 
 def operator_violations(graph: Graph) -> list[str]:
@@ -225,7 +239,7 @@ def pure_violations(graph: Graph, pure: Iterable[str]) -> list[str]:
     for module in sorted(pure):
         for reached, chain in graph.closure(module).items():
             via = f" (via {' -> '.join(chain)})" if len(chain) > 1 else ""
-            if reached not in pure:
+            if reached not in pure and not _in_package(reached, CONTRACT):  # the contract is pure (rule 4)
                 found.append(f"pure {module} runs non-pure {reached}{via}: {RULE_PURE}")
             for imp in graph.imports[reached]:
                 if imp.top in FORBIDDEN_IN_PURE:
@@ -242,8 +256,14 @@ def _report(violations: list[str]) -> str:
     return "import contract broken:\n  " + "\n  ".join(violations)
 
 
-def test_the_workload_imports_no_operator_module_but_the_shared_contract(graph: Graph) -> None:
+def test_the_workload_imports_no_operator_module(graph: Graph) -> None:
     violations = workload_violations(graph)
+    assert violations == [], _report(violations)
+
+
+def test_the_contract_imports_the_standard_library_only(graph: Graph) -> None:
+    assert len([m for m in graph.modules if _in_package(m, CONTRACT)]) >= 4  # the package and its modules
+    violations = contract_violations(graph)
     assert violations == [], _report(violations)
 
 
@@ -263,7 +283,9 @@ def test_the_checker_sees_every_kind_of_import(graph: Graph) -> None:
     targets = {(i.importer, i.target) for imports in graph.imports.values() for i in imports}
     assert ("etj_operator.handlers", "kopf") in targets  # module level
     assert ("etj_workload.control", "kubernetes") in targets  # function-local (lazy)
-    assert ("etj_workload.control", "etj_operator.contract") in targets  # from package import module
+    assert ("etj_operator.policies", "etj_operator.contract") in targets  # from package import module
+    assert ("etj_workload.control", "etj_contract") in targets
+    assert ("etj_operator.contract", "etj_contract.names") in targets
     assert ("etj_operator.lifecycle", "etj_operator.conditions") in targets
     workload_tops = {i.top for m, imports in graph.imports.items() if m.startswith("etj_workload") for i in imports}
     assert "torch" in workload_tops
@@ -277,21 +299,30 @@ def _write(root: Path, files: Mapping[str, str]) -> dict[str, Path]:
         path = root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-    return {"etj_operator": root / "op" / "etj_operator", "etj_workload": root / "wl" / "etj_workload"}
+    return {
+        "etj_contract": root / "ct" / "etj_contract",
+        "etj_operator": root / "op" / "etj_operator",
+        "etj_workload": root / "wl" / "etj_workload",
+    }
 
 
 def test_a_broken_rule_names_the_module_the_import_and_the_rule(tmp_path: Path) -> None:
     packages = _write(
         tmp_path,
         {
+            "ct/etj_contract/__init__.py": "from etj_contract import names\n",
+            "ct/etj_contract/names.py": "import enum\nfrom typing import Final\n",
             "op/etj_operator/__init__.py": "",
-            "op/etj_operator/contract.py": "from typing import Final\n",
-            "op/etj_operator/pure.py": "from . import helper\n",  # relative import of a non-pure sibling
+            "op/etj_operator/contract.py": "from etj_contract.names import *\n",
+            # relative import of a non-pure sibling; the contract package is pure
+            "op/etj_operator/pure.py": "from . import helper\nimport etj_contract\n",
             "op/etj_operator/helper.py": "def f():\n    import aiohttp\n",
             "op/etj_operator/sandbox/__init__.py": "",
             "op/etj_operator/sandbox/demo.py": "import importlib\nimportlib.import_module('etj_workload.trainer')\n",
             "wl/etj_workload/__init__.py": "",
-            "wl/etj_workload/trainer.py": "from etj_operator import contract\nfrom etj_operator.helper import f\n",
+            "wl/etj_workload/trainer.py": (
+                "import etj_contract\nfrom etj_operator import contract\nfrom etj_operator.helper import f\n"
+            ),
         },
     )
     graph = Graph(packages)
@@ -307,11 +338,22 @@ def test_a_broken_rule_names_the_module_the_import_and_the_rule(tmp_path: Path) 
     assert workload_violations(graph) == [
         "etj_operator.helper imports aiohttp (line 2), run by etj_workload.trainer "
         f"(via etj_workload.trainer -> etj_operator.helper): {RULE_WORKLOAD}",
-        f"etj_workload.trainer imports etj_operator.helper (line 2): {RULE_WORKLOAD}",
+        f"etj_workload.trainer imports etj_operator.contract (line 2): {RULE_WORKLOAD}",
+        f"etj_workload.trainer imports etj_operator.helper (line 3): {RULE_WORKLOAD}",
     ]
+    assert contract_violations(graph) == []
     # one step further: a workload module that reaches an operator module through a workload sibling
     (packages["etj_workload"] / "harness.py").write_text("from etj_workload import trainer\n")
     assert (
         "etj_workload.harness runs etj_operator.helper "
         "(via etj_workload.harness -> etj_workload.trainer -> etj_operator.helper): " + RULE_WORKLOAD
     ) in workload_violations(Graph(packages))
+    # the contract: an operator module, a third-party library and an I/O module of the standard library
+    (packages["etj_contract"] / "bad.py").write_text(
+        "import enum\nimport os\nfrom etj_operator import contract\nimport yaml\nfrom etj_contract import names\n"
+    )
+    assert contract_violations(Graph(packages)) == [
+        f"etj_contract.bad imports etj_operator.contract (line 3): {RULE_CONTRACT}",
+        f"etj_contract.bad imports os (line 2): {RULE_CONTRACT}",
+        f"etj_contract.bad imports yaml (line 4): {RULE_CONTRACT}",
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import generate_latest
@@ -10,9 +11,23 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from etj_operator import metrics
 from etj_operator.config import OperatorConfig
+from etj_operator.ports import JobWriter
 from etj_operator.reconciler import JobReconciler
 
 NAMESPACE = "metrics-test"
+
+
+class NoApi(JobWriter):
+    """A JobWriter for tests that make no API call: any call is a failure."""
+
+    async def create(self, manifest: Mapping[str, Any]) -> bool:
+        raise AssertionError("no API call expected")
+
+    async def delete(self, kind: str, namespace: str | None, name: str) -> bool:
+        raise AssertionError("no API call expected")
+
+    async def patch_job_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
+        raise AssertionError("no API call expected")
 
 
 def _registered_metrics() -> list[MetricWrapperBase]:
@@ -74,7 +89,7 @@ def test_every_family_labelled_by_job_is_declared_per_job() -> None:
 
 
 def test_forgetting_a_job_removes_all_its_series_and_only_its_series() -> None:
-    reconciler = JobReconciler(object(), OperatorConfig(), lambda body, event: None)  # type: ignore[arg-type]
+    reconciler = JobReconciler(NoApi(), OperatorConfig(), lambda body, event: None)
     _record(NAMESPACE, "gone")
     _record(NAMESPACE, "kept")
     _record("other-namespace", "gone")  # same name, another namespace: a different job

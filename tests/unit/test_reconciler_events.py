@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 
 from etj_operator.config import OperatorConfig
 from etj_operator.errors import TransientApiError
+from etj_operator.ports import JobWriter
 from etj_operator.reconciler import JobReconciler, JobState
 
 from jobs import job_manifest
 
 
-class Api:
+class Api(JobWriter):
     """Records every call in order; pod creates and status writes fail as told."""
 
     def __init__(self, *, failing_pod_creates: int = 0, failing_status_writes: int = 0) -> None:
@@ -29,7 +31,7 @@ class Api:
         self.calls.append("status")
         return True
 
-    async def create(self, manifest: dict[str, Any]) -> bool:
+    async def create(self, manifest: Mapping[str, Any]) -> bool:
         kind, name = manifest["kind"], manifest["metadata"]["name"]
         if kind == "Pod" and self.failing_pod_creates:
             self.failing_pod_creates -= 1
@@ -47,7 +49,7 @@ def reconciler_for(api: Api) -> JobReconciler:
     def post(body: Any, event: Any) -> None:
         api.calls.append(f"event {event.reason}")
 
-    return JobReconciler(api, OperatorConfig(), post)  # type: ignore[arg-type]
+    return JobReconciler(api, OperatorConfig(), post)
 
 
 @pytest.mark.asyncio

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -9,12 +10,13 @@ import pytest
 from etj_operator import conditions as cond
 from etj_operator.config import OperatorConfig
 from etj_operator.errors import PermanentApiError
+from etj_operator.ports import JobWriter
 from etj_operator.reconciler import JobReconciler, JobState
 
 from jobs import job_manifest
 
 
-class Api:
+class Api(JobWriter):
     """Pod creates are refused (422) while ``refusing`` says so; status patches are kept in order."""
 
     def __init__(self, refusing: int) -> None:
@@ -25,7 +27,7 @@ class Api:
         self.patches.append(dict(status))
         return True
 
-    async def create(self, manifest: dict[str, Any]) -> bool:
+    async def create(self, manifest: Mapping[str, Any]) -> bool:
         if manifest["kind"] == "Pod" and self.refusing:
             self.refusing -= 1
             name = manifest["metadata"]["name"]
@@ -53,7 +55,7 @@ def refused(patches: list[dict[str, Any]]) -> dict[str, Any] | None:
 @pytest.mark.asyncio
 async def test_a_refused_pod_create_sets_the_condition_and_one_warning_then_clears():
     api, events = Api(refusing=2), []
-    reconciler = JobReconciler(api, OperatorConfig(), lambda body, event: events.append(event))  # type: ignore[arg-type]
+    reconciler = JobReconciler(api, OperatorConfig(), lambda body, event: events.append(event))
     state, body = JobState(), job_manifest("bad", replicas=1)
 
     with pytest.raises(PermanentApiError):  # the supervisor backs off on it

@@ -13,6 +13,14 @@ import torch
 from torch import nn
 from workload_support import base_env
 
+from etj_workload.callbacks import (
+    CheckpointCallback,
+    CompressionCallback,
+    ControlCallback,
+    MetricsCallback,
+    PowerCallback,
+    StepLimitCallback,
+)
 from etj_workload.config import HarnessEnv, parse_compression_plan, parse_power_policy
 from etj_workload.control import ControlChannel
 from etj_workload.gpu import SimulatedGpu
@@ -124,6 +132,101 @@ def test_control_drives_cap_stages_and_stop_in_process() -> None:
     assert api.workload["stopReason"] == "StopRequested"
     assert [s["name"] for s in api.workload["stages"]] == ["energy", "commanded"]
     assert recorder.events[0] == "train_begin" and recorder.events[-1] == "train_end" and "step1" in recorder.events
+
+
+class Logging(Callback):
+    """Appends (name, hook, argument) for every hook to a log shared with other callbacks."""
+
+    def __init__(self, name: str, log: list[tuple[str, str, Any]]) -> None:
+        self.name, self.log = name, log
+
+    def on_train_begin(self, harness: Harness) -> None:
+        self.log.append((self.name, "train_begin", None))
+
+    def on_epoch_begin(self, harness: Harness, epoch: int) -> None:
+        self.log.append((self.name, "epoch_begin", epoch))
+
+    def on_step_begin(self, harness: Harness, step: int) -> None:
+        self.log.append((self.name, "step_begin", step))
+
+    def on_step_end(self, harness: Harness, step: int) -> None:
+        self.log.append((self.name, "step_end", step))
+
+    def on_evaluate(self, harness: Harness, accuracy: float) -> None:
+        self.log.append((self.name, "evaluate", None))
+
+    def on_epoch_end(self, harness: Harness, epoch: int) -> None:
+        self.log.append((self.name, "epoch_end", epoch))
+
+    def on_train_end(self, harness: Harness) -> None:
+        self.log.append((self.name, "train_end", None))
+
+
+def test_every_hook_calls_every_callback_in_order_subsystems_first() -> None:
+    log: list[tuple[str, str, Any]] = []
+    harness, _, _ = make_harness()
+    harness.callbacks += [Logging("a", log), Logging("b", log)]
+    assert [type(c) for c in harness.callbacks] == [
+        PowerCallback,
+        MetricsCallback,
+        CompressionCallback,
+        CheckpointCallback,
+        ControlCallback,
+        StepLimitCallback,
+        Logging,
+        Logging,
+    ]
+    with harness:
+        harness.train_begin()
+        harness.epoch_begin(0)
+        steps(harness, 2)
+        harness.epoch_end(0)
+        harness.train_end()
+    hooks = [
+        ("train_begin", None),
+        ("epoch_begin", 0),
+        ("step_begin", 0),
+        ("step_end", 1),
+        ("step_begin", 1),
+        ("step_end", 2),
+        ("evaluate", None),  # the epoch's evaluation, before its epoch_end
+        ("epoch_end", 0),
+        ("train_end", None),
+    ]
+    assert log == [(name, hook, arg) for hook, arg in hooks for name in ("a", "b")]
+
+
+def test_the_user_callbacks_see_the_subsystems_effects_and_the_limit_is_restored_after_them() -> None:
+    api = MemoryApi()
+    harness, gpu, _ = make_harness(api, power=parse_power_policy('{"mode": "Fixed", "limitWatts": 600}'))
+    seen: list[tuple[str, int]] = []
+
+    class Watching(Callback):
+        def on_train_begin(self, harness: Harness) -> None:
+            seen.append(("train_begin", gpu.power_limit_mw()))  # after the power callback applied the policy
+
+        def on_step_end(self, harness: Harness, step: int) -> None:
+            seen.append(("step_end", gpu.power_limit_mw()))  # after the control poll applied the cap
+
+        def on_train_end(self, harness: Harness) -> None:
+            seen.append(("train_end", gpu.power_limit_mw()))  # the harness restores the limit after this
+
+    harness.callbacks.append(Watching())
+    after_steps: list[tuple[str, int]] = []
+    with harness:
+        harness.train_begin()
+        api.control.update(powerLimitWattsPerGPU=400)
+        for _ in range(500):  # the channel reads in the background: some polls pass before the cap arrives
+            steps(harness, 1)
+            after_steps.append(("step_end", gpu.power_limit_mw()))
+            if gpu.power_limit_mw() == 400_000:
+                break
+            time.sleep(0.005)
+        harness.train_end()
+        assert gpu.power_limit_mw() == 700_000
+    # In the step whose poll applied the cap, the user's callback already saw it: nothing ran after it.
+    assert seen == [("train_begin", 600_000), *after_steps, ("train_end", 400_000)]
+    assert after_steps[-1] == ("step_end", 400_000)
 
 
 def test_limit_restored_when_the_loop_raises() -> None:

@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from etj_operator import contract
+import etj_contract as contract
+from etj_contract.plans import AUTO_BOUNDS, AUTO_DEFAULTS
 
 __all__ = [
     "ENV_SIMULATED_COMPUTE_FRACTION",
@@ -76,13 +77,14 @@ class AutoPolicy:
 
     ``eta`` weighs energy against time in the cost ``eta*E + (1-eta)*P_max*T``; ``max_slowdown`` (e.g. 1.1)
     instead restricts the choice to limits whose step time is at most that factor of the max-limit time.
+    The defaults are the CRD's (``etj_contract.plans.AUTO_DEFAULTS``).
     """
 
-    eta: float = 0.5
-    warmup_steps: int = 2
-    profile_steps: int = 5
-    step_watts: int = 25
-    max_slowdown: float | None = None
+    eta: float = AUTO_DEFAULTS.eta
+    warmup_steps: int = AUTO_DEFAULTS.warmup_steps
+    profile_steps: int = AUTO_DEFAULTS.profile_steps
+    step_watts: int = AUTO_DEFAULTS.step_watts
+    max_slowdown: float | None = AUTO_DEFAULTS.max_slowdown
 
 
 @dataclass(frozen=True)
@@ -113,19 +115,24 @@ def parse_power_policy(raw: str | None, where: str = contract.ENV_ETJ_POWER_POLI
     auto_raw = data.get("auto") or {}
     _require(isinstance(auto_raw, dict), f"{where}.auto", "expected an object")
     defaults = AutoPolicy()
+    bounds = AUTO_BOUNDS  # the CRD's, so the harness accepts exactly what the API server does
     eta = _number(auto_raw.get("eta", defaults.eta), f"{where}.auto.eta")
-    _require(0.0 <= eta <= 1.0, f"{where}.auto.eta", f"must be within 0..1, got {eta}")
+    _require(eta in bounds.eta, f"{where}.auto.eta", f"must be within {bounds.eta}, got {eta}")
     warmup = _integer(auto_raw.get("warmupSteps", defaults.warmup_steps), f"{where}.auto.warmupSteps")
     profile = _integer(auto_raw.get("profileSteps", defaults.profile_steps), f"{where}.auto.profileSteps")
     step_watts = _integer(auto_raw.get("stepWatts", defaults.step_watts), f"{where}.auto.stepWatts")
-    _require(warmup >= 0, f"{where}.auto.warmupSteps", "must be >= 0")
-    _require(profile >= 1, f"{where}.auto.profileSteps", "must be >= 1")
-    _require(step_watts >= 1, f"{where}.auto.stepWatts", "must be >= 1")
-    max_slowdown_raw = auto_raw.get("maxSlowdown")
+    _require(warmup in bounds.warmup_steps, f"{where}.auto.warmupSteps", f"must be within {bounds.warmup_steps}")
+    _require(profile in bounds.profile_steps, f"{where}.auto.profileSteps", f"must be within {bounds.profile_steps}")
+    _require(step_watts in bounds.step_watts, f"{where}.auto.stepWatts", f"must be within {bounds.step_watts}")
+    max_slowdown_raw = auto_raw.get("maxSlowdown", defaults.max_slowdown)
     max_slowdown = None
     if max_slowdown_raw is not None:
         max_slowdown = _number(max_slowdown_raw, f"{where}.auto.maxSlowdown")
-        _require(max_slowdown >= 1.0, f"{where}.auto.maxSlowdown", f"must be >= 1.0, got {max_slowdown}")
+        _require(
+            max_slowdown in bounds.max_slowdown,
+            f"{where}.auto.maxSlowdown",
+            f"must be within {bounds.max_slowdown}, got {max_slowdown}",
+        )
     budget = data.get("budgetWatts")
     if budget is not None:
         budget = _integer(budget, f"{where}.budgetWatts")

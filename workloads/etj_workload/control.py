@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from etj_operator import contract
+import etj_contract as contract
 
 __all__ = [
     "Actions",

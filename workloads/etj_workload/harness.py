@@ -40,8 +40,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from etj_operator import contract
+import etj_contract as contract
 from etj_workload import checkpoint as ckpt
+from etj_workload.callbacks import Callback, subsystem_callbacks
 from etj_workload.compression import CompressionManager
 from etj_workload.config import (
     ENV_SIMULATED_COMPUTE_FRACTION,
@@ -65,31 +66,6 @@ EXIT_OK = 0
 EXIT_SIGTERM = 143
 #: After SIGTERM, the harness exits by itself after this long even if a collective hangs.
 SIGTERM_GRACE_SECONDS = 20.0
-
-
-class Callback:
-    """No-op hooks; subclass and override what you need, pass instances to :class:`Harness`."""
-
-    def on_train_begin(self, harness: Harness) -> None:
-        """Training starts (after any resume)."""
-
-    def on_train_end(self, harness: Harness) -> None:
-        """Training ended (normally or by a stop)."""
-
-    def on_epoch_begin(self, harness: Harness, epoch: int) -> None:
-        """An epoch starts."""
-
-    def on_epoch_end(self, harness: Harness, epoch: int) -> None:
-        """An epoch ended (after its evaluation)."""
-
-    def on_step_begin(self, harness: Harness, step: int) -> None:
-        """A step starts; ``step`` is the global step about to run (0-based)."""
-
-    def on_step_end(self, harness: Harness, step: int) -> None:
-        """A step ended; ``step`` is the number of steps done."""
-
-    def on_evaluate(self, harness: Harness, accuracy: float) -> None:
-        """An evaluation finished with ``accuracy`` (0..1)."""
 
 
 @dataclass(frozen=True)
@@ -140,7 +116,9 @@ class Harness:
         self.optimizer = optimizer
         self.steps_per_epoch = steps_per_epoch
         self.samples_per_step = samples_per_step
-        self.callbacks = list(callbacks)
+        #: Every hook runs these in order: the subsystems' (:func:`~etj_workload.callbacks.subsystem_callbacks`)
+        #: then the user's ``callbacks``.
+        self.callbacks: list[Callback] = [*subsystem_callbacks(), *callbacks]
         self.stop_after_steps = stop_after_steps
         self._install_signal_handlers = install_signal_handlers
         if dist_ops is None:
@@ -190,8 +168,12 @@ class Harness:
         self._samples_per_second = 0.0
         self._last_loss: float | None = None
         self._step_started = 0.0
+        #: The device time of the step that just ended (the simulated GPU's modelled time), for the profiler.
+        self.step_device_seconds = 0.0
+        #: Set at train_end: training ran to its end (no stop), so the final stages fire and the model is saved.
+        self.completed = False
         self._peer_readings: list[GpuReading] = []
-        self._has_step_triggers = any(s.trigger.step is not None for s in self.env.compression.stages)
+        self.has_step_triggers = any(s.trigger.step is not None for s in self.env.compression.stages)
         self._published_stages = 0
         self._closed = False
 
@@ -245,10 +227,6 @@ class Harness:
         if self._install_signal_handlers and threading.current_thread() is threading.main_thread():
             self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
         self._resume()
-        self.power.train_begin()
-        self._start_metrics()
-        for stage in self.compression.due(epoch=self.epoch, step=self.step):
-            self._apply_stage(stage.name)
         for cb in self.callbacks:
             cb.on_train_begin(self)
         self._publish(urgent=True)
@@ -278,34 +256,22 @@ class Harness:
     def step_end(self, loss: torch.Tensor | float | None = None) -> None:
         """A step ended: account energy, advance profiling, poll control every N steps."""
         measured = time.perf_counter() - self._step_started
-        device_seconds = self.gpu.account_step(measured)
+        self.step_device_seconds = self.gpu.account_step(measured)
         self.step += 1
         self.batch_in_epoch += 1
         if loss is not None:
             detached = loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
             self._loss_sum = detached if self._loss_sum is None else self._loss_sum + detached
             self._loss_count += 1
-        self.power.step_end(device_seconds)
-        if self._has_step_triggers:
-            for stage in self.compression.due(epoch=self.epoch, step=self.step):
-                self._apply_stage(stage.name)
-        if self.step % self.env.control_poll_steps == 0:
-            self._poll()
-        if self.stop_after_steps is not None and self.step >= self.stop_after_steps and not self.should_stop:
-            self._save_checkpoint()
-            self._stop("StepLimit")
+        step = self.step
         for cb in self.callbacks:
-            cb.on_step_end(self, self.step)
+            cb.on_step_end(self, step)
 
     def epoch_end(self, epoch: int) -> None:
         """An epoch ended: evaluate, fire stages triggered by the next epoch, save a checkpoint."""
         self.evaluate()
         self.epoch = epoch + 1
         self.batch_in_epoch = 0
-        for stage in self.compression.due(epoch=self.epoch, step=self.step):
-            self._apply_stage(stage.name)
-        if self.env.checkpoint_dir:
-            self._save_checkpoint()
         for cb in self.callbacks:
             cb.on_epoch_end(self, epoch)
         self._publish()
@@ -319,52 +285,39 @@ class Harness:
 
     def train_end(self) -> None:
         """Training is over: fire the remaining epoch/step stages, save, publish, restore the limit."""
-        if not self.should_stop:
-            for stage in self.compression.due(epoch=self.epoch, step=self.step, final=True):
-                self._apply_stage(stage.name)
-            if self.accuracy is None:
-                self.evaluate()
-            if self.env.checkpoint_dir:
-                self._save_checkpoint()
-                self._export()
+        self.completed = not self.should_stop  # decided once: a final stage that stops still gets saved
         if self._sigterm:
             self.exit_code = EXIT_SIGTERM
         for cb in self.callbacks:
             cb.on_train_end(self)
-        self.power.restore()
+        self.power.restore()  # the harness's, not a callback's: after every callback, whatever they did
         self._publish(urgent=True)
 
-    # --- internals -------------------------------------------------------------------------------
-    def _evaluate_module(self, module: nn.Module) -> float:
-        was_training = module.training
-        module.eval()
-        try:
-            with torch.no_grad():
-                return float(self._evaluate_fn(module))
-        finally:
-            module.train(was_training)
-
-    def _stop(self, reason: str) -> None:
+    # --- what the callbacks do (collectives: every rank calls them at the same step) -----------------
+    def stop(self, reason: str) -> None:
+        """Stop at the next step boundary; the first reason given is the one reported."""
         self.should_stop = True
         self.stop_reason = self.stop_reason or reason
         log.info("stopping: %s", reason)
 
-    def _apply_stage(self, name: str) -> None:
+    def apply_stage(self, name: str) -> None:
+        """Apply the plan's stage ``name`` unless done; stop when the accuracy guard or a quantize says so."""
         stage = self.env.compression.stage(name)
         if stage is None or name in self.compression.done:
             return
         result = self.compression.apply(stage, self.module, epoch=self.epoch, step=self.step)
         log.info("stage %s: %s", name, result.to_status())
         if self.compression.guard_stopped:
-            self._save_checkpoint()
-            self._stop("AccuracyGuard")
+            self.save_checkpoint()
+            self.stop("AccuracyGuard")
         elif stage.quantize is not None and result.applied:
             # torchao int8 weights are inference-only: the quantized model is the final one.
             self.accuracy = result.accuracy_after
-            self._stop("Quantized")
+            self.stop("Quantized")
         self._publish(urgent=True)
 
-    def _poll(self) -> None:
+    def poll_control(self) -> None:
+        """Exchange control and GPU readings across ranks, act on the operator's control, publish."""
         payload: dict[str, Any] = {
             "sigterm": self._sigterm,
             "host": socket.gethostname(),
@@ -390,19 +343,29 @@ class Harness:
         )
         self._perform(actions)
         if any(p["sigterm"] for p in gathered) and not self.should_stop:
-            self._save_checkpoint()
-            self._stop("SIGTERM")
+            self.save_checkpoint()
+            self.stop("SIGTERM")
         self._update_interval()
         self._publish()
+
+    # --- internals -------------------------------------------------------------------------------
+    def _evaluate_module(self, module: nn.Module) -> float:
+        was_training = module.training
+        module.eval()
+        try:
+            with torch.no_grad():
+                return float(self._evaluate_fn(module))
+        finally:
+            module.train(was_training)
 
     def _perform(self, actions: Actions) -> None:
         self.power.set_cap(actions.power_cap_watts)
         for name in actions.stages:
-            self._apply_stage(name)
+            self.apply_stage(name)
         if actions.checkpoint_request is not None or actions.stop:
-            self._save_checkpoint(acknowledge=actions.checkpoint_request)
+            self.save_checkpoint(acknowledge=actions.checkpoint_request)
         if actions.stop and not self.should_stop:
-            self._stop("StopRequested")
+            self.stop("StopRequested")
 
     def _update_interval(self) -> None:
         now = time.perf_counter()
@@ -414,7 +377,7 @@ class Harness:
             self._last_loss = float(self._loss_sum.item()) / self._loss_count
         self._loss_sum, self._loss_count = None, 0
 
-    def _save_checkpoint(self, acknowledge: int | None = None) -> None:
+    def save_checkpoint(self, acknowledge: int | None = None) -> None:
         """Save on rank 0 with every rank's RNG state (collective: all ranks call it at the same step)."""
         rngs = self.dist.all_gather_object(ckpt.capture_rng())
         if acknowledge is not None:
@@ -487,30 +450,11 @@ class Harness:
             "path": path,
         }
         if self.compression.guard_stopped or self.compression.quantized is not None:
-            self._stop("AccuracyGuard" if self.compression.guard_stopped else "Quantized")
+            self.stop("AccuracyGuard" if self.compression.guard_stopped else "Quantized")
         log.info("resumed from %s at epoch %d, batch %d, step %d", path, epoch, batch, state.step)
 
-    def _export(self) -> None:
-        """Save the final (possibly pruned and quantized) model next to the checkpoints (rank 0)."""
-        if self.rank != 0 or not self.env.checkpoint_dir:
-            return
-        from etj_workload.compression import export_state_dict
-
-        final = self.compression.quantized or self.module
-        target = os.path.join(self.env.checkpoint_dir, "model-final.pt")
-        tmp = target + ".tmp"
-        torch.save(export_state_dict(final), tmp)
-        os.replace(tmp, target)
-
-    def _start_metrics(self) -> None:
-        if self.env.metrics_port is None or self.env.dist.local_rank != 0:
-            return
-        try:
-            self.metrics = MetricsServer(self._metrics_snapshot, self.env.metrics_port)
-        except OSError as e:
-            log.warning("metrics endpoint on port %d unavailable: %s", self.env.metrics_port, e)
-
-    def _metrics_snapshot(self) -> MetricsSnapshot:
+    def metrics_snapshot(self) -> MetricsSnapshot:
+        """What the metrics endpoint serves now: this node's GPUs and the job's progress."""
         gpus = sorted([self.gpu.reading(), *self._peer_readings], key=lambda g: g.index)
         progress = {
             "training_step": float(self.step),

@@ -1,0 +1,25 @@
+"""The one contract between the operator (``etj_operator``) and the training harness (``etj_workload``).
+
+Both sides depend on this package; it depends on neither, and imports the standard library only (checked by
+``tests/unit/test_import_contract.py``). Its modules:
+
+* :mod:`etj_contract.names`: the API group and kind, labels, annotations, env var names, status keys, metric
+  names (``etj_operator.contract`` re-exports them for the operator's modules).
+* :mod:`etj_contract.status`: the closed vocabularies of the status, :class:`Phase` and :class:`ConditionType`.
+* :mod:`etj_contract.plans`: what the operator hands the harness through env; today the Auto power mode's
+  defaults and bounds (:data:`AUTO_DEFAULTS`, :data:`AUTO_BOUNDS`).
+
+Every public name of the three modules is importable from the package itself (``etj_contract.ENV_RANK``).
+"""
+
+from __future__ import annotations
+
+from etj_contract import names, plans, status
+from etj_contract.names import *  # noqa: F403
+from etj_contract.plans import *  # noqa: F403
+from etj_contract.status import *  # noqa: F403
+
+__all__ = ["names", "plans", "status"]
+__all__ += names.__all__
+__all__ += plans.__all__
+__all__ += status.__all__

@@ -1,0 +1,57 @@
+"""The closed vocabularies of the job's status: its phase and its condition types.
+
+Both are ``enum.StrEnum``: a member *is* its string (``Phase.RUNNING == "Running"``), so it can be written
+into a status dict or compared with one read from the API as it is. The CRD's ``status.phase`` enum lists
+exactly the values of :class:`Phase` (``tests/contract/test_status.py`` checks it).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+__all__ = ["TERMINAL", "ConditionType", "Phase"]
+
+
+class Phase(enum.StrEnum):
+    """``status.phase``: where the job is in its life (the CRD's enum, in its order)."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    THROTTLED = "Throttled"
+    RESCHEDULING = "Rescheduling"
+    PAUSED = "Paused"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the job has ended (Succeeded or Failed): nothing runs and nothing changes any more."""
+        return self in TERMINAL
+
+
+#: The phases a job ends in.
+TERMINAL: Final[tuple[Phase, ...]] = (Phase.SUCCEEDED, Phase.FAILED)
+
+
+class ConditionType(enum.StrEnum):
+    """``status.conditions[].type``: every condition the operator sets on a job."""
+
+    # the lifecycle's (etj_operator.conditions)
+    CREATED = "Created"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+    INVALID = "Invalid"
+    #: True while the API server refuses a request of the job's pass (403, 422, ...).
+    API_REQUEST_REFUSED = "ApiRequestRefused"
+    # the energy policies' (etj_operator.policies)
+    TELEMETRY_AVAILABLE = "TelemetryAvailable"
+    THROTTLED = "Throttled"
+    BUDGET_EXCEEDED = "BudgetExceeded"
+    PAUSED = "Paused"
+    RESCHEDULING = "Rescheduling"
