@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # Two images from one file (docs/deploy.md):
-#   docker build --target operator -t etj-operator:0.1.0 .   the operator: kopf and clients, no torch
-#   docker build --target workload -t etj-workload:0.1.0 .   the training harness: torch, torchao, scikit-learn
+#   docker build --target operator -t etj-operator:0.1.0 .   the operator extra: kopf and clients, no torch
+#   docker build --target workload -t etj-workload:0.1.0 .   the workload extra: torch, torchao, scikit-learn
+# The project's core has no dependencies; each image installs its side's extra and nothing of the other's.
 #
 # The base image is a build argument. Production builds should pin it by digest, e.g.
 #   --build-arg PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:<digest>
@@ -21,12 +22,13 @@ COPY operator/ operator/
 COPY workloads/ workloads/
 RUN python -m pip wheel --no-deps --wheel-dir /wheels .
 
-# ---- the operator's virtual environment: the base distribution only (never the workload extra) ------------
+# ---- the operator's virtual environment: the operator extra (kopf, aiohttp, clients; never the workload's) --
 FROM build AS operator-venv
 RUN python -m venv /opt/etj \
-    && /opt/etj/bin/pip install --constraint constraints.txt /wheels/efficient_training_operator-*.whl
+    && wheel="$(echo /wheels/efficient_training_operator-*.whl)" \
+    && /opt/etj/bin/pip install --constraint constraints.txt "${wheel}[operator]"
 
-# ---- the workload's virtual environment: the workload extra (torch, torchao, scikit-learn, numpy) ----------
+# ---- the workload's virtual environment: the workload extra (torch, torchao, scikit-learn, kubernetes, NVML) -
 FROM build AS workload-venv
 # PyPI's torch wheel for Linux x86_64 carries CUDA; for a CPU-only image pass
 #   --build-arg PIP_EXTRA_INDEX_URL=<the PyTorch CPU wheel index>

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from etj_operator import contract
 from etj_operator.models import InvalidSpecError, parse_spec
@@ -23,6 +22,8 @@ def _operator(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     """Check job manifests offline (e.g. in a GitOps pipeline) with the operator's own parser."""
+    import yaml
+
     bad = 0
     seen = 0
     for file in args.files:
@@ -129,8 +130,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: The modules of the ``operator`` extra (pyproject.toml): a core install without them has no ``etj``.
+OPERATOR_LIBRARIES = ("kopf", "aiohttp", "kubernetes", "prometheus_api_client", "prometheus_client", "yaml")
+OPERATOR_EXTRA_HINT = "pip install 'efficient-training-operator[operator]'"
+
+
+def missing_operator_libraries() -> list[str]:
+    """The operator's libraries that cannot be imported here (looked up, not imported)."""
+    return [
+        name
+        for name in OPERATOR_LIBRARIES
+        if (sys.modules[name] is None if name in sys.modules else importlib.util.find_spec(name) is None)
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``etj`` command."""
+    if missing := missing_operator_libraries():
+        print(f"etj: the operator's libraries are not installed ({', '.join(missing)}): {OPERATOR_EXTRA_HINT}",
+              file=sys.stderr)
+        return 1
     args = build_parser().parse_args(argv)
     code: int = args.func(args)
     return code
