@@ -63,6 +63,10 @@ __all__ = [
     "METRIC_TOTAL_ENERGY_CONSUMPTION",
     "PHASES",
     "PLURAL",
+    "REPORT_KIND",
+    "REPORT_PLURAL",
+    "REPORT_SHORT_NAME",
+    "REPORT_SINGULAR",
     "ROLE_WORKER",
     "SHORT_NAME",
     "SINGULAR",
@@ -92,6 +96,12 @@ KIND: Final = "EfficientTrainingJob"
 PLURAL: Final = "efficienttrainingjobs"
 SINGULAR: Final = "efficienttrainingjob"
 SHORT_NAME: Final = "etj"
+#: The workload's report: one per job, same name, created by the operator (controller ownerReference to the
+#: job); the job's ServiceAccount may patch only its status subresource (docs/security.md).
+REPORT_KIND: Final = "EfficientTrainingJobReport"
+REPORT_PLURAL: Final = "efficienttrainingjobreports"
+REPORT_SINGULAR: Final = "efficienttrainingjobreport"
+REPORT_SHORT_NAME: Final = "etjreport"
 
 # --- labels and annotations on the children the operator creates ---------------------------------
 LABEL_JOB_NAME: Final = f"{GROUP}/job-name"

@@ -54,6 +54,11 @@ class PodView:
     reason: str | None = None
     node_name: str | None = None
     pod_ip: str | None = None
+    #: The pod's own UID (``metadata.uid``) and its controller ownerReference's UID (None: no controller).
+    uid: str = ""
+    owner_uid: str | None = None
+    #: ``status.startTime`` (RFC 3339) once the kubelet has accepted the pod.
+    start_time: str | None = None
 
     @classmethod
     def from_pod(cls, pod: Mapping[str, Any], index_label: str, generation_annotation: str) -> PodView:
@@ -73,7 +78,19 @@ class PodView:
             reason=reason,
             node_name=(pod.get("spec") or {}).get("nodeName"),
             pod_ip=status.get("podIP"),
+            uid=str(meta.get("uid") or ""),
+            owner_uid=_controller_uid(meta),
+            start_time=status.get("startTime"),
         )
+
+
+def _controller_uid(meta: Mapping[str, Any]) -> str | None:
+    """The UID of the object's controller ownerReference (the one with ``controller: true``), else None."""
+    for ref in meta.get("ownerReferences") or []:
+        if isinstance(ref, Mapping) and ref.get("controller") is True:
+            uid = ref.get("uid")
+            return str(uid) if uid else None
+    return None
 
 
 def _int(value: Any, default: int) -> int:

@@ -22,6 +22,11 @@ class PodTarget:
     job: str
     pod_ip: str | None = None
     metrics_port: int = 9400
+    #: The pod's UID, its node and its ``status.startTime`` (RFC 3339): a series is this pod's only when it
+    #: comes from this node, after this start (a same-name pod of another job is another pod).
+    uid: str = ""
+    node: str | None = None
+    start_time: str | None = None
 
 
 @dataclass(frozen=True)
