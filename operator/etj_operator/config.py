@@ -6,6 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from etj_operator import contract
+
 
 @dataclass(frozen=True)
 class OperatorConfig:
@@ -37,7 +39,7 @@ class OperatorConfig:
     #: Extra label matchers added to every telemetry query (e.g. `job="dcgm-exporter"`), to narrow big answers.
     prometheus_extra_matchers: str = ""
     #: dcgm-exporter's power-limit metric; empty skips that query (2 queries per cycle instead of 3).
-    prometheus_limit_metric: str = "DCGM_FI_DEV_POWER_MGMT_LIMIT"
+    prometheus_limit_metric: str = contract.METRIC_POWER_MGMT_LIMIT
     #: Range of per-GPU power limits the throttle may set (H100 SXM: 200..700 W).
     gpu_min_limit_watts: int = 200
     gpu_max_limit_watts: int = 700

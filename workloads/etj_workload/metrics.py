@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import etj_contract as contract
 from etj_workload.gpu import GpuReading
 
 __all__ = ["MetricsServer", "MetricsSnapshot", "render"]
@@ -42,7 +43,7 @@ class MetricsSnapshot:
     job: str = ""
     namespace: str = ""
     pod: str = ""
-    container: str = "trainer"
+    container: str = contract.TRAINER_CONTAINER
     hostname: str = field(default_factory=socket.gethostname)
 
 
@@ -55,9 +56,9 @@ def _labels(pairs: Sequence[tuple[str, str]]) -> str:
 
 
 _GPU_METRICS = (
-    ("DCGM_FI_DEV_POWER_USAGE", "gauge", "Power draw (in W)."),
-    ("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "counter", "Total energy consumption since boot (in mJ)."),
-    ("DCGM_FI_DEV_POWER_MGMT_LIMIT", "gauge", "Power management limit (in W)."),
+    (contract.METRIC_POWER_USAGE, "gauge", "Power draw (in W)."),
+    (contract.METRIC_TOTAL_ENERGY_CONSUMPTION, "counter", "Total energy consumption since boot (in mJ)."),
+    (contract.METRIC_POWER_MGMT_LIMIT, "gauge", "Power management limit (in W)."),
 )
 
 _PROGRESS_HELP = {
@@ -87,11 +88,11 @@ def render(snapshot: MetricsSnapshot) -> str:
                 ("container", snapshot.container),
                 ("namespace", snapshot.namespace),
                 ("pod", snapshot.pod),
-                ("source", gpu.source),
+                (contract.METRIC_LABEL_SOURCE, gpu.source),
             ]
-            if metric == "DCGM_FI_DEV_POWER_USAGE":
+            if metric == contract.METRIC_POWER_USAGE:
                 text = f"{gpu.power_mw / 1000:.6f}"
-            elif metric == "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION":
+            elif metric == contract.METRIC_TOTAL_ENERGY_CONSUMPTION:
                 text = str(int(gpu.energy_mj))
             else:
                 text = f"{gpu.power_limit_mw / 1000:.6f}"
