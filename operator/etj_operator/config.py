@@ -40,6 +40,9 @@ class OperatorConfig:
     prometheus_extra_matchers: str = ""
     #: dcgm-exporter's power-limit metric; empty skips that query (2 queries per cycle instead of 3).
     prometheus_limit_metric: str = contract.METRIC_POWER_MGMT_LIMIT
+    #: Label naming a GPU series' node (dcgm-exporter's Hostname, the node name when NODE_NAME is set): a
+    #: series counts for a pod only from the pod's node. Empty: no node check (the start-time check stays).
+    prometheus_node_label: str = "Hostname"
     #: Range of per-GPU power limits the throttle may set (H100 SXM: 200..700 W).
     gpu_min_limit_watts: int = 200
     gpu_max_limit_watts: int = 700
@@ -82,6 +85,7 @@ class OperatorConfig:
             prometheus_namespace_label=env.get("ETJ_PROMETHEUS_NAMESPACE_LABEL", cls.prometheus_namespace_label),
             prometheus_extra_matchers=env.get("ETJ_PROMETHEUS_EXTRA_MATCHERS", cls.prometheus_extra_matchers),
             prometheus_limit_metric=env.get("ETJ_PROMETHEUS_LIMIT_METRIC", cls.prometheus_limit_metric),
+            prometheus_node_label=env.get("ETJ_PROMETHEUS_NODE_LABEL", cls.prometheus_node_label),
             gpu_min_limit_watts=int(number("ETJ_GPU_MIN_LIMIT_WATTS", cls.gpu_min_limit_watts)),
             gpu_max_limit_watts=int(number("ETJ_GPU_MAX_LIMIT_WATTS", cls.gpu_max_limit_watts)),
             checkpoint_timeout_seconds=number("ETJ_CHECKPOINT_TIMEOUT_SECONDS", cls.checkpoint_timeout_seconds),

@@ -1,6 +1,9 @@
 """Energy accounting per job (pure): integrate GPU readings into totals that live in the job's status.
 
-Each GPU series (pod/gpu) contributes, per cycle:
+Each GPU series contributes, per cycle. A series is one pod on one GPU, keyed ``<pod UID>/<GPU UUID>``
+(:attr:`GpuSample.series`): the GPU's counter is its own lifetime counter, shared over time by whatever pods
+run on it, so a re-created pod of the same name (another UID) starts another series whose first reading is
+its baseline, and the energy the GPU drew before (another job's, or idle) is never counted in.
 
 * with an energy counter (DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION, mJ): the counter's increase since the
   series' last value. A decrease means the counter reset (driver reload): the new value itself is the
@@ -12,6 +15,11 @@ Each GPU series (pod/gpu) contributes, per cycle:
 The state (totals, the last counter value per series, a bounded history) is serialised into
 ``status.energy``; an operator restart reads it back and continues, so nothing is lost (counters cover the
 downtime) or counted twice (the stored counter values are the baseline).
+
+A status written before series were keyed by UID has ``<pod>/<GPU>`` keys and entries without ``pod``.
+Such an entry is taken over by the first reading of the same pod name and GPU whose pod started no later
+than the entry's last reading (the counter's increase since then is that pod's); any other old entry gets
+no further deltas and is forgotten after ``FORGET_SERIES_AFTER_SECONDS``.
 """
 
 from __future__ import annotations
@@ -39,6 +47,9 @@ class SeriesState:
     #: When this series' baseline was taken (its first reading, or a re-baseline after a long gap): the
     #: series has been accounted without a hole since then.
     since_seconds: float | None = None
+    #: The pod's name (the key holds its UID). None: an entry of a status written before UID keys, whose
+    #: key is ``<pod>/<GPU>``.
+    pod: str | None = None
 
 
 @dataclass
@@ -86,6 +97,7 @@ class EnergyState:
                     "since": s.since_seconds,
                     "counterMillijoules": s.counter_mj,
                     "watts": s.power_watts,
+                    **({"pod": s.pod} if s.pod is not None else {}),
                 }
                 for key, s in sorted(self.series.items())
             },
@@ -109,6 +121,7 @@ class EnergyState:
                     _opt_float(entry.get("counterMillijoules")),
                     _opt_float(entry.get("watts")),
                     _opt_float(entry.get("since")),
+                    entry["pod"] if isinstance(entry.get("pod"), str) else None,
                 )
         last = raw.get("lastSampleTime")
         source = str(raw.get("source") or "").replace(" (simulated)", "")
@@ -159,16 +172,21 @@ def integrate(
         if not math.isfinite(t):
             continue
         prev = state.series.get(sample.series)
+        legacy = _legacy_entry(state, sample) if prev is None else None
+        if legacy is not None:
+            prev = state.series[legacy]
         delta = _series_delta(prev, sample, settings)
         added += delta
         continuous = prev is not None and (
             t - prev.last_seen_seconds <= settings.max_counter_gap_seconds or prev.counter_mj is None
         )
         since = prev.since_seconds if continuous and prev is not None else t
-        entry = SeriesState(t, _valid(sample.energy_mj), _valid(sample.power_watts), since)
+        entry = SeriesState(t, _valid(sample.energy_mj), _valid(sample.power_watts), since, sample.pod)
         if prev is not None and t < prev.last_seen_seconds:
             continue  # an out-of-order (older) reading never moves the baseline back
         state.series[sample.series] = entry
+        if legacy is not None:
+            del state.series[legacy]  # taken over under the new key
         if entry.power_watts is not None:
             cycle_watts += entry.power_watts
             have_power = True
@@ -191,6 +209,22 @@ def integrate(
         _forget_old_series(state, newest)
         _record(state, newest, limit_watts_per_gpu)
     return added
+
+
+def _legacy_entry(state: EnergyState, sample: GpuSample) -> str | None:
+    """The key of an entry written before UID keys that ``sample`` continues, or None.
+
+    Only when the sample names its pod's UID and start, and that pod had started by the entry's last
+    reading: the GPU's counter increase since that reading is then this pod's own (a pod keeps its GPUs).
+    An entry last read before the pod started belongs to an earlier pod of that name and is left alone.
+    """
+    if not sample.uid or sample.pod_start_seconds is None:
+        return None
+    key = sample.legacy_series
+    entry = state.series.get(key)
+    if entry is None or entry.pod is not None or entry.last_seen_seconds < sample.pod_start_seconds:
+        return None
+    return key
 
 
 def _valid(value: float | None) -> float | None:

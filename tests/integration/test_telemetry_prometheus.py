@@ -10,12 +10,16 @@ The outage test starts its own server, so stopping it disturbs nothing else.
 """
 
 import asyncio
+import math
 import os
+import time
+from datetime import UTC, datetime
 
 import pytest
 from dcgm_exporter import DcgmExporter
 from prometheus_server import PrometheusServer, ScrapeJob, live_processes, require_prometheus
 
+from etj_operator.energy import EnergyState, integrate
 from etj_operator.telemetry.base import PodTarget
 from etj_operator.telemetry.prometheus import LABEL_SCHEMES, PrometheusTelemetry
 
@@ -172,6 +176,83 @@ def test_query_scalar_for_carbon_intensity(cluster):
         watts_of(0, 1) * GPUS_PER_POD
     )
     assert asyncio.run(source.query_scalar("absent_metric_for_carbon")) is None
+
+
+def rfc3339(seconds):
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def reading_after(source, target, after, timeout_seconds=20.0):
+    """Collect until the target has a reading scraped after ``after``; returns (result, that sample)."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        result = collect(source, [target])
+        fresh = [s for s in result.samples if s.timestamp_seconds > after]
+        if fresh:
+            (sample,) = fresh
+            return result, sample
+        assert time.monotonic() < deadline, f"no reading of {target} after {after}: {result}"
+        time.sleep(0.2)
+
+
+def test_a_same_name_pod_on_the_same_gpu_adds_no_foreign_energy(cluster):
+    """Job A's pod j-worker-0 ran on a GPU of gpu-node-a; re-created as job B, its namesake lands on that GPU.
+
+    The exporter labels the GPU with the pod's name only (and keeps doing so between the two pods), and a
+    same-name series comes from another node. B's energy is what the GPU drew from B's first own reading on.
+    """
+    server, exporters = cluster
+    node_a, node_b = exporters["team-a"], exporters["sim"]  # Hostname gpu-node-a, sandbox
+    (gpu,) = node_a.add_pod("reuse", "j-worker-0", gpus=1, watts=300.0)
+    (elsewhere,) = node_b.add_pod("reuse", "j-worker-0", gpus=1, watts=500.0)
+    try:
+        server.wait_for_series('DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{namespace="reuse"}', 2)
+        source = PrometheusTelemetry(server.url)
+        job_a, job_b = EnergyState(), EnergyState()
+        pod_a = PodTarget("reuse", "j-worker-0", "j", uid="uid-a", node="gpu-node-a", start_time=rfc3339(0))
+        result, a1 = reading_after(source, pod_a, 0)
+        assert (a1.uid, a1.gpu, a1.node) == ("uid-a", gpu, "gpu-node-a")
+        assert result.rejected == 1  # the series from node "sandbox"
+        integrate(job_a, [a1], source="Prometheus")
+        _, a2 = reading_after(source, pod_a, a1.timestamp_seconds)
+        integrate(job_a, [a2], source="Prometheus")
+        assert job_a.joules > 0
+
+        # A is gone; the GPU goes on drawing (another job, or idle) under the same labels
+        node_a.set_power("reuse", "j-worker-0", 650.0)
+        start_b = math.ceil(time.time()) + 2
+        pod_b = PodTarget("reuse", "j-worker-0", "j", uid="uid-b", node="gpu-node-a", start_time=rfc3339(start_b))
+        # whatever Prometheus answers now was scraped before B's start: an earlier pod's, or another node's
+        early = collect(source, [pod_b])
+        assert early.error is None and early.samples == [] and early.rejected == 2
+        integrate(job_b, early.samples, source="Prometheus")
+
+        result, b1 = reading_after(source, pod_b, start_b - 1)
+        assert b1.timestamp_seconds >= start_b and (b1.uid, b1.gpu) == ("uid-b", gpu)
+        assert "node 'sandbox'" in result.rejected_reasons["reuse/j-worker-0"]
+        integrate(job_b, [b1], source="Prometheus")
+        assert job_b.joules == 0  # its first own reading is its baseline
+        node_a.set_power("reuse", "j-worker-0", 200.0)
+        result, b2 = reading_after(source, pod_b, b1.timestamp_seconds)
+        assert elsewhere not in {s.gpu for s in result.samples}
+        integrate(job_b, [b2], source="Prometheus")
+        source.close()
+
+        def drawn(first, last):  # the GPU's exact energy between two readings (counters read at render)
+            served = node_a.served_at_or_after
+            return node_a.energy_joules_between(
+                "reuse", "j-worker-0", served(first.timestamp_seconds), served(last.timestamp_seconds)
+            )
+
+        own, gap = drawn(b1, b2), drawn(a2, b1)
+        assert gap > 600  # at least a second at 650 W that was never B's
+        assert job_b.joules == pytest.approx(own, rel=1e-3, abs=0.01)
+        # what keying by pod name would have counted: from A's last counter, the gap included
+        assert (b2.energy_mj - a2.energy_mj) / 1000 == pytest.approx(own + gap, rel=1e-3, abs=0.01)
+        assert set(job_b.series) == {f"uid-b/{gpu}"}
+    finally:
+        node_a.remove_pod("reuse", "j-worker-0")
+        node_b.remove_pod("reuse", "j-worker-0")
 
 
 def test_outage_gives_an_error_then_recovers():

@@ -1,5 +1,6 @@
 import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -137,3 +138,83 @@ def test_counters_match_ground_truth_exactly(powers, dt):
             truth += w * dt
         integrate(s, [sample(i * dt, counter_mj, w)], source="Prometheus")
     assert math.isclose(s.joules, truth, rel_tol=1e-9, abs_tol=1e-6)
+
+
+# --- series identity: pod UID x GPU UUID ------------------------------------------------------------------
+
+
+def owned(t, mj, *, uid, start=None, pod="j-worker-0", gpu="GPU-UUID-1", w=None):
+    return GpuSample("ns", pod, gpu, float(t), power_watts=w, energy_mj=mj, uid=uid, pod_start_seconds=start)
+
+
+def test_a_same_name_pod_on_the_same_gpu_is_another_series_whose_first_reading_is_its_baseline():
+    # a gang restart: the job's j-worker-0 is re-created (new UID) on the GPU the old one used
+    s = EnergyState()
+    integrate(s, [owned(0, 1_000_000, uid="uid-a", start=-5)], source="Prometheus")
+    integrate(s, [owned(100, 5_000_000, uid="uid-a", start=-5)], source="Prometheus")  # X: the old pod's last
+    assert s.joules == 4000.0
+    # 200 s later the new pod's first reading: the GPU's counter went on (another job, idle); none of it is ours
+    integrate(s, [owned(300, 9_000_000, uid="uid-b", start=290)], source="Prometheus")
+    assert s.joules == 4000.0
+    integrate(s, [owned(315, 12_000_000, uid="uid-b", start=290)], source="Prometheus")
+    assert s.joules == 7000.0
+    assert set(s.series) == {"uid-a/GPU-UUID-1", "uid-b/GPU-UUID-1"}
+    assert (s.series["uid-b/GPU-UUID-1"].since_seconds, s.series["uid-b/GPU-UUID-1"].pod) == (300, "j-worker-0")
+    # persisted compactly, the pod's name beside the key, and read back as it was
+    status = s.to_status()["series"]
+    assert status["uid-b/GPU-UUID-1"] == {
+        "t": 315.0,
+        "since": 300.0,
+        "counterMillijoules": 12_000_000,
+        "watts": None,
+        "pod": "j-worker-0",
+    }
+    assert EnergyState.from_status(s.to_status()).series == s.series
+
+
+def legacy_status(t=100.0, counter=5_000_000, key="j-worker-0/GPU-UUID-1"):
+    """status.energy as the release before UID keys wrote it (keys <pod>/<GPU>, no pod field)."""
+    return {
+        "joules": 4000.0,
+        "coveredSeconds": 100.0,
+        "lastSampleTime": t,
+        "series": {key: {"t": t, "since": 0.0, "counterMillijoules": counter, "watts": 400.0}},
+    }
+
+
+def test_an_old_status_entry_is_taken_over_by_the_pod_that_was_running_when_it_was_last_read():
+    s = EnergyState.from_status(legacy_status())
+    assert s.series["j-worker-0/GPU-UUID-1"].pod is None
+    assert "pod" not in s.to_status()["series"]["j-worker-0/GPU-UUID-1"]  # still recognisable after a restart
+    # the operator was upgraded; the pod (started at 50, before the entry's last reading) goes on
+    integrate(s, [owned(130, 8_000_000, uid="uid-a", start=50)], source="Prometheus")
+    assert s.joules == 7000.0  # nothing lost: the downtime is covered by the counter
+    assert set(s.series) == {"uid-a/GPU-UUID-1"} and s.series["uid-a/GPU-UUID-1"].since_seconds == 0.0
+    integrate(s, [owned(145, 9_000_000, uid="uid-a", start=50)], source="Prometheus")
+    assert s.joules == 8000.0  # and nothing counted twice
+
+
+def test_an_old_status_entry_of_an_earlier_same_name_pod_is_not_continued():
+    # the entry was last read at 100; the pod now named j-worker-0 started at 200: the entry was another pod's
+    s = EnergyState.from_status(legacy_status())
+    integrate(s, [owned(230, 9_000_000, uid="uid-b", start=200)], source="Prometheus")
+    assert s.joules == 4000.0  # a baseline, not the 4000 J of the GPU's counter between the two pods
+    assert set(s.series) == {"j-worker-0/GPU-UUID-1", "uid-b/GPU-UUID-1"}
+    integrate(s, [owned(245, 10_000_000, uid="uid-b", start=200)], source="Prometheus")
+    assert s.joules == 5000.0
+    # the old entry gets no further deltas and is forgotten like any series not seen for an hour
+    integrate(s, [owned(245 + 3601, 11_000_000, uid="uid-b", start=200)], source="Prometheus")
+    assert set(s.series) == {"uid-b/GPU-UUID-1"}
+
+
+@pytest.mark.parametrize(
+    ("uid", "start", "joules"),
+    [
+        ("uid-a", None, 4000.0),  # the pod's start unknown: nothing proves the entry is its own, a baseline
+        ("", 50, 7000.0),  # a source that knows no UIDs keys by name, as before: the entry continues
+    ],
+)
+def test_an_old_status_entry_without_a_pod_start_is_a_baseline(uid, start, joules):
+    s = EnergyState.from_status(legacy_status())
+    integrate(s, [owned(130, 8_000_000, uid=uid, start=start)], source="Prometheus")
+    assert s.joules == joules

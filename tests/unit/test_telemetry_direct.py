@@ -123,3 +123,33 @@ def test_no_promql_without_a_prometheus_url():
 def test_ipv6_pod_addresses_are_bracketed():
     url = DirectTelemetry().url_of(PodTarget("ml", "w-0", "j", pod_ip="fd00::5", metrics_port=9400))
     assert url == "http://[fd00::5]:9400/metrics"
+
+
+class FixedText(DcgmExporter):
+    """Serves a fixed exposition (with the sample timestamps the test chose)."""
+
+    def __init__(self, text):
+        super().__init__()
+        self.text = text
+
+    def render(self, when_s=None):
+        return self.text
+
+
+def test_samples_carry_the_pods_identity_and_none_from_before_the_pods_start():
+    # 1700000000 = 2023-11-14T22:13:20Z: GPU-old's sample predates the pod (an earlier pod's), GPU-new's not
+    text = (
+        'DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{gpu="0",UUID="GPU-old",Hostname="elsewhere"} 5 1699999990000\n'
+        'DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{gpu="1",UUID="GPU-new",Hostname="elsewhere"} 7 1700000010000\n'
+    )
+    with FixedText(text) as exporter:
+        start = "2023-11-14T22:13:20Z"
+        target = PodTarget(
+            "ml", "j-worker-0", "j", "127.0.0.1", exporter.port, uid="uid-b", node="n1", start_time=start
+        )
+        result = asyncio.run(DirectTelemetry().collect([target]))
+    (sample,) = result.samples
+    # the endpoint is the pod's own: its node is the pod's whatever the exporter calls its host
+    assert (sample.gpu, sample.uid, sample.node, sample.pod_start_seconds) == ("GPU-new", "uid-b", "n1", 1_700_000_000)
+    assert result.rejected == 1 and "older than the pod's start" in result.rejected_reasons["ml/j-worker-0"]
+    assert result.pod_errors == {}

@@ -75,3 +75,39 @@ def test_unregistered_jobs_are_not_read():
     hub.unregister(("ns", "gone"))
     asyncio.run(hub.run_cycle())
     assert source.calls == 0
+
+
+class AttributingSource(FakeSource):
+    """Attributes each target's reading to the target's UID, as the real sources do."""
+
+    async def collect(self, targets):
+        self.calls += 1
+        samples = [GpuSample(t.namespace, t.pod, "GPU-0", 100.0, energy_mj=1000, uid=t.uid) for t in targets]
+        return TelemetryResult(samples=samples, requests=2)
+
+
+def test_readings_go_to_the_job_whose_pod_they_were_attributed_to_not_to_a_same_name_pod():
+    # job "old" is still registered for a cycle while its re-created namesake "new" has a same-name pod
+    hub = TelemetryHub(lambda kind, url: AttributingSource())
+    for job, uid in (("old", "uid-a"), ("new", "uid-b")):
+        target = PodTarget("ns", "j-worker-0", "j", uid=uid)
+        hub.register(JobRegistration(("ns", job), "Prometheus", "http://prom", (target,)))
+    asyncio.run(hub.run_cycle())
+    assert [s.uid for s in hub.take(("ns", "old")).samples] == ["uid-a"]
+    assert [s.uid for s in hub.take(("ns", "new")).samples] == ["uid-b"]
+
+
+class RejectingSource(FakeSource):
+    async def collect(self, targets):
+        result = TelemetryResult(requests=2)
+        for target in targets:
+            result.reject(target, "series from node 'n2', the pod runs on 'n1'")
+        return result
+
+
+def test_a_job_whose_series_were_all_rejected_is_told_why():
+    hub = TelemetryHub(lambda kind, url: RejectingSource())
+    hub.register(registration("a", pods=1))
+    asyncio.run(hub.run_cycle())
+    delivery = hub.take(("ns", "a"))
+    assert not delivery.ok and "not this pod's series (series from node 'n2'" in delivery.reason

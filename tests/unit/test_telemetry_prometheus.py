@@ -5,7 +5,8 @@ import asyncio
 import pytest
 from prometheus_server import free_port
 
-from etj_operator.telemetry.base import PodTarget
+from etj_operator.energy import EnergyState, integrate
+from etj_operator.telemetry.base import PodTarget, rfc3339_seconds
 from etj_operator.telemetry.prometheus import PrometheusTelemetry
 
 TARGETS = [PodTarget("ml", "a-worker-0", "a"), PodTarget("ml", "b-worker-0", "b")]
@@ -41,14 +42,17 @@ class Canned(PrometheusTelemetry):
 def test_one_aggregated_query_per_metric_filters_out_gpus_without_a_pod():
     source = PrometheusTelemetry("http://p:9090/")
     assert source.url == "http://p:9090"
-    by = "max by (namespace, pod, UUID, gpu, source)"
+    by = "max by (namespace, pod, UUID, gpu, Hostname, hostname, source)"
+    power = 'DCGM_FI_DEV_POWER_USAGE{pod!=""}'
     energy = 'DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{pod!=""}'
     assert [q.promql for q in source.queries] == [
-        f'{by} (DCGM_FI_DEV_POWER_USAGE{{pod!=""}})',
-        # the counter's scrape time comes back in the same query, marked by a label
+        # the series' scrape time comes back in the same query, marked by a label
+        f'{by} ({power}) or label_replace({by} (timestamp({power})), "etj_sample", "time", "", "")',
         f'{by} ({energy}) or label_replace({by} (timestamp({energy})), "etj_sample", "time", "", "")',
         f'{by} (DCGM_FI_DEV_POWER_MGMT_LIMIT{{pod!=""}})',
     ]
+    # without a node label the node check is off and the label leaves the aggregation
+    assert "Hostname" not in PrometheusTelemetry("http://p", node_label=None).queries[0].promql
 
 
 def test_the_counter_sample_is_stamped_with_its_scrape_time():
@@ -68,8 +72,8 @@ def test_label_scheme_and_extra_matchers_shape_the_query():
         extra_matchers='job="dcgm"',
     )
     assert len(source.queries) == 2
-    assert source.queries[0].promql == (
-        "max by (exported_namespace, exported_pod, UUID, gpu, source) "
+    assert source.queries[0].promql.startswith(
+        "max by (exported_namespace, exported_pod, UUID, gpu, Hostname, hostname, source) "
         '(DCGM_FI_DEV_POWER_USAGE{exported_pod!="",job="dcgm"})'
     )
 
@@ -167,10 +171,112 @@ def test_operator_settings_shape_the_source():
             "ETJ_PROMETHEUS_NAMESPACE_LABEL": "exported_namespace",
             "ETJ_PROMETHEUS_LIMIT_METRIC": "",
             "ETJ_PROMETHEUS_EXTRA_MATCHERS": 'job="dcgm"',
+            "ETJ_PROMETHEUS_NODE_LABEL": "",
         }
     )
     source = make_source(config, "Prometheus", "http://prom:9090")
     assert isinstance(source, PrometheusTelemetry)
+    assert source.node_labels == ()  # the node check off
     assert (source.pod_label, source.namespace_label, len(source.queries)) == ("exported_pod", "exported_namespace", 2)
     assert all('job="dcgm"' in q.promql for q in source.queries)
-    assert len(make_source(OperatorConfig.from_env({}), "Prometheus", "http://p").queries) == 3
+    default = make_source(OperatorConfig.from_env({}), "Prometheus", "http://p")
+    assert len(default.queries) == 3 and default.node_labels == ("Hostname", "hostname")
+    custom = make_source(OperatorConfig.from_env({"ETJ_PROMETHEUS_NODE_LABEL": "node"}), "Prometheus", "http://p")
+    assert custom.node_labels == ("node",)
+
+
+# --- energy identity: a same-name pod of a re-created job on the same GPU ------------------------------
+# Job A's pod j-worker-0 (UID uid-a) ran on GPU-UUID-1 of node n1 until its counter read X; the job was
+# re-created as B, whose new j-worker-0 (UID uid-b) landed on the same GPU. dcgm-exporter labels the series
+# with the pod's name only, and Prometheus keeps answering with A's last sample for a while.
+
+START_A = "2024-05-01T12:00:00Z"
+START_B = "2024-05-01T12:10:00Z"
+T_A = rfc3339_seconds(START_A)
+T_B = rfc3339_seconds(START_B)
+X_MJ = 5_000_000  # A's last counter reading
+POD_A = PodTarget("ml", "j-worker-0", "j", uid="uid-a", node="n1", start_time=START_A)
+POD_B = PodTarget("ml", "j-worker-0", "j", uid="uid-b", node="n1", start_time=START_B)
+
+
+def gpu_answers(*readings, evaluated):
+    """Canned answers for (pod, UUID, Hostname, counter mJ, watts, scraped at) readings, with scrape stamps."""
+    answers = {"POWER_USAGE": [], "TOTAL_ENERGY": []}
+    for pod, uuid, host, mj, watts, scraped in readings:
+        labels = {"namespace": "ml", "pod": pod, "gpu": "0", "UUID": uuid, "Hostname": host}
+        for metric, value in (("POWER_USAGE", watts), ("TOTAL_ENERGY", mj)):
+            answers[metric].append({"metric": labels, "value": [evaluated, str(value)]})
+            answers[metric].append({"metric": {**labels, "etj_sample": "time"}, "value": [evaluated, str(scraped)]})
+    return answers
+
+
+def test_a_stale_same_name_series_is_not_the_new_pods_and_adds_no_foreign_energy():
+    job_a, job_b = EnergyState(), EnergyState()
+    # A's own readings, then A is gone (its last counter: X)
+    for scraped, mj in ((T_A + 100, 1_000_000), (T_A + 200, X_MJ)):
+        cycle = gpu_answers(("j-worker-0", "GPU-UUID-1", "n1", mj, 400, scraped), evaluated=scraped + 1)
+        result = asyncio.run(Canned(cycle).collect([POD_A]))
+        assert [s.uid for s in result.samples] == ["uid-a"]
+        integrate(job_a, result.samples, source="Prometheus")
+    assert job_a.joules == 4000.0
+
+    other_node = ("j-worker-0", "GPU-UUID-2", "n2", 77_000_000, 650, T_B + 4)
+    # B's first cycle: Prometheus still answers with A's last sample (older than B's start), and a
+    # same-name series from another node: neither is B's
+    stale = Canned(gpu_answers(("j-worker-0", "GPU-UUID-1", "n1", X_MJ, 400, T_A + 200), other_node, evaluated=T_B + 5))
+    result = asyncio.run(stale.collect([POD_B]))
+    assert result.error is None and result.samples == []
+    assert result.rejected == 2 and "ml/j-worker-0" in result.rejected_reasons
+    integrate(job_b, result.samples, source="Prometheus")
+
+    # B's own readings: the GPU's counter went on meanwhile (the gap: 4000 J that were never B's)
+    for scraped, mj in ((T_B + 15, 9_000_000), (T_B + 30, 12_000_000)):
+        answers = gpu_answers(("j-worker-0", "GPU-UUID-1", "n1", mj, 200, scraped), other_node, evaluated=scraped + 1)
+        result = asyncio.run(Canned(answers).collect([POD_B]))
+        (sample,) = result.samples
+        assert (sample.uid, sample.gpu, sample.node, sample.pod_start_seconds) == ("uid-b", "GPU-UUID-1", "n1", T_B)
+        assert result.rejected == 1 and "node 'n2'" in result.rejected_reasons["ml/j-worker-0"]
+        integrate(job_b, result.samples, source="Prometheus")
+    # only what B's pod drew since its first own reading: not X, not the gap, nothing from n2
+    assert job_b.joules == 3000.0
+    assert set(job_b.series) == {"uid-b/GPU-UUID-1"} and job_b.series["uid-b/GPU-UUID-1"].since_seconds == T_B + 15
+    assert job_a.joules == 4000.0
+
+
+def test_with_both_same_name_pods_registered_each_reading_goes_to_the_pod_that_held_the_name():
+    # A's registration may linger a cycle after B's pod exists: A's last sample is A's, B's sample is B's
+    answers = gpu_answers(("j-worker-0", "GPU-UUID-1", "n1", X_MJ, 400, T_A + 200), evaluated=T_B + 5)
+    (sample,) = asyncio.run(Canned(answers).collect([POD_B, POD_A])).samples
+    assert sample.uid == "uid-a"
+    answers = gpu_answers(("j-worker-0", "GPU-UUID-1", "n1", 9_000_000, 200, T_B + 15), evaluated=T_B + 16)
+    (sample,) = asyncio.run(Canned(answers).collect([POD_A, POD_B])).samples
+    assert sample.uid == "uid-b"
+
+
+def test_unknown_node_or_start_skips_that_check_and_hostnames_compare_case_insensitively():
+    answers = gpu_answers(("j-worker-0", "GPU-UUID-1", "N1", X_MJ, 400, T_A + 200), evaluated=T_B + 5)
+    unknown = PodTarget("ml", "j-worker-0", "j", uid="uid-b")
+    assert [s.uid for s in asyncio.run(Canned(answers).collect([unknown])).samples] == ["uid-b"]
+    # the node name in another case is the same node (A ran then: accepted)
+    assert [s.uid for s in asyncio.run(Canned(answers).collect([POD_A])).samples] == ["uid-a"]
+    # node check off: another node's series is accepted
+    answers = gpu_answers(("j-worker-0", "GPU-UUID-2", "n2", 1, 1, T_B + 15), evaluated=T_B + 16)
+    assert asyncio.run(Canned(answers).collect([POD_B])).samples == []
+    assert len(asyncio.run(Canned(answers, node_label=None).collect([POD_B])).samples) == 1
+
+
+def test_a_power_only_series_is_checked_by_its_own_scrape_time():
+    answers = gpu_answers(("j-worker-0", "GPU-UUID-1", "n1", 0, 400, T_A + 200), evaluated=T_B + 5)
+    del answers["TOTAL_ENERGY"]
+    result = asyncio.run(Canned(answers).collect([POD_B]))
+    assert result.samples == [] and result.rejected == 1
+    (sample,) = asyncio.run(Canned(answers).collect([POD_A])).samples
+    assert sample.energy_mj is None and sample.timestamp_seconds == T_A + 200
+
+
+def test_a_series_the_pod_serves_itself_names_the_pods_host_not_a_node():
+    # the harness's /metrics through a PodMonitor: Hostname is the pod's host name (spec.hostname = pod name)
+    answers = gpu_answers(("j-worker-0", "GPU-UUID-1", "j-worker-0", 9_000_000, 200, T_B + 15), evaluated=T_B + 16)
+    assert [s.uid for s in asyncio.run(Canned(answers).collect([POD_B])).samples] == ["uid-b"]
+    stale = gpu_answers(("j-worker-0", "GPU-UUID-1", "j-worker-0", X_MJ, 400, T_A + 200), evaluated=T_B + 16)
+    assert asyncio.run(Canned(stale).collect([POD_B])).samples == []  # its time is still checked

@@ -10,7 +10,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol
+
+
+def rfc3339_seconds(text: str | None) -> float | None:
+    """Unix seconds of a Kubernetes timestamp (``2024-05-01T12:00:00Z``); None when missing or unreadable."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
 
 
 @dataclass(frozen=True)
@@ -28,6 +42,43 @@ class PodTarget:
     node: str | None = None
     start_time: str | None = None
 
+    @property
+    def start_seconds(self) -> float | None:
+        """``start_time`` as Unix seconds (None when unknown)."""
+        return rfc3339_seconds(self.start_time)
+
+    @property
+    def owner(self) -> str:
+        """What a sample attributed to this pod names it by: its UID, or ``namespace/pod`` without one."""
+        return self.uid or f"{self.namespace}/{self.pod}"
+
+
+def same_node(a: str, b: str) -> bool:
+    """Whether two node names are the same node (host names compare case-insensitively)."""
+    return a.casefold() == b.casefold()
+
+
+def attribution_problem(target: PodTarget, *, node: str | None, timestamp_seconds: float) -> str | None:
+    """Why a GPU series read under the target's namespace/pod is *not* this pod's, or None when it is.
+
+    A series is the pod's when it comes from the pod's node (``node``: the series' own node label, when it
+    has one; checked only when both are known) and was sampled no earlier than the pod's start (a sample
+    from before ``status.startTime`` was an earlier pod of the same name: Prometheus answers with a
+    vanished series' last sample for a while). dcgm-exporter never labels a series with the pod's UID, so
+    node and time are what tells two same-name pods apart. A node label equal to the pod's own name is the
+    pod's host name, not a node's: the series was served by the pod itself (the harness's ``/metrics``
+    through a PodMonitor), as with Direct, and only its time is checked.
+    """
+    if node and target.node and not same_node(node, target.node) and not same_node(node, target.pod):
+        return f"series from node {node!r}, the pod runs on {target.node!r}"
+    start = target.start_seconds
+    if start is not None and timestamp_seconds < start:
+        return (
+            f"sample at {timestamp_seconds:.3f} is older than the pod's start {target.start_time}: "
+            "an earlier pod of that name"
+        )
+    return None
+
 
 @dataclass(frozen=True)
 class GpuSample:
@@ -36,6 +87,9 @@ class GpuSample:
     ``energy_mj`` is the GPU's cumulative energy counter (DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION, mJ since the
     driver loaded; it may reset). ``power_watts`` is the instantaneous draw (DCGM_FI_DEV_POWER_USAGE).
     ``simulated`` is True when the reading comes from the harness's simulated GPU, never from hardware.
+    ``uid`` is the UID of the pod the source attributed the reading to (see :func:`attribution_problem`),
+    ``node`` that pod's node (the series' own node label when it has one), ``pod_start_seconds`` the pod's
+    start; a source that was given no UID leaves ``uid`` empty.
     """
 
     namespace: str
@@ -46,11 +100,28 @@ class GpuSample:
     energy_mj: float | None = None
     power_limit_watts: float | None = None
     simulated: bool = False
+    uid: str = ""
+    node: str | None = None
+    pod_start_seconds: float | None = None
 
     @property
     def series(self) -> str:
-        """A stable key for this GPU's series (used to remember the last counter value)."""
+        """The key of this GPU series in the energy state: ``<pod UID>/<GPU>`` (``<pod>/<GPU>`` without a UID).
+
+        The GPU is its UUID (or its index when the series has none): a re-created pod of the same name has
+        another UID, hence another series, whose first reading is its baseline.
+        """
+        return f"{self.uid or self.pod}/{self.gpu}"
+
+    @property
+    def legacy_series(self) -> str:
+        """The key releases before UID keys used (``<pod>/<GPU>``), to take over their stored counters."""
         return f"{self.pod}/{self.gpu}"
+
+    @property
+    def owner(self) -> str:
+        """The pod this reading belongs to, as :attr:`PodTarget.owner` names it."""
+        return self.uid or f"{self.namespace}/{self.pod}"
 
 
 @dataclass
@@ -64,6 +135,15 @@ class TelemetryResult:
     error: str | None = None
     #: Pods that could not be read (Direct: scrape failed), with the reason.
     pod_errors: dict[str, str] = field(default_factory=dict)
+    #: Series read under a target's namespace/pod but not attributed to it (another node, older than the
+    #: pod's start): how many, and the last reason per ``"<namespace>/<pod>"``. Not an error.
+    rejected: int = 0
+    rejected_reasons: dict[str, str] = field(default_factory=dict)
+
+    def reject(self, target: PodTarget, reason: str) -> None:
+        """Count a series that is not ``target``'s own."""
+        self.rejected += 1
+        self.rejected_reasons[f"{target.namespace}/{target.pod}"] = reason
 
 
 class TelemetrySource(Protocol):

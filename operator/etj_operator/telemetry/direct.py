@@ -4,7 +4,9 @@ The operator scrapes ``http://<pod IP>:<metrics port>/metrics`` of every target,
 time with a short timeout, and parses the text with prometheus_client's parser. The harness serves its
 GPUs there under dcgm-exporter's names and units (W, mJ) with a ``source`` label (``nvml`` or
 ``simulated``); a dcgm-exporter sidecar in the pod would serve the same format. Every GPU series a pod
-serves is attributed to that pod: the endpoint belongs to it.
+serves is attributed to that pod (its UID and node): the endpoint belongs to it, so the node is the pod's
+by construction. A sample stamped before the pod's ``status.startTime`` is still not counted
+(:func:`~etj_operator.telemetry.base.attribution_problem`).
 
 A pod that cannot be read (no IP yet, refused, timed out, HTTP error, unparseable text) is reported in
 ``TelemetryResult.pod_errors`` under ``"<namespace>/<pod>"``; the other pods' samples still come back.
@@ -15,6 +17,7 @@ for carbon intensity.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Sequence
@@ -23,7 +26,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from etj_operator.telemetry.base import GpuSample, PodTarget, TelemetryResult
+from etj_operator.telemetry.base import GpuSample, PodTarget, TelemetryResult, attribution_problem
 from etj_operator.telemetry.prometheus import (
     DEFAULT_ENERGY_METRIC,
     DEFAULT_LIMIT_METRIC,
@@ -35,6 +38,8 @@ if TYPE_CHECKING:
     from etj_operator.telemetry.prometheus import PrometheusTelemetry
 
 __all__ = ["DirectTelemetry", "parse_dcgm_text"]
+
+log = logging.getLogger(__name__)
 
 #: Largest /metrics body read from one pod (a pod's few GPUs take a few kB).
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -58,13 +63,17 @@ def parse_dcgm_text(
     gpu_label: str = "UUID",
     fallback_gpu_label: str = "gpu",
     own_pod_label: str | None = None,
+    uid: str = "",
+    node: str | None = None,
+    pod_start_seconds: float | None = None,
 ) -> list[GpuSample]:
     """Turn one DCGM-format exposition into per-GPU samples of ``namespace/pod``.
 
     Other metrics are ignored; a GPU is named by ``gpu_label`` (UUID) or, without it, ``fallback_gpu_label``.
     With ``own_pod_label`` (e.g. ``"pod"``), only series whose label of that name equals ``pod`` are kept
     (for a node-wide exporter); by default every GPU series is the pod's own.
-    A sample timestamp in the text wins over ``timestamp_seconds``. Raises ValueError on malformed text.
+    A sample timestamp in the text wins over ``timestamp_seconds``. ``uid``, ``node`` and
+    ``pod_start_seconds`` describe the pod the samples are attributed to. Raises ValueError on malformed text.
     """
     fields = {_base_name(power_metric): "power_watts", _base_name(energy_metric): "energy_mj"}
     if limit_metric:
@@ -97,6 +106,9 @@ def parse_dcgm_text(
             energy_mj=values.get("energy_mj"),
             power_limit_watts=values.get("power_limit_watts"),
             simulated=simulated[gpu],
+            uid=uid,
+            node=node,
+            pod_start_seconds=pod_start_seconds,
         )
         for gpu, values in sorted(gpus.items())
     ]
@@ -164,7 +176,15 @@ class DirectTelemetry:
             result.requests += scraped
             if error is not None:
                 result.pod_errors[f"{target.namespace}/{target.pod}"] = error
-            result.samples.extend(samples)
+            for sample in samples:
+                # the endpoint is the pod's own, so the node is the pod's; the time may still predate the pod
+                problem = attribution_problem(target, node=None, timestamp_seconds=sample.timestamp_seconds)
+                if problem is None:
+                    result.samples.append(sample)
+                else:
+                    result.reject(target, problem)
+        if result.rejected:
+            log.debug("Direct: %d GPU series not attributed: %s", result.rejected, result.rejected_reasons)
         return result
 
     async def _scrape(
@@ -196,6 +216,9 @@ class DirectTelemetry:
                 gpu_label=self.gpu_label,
                 fallback_gpu_label=self.fallback_gpu_label,
                 own_pod_label=self.own_pod_label,
+                uid=target.uid,
+                node=target.node,
+                pod_start_seconds=target.start_seconds,
             )
         except ValueError as e:
             return 1, [], f"GET {url}: unparseable metrics: {e}"

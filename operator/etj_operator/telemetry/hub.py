@@ -131,18 +131,26 @@ class TelemetryHub:
         if result.error:
             TELEMETRY_ERRORS.labels(source=skey[0]).inc()
             logger.warning("telemetry from %s failed: %s", skey[0], result.error)
-        by_pod: dict[tuple[str, str], list[GpuSample]] = defaultdict(list)
+        # Split by the pod a reading was attributed to (its UID): a same-name pod of another job, or a
+        # pod's predecessor still registered, gets none of it.
+        by_owner: dict[str, list[GpuSample]] = defaultdict(list)
         for sample in result.samples:
-            by_pod[(sample.namespace, sample.pod)].append(sample)
+            by_owner[sample.owner].append(sample)
         for reg in regs:
-            samples = [s for t in reg.targets for s in by_pod.get((t.namespace, t.pod), [])]
+            samples = [s for t in reg.targets for s in by_owner.get(t.owner, [])]
             delivery = JobTelemetry(self.cycle, now, skey[0], samples)
             if result.error:
                 delivery.reason = f"{skey[0]} unavailable: {result.error}"
             elif not reg.targets:
                 delivery.reason = "no running pods to read"
             elif not samples:
-                errors = [result.pod_errors[t.pod] for t in reg.targets if t.pod in result.pod_errors]
+                pods = [f"{t.namespace}/{t.pod}" for t in reg.targets]
+                errors = [result.pod_errors[p] for p in pods if p in result.pod_errors]
+                errors += [
+                    f"not this pod's series ({result.rejected_reasons[p]})"
+                    for p in pods
+                    if p in result.rejected_reasons
+                ]
                 delivery.reason = f"no GPU readings for this job's pods{': ' + errors[0] if errors else ''}"
             delivery.ok = bool(samples)
             self._inbox[reg.key] = delivery
