@@ -144,7 +144,7 @@ def run(
 ) -> dict[str, Any]:
     with (
         tempfile.TemporaryDirectory() as tmp,
-        EmulatorServer(crds=[ROOT / "crds" / "efficienttrainingjobs.yaml"]) as server,
+        EmulatorServer(crds=[ROOT / "crds"]) as server,  # the job's CRD and its report's
     ):
         kubeconfig = server.write_kubeconfig(Path(tmp) / "kubeconfig")
         metrics_port = free_port()

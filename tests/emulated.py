@@ -15,6 +15,8 @@ from etj_operator.sandbox.identities import OPERATOR_NAME, OPERATOR_NAMESPACE, i
 ROOT = Path(__file__).resolve().parents[1]
 NS = "default"
 CRD = ROOT / "crds" / "efficienttrainingjobs.yaml"
+#: Every CRD the operator needs: the job's and its report's (the emulator loads each YAML file of the folder).
+CRDS = ROOT / "crds"
 
 #: The user the operator runs as in the integration and chaos suites: the chart's ServiceAccount.
 OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_NAME}"
@@ -32,8 +34,8 @@ def chart_rbac(watch_namespaces: Iterable[str] = ()) -> list[dict[str, Any]]:
 
 
 def rbac_server(**options: Any) -> EmulatorServer:
-    """An emulator serving the CRD with RBAC and OwnerReferencesPermissionEnforcement on (as OpenShift has)."""
-    options.setdefault("crds", [CRD])
+    """An emulator serving the CRDs with RBAC and OwnerReferencesPermissionEnforcement on (as OpenShift has)."""
+    options.setdefault("crds", [CRDS])
     return EmulatorServer(rbac=True, owner_references_permission_enforcement=True, **options)
 
 

@@ -8,18 +8,23 @@ Both sides depend on this package; it depends on neither, and imports the standa
 * :mod:`etj_contract.status`: the closed vocabularies of the status, :class:`Phase` and :class:`ConditionType`.
 * :mod:`etj_contract.plans`: what the operator hands the harness through env; today the Auto power mode's
   defaults and bounds (:data:`AUTO_DEFAULTS`, :data:`AUTO_BOUNDS`).
+* :mod:`etj_contract.report`: the status sections the two sides hand each other, as typed records with
+  ``from_status``/``to_status``: the workload's report (:class:`WorkloadReport`) and the operator's control
+  section (:class:`ControlSection`).
 
-Every public name of the three modules is importable from the package itself (``etj_contract.ENV_RANK``).
+Every public name of the four modules is importable from the package itself (``etj_contract.ENV_RANK``).
 """
 
 from __future__ import annotations
 
-from etj_contract import names, plans, status
+from etj_contract import names, plans, report, status
 from etj_contract.names import *  # noqa: F403
 from etj_contract.plans import *  # noqa: F403
+from etj_contract.report import *  # noqa: F403
 from etj_contract.status import *  # noqa: F403
 
-__all__ = ["names", "plans", "status"]
+__all__ = ["names", "plans", "report", "status"]
 __all__ += names.__all__
 __all__ += plans.__all__
+__all__ += report.__all__
 __all__ += status.__all__

@@ -16,6 +16,7 @@ from etj_contract.status import Phase
 
 __all__ = [
     "ANNOTATION_GANG_GENERATION",
+    "ANNOTATION_WORLD",
     "API_VERSION",
     "CONTROL",
     "CONTROL_CHECKPOINT_REQUESTED",
@@ -112,6 +113,10 @@ MANAGED_BY: Final = "efficient-training-operator"
 ROLE_WORKER: Final = "worker"
 #: Pod annotation: the gang generation (status.restarts when the pod was made); stale pods are replaced.
 ANNOTATION_GANG_GENERATION: Final = f"{GROUP}/gang-generation"
+#: Pod annotation: the spec's world when the pod was made, as ``field=digest`` pairs (the fields that shape the
+#: pods' world and env: replicas, nprocPerNode, elastic, template, checkpoint, power, compression). A pod of
+#: another world is replaced with its whole gang; a pod without it (an older operator's) counts as current.
+ANNOTATION_WORLD: Final = f"{GROUP}/world"
 #: Kueue's queue label passes through from the job to its pods.
 LABEL_KUEUE_QUEUE: Final = "kueue.x-k8s.io/queue-name"
 

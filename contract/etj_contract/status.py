@@ -49,6 +49,8 @@ class ConditionType(enum.StrEnum):
     INVALID = "Invalid"
     #: True while the API server refuses a request of the job's pass (403, 422, ...).
     API_REQUEST_REFUSED = "ApiRequestRefused"
+    #: True while pods the job does not own (an older job's of the same name, orphans) hold its pods' names.
+    POD_NAME_TAKEN = "PodNameTaken"
     # the energy policies' (etj_operator.policies)
     TELEMETRY_AVAILABLE = "TelemetryAvailable"
     THROTTLED = "Throttled"

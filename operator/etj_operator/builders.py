@@ -1,16 +1,19 @@
 """Pure builders of the children of an EfficientTrainingJob (no I/O; unit-tested as plain dicts).
 
-Children: a ServiceAccount, a Role limited to the job itself, a RoleBinding, a headless Service, and one
-Pod per replica. Every child carries an ownerReference to the job (garbage collection on deletion) and
-the job's labels, and has a deterministic name (an operator restart re-creates nothing twice).
+Children: a ServiceAccount, a Role limited to the job itself and its report, a RoleBinding, the job's
+report (an ``EfficientTrainingJobReport``), a headless Service, and one Pod per replica. Every child carries
+an ownerReference to the job (garbage collection on deletion) and the job's labels, and has a deterministic
+name (an operator restart re-creates nothing twice).
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from etj_operator import contract as c
 from etj_operator.envvars import EnvContext, worker_env, worker_pod_name
@@ -40,6 +43,142 @@ class JobRef:
             uid=meta.get("uid", ""),
             labels=dict(meta.get("labels") or {}),
         )
+
+
+# ----- the world: the spec fields that shape the pods ---------------------------------------------------
+
+#: The fields of the world annotation, in the order a change is described, with the spec path each stands for.
+WORLD_FIELDS: Final = (
+    ("replicas", "replicas"),
+    ("nprocPerNode", "nprocPerNode"),
+    ("elastic", "elastic"),
+    ("template", "template"),
+    ("checkpoint", "checkpoint"),
+    ("power", "energy.power"),
+    ("compression", "compression"),
+)
+#: Fields whose value is shown as it is in a change ("replicas 2 -> 3"); the others are digests ("template changed").
+_WORLD_LITERAL: Final = frozenset({"replicas", "nprocPerNode", "elastic"})
+_NONE: Final = "-"
+
+
+def _digest(value: Any) -> str:
+    """A short stable digest of a JSON value: sha256 of its canonical JSON (sorted keys, no spaces), 12 hex digits."""
+    canonical = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def world_of(spec: JobSpec) -> dict[str, str]:
+    """The spec's world: one value per field that shapes the pods' world or their env (``field -> value``).
+
+    Computed from the parsed spec, field by field, never from a built manifest: what the operator adds to a pod
+    (labels, env values, what a newer operator version adds) is not in it, so an operator upgrade restarts no
+    gang. The parsed spec has the parser's defaults applied, so a default the API server fills in later (a newer
+    CRD) changes nothing either. ``replicas`` is left out for elastic jobs: torchrun's c10d rendezvous takes
+    nodes joining and leaving, so scaling an elastic job adds or removes pods without a gang restart.
+
+    What is not here applies without touching running pods: ``suspend``, ``runPolicy``, ``energy.telemetry``,
+    ``energy.energyBudget``, ``energy.carbon``, ``energy.placement`` (new pods get its affinity), the value of
+    ``energy.power.budgetWatts`` (the operator's throttle enforces it through ``status.control``; only whether
+    a budget is set reaches the pods, as the SYS_ADMIN capability).
+    """
+    world: dict[str, str] = {}
+    if spec.elastic is None:
+        world["replicas"] = str(spec.replicas)
+        world["elastic"] = _NONE
+    else:
+        e = spec.elastic
+        world["elastic"] = f"{e.min_replicas}:{e.max_replicas}:{e.max_restarts}"
+    world["nprocPerNode"] = str(spec.nproc_per_node)
+    world["template"] = _digest(dict(spec.template))
+    checkpoint = spec.checkpoint
+    world["checkpoint"] = (
+        _NONE
+        if checkpoint is None
+        else _digest({"path": checkpoint.path, "volume": dict(checkpoint.volume) if checkpoint.volume else None})
+    )
+    power = spec.energy.power
+    auto = power.auto
+    world["power"] = _digest(
+        {
+            "mode": power.mode,
+            "limitWatts": power.limit_watts,
+            "auto": None
+            if auto is None
+            else [auto.eta, auto.warmup_steps, auto.profile_steps, auto.step_watts, auto.max_slowdown],
+            "managed": power.managed,
+        }
+    )
+    comp = spec.compression
+    world["compression"] = (
+        _NONE
+        if not comp.stages
+        else _digest(
+            {
+                "stages": [dict(stage.raw) for stage in comp.stages],
+                "accuracyGuard": [comp.max_accuracy_drop, comp.guard_action],
+            }
+        )
+    )
+    return world
+
+
+def format_world(world: Mapping[str, str]) -> str:
+    """The world as the pod annotation holds it: ``field=value`` pairs, sorted, comma-separated."""
+    return ",".join(f"{key}={world[key]}" for key in sorted(world))
+
+
+def parse_world(text: str | None) -> dict[str, str]:
+    """Read a world annotation back; unreadable pairs are skipped (an empty dict: the pod's world is unknown)."""
+    world: dict[str, str] = {}
+    for pair in (text or "").split(","):
+        key, sep, value = pair.partition("=")
+        if sep and key.strip() and value.strip():
+            world[key.strip()] = value.strip()
+    return world
+
+
+def world_changes(old: Mapping[str, str], new: Mapping[str, str]) -> list[str]:
+    """How world ``old`` (a pod's) differs from ``new`` (the spec's), as phrases; empty: the same world.
+
+    Only fields known to both count: a field a pod does not carry (made by an older operator, or an elastic job's
+    replicas) is no change, so an operator upgrade that adds a field restarts nothing.
+    """
+    changes = []
+    for key, path in WORLD_FIELDS:
+        before, after = old.get(key), new.get(key)
+        if before is None or after is None or before == after:
+            continue
+        if key in _WORLD_LITERAL:
+            changes.append(f"{path} {_shown(before)} -> {_shown(after)}")
+        else:
+            changes.append(f"{path} changed")
+    return changes
+
+
+def _shown(value: str) -> str:
+    return "off" if value == _NONE else value
+
+
+def generated_env_names(spec: JobSpec) -> frozenset[str]:
+    """The names of every variable the operator sets in the trainer container (the same for every pod)."""
+    ctx = EnvContext(job_name="job", namespace="namespace", spec=spec, replica_index=0, gang_generation=0)
+    return frozenset(var["name"] for var in worker_env(ctx))
+
+
+def env_overrides(spec: JobSpec) -> tuple[str, ...]:
+    """The template trainer's env names that the operator's own variables replace (sorted; empty: none).
+
+    ``_shape_trainer`` drops these entries from the user's env (``value`` or ``valueFrom`` alike) and sets the
+    operator's. Variables that come in through ``envFrom`` are shadowed too (explicit env wins over envFrom in
+    Kubernetes), but their names are not known without reading the ConfigMap or Secret, so they are not listed.
+    """
+    containers = (spec.template.get("spec") or {}).get("containers") or []
+    trainer = next((x for x in containers if isinstance(x, Mapping) and x.get("name") == c.TRAINER_CONTAINER), None)
+    if trainer is None:
+        return ()
+    names = {v.get("name") for v in trainer.get("env") or [] if isinstance(v, Mapping)}
+    return tuple(sorted(n for n in names if isinstance(n, str) and n in generated_env_names(spec)))
 
 
 def owner_reference(job: JobRef) -> dict[str, Any]:
@@ -79,7 +218,11 @@ def build_service_account(job: JobRef) -> Manifest:
 
 
 def build_role(job: JobRef) -> Manifest:
-    """Least privilege for the harness: read its own job, patch its own status; nothing else."""
+    """Least privilege for the harness: read its own job and its report, patch its report's status; nothing else.
+
+    Nothing on the job's status: phase, restarts, energy, control, policy and placement are the operator's
+    alone (docs/security.md, "The trust boundary").
+    """
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
@@ -93,22 +236,45 @@ def build_role(job: JobRef) -> Manifest:
             },
             {
                 "apiGroups": [c.GROUP],
-                "resources": [f"{c.PLURAL}/status"],
-                "resourceNames": [job.name],
-                "verbs": ["get", "patch"],
+                "resources": [c.REPORT_PLURAL],
+                "resourceNames": [report_name(job)],
+                "verbs": ["get"],
+            },
+            {
+                "apiGroups": [c.GROUP],
+                "resources": [f"{c.REPORT_PLURAL}/status"],
+                "resourceNames": [report_name(job)],
+                "verbs": ["patch"],
             },
         ],
     }
 
 
-def build_role_binding(job: JobRef, subject_service_account: str) -> Manifest:
-    """Bind the job's Role to the ServiceAccount its pods run as."""
+def report_name(job: JobRef) -> str:
+    """The job's report has the job's name."""
+    return job.name
+
+
+def build_report(job: JobRef) -> Manifest:
+    """The job's report: the one object its pods may write (its status), owned by the job, empty at first."""
+    return {"apiVersion": c.API_VERSION, "kind": c.REPORT_KIND, "metadata": _metadata(job, report_name(job))}
+
+
+def build_role_binding(job: JobRef, subject_service_account: str | None = None) -> Manifest:
+    """Bind the job's Role to the job's own ServiceAccount, the one its pods always run as.
+
+    ``subject_service_account`` may only repeat that name: a job's report must be writable by its pods alone,
+    so a ServiceAccount that other pods may share is never bound (ValueError).
+    """
+    own = service_account_name(job)
+    if subject_service_account not in (None, own):
+        raise ValueError(f"the job's Role is bound to {own} only, not to {subject_service_account}")
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
         "metadata": _metadata(job, service_account_name(job)),
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": service_account_name(job)},
-        "subjects": [{"kind": "ServiceAccount", "name": subject_service_account, "namespace": job.namespace}],
+        "subjects": [{"kind": "ServiceAccount", "name": own, "namespace": job.namespace}],
     }
 
 
@@ -131,9 +297,12 @@ def build_service(job: JobRef) -> Manifest:
 
 
 def pod_service_account(spec: JobSpec, job: JobRef) -> str:
-    """The ServiceAccount pods run as: the template's if it names one, else the job's own."""
-    name = spec.template.get("spec", {}).get("serviceAccountName")
-    return name if isinstance(name, str) and name else service_account_name(job)
+    """The ServiceAccount pods run as: always the job's own, whatever the template says.
+
+    Two jobs' pods sharing a ServiceAccount could write each other's report; the CRD and the operator's parser
+    refuse a template naming another one (``models.parse_spec``), and this holds even for one that got through.
+    """
+    return service_account_name(job)
 
 
 @dataclass(frozen=True)
@@ -205,12 +374,17 @@ def build_worker_pod(
     queue = job.labels.get(c.LABEL_KUEUE_QUEUE)
     if queue:
         labels[c.LABEL_KUEUE_QUEUE] = queue
-    annotations = {**(tmeta.get("annotations") or {}), c.ANNOTATION_GANG_GENERATION: str(gang_generation)}
+    annotations = {
+        **(tmeta.get("annotations") or {}),
+        c.ANNOTATION_GANG_GENERATION: str(gang_generation),
+        c.ANNOTATION_WORLD: format_world(world_of(spec)),
+    }
 
     pod_spec["restartPolicy"] = "Never"  # the operator restarts the whole gang, never the kubelet one pod
     pod_spec["hostname"] = name
     pod_spec["subdomain"] = job.name
     pod_spec["serviceAccountName"] = pod_service_account(spec, job)
+    pod_spec.pop("serviceAccount", None)  # the deprecated alias: serviceAccountName decides
     if placement is not None:
         apply_placement(pod_spec, placement)
 

@@ -25,7 +25,19 @@ SUSPENDED: Final = "Suspended"
 INVALID: Final = "Invalid"
 #: True while the API server refuses a request of the job's pass (403, 422, ...): which object, and why.
 API_REQUEST_REFUSED: Final = "ApiRequestRefused"
-CONDITION_TYPES: Final = (CREATED, RUNNING, RESTARTING, SUCCEEDED, FAILED, SUSPENDED, INVALID, API_REQUEST_REFUSED)
+#: True while pods of another job (an older job of the same name, or orphans) hold the gang's names: it waits.
+POD_NAME_TAKEN: Final = "PodNameTaken"
+CONDITION_TYPES: Final = (
+    CREATED,
+    RUNNING,
+    RESTARTING,
+    SUCCEEDED,
+    FAILED,
+    SUSPENDED,
+    INVALID,
+    API_REQUEST_REFUSED,
+    POD_NAME_TAKEN,
+)
 
 _EXCLUSIVE: Final = {RUNNING: RESTARTING, RESTARTING: RUNNING}
 _FINAL: Final = (SUCCEEDED, FAILED)
@@ -44,6 +56,16 @@ REASON_SPEC_FIXED: Final = "SpecFixed"
 REASON_GANG_RESTARTED: Final = "GangRestarted"
 #: ApiRequestRefused False again: every request of a pass was accepted.
 REASON_REQUESTS_ACCEPTED: Final = "RequestsAccepted"
+#: A spec field that shapes the pods' world changed: the whole gang is replaced (not counted as a restart).
+REASON_SPEC_CHANGED: Final = "SpecChanged"
+#: PodNameTaken True (and its Warning Event): pods the job does not own hold its names or its DNS names.
+REASON_POD_NAME_TAKEN: Final = "PodNameTaken"
+#: PodNameTaken False again: the other job's pods are gone.
+REASON_POD_NAMES_FREE: Final = "PodNamesFree"
+#: Warning Event: a child (ServiceAccount, Role, RoleBinding, Service) of another owner holds the child's name.
+REASON_CHILD_NAME_TAKEN: Final = "ChildNameTaken"
+#: Warning Event: the template's trainer sets variables the operator generates; the operator's values win.
+REASON_ENV_OVERRIDDEN: Final = "EnvOverridden"
 
 
 def find(conditions: Sequence[Condition], ctype: str) -> Condition | None:

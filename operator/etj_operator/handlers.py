@@ -6,7 +6,8 @@
 * ``node_power_pressure``: tracks nodes annotated for power pressure (placement policy).
 
 The operator's pods are not watched through Kopf but by :class:`~etj_operator.podwatch.PodInformer`
-(started here at startup), which costs a fraction of Kopf's per-event processing.
+(started here at startup), which costs a fraction of Kopf's per-event processing; the jobs' reports likewise by
+:class:`~etj_operator.reportwatch.ReportInformer`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from etj_operator.metrics import serve
 from etj_operator.podwatch import PodInformer
 from etj_operator.policies import POWER_PRESSURE_ANNOTATION
 from etj_operator.reconciler import JobReconciler
+from etj_operator.reportwatch import ReportInformer, all_set
 from etj_operator.supervisor import JobSupervisor, Wakers
 from etj_operator.telemetry.base import TelemetrySource
 from etj_operator.telemetry.direct import DirectTelemetry
@@ -128,6 +130,12 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     )
     memo.pods = PodInformer(memo.api, getattr(memo, "namespaces", ()), memo.wakers.wake)
     memo.pods_task = asyncio.create_task(memo.pods.run(), name="etj-pod-informer")
+    memo.reports = ReportInformer(memo.api, getattr(memo, "namespaces", ()), memo.wakers.wake)
+    memo.reports_task = asyncio.create_task(memo.reports.run(), name="etj-report-informer")
+    memo.synced = asyncio.Event()  # no job loop makes a pass before both informers have listed everything
+    memo.synced_task = asyncio.create_task(
+        all_set(memo.synced, memo.pods.synced, memo.reports.synced), name="etj-informers-synced"
+    )
     memo.supervisor = JobSupervisor(
         memo.reconciler,
         memo.wakers,
@@ -135,7 +143,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         interval_seconds=config.reconcile_interval_seconds,
         debounce_seconds=config.reconcile_debounce_seconds,
         max_concurrent_passes=config.max_concurrent_reconciles,
-        ready=memo.pods.synced,
+        ready=memo.synced,
+        reports=memo.reports,
     )
     memo.events.idle = memo.supervisor.idle
     memo.telemetry_stop = asyncio.Event()
@@ -155,6 +164,9 @@ def make_source(config: OperatorConfig, kind: str, url: str) -> TelemetrySource:
         namespace_label=config.prometheus_namespace_label,
         limit_metric=config.prometheus_limit_metric or None,
         extra_matchers=config.prometheus_extra_matchers,
+        node_label=config.prometheus_node_label or None,
+        # newer dcgm-exporter builds write `hostname`; a label of the user's choosing has no fallback
+        fallback_node_label="hostname" if config.prometheus_node_label == "Hostname" else None,
     )
 
 
@@ -167,11 +179,12 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     events = getattr(memo, "events", None)
     if isinstance(events, EventPoster):
         await events.drain()
-    pods_task = getattr(memo, "pods_task", None)
-    if isinstance(pods_task, asyncio.Task):
-        pods_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await pods_task
+    for name in ("pods_task", "reports_task", "synced_task"):
+        informer_task = getattr(memo, name, None)
+        if isinstance(informer_task, asyncio.Task):
+            informer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await informer_task
     stop = getattr(memo, "telemetry_stop", None)
     task = getattr(memo, "telemetry_task", None)
     if isinstance(stop, asyncio.Event) and isinstance(task, asyncio.Task):

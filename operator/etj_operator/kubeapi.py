@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MERGE_PATCH: Final = "application/merge-patch+json"
+JSON_PATCH: Final = "application/json-patch+json"
 #: How long a bearer token is reused before the credentials are read again (a 401 re-reads at once).
 AUTH_REFRESH_SECONDS: Final = 60.0
 
@@ -88,6 +89,7 @@ RESOURCES: Final[Mapping[str, Resource]] = {
     "Role": Resource("rbac.authorization.k8s.io/v1", "roles"),
     "RoleBinding": Resource("rbac.authorization.k8s.io/v1", "rolebindings"),
     contract.KIND: Resource(contract.API_VERSION, contract.PLURAL),
+    contract.REPORT_KIND: Resource(contract.API_VERSION, contract.REPORT_PLURAL),
 }
 
 
@@ -358,13 +360,24 @@ class KubeApi:
         return True
 
     async def delete(
-        self, kind: str, namespace: str | None, name: str, grace_period_seconds: int | None = None
+        self,
+        kind: str,
+        namespace: str | None,
+        name: str,
+        grace_period_seconds: int | None = None,
+        *,
+        uid: str | None = None,
     ) -> bool:
-        """Delete an object (background propagation); False when it was already gone (404)."""
+        """Delete an object (background propagation); False when it was already gone (404).
+
+        ``uid``: only that object (DeleteOptions preconditions; another object of the name answers 409).
+        """
         res = RESOURCES[kind]
         body: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
         if grace_period_seconds is not None:
             body["gracePeriodSeconds"] = grace_period_seconds
+        if uid is not None:
+            body["preconditions"] = {"uid": uid}
         try:
             await self.request(
                 "delete",
@@ -381,25 +394,68 @@ class KubeApi:
             return False
         return True
 
-    async def patch_job_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
-        """Merge-patch the job's status subresource; False when the job is gone (404)."""
+    async def patch_job_status(
+        self,
+        namespace: str,
+        name: str,
+        status: Mapping[str, Any],
+        *,
+        uid: str | None = None,
+        status_exists: bool = True,
+    ) -> bool:
+        """Write these keys of the job's status (a value of None removes its key); False when the job is gone.
+
+        With ``uid``, only the job with that UID is written: a JSON patch (RFC 6902) whose first operation
+        tests ``/metadata/uid``, so a write computed for a deleted job never lands on a new job of the same
+        name. (A merge patch carrying ``metadata.uid`` is no precondition on a real server: the status
+        strategy copies the stored metadata over it.) Each key is then one ``add`` (which replaces an existing
+        value) or ``remove``; ``status_exists=False`` (the caller saw no status yet) writes ``/status`` whole.
+        A failed test is a 422: the job is read, and one that is gone or has another UID is gone for the
+        caller (False). Any other 422 (no ``/status`` after all, a removed key already gone) is tried once more
+        with operations made for the status as read (still testing the UID); a second 422 is raised.
+        Without ``uid``: a merge patch, as before (no precondition).
+        """
         res = RESOURCES[contract.KIND]
         path = res.path(namespace, name, "status")
-        try:
+
+        async def send(body: Any, content_type: str) -> None:
             await self.request(
                 "patch",
                 "PATCH",
                 f"{res.plural}/status",
                 path,
-                body={"status": dict(status)},
-                content_type=MERGE_PATCH,
+                body=body,
+                content_type=content_type,
                 decode=False,  # the echo is not needed: the watch brings the job's new body
                 kind=contract.KIND,
                 namespace=namespace,
                 name=name,
             )
+
+        try:
+            if uid is None:
+                await send({"status": dict(status)}, MERGE_PATCH)
+            else:
+                await send(status_operations(status, uid, status_exists), JSON_PATCH)
+            return True
         except NotFoundError:
             return False
+        except PermanentApiError as e:
+            if uid is None or e.code != 422:
+                raise
+            current = await self.get(contract.KIND, namespace, name)
+            meta = (current or {}).get("metadata") or {}
+            if current is None or meta.get("uid") != uid:
+                logger.info("%s/%s: status not written, the job of uid %s is gone", namespace, name, uid)
+                return False
+            stored = current.get("status")
+            retry = status_operations(
+                status, uid, isinstance(stored, Mapping), present=set(stored) if isinstance(stored, Mapping) else None
+            )
+            try:
+                await send(retry, JSON_PATCH)
+            except NotFoundError:
+                return False
         return True
 
     async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
@@ -412,6 +468,37 @@ class KubeApi:
         except NotFoundError:
             return None
         return result if isinstance(result, dict) else None
+
+
+def status_operations(
+    status: Mapping[str, Any], uid: str, status_exists: bool, present: set[str] | None = None
+) -> list[dict[str, Any]]:
+    """The JSON patch that writes ``status``'s keys (None: remove) on the job of ``uid`` only.
+
+    First a ``test`` of ``/metadata/uid``. With ``status_exists``, one ``add`` per key (``add`` replaces an
+    existing member, and ``/status`` is there) and one ``remove`` per removed key (only those in ``present``
+    when it is given: removing a missing member fails); else one ``add /status`` with every kept key. Values
+    keep merge-patch meaning: a None inside a mapping drops that key (lists are written as they are).
+    """
+    operations: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/uid", "value": uid}]
+    if not status_exists:
+        whole = {key: _without_nulls(value) for key, value in status.items() if value is not None}
+        operations.append({"op": "add", "path": "/status", "value": whole})
+        return operations
+    for key, value in status.items():
+        pointer = "/status/" + str(key).replace("~", "~0").replace("/", "~1")
+        if value is not None:
+            operations.append({"op": "add", "path": pointer, "value": _without_nulls(value)})
+        elif present is None or key in present:
+            operations.append({"op": "remove", "path": pointer})
+    return operations
+
+
+def _without_nulls(value: Any) -> Any:
+    """A value as a merge patch would store it: None members of mappings dropped, at any depth (not in lists)."""
+    if isinstance(value, Mapping):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    return value
 
 
 if TYPE_CHECKING:  # KubeApi is the writer the reconciler and the Event poster take (etj_operator.ports): mypy checks

@@ -17,6 +17,18 @@ to the dying pod on a real cluster and the new gang deadlocked. So no pod is cre
 job is terminating or is being deleted in the same pass (gang restarts, suspend and resume, pauses,
 reschedules, stale or scaled-down pods alike); terminating pods are counted in
 ``replicaStatuses.Worker.terminating`` meanwhile.
+
+Identity: only the pods whose controller ownerReference is this job's UID are the job's
+(:attr:`Observation.pods`; the reconciler sorts them). Pods of another job of the same name (an older one
+whose pods the garbage collector has not removed yet) or orphans (``kubectl delete --cascade=orphan``) are
+:attr:`Observation.foreign_pods`: never counted, adopted, deleted or reported as this job's. While one of them
+holds a name of the gang, or still runs under the job's DNS names, no pod is created (the same rule as for
+terminating pods): condition ``PodNameTaken`` True and one Warning Event per episode, phase Pending.
+
+Spec changes: every pod carries the spec's world (:func:`~etj_operator.builders.world_of`: the fields that
+shape its world and env). When a live pod carries another world, the whole gang is deleted and the new one is
+created once all old pods are gone; it resumes from the checkpoint. Not counted in ``restarts``; condition
+``Restarting`` with reason ``SpecChanged`` and one Event say what changed. The other fields apply at once.
 """
 
 from __future__ import annotations
@@ -27,7 +39,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from etj_operator import builders, contract
 from etj_operator import conditions as cond
+from etj_operator.envvars import worker_pod_name
 from etj_operator.models import InvalidSpecError, JobSpec
 
 PENDING = "Pending"
@@ -59,9 +73,18 @@ class PodView:
     owner_uid: str | None = None
     #: ``status.startTime`` (RFC 3339) once the kubelet has accepted the pod.
     start_time: str | None = None
+    #: The spec's world the pod was made for (``field -> value`` pairs, sorted); empty: unknown (an older
+    #: operator's pod), which counts as current.
+    world: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def from_pod(cls, pod: Mapping[str, Any], index_label: str, generation_annotation: str) -> PodView:
+    def from_pod(
+        cls,
+        pod: Mapping[str, Any],
+        index_label: str,
+        generation_annotation: str,
+        world_annotation: str | None = None,
+    ) -> PodView:
         """Summarise a Pod object (as a dict)."""
         meta = pod.get("metadata") or {}
         status = pod.get("status") or {}
@@ -79,12 +102,15 @@ class PodView:
             node_name=(pod.get("spec") or {}).get("nodeName"),
             pod_ip=status.get("podIP"),
             uid=str(meta.get("uid") or ""),
-            owner_uid=_controller_uid(meta),
+            owner_uid=controller_uid(meta),
             start_time=status.get("startTime"),
+            world=tuple(sorted(builders.parse_world(annotations.get(world_annotation)).items()))
+            if world_annotation
+            else (),
         )
 
 
-def _controller_uid(meta: Mapping[str, Any]) -> str | None:
+def controller_uid(meta: Mapping[str, Any]) -> str | None:
     """The UID of the object's controller ownerReference (the one with ``controller: true``), else None."""
     for ref in meta.get("ownerReferences") or []:
         if isinstance(ref, Mapping) and ref.get("controller") is True:
@@ -103,7 +129,7 @@ def _int(value: Any, default: int) -> int:
 def _terminated(status: Mapping[str, Any]) -> tuple[int | None, str | None]:
     for cs in status.get("containerStatuses") or []:
         term = (cs.get("state") or {}).get("terminated")
-        if term and cs.get("name") == "trainer":
+        if term and cs.get("name") == contract.TRAINER_CONTAINER:
             return term.get("exitCode"), term.get("reason")
     for cs in status.get("containerStatuses") or []:
         term = (cs.get("state") or {}).get("terminated")
@@ -133,6 +159,9 @@ class Observation:
     throttled: bool = False
     #: A reschedule is under way (not-yet-running gangs show as Rescheduling).
     rescheduling: bool = False
+    #: Pods under the job's labels that it does not own (another job's UID as controller, or none): never
+    #: counted or touched; while one holds a gang name or still runs, no pod is created.
+    foreign_pods: Sequence[PodView] = ()
 
 
 @dataclass(frozen=True)
@@ -316,20 +345,39 @@ def _deadline_passed(b: _Builder, spec: JobSpec) -> bool:
     return True
 
 
+def _env_overridden(b: _Builder, spec: JobSpec) -> None:
+    """Once per job generation: a Warning Event naming the template's variables the operator replaces."""
+    if b.obs.status.get("observedGeneration") == b.obs.generation:
+        return
+    replaced = builders.env_overrides(spec)
+    if replaced:
+        b.plan.events.append(
+            Event(
+                "Warning",
+                cond.REASON_ENV_OVERRIDDEN,
+                f"the trainer container's env sets {', '.join(replaced)}, which the operator sets itself in every"
+                " worker pod: the template's values are replaced by the operator's (docs/api.md, 'Environment')",
+            )
+        )
+
+
 def _run(b: _Builder, spec: JobSpec) -> None:
     restarts = int(b.status.get("restarts") or 0)
     live = [p for p in b.obs.pods if not p.terminating]
     stale = [p for p in live if p.gang_generation != restarts or not 0 <= p.index < spec.replicas]
     b.delete(stale)
     gang = {p.index: p for p in live if p not in stale}
+    blockers = _name_takers(b, spec)
+    _env_overridden(b, spec)
 
     if not cond.is_true(b.conditions, cond.CREATED):
         b.plan.ensure_children = True
         b.condition(cond.CREATED, True, cond.REASON_JOB_CREATED, f"{spec.replicas} worker pod(s) requested")
         b.plan.events.append(Event("Normal", cond.REASON_JOB_CREATED, f"creating {spec.replicas} worker pod(s)"))
 
+    changes = _world_changes(spec, live)
     failed = sorted((p for p in gang.values() if p.phase == "Failed"), key=lambda p: p.index)
-    if failed:
+    if failed and not changes:  # a pod of the old world failing is no restart: that gang goes anyway
         _gang_failed(b, spec, failed[0], restarts)
         return
 
@@ -339,7 +387,11 @@ def _run(b: _Builder, spec: JobSpec) -> None:
         _finished(b, spec)
         return
 
-    if not _going_away(b):
+    if changes:
+        _spec_changed(b, spec, changes)
+        gang = {}
+
+    if not _going_away(b) and not blockers:
         b.plan.create_pods = [i for i in range(spec.replicas) if i not in gang]
     # Pods about to be created count as pending now: one status write instead of a second one when the
     # watch shows them.
@@ -372,6 +424,88 @@ def _run(b: _Builder, spec: JobSpec) -> None:
     else:
         # New, resumed, or a pod of a running gang went missing (deleted by hand, evicted): recreated.
         b.phase(PENDING)
+
+
+def _world_changes(spec: JobSpec, live: Sequence[PodView]) -> list[str]:
+    """How the live pods' worlds differ from the spec's (phrases, each once); empty: every pod is current.
+
+    A pod without a world (an older operator's) counts as current.
+    """
+    if not any(pod.world for pod in live):
+        return []
+    world = builders.world_of(spec)
+    changes: list[str] = []
+    for pod in sorted(live, key=lambda p: p.index):
+        for change in builders.world_changes(dict(pod.world), world):
+            if change not in changes:
+                changes.append(change)
+    return changes
+
+
+def _spec_changed(b: _Builder, spec: JobSpec, changes: Sequence[str]) -> None:
+    """Live pods of another world: delete the whole gang; condition Restarting (SpecChanged), one Event.
+
+    The new gang is created once every old pod is gone (:func:`_going_away`) and resumes from the checkpoint;
+    ``restarts`` does not change (no backoffLimit is spent on a change the user asked for).
+    """
+    b.delete(b.obs.pods)
+    resume = (
+        "from the checkpoint"
+        if spec.checkpoint is not None
+        else "(no spec.checkpoint: training starts from the beginning)"
+    )
+    message = f"{', '.join(changes)}: restarting the gang with the new world {resume}"
+    conditions = b.conditions
+    restarting = cond.find(conditions, cond.RESTARTING)
+    already = (
+        restarting is not None
+        and restarting.get("status") == "True"
+        and restarting.get("reason") == cond.REASON_SPEC_CHANGED
+        and restarting.get("message") == message
+    )
+    b.condition(cond.RESTARTING, True, cond.REASON_SPEC_CHANGED, message)
+    if not already:
+        b.plan.events.append(Event("Normal", cond.REASON_SPEC_CHANGED, message))
+
+
+def _name_takers(b: _Builder, spec: JobSpec) -> list[PodView]:
+    """Foreign pods the new gang must wait for; sets or clears ``PodNameTaken`` (one Warning per episode).
+
+    A foreign pod blocks when it holds one of the gang's pod names (a create would get 409, and its DNS name
+    is the gang's), or when it still runs, whatever its index: it lives under the job's headless Service and
+    its rendezvous address is this job's worker 0, so a new gang beside it could meet it.
+    """
+    names = {worker_pod_name(b.obs.name, i) for i in range(spec.replicas)}
+    blockers = sorted(
+        (
+            p
+            for p in b.obs.foreign_pods
+            if p.name in names or (not p.terminating and p.phase in ("Pending", "Running", "Unknown"))
+        ),
+        key=lambda p: p.name,
+    )
+    taken = cond.is_true(b.conditions, cond.POD_NAME_TAKEN)
+    if not blockers:
+        if taken:
+            b.condition(cond.POD_NAME_TAKEN, False, cond.REASON_POD_NAMES_FREE, "no other job's pod is in the way")
+        return []
+    described = [_describe_foreign(p) for p in blockers[:5]]
+    if len(blockers) > 5:
+        described.append(f"{len(blockers) - 5} more")
+    message = (
+        f"{'; '.join(described)}: the job does not own {'it' if len(blockers) == 1 else 'them'}, so no worker pod"
+        " is created until they are deleted"
+    )
+    b.condition(cond.POD_NAME_TAKEN, True, cond.REASON_POD_NAME_TAKEN, message)
+    if not taken:
+        b.plan.events.append(Event("Warning", cond.REASON_POD_NAME_TAKEN, message))
+    return blockers
+
+
+def _describe_foreign(pod: PodView) -> str:
+    owner = f"owned by uid {pod.owner_uid}" if pod.owner_uid else "no owner"
+    state = "terminating" if pod.terminating else pod.phase
+    return f"pod {pod.name} ({owner}, {state})"
 
 
 def _going_away(b: _Builder) -> list[PodView]:

@@ -318,6 +318,7 @@ def parse_spec(spec: Mapping[str, Any] | None, name: str | None = None) -> JobSp
     suspend = r.boolean(spec, "suspend", p, False)
     elastic = _parse_elastic(r, spec, replicas)
     template = _parse_template(r, spec)
+    _check_service_account(r, template, name)
     run_policy = _parse_run_policy(r, spec)
     checkpoint = _parse_checkpoint(r, spec)
     energy = _parse_energy(r, spec)
@@ -389,6 +390,27 @@ def _parse_template(r: _Reader, spec: Mapping[str, Any]) -> Mapping[str, Any]:
     if len(set(names)) != len(names):
         r.problem("spec.template.spec.containers", "container names repeat", "give each container a unique name")
     return template
+
+
+def _check_service_account(r: _Reader, template: Mapping[str, Any], name: str | None) -> None:
+    """Pods run as the job's own ServiceAccount ``<name>-etj``: a template naming another one is refused.
+
+    The job's report may be written by the job's pods alone; pods of two jobs sharing a ServiceAccount could
+    write each other's (docs/security.md). The CRD refuses it too (a root CEL rule).
+    """
+    pod_spec = template.get("spec")
+    if not isinstance(pod_spec, Mapping):
+        return
+    own = f"{name}-etj" if name is not None else None
+    for key in ("serviceAccountName", "serviceAccount"):
+        value = pod_spec.get(key)
+        if value is not None and value != own:
+            r.problem(
+                f"spec.template.spec.{key}",
+                f"names the ServiceAccount {value!r}; pods run as the job's own ServiceAccount "
+                f"{own or '<job name>-etj'}, so that only the job's pods can write the job's report",
+                f"remove spec.template.spec.{key}",
+            )
 
 
 def _parse_run_policy(r: _Reader, spec: Mapping[str, Any]) -> RunPolicy:

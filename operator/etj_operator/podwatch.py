@@ -12,6 +12,9 @@ burst of 100 jobs makes 400 pods and as many events. Here an event costs a JSON 
 (bench/operator_scale.py, docs/benchmarks.md). The guarantee Kopf's index gave is kept: :attr:`synced`
 is set once every namespace has been listed, and job loops make their first pass only after that, so a
 restarted operator sees every existing pod before it decides anything (no duplicate pods).
+
+The list/watch loop itself is :class:`Informer`, which :class:`PodInformer` and the report informer
+(:mod:`etj_operator.reportwatch`) share; each says which resource it follows and how it keeps what it sees.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any, Final
 from etj_operator import contract
 from etj_operator.backoff import Backoff
 from etj_operator.errors import ApiStatusError, GoneError, PermanentApiError, TransientApiError
-from etj_operator.kubeapi import RESOURCES, KubeApi
+from etj_operator.kubeapi import RESOURCES, KubeApi, Resource
 from etj_operator.lifecycle import PodView
 from etj_operator.reconciler import pod_view
 
@@ -42,8 +45,16 @@ BACKOFF: Final = Backoff(base_seconds=1.0, cap_seconds=30.0, jitter=0.5)
 QUICK_END_SECONDS: Final = 1.0
 
 
-class PodInformer:
-    """Pods of the operator by job key ``(namespace, job name)``; read with :meth:`get`."""
+class Informer:
+    """List, then watch, one resource by label in every watched namespace; subclasses keep the index.
+
+    :attr:`resource`, :attr:`selector` and :attr:`what` (for logs and errors) say what is followed;
+    :meth:`_upsert`, :meth:`_remove` and :meth:`_refs` keep the subclass's index.
+    """
+
+    resource: Resource
+    selector: str = POD_SELECTOR
+    what: str = "object"
 
     def __init__(
         self,
@@ -67,18 +78,25 @@ class PodInformer:
         self._sleep = sleep
         #: Set once every namespace has been listed (and stays set through later relists).
         self.synced = asyncio.Event()
-        self._by_job: dict[Key, dict[str, PodView]] = {}
-        self._job_of: dict[Key, Key] = {}  # (namespace, pod name) -> job key
+        self._init_index()
 
-    # ----- reading -----------------------------------------------------------------------------------
+    # ----- the index (subclasses) --------------------------------------------------------------------
 
-    def get(self, key: Key, default: Iterable[PodView] = ()) -> Iterable[PodView]:
-        """The job's pods as last seen (a copy), or ``default``."""
-        pods = self._by_job.get(key)
-        return list(pods.values()) if pods else default
+    def _init_index(self) -> None:
+        """Set up the empty index (called by ``__init__``)."""
+        raise NotImplementedError
 
-    def __len__(self) -> int:
-        return len(self._job_of)
+    def _upsert(self, obj: dict[str, Any]) -> Key:
+        """Keep an added or changed object; return its ``(namespace, name)``."""
+        raise NotImplementedError
+
+    def _remove(self, ref: Key) -> None:
+        """Forget the object ``(namespace, name)`` (deleted)."""
+        raise NotImplementedError
+
+    def _refs(self) -> Iterable[Key]:
+        """Every ``(namespace, name)`` held."""
+        raise NotImplementedError
 
     # ----- running -----------------------------------------------------------------------------------
 
@@ -117,42 +135,44 @@ class PodInformer:
                 else:
                     failures = 0
             except GoneError:
-                logger.info("pod watch in %s: resourceVersion expired, listing again", where)
+                logger.info("%s watch in %s: resourceVersion expired, listing again", self.what, where)
                 version = None
             except ApiStatusError as e:
                 delay = self.backoff.delay_seconds(failures, e.retry_after_seconds)
                 failures += 1
-                # a refusal (403: the operator's RBAC lacks pods) needs a person; a 5xx passes by itself
+                # a refusal (403: the operator's RBAC lacks the resource) needs a person; a 5xx passes by itself
                 level = logging.ERROR if isinstance(e, PermanentApiError) else logging.WARNING
-                logger.log(level, "pod list/watch in %s failed, retrying in %.1f s: %s", where, delay, e)
+                logger.log(level, "%s list/watch in %s failed, retrying in %.1f s: %s", self.what, where, delay, e)
                 await self._sleep(delay)
             except Exception:  # a bug or an odd answer must not end the informer: the loops depend on it
                 delay = self.backoff.delay_seconds(failures)
                 failures += 1
-                logger.exception("pod list/watch in %s failed unexpectedly, listing again in %.1f s", where, delay)
+                logger.exception(
+                    "%s list/watch in %s failed unexpectedly, listing again in %.1f s", self.what, where, delay
+                )
                 version = None
                 await self._sleep(delay)
 
     async def _relist(self, namespace: str | None) -> str:
-        res = RESOURCES["Pod"]
+        res = self.resource
         answer = await self.api.request(
-            "list", "GET", res.plural, res.path(namespace), query={"labelSelector": POD_SELECTOR}
+            "list", "GET", res.plural, res.path(namespace), query={"labelSelector": self.selector}
         )
         answer = answer if isinstance(answer, dict) else {}
         items = answer.get("items") or []
         seen: set[Key] = set()
-        for pod in items:
-            seen.add(self._upsert(pod))
-        # pods this scope held that the list no longer shows were deleted while the watch was down
-        stale = [pod for pod in self._job_of if (namespace is None or pod[0] == namespace) and pod not in seen]
-        for pod in stale:
-            self._remove(pod)
+        for obj in items:
+            seen.add(self._upsert(obj))
+        # objects this scope held that the list no longer shows were deleted while the watch was down
+        stale = [ref for ref in self._refs() if (namespace is None or ref[0] == namespace) and ref not in seen]
+        for ref in stale:
+            self._remove(ref)
         return str((answer.get("metadata") or {}).get("resourceVersion") or "")
 
     async def _watch(self, namespace: str | None, version: str) -> tuple[str, int]:
         """Follow one watch stream; returns the last version seen and how many events came."""
-        res = RESOURCES["Pod"]
-        query = {"labelSelector": POD_SELECTOR, "allowWatchBookmarks": "true"}
+        res = self.resource
+        query = {"labelSelector": self.selector, "allowWatchBookmarks": "true"}
         if version:
             query["resourceVersion"] = version
         count = 0
@@ -162,9 +182,9 @@ class PodInformer:
             if kind == "ERROR":
                 message = str(obj.get("message") or obj)
                 if obj.get("code") == 410:
-                    raise GoneError(message, code=410, verb="watch", kind="pods")
+                    raise GoneError(message, code=410, verb="watch", kind=res.plural)
                 message = f"watch error: {message}"
-                raise TransientApiError(message, reason=str(obj.get("reason") or ""), verb="watch", kind="pods")
+                raise TransientApiError(message, reason=str(obj.get("reason") or ""), verb="watch", kind=res.plural)
             meta = obj.get("metadata") or {}
             version = str(meta.get("resourceVersion") or version)
             if kind in ("ADDED", "MODIFIED"):
@@ -173,7 +193,32 @@ class PodInformer:
                 self._remove((meta.get("namespace") or "", meta.get("name") or ""))
         return version, count
 
+
+class PodInformer(Informer):
+    """Pods of the operator by job key ``(namespace, job name)``; read with :meth:`get`."""
+
+    resource = RESOURCES["Pod"]
+    selector = POD_SELECTOR
+    what = "pod"
+
+    def _init_index(self) -> None:
+        self._by_job: dict[Key, dict[str, PodView]] = {}
+        self._job_of: dict[Key, Key] = {}  # (namespace, pod name) -> job key
+
+    # ----- reading -----------------------------------------------------------------------------------
+
+    def get(self, key: Key, default: Iterable[PodView] = ()) -> Iterable[PodView]:
+        """The job's pods as last seen (a copy), or ``default``."""
+        pods = self._by_job.get(key)
+        return list(pods.values()) if pods else default
+
+    def __len__(self) -> int:
+        return len(self._job_of)
+
     # ----- the index ---------------------------------------------------------------------------------
+
+    def _refs(self) -> Iterable[Key]:
+        return list(self._job_of)
 
     def _upsert(self, pod: dict[str, Any]) -> Key:
         meta = pod.get("metadata") or {}

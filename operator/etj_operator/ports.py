@@ -26,12 +26,24 @@ class ObjectCreator(Protocol):
 
 @runtime_checkable
 class JobWriter(ObjectCreator, Protocol):
-    """What the reconciler writes: children and pods (create, delete) and the job's status subresource."""
+    """What the reconciler does: children and pods (create, delete, get) and the job's status subresource."""
 
-    async def delete(self, kind: str, namespace: str | None, name: str) -> bool:
-        """Delete an object (background propagation); False when it was already gone."""
+    async def delete(self, kind: str, namespace: str | None, name: str, *, uid: str | None = None) -> bool:
+        """Delete an object (background propagation; only the one of ``uid`` when given); False when it was gone."""
         ...
 
-    async def patch_job_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
-        """Merge-patch the job's status; False when the job is gone."""
+    async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        """Read one object (a child whose create found one there: whose is it?); None when it does not exist."""
+        ...
+
+    async def patch_job_status(
+        self,
+        namespace: str,
+        name: str,
+        status: Mapping[str, Any],
+        *,
+        uid: str | None = None,
+        status_exists: bool = True,
+    ) -> bool:
+        """Write these status keys (None removes one) on the job of ``uid`` only; False when that job is gone."""
         ...

@@ -8,9 +8,10 @@ API wrapper) and creates or deletes children and pods through :class:`~etj_opera
 
 One :class:`JobState` per job holds what this operator process last wrote. The reconciler owns a fixed set
 of status keys (:data:`OWNED_KEYS`, ``status.energy`` among them: it integrates the telemetry samples
-itself); the harness owns ``status.workload``. Because the job's watched body lags our own writes by one
-watch event, the owned keys are taken from :class:`JobState` once this process has written them, so a
-reconcile never acts on its own stale status (for example counting a restart twice).
+itself, and ``status.workload``: a copy of the job's report, which the job's pods write and the operator
+reads defensively). Because the job's watched body lags our own writes by one watch event, the owned keys
+are taken from :class:`JobState` once this process has written them, so a reconcile never acts on its own
+stale status (for example counting a restart twice).
 """
 
 from __future__ import annotations
@@ -23,12 +24,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
+from etj_contract.report import WorkloadReport
 from etj_operator import builders, contract
 from etj_operator import conditions as cond
 from etj_operator.config import OperatorConfig
 from etj_operator.energy import EnergyState, integrate
 from etj_operator.errors import ApiStatusError, JobGone, PermanentApiError
-from etj_operator.lifecycle import Event, Observation, Plan, PodView, reconcile, to_rfc3339
+from etj_operator.lifecycle import Event, Observation, Plan, PodView, controller_uid, reconcile, to_rfc3339
 from etj_operator.metrics import (
     GANG_RESTARTS,
     JOB_CARBON_GRAMS,
@@ -43,6 +45,7 @@ from etj_operator.metrics import (
 from etj_operator.models import InvalidSpecError, JobSpec, parse_spec
 from etj_operator.policies import RESCHEDULING, PolicyInputs, PolicyOutcome, PolicySettings, decide
 from etj_operator.ports import JobWriter
+from etj_operator.status_repair import repair_status
 from etj_operator.telemetry.base import PodTarget
 from etj_operator.telemetry.hub import JobRegistration, JobTelemetry, TelemetryHub
 
@@ -61,9 +64,12 @@ OWNED_KEYS: Final = (
     "policy",
     "placement",
     "stage",
+    "workload",
 )
 HELD_PHASES: Final = ("Suspended", "Paused", "Succeeded", "Failed")
 IN_FLIGHT_EXPIRY_SECONDS: Final = 30.0
+#: Warning Event reason: a malformed status value was replaced (etj_operator.status_repair).
+REASON_STATUS_REPAIRED: Final = "StatusRepaired"
 
 
 class EventSink(Protocol):
@@ -87,6 +93,10 @@ class JobState:
     #: create/delete would only earn a 409/404. After IN_FLIGHT_EXPIRY_SECONDS the request is sent again.
     creating: dict[str, float] = field(default_factory=dict)
     deleting: dict[str, float] = field(default_factory=dict)
+    #: Children whose names another owner holds, as last warned about (one Warning Event each, not per pass).
+    foreign_children: set[str] = field(default_factory=set)
+    #: What the last parse of the job's report dropped (logged when it changes, not on every pass).
+    report_problems: tuple[str, ...] = ()
 
 
 @dataclass
@@ -137,7 +147,22 @@ def _placement_directive(spec: JobSpec, placement: Mapping[str, Any]) -> builder
 
 def pod_view(pod: Mapping[str, Any]) -> PodView:
     """Summarise a pod for the lifecycle."""
-    return PodView.from_pod(pod, contract.LABEL_REPLICA_INDEX, contract.ANNOTATION_GANG_GENERATION)
+    return PodView.from_pod(
+        pod, contract.LABEL_REPLICA_INDEX, contract.ANNOTATION_GANG_GENERATION, contract.ANNOTATION_WORLD
+    )
+
+
+def split_by_owner(pods: Iterable[PodView], uid: str) -> tuple[list[PodView], list[PodView]]:
+    """The job's own pods (controller ownerReference = the job's UID) and the others under its labels.
+
+    The others are an older job's of the same name (its garbage collection pending) or orphans: never this
+    job's, whatever their name or labels say.
+    """
+    owned: list[PodView] = []
+    foreign: list[PodView] = []
+    for pod in pods:
+        (owned if uid and pod.owner_uid == uid else foreign).append(pod)
+    return owned, foreign
 
 
 class JobReconciler:
@@ -170,13 +195,21 @@ class JobReconciler:
         state: JobState,
         now: datetime | None = None,
         telemetry: JobTelemetry | None = None,
+        report: Mapping[str, Any] | None = None,
     ) -> Plan:
-        """Run one reconcile of the job ``body`` given its current ``pods``; update ``state``."""
+        """Run one reconcile of the job ``body`` given its current ``pods``; update ``state``.
+
+        ``report``: the job's own ``EfficientTrainingJobReport`` (its controller is this job's UID), as the
+        report informer last saw it; None keeps the ``status.workload`` this operator mirrored last.
+        """
         started = time.perf_counter()
         now = now or datetime.now(UTC)
         meta = body.get("metadata") or {}
         name, namespace = meta["name"], meta.get("namespace") or "default"
-        pods = list(pods)
+        uid = str(meta.get("uid") or "")
+        # Only the job's own pods count from here on; the foreign ones only keep the lifecycle from creating.
+        pods, foreign = split_by_owner(pods, uid)
+        status_exists = isinstance(body.get("status"), Mapping) or state.owned is not None
         spec: JobSpec | None = None
         error: InvalidSpecError | None = None
         try:
@@ -190,10 +223,18 @@ class JobReconciler:
                 if key not in state.owned:
                     status.pop(key, None)
         before = dict(status)
+        # A malformed value (written by hand, by an older operator) is named and repaired, never fatal: the
+        # repaired keys differ from ``before``, so this pass writes them back.
+        status, repaired = repair_status(
+            status,
+            pod_generations=[p.gang_generation for p in pods],
+            pod_start_times=[p.start_time for p in pods],
+        )
+        workload = self._mirror_report(namespace, name, status, report, state)
 
         outcome: PolicyOutcome | None = None
         if spec is not None and not spec.suspend and status.get("phase") not in ("Succeeded", "Failed"):
-            outcome = self._policies(spec, status, pods, state, now, telemetry)
+            outcome = self._policies(spec, status, pods, state, now, telemetry, workload)
             for change in outcome.conditions:
                 status["conditions"] = cond.set_condition(
                     list(status.get("conditions") or []),
@@ -218,23 +259,32 @@ class JobReconciler:
             recreate=outcome.recreate_pods if outcome else False,
             throttled=outcome.throttled if outcome else False,
             rescheduling=bool(placement.get("rescheduling")),
+            foreign_pods=foreign,
         )
         plan = reconcile(obs)
+        if repaired:
+            message = "status repaired: " + "; ".join(str(problem) for problem in repaired)
+            plan.events.append(Event("Warning", REASON_STATUS_REPAIRED, message))
+            logger.warning("%s/%s: %s", namespace, name, message)
         if outcome is not None:
             plan.events.extend(outcome.events)
-        self.settle_status(plan, now, int(meta.get("generation") or 1))
+        self.settle_status(plan, now, int(meta.get("generation") or 1), workload)
         try:
             # The status (e.g. restarts + 1 for a gang restart) is written before any pod is touched: if the
             # write fails or the operator dies right after, no pod was deleted or created on an unrecorded
             # decision.
-            await self._write_status(namespace, name, before, plan.status, state)
+            await self._write_status(
+                namespace, name, before, plan.status, state, uid=uid or None, status_exists=status_exists
+            )
             # The pass's Events (and decision counts) go out as soon as the decision is recorded, before any
             # pod is touched: a pod action that fails half-way must not lose them (JobCreated was lost when the
             # first pod create failed), and the retry cannot post them twice, because it starts from the
             # written status and so does not derive the same transition again. A failed status write posts
             # nothing: the retry derives the transition anew and posts it then.
             self._record_decisions(body, plan, outcome)
-            await self._apply_children_and_pods(builders.JobRef.from_body(body), spec, plan, pods, state)
+            await self._apply_children_and_pods(
+                builders.JobRef.from_body(body), spec, plan, pods, state, body=body, foreign=foreign
+            )
         except PermanentApiError as refused:
             # Shown on the job in this very pass; the supervisor then retries the pass slowly.
             await self._show_refusal(body, state, refused, now)
@@ -263,17 +313,31 @@ class JobReconciler:
                 POLICY_DECISIONS.labels(namespace=namespace, job=name, decision=decision).inc()
 
     async def _apply_children_and_pods(
-        self, job: builders.JobRef, spec: JobSpec | None, plan: Plan, pods: list[PodView], state: JobState
+        self,
+        job: builders.JobRef,
+        spec: JobSpec | None,
+        plan: Plan,
+        pods: list[PodView],
+        state: JobState,
+        *,
+        body: Mapping[str, Any] | None = None,
+        foreign: list[PodView] | None = None,
     ) -> None:
         """Create the children once, then the plan's pod deletions and creations, never one twice in flight.
 
-        Deletions need no spec (an invalid job's pods are deleted); children and creations do.
+        Deletions need no spec (an invalid job's pods are deleted); children and creations do. No pod is
+        created while another owner holds a child's name (an older job of the same name, its garbage
+        collection pending): the pods would run as that ServiceAccount, under that Service, and lose both
+        when the collector deletes them.
         """
         if spec is not None and (plan.ensure_children or plan.create_pods) and not state.children_ensured:
             # Also after an operator restart, before its first pod create: the children may predate this
-            # process (then each create is a cheap 409).
-            await self._ensure_children(job, spec)
-            state.children_ensured = True
+            # process (then each create is a 409, and a read shows that they are the job's).
+            in_use = any(p.terminating or p.phase not in ("Succeeded", "Failed") for p in foreign or ())
+            taken = await self._ensure_children(job, spec, replace_orphans=not in_use)
+            state.children_ensured = not taken
+            where = body or {"metadata": {"name": job.name, "namespace": job.namespace, "uid": job.uid}}
+            self._warn_foreign_children(where, state, [t for t in taken if t])
         _settle_in_flight(state, pods)
         clock = time.monotonic()
         deletions = [n for n in plan.delete_pods if clock - state.deleting.get(n, -1e9) > IN_FLIGHT_EXPIRY_SECONDS]
@@ -283,7 +347,7 @@ class JobReconciler:
             *(self.api.delete("Pod", job.namespace, n) for n in deletions), return_exceptions=True
         )
         _drop_failed(deletions, results, state.deleting)
-        if spec is None or not plan.create_pods:
+        if spec is None or not plan.create_pods or not state.children_ensured:
             return
         generation = int(plan.status.get("restarts") or 0)
         options = builders.PodOptions(self.config.control_poll_steps, self.config.gpu_backend)
@@ -316,6 +380,7 @@ class JobReconciler:
         state: JobState,
         now: datetime,
         telemetry: JobTelemetry | None,
+        workload: Mapping[str, Any],
     ) -> PolicyOutcome:
         energy = EnergyState.from_status(status.get("energy"))
         control = dict(status.get("control") or {})
@@ -348,7 +413,7 @@ class JobReconciler:
             control=control,
             policy=dict(status.get("policy") or {}),
             placement=placement,
-            workload=dict(status.get(contract.WORKLOAD) or {}),
+            workload=workload,  # the parsed report (_mirror_report), never the job's status as found
             fresh_telemetry=telemetry is not None,
             telemetry_ok=telemetry.ok if telemetry else False,
             telemetry_reason=telemetry.reason if telemetry else "",
@@ -368,8 +433,13 @@ class JobReconciler:
         return outcome
 
     @staticmethod
-    def settle_status(plan: Plan, now: datetime, generation: int) -> None:
-        """Status touches that depend on the lifecycle's result (pure; updates ``plan.status``)."""
+    def settle_status(
+        plan: Plan, now: datetime, generation: int, workload: Mapping[str, Any] | None = None
+    ) -> None:
+        """Status touches that depend on the lifecycle's result (pure; updates ``plan.status``).
+
+        ``workload``: the parsed report (:meth:`_mirror_report`); None reads the plan's ``status.workload``.
+        """
         status = plan.status
         placement = status.get("placement")
         if isinstance(placement, dict) and placement.get("rescheduling") and status.get("phase") in (
@@ -394,13 +464,41 @@ class JobReconciler:
             control = status.get("control")
             if isinstance(control, dict) and control.get(contract.CONTROL_POWER_LIMIT_WATTS_PER_GPU) is not None:
                 status["control"] = {**control, contract.CONTROL_POWER_LIMIT_WATTS_PER_GPU: None}
-        applied = [
-            s.get("name")
-            for s in (status.get(contract.WORKLOAD) or {}).get(contract.WORKLOAD_STAGES) or []
-            if isinstance(s, Mapping) and s.get("applied") and not s.get("rolledBack")
-        ]
-        if applied:
-            status["stage"] = applied[-1]
+        report = WorkloadReport.from_status(status.get(contract.WORKLOAD) if workload is None else workload)
+        if report.last_kept_stage is not None:
+            status["stage"] = report.last_kept_stage
+
+    def _mirror_report(
+        self,
+        namespace: str,
+        name: str,
+        status: dict[str, Any],
+        report: Mapping[str, Any] | None,
+        state: JobState,
+    ) -> dict[str, Any]:
+        """The workload's word for this pass, parsed defensively; mirrored into ``status.workload``.
+
+        From the job's report when there is one (the only object the job's pods may write); else the
+        ``status.workload`` this operator wrote last (only the operator writes the job's status). A malformed
+        field is dropped and logged (when the problems change), never fatal.
+        """
+        source = status.get(contract.WORKLOAD) if report is None else report.get("status")
+        parsed = WorkloadReport.from_status(source, "status" if report is not None else "status.workload")
+        if parsed.problems != state.report_problems:
+            state.report_problems = parsed.problems
+            if parsed.problems:
+                logger.warning(
+                    "%s/%s: the workload's report has malformed fields, ignored: %s",
+                    namespace,
+                    name,
+                    "; ".join(parsed.problems),
+                )
+        workload = parsed.to_status()
+        if workload:
+            status[contract.WORKLOAD] = workload
+        else:
+            status.pop(contract.WORKLOAD, None)
+        return workload
 
     def _register_telemetry(
         self, namespace: str, name: str, spec: JobSpec | None, plan: Plan, pods: list[PodView]
@@ -414,7 +512,17 @@ class JobReconciler:
         telemetry = spec.energy.telemetry
         carbon = spec.energy.carbon
         targets = tuple(
-            PodTarget(namespace, p.name, name, p.pod_ip, contract.DEFAULT_METRICS_PORT)
+            # The pod's UID, node and start: a series is this pod's only from its node and after its start.
+            PodTarget(
+                namespace,
+                p.name,
+                name,
+                p.pod_ip,
+                contract.DEFAULT_METRICS_PORT,
+                uid=p.uid,
+                node=p.node_name,
+                start_time=p.start_time,
+            )
             for p in pods
             if not p.terminating and p.phase == "Running"
         )
@@ -443,19 +551,76 @@ class JobReconciler:
         limit = control.get(contract.CONTROL_POWER_LIMIT_WATTS_PER_GPU)
         JOB_POWER_LIMIT_WATTS.labels(namespace=namespace, job=name).set(float(limit or 0))
 
-    async def _ensure_children(self, job: builders.JobRef, spec: JobSpec) -> None:
+    async def _ensure_children(
+        self, job: builders.JobRef, spec: JobSpec, *, replace_orphans: bool = True
+    ) -> list[str]:
         """Create the job's children in dependency order: the RoleBinding only once its Role exists.
 
         A real API server checks a RoleBinding against the rules of the Role it names (escalation
         prevention): a writer without ``bind`` gets 404 while that Role does not exist yet. So the
         ServiceAccount, the Role and the Service go out together, the RoleBinding after them.
+
+        Returns the children that are not the job's yet (:meth:`_ensure_child` says why); empty: all are.
         """
-        await asyncio.gather(
-            self.api.create(builders.build_service_account(job)),
-            self.api.create(builders.build_role(job)),
-            self.api.create(builders.build_service(job)),
+        first = await asyncio.gather(
+            self._ensure_child(job, builders.build_service_account(job), replace_orphans),
+            self._ensure_child(job, builders.build_role(job), replace_orphans),
+            self._ensure_child(job, builders.build_service(job), replace_orphans),
+            self._ensure_child(job, builders.build_report(job), replace_orphans),
         )
-        await self.api.create(builders.build_role_binding(job, builders.pod_service_account(spec, job)))
+        binding = await self._ensure_child(
+            job, builders.build_role_binding(job, builders.pod_service_account(spec, job)), replace_orphans
+        )
+        return [r for r in (*first, binding) if r is not None]
+
+    async def _ensure_child(
+        self, job: builders.JobRef, manifest: Mapping[str, Any], replace_orphans: bool
+    ) -> str | None:
+        """Create one child; None when the job owns it now, else why not ("": nothing to warn about yet).
+
+        A create that finds the name taken (409) reads the object: its controller ownerReference says whose it
+        is. The job's own (made before an operator restart): done. Another job's (an older job of the same
+        name, its garbage collection pending): never adopted (the collector would delete it under the new
+        job); the pods wait. An orphan the operator made for a job of this name (``kubectl delete
+        --cascade=orphan``): deleted, by UID, once no pod of another job is left to use it (``replace_orphans``),
+        and made anew on a later pass. Anything else (not the operator's): left alone; the pods wait.
+        """
+        if await self.api.create(manifest):
+            return None
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
+        existing = await self.api.get(kind, job.namespace, name)
+        if existing is None:
+            return ""  # gone since the create: made on the next pass
+        meta = existing.get("metadata") or {}
+        owner = controller_uid(meta)
+        if owner == job.uid:
+            return None
+        labels = meta.get("labels") or {}
+        made_for_this_name = (
+            labels.get(contract.LABEL_MANAGED_BY) == contract.MANAGED_BY
+            and labels.get(contract.LABEL_JOB_NAME) == job.name
+        )
+        if owner is None and made_for_this_name:
+            if replace_orphans:
+                await self.api.delete(kind, job.namespace, name, uid=meta.get("uid") or None)
+                return ""
+            return (
+                f"{kind} {name} has no owner (orphaned) and pods of another job still use it: not adopted;"
+                " it is replaced once those pods are gone"
+            )
+        if owner is not None:
+            return (
+                f"{kind} {name} belongs to another job (uid {owner}): not adopted; the job's pods wait until the"
+                " garbage collector has deleted it"
+            )
+        return f"{kind} {name} exists and was not made by the operator for this job: delete or rename it"
+
+    def _warn_foreign_children(self, body: Mapping[str, Any], state: JobState, taken: list[str]) -> None:
+        """One Warning Event per child whose name another owner holds, when first seen (not every pass)."""
+        for message in taken:
+            if message not in state.foreign_children:
+                self.events(body, Event("Warning", cond.REASON_CHILD_NAME_TAKEN, message))
+        state.foreign_children = set(taken)
 
     async def _show_refusal(
         self, body: Mapping[str, Any], state: JobState, error: PermanentApiError, now: datetime
@@ -500,7 +665,14 @@ class JobReconciler:
         if updated == conditions:
             return False
         try:
-            if not await self.api.patch_job_status(namespace, name, {"conditions": updated}):
+            written = await self.api.patch_job_status(
+                namespace,
+                name,
+                {"conditions": updated},
+                uid=str(meta.get("uid") or "") or None,
+                status_exists=isinstance(body.get("status"), Mapping) or state.owned is not None,
+            )
+            if not written:
                 return True  # the job is gone: nothing to show it on
         except ApiStatusError as e:
             logger.warning("%s/%s: could not write the %s condition: %s", namespace, name, cond.API_REQUEST_REFUSED, e)
@@ -516,11 +688,17 @@ class JobReconciler:
         before: Mapping[str, Any],
         after: Mapping[str, Any],
         state: JobState,
+        *,
+        uid: str | None = None,
+        status_exists: bool = True,
     ) -> None:
+        """Write the owned keys that changed, on the job of ``uid`` only (never on a new job of the name)."""
         patch: dict[str, Any] = {}
         for key in OWNED_KEYS:
             if after.get(key) != before.get(key):
-                patch[key] = after.get(key)  # None removes the key (merge patch)
-        if patch and not await self.api.patch_job_status(namespace, name, patch):
+                patch[key] = after.get(key)  # None removes the key
+        if patch and not await self.api.patch_job_status(
+            namespace, name, patch, uid=uid, status_exists=status_exists
+        ):
             raise JobGone(f"{namespace}/{name}")
         state.owned = {k: after[k] for k in OWNED_KEYS if after.get(k) is not None}

@@ -158,15 +158,14 @@ def repair_status(
         drop("phase", f"{finished}, as its condition says" if finished else "derived again from the pods")
         if finished is not None:
             out["phase"] = finished
-    for key in ("observedGeneration",):
-        if key in out and not _is_count(out[key]):
-            drop(key, "set again by this pass")
+    if "observedGeneration" in out and not _is_count(out["observedGeneration"]):
+        drop("observedGeneration", "set again by this pass")
     if "restarts" in out and not _is_count(out["restarts"]):
         generations = [g for g in pod_generations if g >= 0]
         drop("restarts", f"taken from the pods' gang generation ({max(generations, default=0)})")
         out["restarts"] = max(generations, default=0)
     if "startTime" in out and not _is_time(out["startTime"]):
-        starts = sorted(t for t in pod_start_times if _is_time(t))
+        starts = sorted(t for t in pod_start_times if isinstance(t, str) and _is_time(t))
         drop("startTime", "taken from the earliest pod start" if starts else "set again when pods run")
         if starts:
             out["startTime"] = starts[0]

@@ -3,8 +3,8 @@
 Each job gets an asyncio task that loops observe -> decide -> act (:meth:`JobReconciler.reconcile`) every
 ``reconcile_interval_seconds`` or as soon as it is woken (a watch event of the job or of one of its pods, or
 new telemetry). The loop reads the job's latest body, which the supervisor keeps from Kopf's job watch
-(:meth:`JobSupervisor.observe`), and its pods from the pod informer (:mod:`etj_operator.podwatch`): a pass
-costs no API read.
+(:meth:`JobSupervisor.observe`), its pods from the pod informer (:mod:`etj_operator.podwatch`) and its
+report from the report informer (:mod:`etj_operator.reportwatch`): a pass costs no API read.
 
 Why not a Kopf daemon per job (the first design): a daemon makes Kopf put a finalizer on every job (two
 extra PATCH requests per job lifecycle and one more watch event each) and run its spawning machinery on
@@ -16,11 +16,14 @@ is stopped, docs/harness.md).
 Life of a loop:
 
 * started by :meth:`JobSupervisor.observe` on the first event of a job. Its first pass waits for
-  ``ready`` (the pod informer has listed every watched namespace), so a restarted operator's first pass
-  already sees every existing pod (no duplicate pods after a restart).
+  ``ready`` (the pod and report informers have listed every watched namespace), so a restarted operator's
+  first pass already sees every existing pod (no duplicate pods after a restart) and every report.
 * stopped when the job gets a ``deletionTimestamp`` (a foreground deletion waits for the pods to go: the
   loop must not recreate them), is deleted (:meth:`JobSupervisor.gone`), is found gone by its own status
-  write (:class:`~etj_operator.errors.JobGone`), has been deleted by its TTL, or when the operator stops
+  write (:class:`~etj_operator.errors.JobGone`; the write tests the job's UID), is replaced by a job of the
+  same name with another UID (deleted and applied again before its DELETED event came: a loop is one job's,
+  and its state, what it wrote and what it has in flight, must not carry over; the new job gets a new loop
+  at once), has been deleted by its TTL, or when the operator stops
   (:meth:`JobSupervisor.close`: loops finish the pass they are in, within a grace period, then are cancelled).
 * at most ``max_concurrent_passes`` passes run at once over all jobs.
 * a pass that raises is logged and counted and retried with a growing delay (:mod:`etj_operator.backoff`),
@@ -58,6 +61,13 @@ class PodIndex(Protocol):
 
     def get(self, key: Key, default: Iterable[PodView], /) -> Iterable[PodView]:
         """The job's pods, or ``default``."""
+
+
+class ReportIndex(Protocol):
+    """The jobs' reports (:class:`~etj_operator.reportwatch.ReportInformer`, or a stub in tests)."""
+
+    def get(self, key: Key, job_uid: str | None, /) -> Mapping[str, Any] | None:
+        """The job's own report (its controller is ``job_uid``), or None."""
 
 #: Retries of a pass that failed on a transient error (5xx, 429, no answer, a conflict) or a bug: 0.25-0.5 s
 #: at first, doubling, at most 30 s apart.
@@ -118,6 +128,7 @@ class JobSupervisor:
         debounce_seconds: float,
         max_concurrent_passes: int = 0,
         ready: asyncio.Event | None = None,
+        reports: ReportIndex | None = None,
         transient_backoff: Backoff | None = None,
         permanent_backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -130,6 +141,8 @@ class JobSupervisor:
         #: The latest body of every job seen (from Kopf's job watch), by key.
         self._bodies: dict[Key, Mapping[str, Any]] = {}
         self._pods = pods
+        #: The jobs' reports (None: no report is passed, the reconciler keeps the mirrored status.workload).
+        self._reports = reports
         self._tasks: dict[Key, asyncio.Task[None]] = {}
         self._stop_requested: set[Key] = set()
         #: Jobs whose loop ended for good while the object still exists (TTL deletion sent): not restarted.
@@ -228,6 +241,8 @@ class JobSupervisor:
         hub = self.reconciler.hub
         failures = 0  # consecutive failed passes of the same generation: the backoff's attempt number
         failed_generation: int | None = None
+        own_uid: str | None = None  # the job this loop is for: the first body's UID
+        started = False
         try:
             if self._ready is not None and not self._ready.is_set():
                 await self._wait(self._ready, self._closing, math.inf)
@@ -236,17 +251,24 @@ class JobSupervisor:
                 body = self._body(key)
                 if body is None or is_terminating(body):
                     return  # deleted (or being deleted): nothing more to do for it
+                if not started:
+                    own_uid, started = _uid(body), True
+                elif _uid(body) != own_uid:
+                    return  # another job of the same name: it gets its own loop (below)
                 delay = self.interval_seconds
                 backoff: Backoff | None = None
                 retry_after: float | None = None
                 try:
                     pods = list(self._pods.get(key, ()))
+                    report = self._reports.get(key, _uid(body)) if self._reports is not None else None
                     telemetry = hub.take(key) if hub is not None else None
                     self._active_passes += 1
                     self.idle.clear()
                     try:
                         async with self._passes:
-                            plan = await self.reconciler.reconcile(body, pods, state, telemetry=telemetry)
+                            plan = await self.reconciler.reconcile(
+                                body, pods, state, telemetry=telemetry, report=report
+                            )
                     finally:
                         self._active_passes -= 1
                         if self._active_passes == 0:
@@ -316,6 +338,11 @@ class JobSupervisor:
             body = self._body(key)
             if body is None or is_terminating(body) or _generation(body) != generation:
                 return
+
+
+def _uid(body: Mapping[str, Any]) -> str | None:
+    uid = (body.get("metadata") or {}).get("uid")
+    return uid if isinstance(uid, str) and uid else None
 
 
 def _generation(body: Mapping[str, Any]) -> int:

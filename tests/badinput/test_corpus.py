@@ -28,7 +28,7 @@ SCHEMA_ONLY = {"unknown-field"}
 CEL_ONLY = {"trainer-missing", "containers-repeat", "fixed-without-limit", "limit-without-fixed", "auto-with-fixed",
             "carbon-two-sources", "energy-fraction-without-budget", "stage-two-triggers", "stage-two-actions",
             "elastic-min-above-max", "elastic-replicas-outside", "name-52-chars", "name-63-chars",
-            "containers-duplicate-names", "name-digit-first", "name-with-dot"}
+            "containers-duplicate-names", "name-digit-first", "name-with-dot", "service-account-foreign"}
 
 
 def slug(case):
@@ -41,7 +41,7 @@ def test_the_corpus_covers_every_kind_of_bad_input():
     for needed in ("replicas-string", "replicas-negative", "power-mode-unknown", "trainer-missing",
                    "fixed-without-limit", "auto-with-fixed", "energy-fraction-without-budget", "replicas-huge",
                    "name-unicode", "name-63-chars", "unknown-field", "containers-duplicate-names",
-                   "name-digit-first"):
+                   "name-digit-first", "service-account-foreign"):
         assert needed in slugs
 
 

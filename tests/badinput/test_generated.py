@@ -137,7 +137,7 @@ def generated_batch(size: int) -> list[tuple[dict, str]]:
 def test_generated_specs_fail_on_status_and_create_no_pods(tmp_path, monkeypatch):
     batch = generated_batch(20)
     assert len(batch) == 20
-    with EmulatorServer(crds=[ROOT / "crds" / "efficienttrainingjobs.yaml"]) as server:
+    with EmulatorServer(crds=[ROOT / "crds"]) as server:  # the job's CRD and its report's
         set_admission(server, "none")
         monkeypatch.setenv("KUBECONFIG", str(server.write_kubeconfig(tmp_path / "kubeconfig")))
         monkeypatch.setenv("ETJ_RECONCILE_INTERVAL_SECONDS", "0.5")

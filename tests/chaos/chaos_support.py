@@ -18,6 +18,7 @@ Not a test module. The pieces:
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
@@ -40,6 +41,7 @@ FAIL = "fail"  # one pod crashes (exit 1) after the gang's run time
 CRASH_PENDING = "crash-pending"  # one pod fails before it ever runs (exit 128, StartError)
 CRASH_ALL = "crash-all"  # every pod of the gang dies at once (exit 137, a node lost)
 CRASHES = (FAIL, CRASH_PENDING, CRASH_ALL)
+RUN_ON = "run-on"  # the gang never ends by itself: only the operator stops it (an energy budget)
 KINDS = ("succeed", "fail-then-succeed", "exhaust-backoff")
 
 
@@ -58,6 +60,10 @@ class Lifecycle:
     watts: float
     expected_phase: str
     expected_restarts: int
+    #: spec.energy.energyBudget.kilowattHours with action Stop (None: no budget).
+    budget_kwh: float | None = None
+    #: The Failed condition's reason a Failed script must end with.
+    expected_reason: str = "BackoffLimitExceeded"
 
     def manifest(self, energy: bool) -> dict[str, Any]:
         spec: dict[str, Any] = {
@@ -66,6 +72,8 @@ class Lifecycle:
         }
         if energy:
             spec["energy"] = {"telemetry": {"source": "Prometheus", "intervalSeconds": 1}}
+            if self.budget_kwh is not None:
+                spec["energy"]["energyBudget"] = {"kilowattHours": self.budget_kwh, "action": "Stop"}
         body = job_manifest(self.name, **spec)
         for key in ("uid", "generation"):
             body["metadata"].pop(key)
@@ -103,6 +111,30 @@ def make_lifecycles(seed: int, count: int, run_seconds: tuple[float, float] = (1
             )
         )
     return lifecycles
+
+
+def make_budget_lifecycles(seed: int, count: int) -> list[Lifecycle]:
+    """Jobs that would run on for ever at 600 W per GPU under a budget of a few seconds' energy (action Stop):
+    the operator must stop each one, Failed with EnergyBudgetExceeded, however its workload reports."""
+    rng = random.Random(seed)
+    return [
+        Lifecycle(
+            name=f"budget-{seed}-{i:02d}",
+            kind="budget-stop",
+            replicas=rng.randint(1, 2),
+            outcomes=[RUN_ON],
+            backoff_limit=rng.randint(0, 2),
+            clean_pod_policy=rng.choice(["None", "Running", "All"]),
+            run_seconds=1e9,
+            fail_index=0,
+            watts=600.0,
+            expected_phase="Failed",
+            expected_restarts=0,
+            budget_kwh=round(rng.uniform(0.0003, 0.0008), 6),
+            expected_reason="EnergyBudgetExceeded",
+        )
+        for i in range(count)
+    ]
 
 
 def make_crash_lifecycles(seed: int, count: int) -> list[Lifecycle]:
@@ -274,10 +306,11 @@ class ScriptedKubelet:
             self.energy_decreases.append((name, before, joules))
         self.energy_seen[name] = max(before, joules)
 
-    def _baselined(self, script: Lifecycle, status: dict[str, Any]) -> bool:
+    def _baselined(self, status: dict[str, Any], running: list[dict[str, Any]]) -> bool:
+        # series are keyed "<pod UID>/<GPU>": a re-created pod of the same name has a baseline of its own
         series = ((status.get("energy") or {}).get("series")) or {}
-        pods = {key.split("/", 1)[0] for key in series}
-        return all(f"{script.name}-worker-{i}" in pods for i in range(script.replicas))
+        uids = {key.split("/", 1)[0] for key in series}
+        return all(p["metadata"]["uid"] in uids for p in running)
 
     def _drive_gang(self, script: Lifecycle, status: dict[str, Any], live: list[dict[str, Any]], now: float) -> None:
         gens = {pod_meta(p)[2] for p in live}
@@ -296,13 +329,13 @@ class ScriptedKubelet:
         if len(running) != script.replicas:
             return
         if gang.powered_at is None:
-            if self.exporter is not None and not self._baselined(script, status):
+            if self.exporter is not None and not self._baselined(status, running):
                 return  # the first reading of a GPU is its baseline: draw nothing before it
             for p in running:
                 self._power(p["metadata"]["name"], script.watts)
             gang.powered_at = now
             return
-        if now - gang.powered_at < script.run_seconds:
+        if now - gang.powered_at < script.run_seconds or script.outcomes[generation] == RUN_ON:
             return
         gang.done = True
         by_index = {pod_meta(p)[1]: p["metadata"]["name"] for p in running}
@@ -432,8 +465,12 @@ def check_outcomes(server: EmulatorServer, scripts: list[Lifecycle]) -> list[str
             wrong.append(f"{s.name} ({s.kind}): {got} != {(s.expected_phase, s.expected_restarts)}")
         elif s.expected_phase == "Failed":
             failed = next((x for x in status.get("conditions") or [] if x["type"] == "Failed"), {})
-            if failed.get("reason") != "BackoffLimitExceeded":
-                wrong.append(f"{s.name}: Failed for {failed.get('reason')}, not BackoffLimitExceeded")
+            if failed.get("reason") != s.expected_reason:
+                wrong.append(f"{s.name}: Failed for {failed.get('reason')}, not {s.expected_reason}")
+        if s.budget_kwh is not None and s.expected_phase == "Failed":
+            used = float((status.get("energy") or {}).get("kilowattHours") or 0.0)
+            if used < s.budget_kwh:
+                wrong.append(f"{s.name}: stopped at {used} kWh, under its {s.budget_kwh} kWh budget")
     return wrong
 
 
@@ -449,7 +486,7 @@ def energy_errors(server: EmulatorServer, exporter: Any, scripts: list[Lifecycle
         energy = ((server.get(c.PLURAL, NS, s.name) or {}).get("status") or {}).get("energy") or {}
         truth = 0.0
         for key, entry in (energy.get("series") or {}).items():
-            pod = key.split("/", 1)[0]
+            pod = entry.get("pod") or key.split("/", 1)[0]  # keys are "<pod UID>/<GPU>"; the name is beside
             # the sample times are scrape starts; the counters were read when the exporter rendered them
             start = exporter.served_at_or_after(float(entry["since"]))
             end = exporter.served_at_or_after(float(entry["t"]))
@@ -473,6 +510,7 @@ def run_chaos(
     deadline_seconds,
     scripts=None,
     restart_after_starts=None,
+    hostile=None,
 ) -> Report:
     rng = random.Random(seed)
     scripts = scripts or make_lifecycles(seed, count)
@@ -482,7 +520,7 @@ def run_chaos(
     report = Report(lifecycles=count)
     operator.start(rng.choice(["thread", "process"]))
     try:
-        with ScriptedKubelet(server, exporter) as kubelet:
+        with ScriptedKubelet(server, exporter) as kubelet, hostile or contextlib.nullcontext():
             waiting = list(scripts)
             started: list = []
             next_restart = time.monotonic() + rng.uniform(*restart_every)
@@ -506,6 +544,9 @@ def run_chaos(
                 if not waiting and not active:
                     break
                 assert not kubelet.errors, kubelet.errors
+                if hostile is not None:
+                    assert not hostile.breaches, hostile.breaches
+                    assert not hostile.errors, hostile.errors
                 if time.monotonic() > next_restart:
                     operator.restart(rng, down_seconds=rng.uniform(0.0, 1.0))
                     next_restart = time.monotonic() + rng.uniform(*restart_every)

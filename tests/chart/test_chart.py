@@ -256,6 +256,8 @@ def test_notes_tell_how_to_upgrade_the_crds():
 
 
 def test_crd_in_chart_is_the_api_the_operator_serves():
-    (crd,) = chart_crds()
-    assert crd["spec"]["group"] == contract.GROUP and crd["spec"]["names"]["plural"] == contract.PLURAL
-    assert yaml.safe_load((ROOT / "crds" / "efficienttrainingjobs.yaml").read_text()) == crd
+    crds = {crd["spec"]["names"]["plural"]: crd for crd in chart_crds()}
+    assert crds.keys() == {contract.PLURAL, contract.REPORT_PLURAL}  # the job and its report
+    for plural, crd in crds.items():
+        assert crd["spec"]["group"] == contract.GROUP
+        assert yaml.safe_load((ROOT / "crds" / f"{plural}.yaml").read_text()) == crd

@@ -135,12 +135,17 @@ def test_everyday_commands_create_namespace_configmap_events_and_logs_follow(san
     assert header[:5] == ["LAST", "SEEN", "TYPE", "REASON", "OBJECT"], events
     assert "efficienttrainingjob/short" in events
 
-    # kubectl auth can-i, answered by the sandbox's RBAC: the job's pods may patch their job's status, not delete it
+    # kubectl auth can-i, answered by the sandbox's RBAC: the job's pods may patch their report's status, not their
+    # job's status, and not delete the job
     account = server.get("pods", "default", "short-worker-0")["spec"]["serviceAccountName"]
+    assert account == "short-etj"
     pod_user = f"system:serviceaccount:default:{account}"
-    can = kubectl(sandbox, "auth", "can-i", "patch", "efficienttrainingjobs/short", "--subresource=status",
+    can = kubectl(sandbox, "auth", "can-i", "patch", "efficienttrainingjobreports/short", "--subresource=status",
                   "--as", pod_user, check=False)
     assert can.stdout.strip() == "yes", (can.stdout, can.stderr)
-    cannot = kubectl(sandbox, "auth", "can-i", "delete", "efficienttrainingjobs/short", "--as", pod_user, check=False)
-    assert cannot.stdout.strip() == "no", (cannot.stdout, cannot.stderr)
+    for denied in (["patch", "efficienttrainingjobs/short", "--subresource=status"],
+                   ["delete", "efficienttrainingjobs/short"]):
+        cannot = kubectl(sandbox, "auth", "can-i", *denied, "--as", pod_user, check=False)
+        assert cannot.stdout.strip() == "no", (denied, cannot.stdout, cannot.stderr)
+    assert "short" in kubectl(sandbox, "get", "etjreport").stdout  # the report's printer columns
     kubectl(sandbox, "delete", "etj", "short")

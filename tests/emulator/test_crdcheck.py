@@ -14,6 +14,8 @@ from etj_operator.sandbox.emulator.crdcheck import crd_causes
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "crds" / "efficienttrainingjobs.yaml"
 CHART_COPY = ROOT / "charts" / "efficient-training-operator" / "crds" / "efficienttrainingjobs.yaml"
+REPORT = ROOT / "crds" / "efficienttrainingjobreports.yaml"
+REPORT_CHART_COPY = ROOT / "charts" / "efficient-training-operator" / "crds" / "efficienttrainingjobreports.yaml"
 SCHEMA_PATH = "spec.validation.openAPIV3Schema"
 POWER_PATH = f"{SCHEMA_PATH}.properties[spec].properties[energy].properties[power]"
 
@@ -46,6 +48,33 @@ def test_the_shipped_crd_and_the_chart_copy_are_accepted(path):
                "metadata": {"name": "ok"}, "spec": {"template": {"spec": {"containers": [{"name": "trainer"}]}}}}
         created = server.create("efficienttrainingjobs", job, namespace="default")
         assert created["spec"]["energy"]["power"] == {"mode": "Unmanaged"}
+
+
+@pytest.mark.parametrize("path", [REPORT, REPORT_CHART_COPY], ids=["crds", "chart"])
+def test_the_shipped_report_crd_and_the_chart_copy_are_accepted_and_bound_the_report(path):
+    body = yaml.safe_load(path.read_text())
+    assert crd_causes(body) == []
+    with EmulatorServer(crds=[path]) as server:
+        report = {"apiVersion": "efficienttraining.dev/v1alpha1", "kind": "EfficientTrainingJobReport",
+                  "metadata": {"name": "ok"}}
+        assert "status" not in server.create("efficienttrainingjobreports", report, namespace="default")
+        written = server.patch_status("efficienttrainingjobreports", "default", "ok",
+                                      {"step": 3, "stages": [{"name": "prune", "applied": True}], "extra": "x"})
+        assert written["status"] == {"step": 3, "stages": [{"name": "prune", "applied": True}]}  # pruned
+        for status, field in [({"step": -1}, "status.step"), ({"gpuSource": "x" * 65}, "status.gpuSource"),
+                              ({"stages": [{"name": "s"}] * 17}, "status.stages"),
+                              ({"checkpoint": {"path": "/" * 4097}}, "status.checkpoint.path"),
+                              ({"accuracy": 1.5}, "status.accuracy")]:
+            with pytest.raises(ApiError) as refused:
+                server.patch_status("efficienttrainingjobreports", "default", "ok", status)
+            assert refused.value.code == 422 and field in refused.value.message
+            assert "some validation rules were not checked" not in refused.value.message  # it has no CEL rules
+
+
+def test_the_shipped_crds_load_from_their_folder():
+    with EmulatorServer(crds=[ROOT / "crds"]) as server:
+        names = {crd["metadata"]["name"] for crd in server.list("customresourcedefinitions")}
+    assert names == {"efficienttrainingjobs.efficienttraining.dev", "efficienttrainingjobreports.efficienttraining.dev"}
 
 
 def test_the_original_crd_with_an_empty_power_default_is_refused_as_a_real_server_refused_it():

@@ -115,7 +115,8 @@ def test_energy_budget_stop_requests_a_checkpoint_first(cluster, exporter):
     assert status["phase"] != "Failed"  # it waits for the checkpoint before stopping the pods
     assert len(cluster.live_pods("capped")) == 2
     # the harness saves and acknowledges
-    cluster.server.patch_status(c.PLURAL, NS, "capped", {"workload": {"checkpoint": {"acknowledged": 1}}})
+    # the harness's acknowledgement goes to the job's report (its pods may write nothing else)
+    cluster.server.patch_status(c.REPORT_PLURAL, NS, "capped", {"checkpoint": {"acknowledged": 1}})
     status = cluster.wait_phase("capped", "Failed")
     failed = next(x for x in status["conditions"] if x["type"] == "Failed")
     assert failed["reason"] == "EnergyBudgetExceeded"

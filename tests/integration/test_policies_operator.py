@@ -40,7 +40,8 @@ def test_power_pressure_moves_the_gang_after_a_checkpoint(cluster):
         "a checkpoint request",
     )
     assert len(cluster.live_pods("movable")) == 2  # nothing moves before the checkpoint
-    cluster.server.patch_status(c.PLURAL, NS, "movable", {"workload": {"checkpoint": {"acknowledged": 1}}})
+    # the harness's acknowledgement goes to the job's report (its pods may write nothing else)
+    cluster.server.patch_status(c.REPORT_PLURAL, NS, "movable", {"checkpoint": {"acknowledged": 1}})
     status = wait_until(
         lambda: (s := cluster.status("movable")).get("placement", {}).get("reschedules") == 1 and s, 15, "reschedule"
     )

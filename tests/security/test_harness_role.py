@@ -1,9 +1,12 @@
-"""The harness's access is its own job: the per-job Role, evaluated as Kubernetes' RBAC authorizer does.
+"""The harness's access is its own job and its own report: the per-job Role, evaluated as Kubernetes' RBAC
+authorizer does.
 
 A small evaluator of Role rules (apiGroups, resources with subresources, verbs, resourceNames; no
-wildcards) runs a list of requests the harness could make: only get/watch of its own job and get/patch of
-its own job's status are allowed; reading or writing anything else is denied, including the job's spec,
-other jobs, pods, secrets and any list (resourceNames cannot restrict a list or a create).
+wildcards) runs a list of requests the harness could make: only get/watch of its own job, get of its own
+report and patch of its own report's status are allowed; reading or writing anything else is denied, including
+the job's status (phase, restarts, energy, control are the operator's), the job's spec, other jobs and their
+reports, pods, secrets and any list (resourceNames cannot restrict a list or a create). The same table goes
+through the emulator's RBAC authorizer; tests/security/test_trust_boundary.py sends the real requests.
 """
 
 from __future__ import annotations
@@ -45,24 +48,36 @@ def allows(role, request: Request) -> bool:
 
 
 JOB = "digits"
+REPORTS = c.REPORT_PLURAL
 ALLOWED = [
     Request("get", c.GROUP, c.PLURAL, JOB),
     Request("watch", c.GROUP, c.PLURAL, JOB),
-    Request("get", c.GROUP, f"{c.PLURAL}/status", JOB),
-    Request("patch", c.GROUP, f"{c.PLURAL}/status", JOB),
+    Request("get", c.GROUP, REPORTS, JOB),
+    Request("patch", c.GROUP, f"{REPORTS}/status", JOB),
 ]
 DENIED = [
     Request("list", c.GROUP, c.PLURAL, None),
     Request("watch", c.GROUP, c.PLURAL, None),
     Request("get", c.GROUP, c.PLURAL, "someone-elses-job"),
+    Request("get", c.GROUP, f"{c.PLURAL}/status", JOB),  # the job's status: the operator's alone
+    Request("patch", c.GROUP, f"{c.PLURAL}/status", JOB),  # phase, restarts, energy, control, policy...
+    Request("update", c.GROUP, f"{c.PLURAL}/status", JOB),
     Request("patch", c.GROUP, f"{c.PLURAL}/status", "someone-elses-job"),
     Request("get", c.GROUP, c.PLURAL, JOB, namespace="other-team"),
-    Request("patch", c.GROUP, f"{c.PLURAL}/status", JOB, namespace="other-team"),
+    Request("patch", c.GROUP, f"{REPORTS}/status", JOB, namespace="other-team"),
     Request("patch", c.GROUP, c.PLURAL, JOB),  # its own spec
     Request("update", c.GROUP, c.PLURAL, JOB),
-    Request("update", c.GROUP, f"{c.PLURAL}/status", JOB),
     Request("delete", c.GROUP, c.PLURAL, JOB),
     Request("create", c.GROUP, c.PLURAL, None),
+    Request("patch", c.GROUP, REPORTS, JOB),  # its report's metadata (ownerReferences, labels)
+    Request("update", c.GROUP, REPORTS, JOB),
+    Request("update", c.GROUP, f"{REPORTS}/status", JOB),
+    Request("delete", c.GROUP, REPORTS, JOB),
+    Request("create", c.GROUP, REPORTS, None),
+    Request("list", c.GROUP, REPORTS, None),
+    Request("watch", c.GROUP, REPORTS, None),
+    Request("get", c.GROUP, REPORTS, "someone-elses-job"),
+    Request("patch", c.GROUP, f"{REPORTS}/status", "someone-elses-job"),
     Request("get", "", "pods", f"{JOB}-worker-0"),
     Request("delete", "", "pods", f"{JOB}-worker-1"),
     Request("create", "", "pods", None),
@@ -85,7 +100,7 @@ def role():
 
 
 @pytest.mark.parametrize("request_", ALLOWED, ids=lambda r: f"{r.verb}-{r.resource}-{r.name}")
-def test_the_harness_may_read_its_job_and_write_its_status(role, request_):
+def test_the_harness_may_read_its_job_and_report_and_write_its_reports_status(role, request_):
     assert allows(role, request_)
 
 

@@ -291,3 +291,46 @@ async def test_a_watch_answered_401_reads_the_credentials_again_for_the_next_att
     assert refreshes == [False, True]
     assert script.seen[0]["headers"]["Authorization"] == "Bearer t"
     assert "watch=true" in script.seen[0]["path"]
+
+
+def test_status_operations_test_the_uid_first_and_keep_merge_meaning():
+    from etj_operator.kubeapi import status_operations
+
+    ops = status_operations({"phase": "Running", "completionTime": None, "control": {"a": None, "b": 1}}, "u1", True)
+    assert ops == [
+        {"op": "test", "path": "/metadata/uid", "value": "u1"},
+        {"op": "add", "path": "/status/phase", "value": "Running"},
+        {"op": "remove", "path": "/status/completionTime"},
+        {"op": "add", "path": "/status/control", "value": {"b": 1}},
+    ]
+    # no status yet: one add of the whole status (an add below /status would have no parent)
+    assert status_operations({"phase": "Pending", "startTime": None}, "u1", False)[1:] == [
+        {"op": "add", "path": "/status", "value": {"phase": "Pending"}}
+    ]
+    # a key known to be absent is not removed (removing a missing member fails)
+    assert status_operations({"startTime": None}, "u1", True, present={"phase"}) == ops[:1]
+    assert status_operations({"a/b~c": 1}, "u1", True)[1]["path"] == "/status/a~1b~0c"
+
+
+@pytest.mark.asyncio
+async def test_a_status_write_for_a_uid_is_a_json_patch_and_a_failed_uid_test_means_gone():
+    script = Scripted(
+        [
+            (200, {}),
+            (422, {"message": "testing value failed", "reason": "Invalid"}),
+            (200, {"metadata": {"name": "j", "uid": "u2"}}),  # the job of that name now has another UID
+        ]
+    )
+    runner, url = await serve(script)
+    api = KubeApi(ClusterConnection(host=url))
+    try:
+        assert await api.patch_job_status("ns", "j", {"phase": "Running"}, uid="u1") is True
+        assert await api.patch_job_status("ns", "j", {"phase": "Succeeded"}, uid="u1") is False
+    finally:
+        await api.aclose()
+        await runner.cleanup()
+    first, refused, read = script.seen
+    assert first["headers"]["Content-Type"] == "application/json-patch+json"
+    assert json.loads(first["body"])[0] == {"op": "test", "path": "/metadata/uid", "value": "u1"}
+    assert refused["method"] == "PATCH"  # answered 422: whose job is it now?
+    assert (read["method"], read["path"].rsplit("/", 2)[-2:]) == ("GET", ["efficienttrainingjobs", "j"])

@@ -305,3 +305,225 @@ def test_scale_down_creates_nothing_while_the_extra_pod_goes():
     assert plan.create_pods == []
     plan, status = step(status, [pod(0)])
     assert plan.create_pods == [1]
+
+
+# ----- identity: pods of another job (same name, another UID, or no owner) are never the job's --------------
+
+import pytest  # noqa: E402
+
+from etj_operator import builders  # noqa: E402
+
+OLD_JOB = "uid-of-the-deleted-job"
+
+
+def foreign(index, phase="Succeeded", owner=OLD_JOB, terminating=False, exit_code=None):
+    """A pod under the job's labels that it does not own (an older job's, or an orphan when owner is None)."""
+    return dataclasses.replace(pod(index, phase, terminating=terminating, exit_code=exit_code), owner_uid=owner)
+
+
+def step_beside(status, pods, others, **kw):
+    plan = reconcile(dataclasses.replace(observe(status, pods, **kw), foreign_pods=list(others)))
+    return plan, plan.status
+
+
+@pytest.mark.parametrize(
+    ("others", "blocks"),
+    [
+        ([foreign(0, "Succeeded")], True),  # the old job's finished worker 0: its name is the new worker 0's
+        ([foreign(1, "Failed", exit_code=1)], True),  # a finished pod holding a gang name
+        ([foreign(0, "Running", terminating=True)], True),  # being garbage-collected, still on its node
+        ([foreign(0, "Running", owner=None)], True),  # an orphan (kubectl delete --cascade=orphan)
+        ([foreign(5, "Running", owner=None)], True),  # no gang name, but it runs under the job's DNS names
+        ([foreign(5, "Succeeded")], False),  # finished, and holds no name of this gang
+        ([], False),
+    ],
+    ids=["finished-worker-0", "failed-worker-1", "terminating", "orphan", "running-beyond-the-gang",
+         "finished-beyond-the-gang", "none"],
+)
+def test_foreign_pods_are_never_counted_and_block_the_gang_while_they_hold_its_names(others, blocks):
+    plan, status = step_beside(None, [], others)
+    assert status["phase"] == "Pending"  # never Succeeded or Failed from another job's pods
+    assert status["replicaStatuses"]["Worker"] == {
+        "active": 0, "pending": 0 if blocks else 2, "succeeded": 0, "failed": 0, "terminating": 0
+    }
+    assert plan.delete_pods == []  # another job's pods are left to the garbage collector (or the user)
+    assert plan.create_pods == ([] if blocks else [0, 1])
+    assert cond.is_true(status["conditions"], cond.POD_NAME_TAKEN) is blocks
+    warnings = [e for e in plan.events if e.reason == cond.REASON_POD_NAME_TAKEN]
+    assert len(warnings) == (1 if blocks else 0)
+    if blocks:
+        assert warnings[0].type == "Warning"
+        victim = others[0]
+        assert victim.name in warnings[0].message
+        assert (f"uid {OLD_JOB}" if victim.owner_uid else "no owner") in warnings[0].message
+        assert "no worker pod is created until they are deleted" in warnings[0].message
+
+
+def test_one_warning_per_blocking_episode_then_the_gang_runs_once_the_names_are_free():
+    old = [foreign(0, "Succeeded"), foreign(1, "Succeeded")]
+    plan, status = step_beside(None, [], old)
+    assert [e.reason for e in plan.events] == ["PodNameTaken", "JobCreated"] and plan.ensure_children
+    plan, status = step_beside(status, [], old)  # the collector has not come yet: no second Warning
+    assert plan.events == [] and plan.create_pods == [] and status["phase"] == "Pending"
+    plan, status = step_beside(status, [], [foreign(0, "Succeeded", terminating=True)])
+    assert plan.events == [] and plan.create_pods == []
+    plan, status = step_beside(status, [], [])  # gone: the new gang is created
+    assert plan.create_pods == [0, 1]
+    taken = cond.find(status["conditions"], cond.POD_NAME_TAKEN)
+    assert taken["status"] == "False" and taken["reason"] == cond.REASON_POD_NAMES_FREE
+    plan, status = step_beside(status, [], [foreign(0, "Running", owner=None)])  # a new episode: a new Warning
+    assert [e.reason for e in plan.events] == ["PodNameTaken"]
+
+
+# ----- spec changes: a pod of another world takes its whole gang with it ------------------------------------
+
+
+def world(**spec):
+    return tuple(sorted(builders.world_of(parse_spec(job_manifest(**spec)["spec"], "digits")).items()))
+
+
+def at(pods, **spec):
+    """The pods as made for the spec ``job_manifest(**spec)`` (their world annotation)."""
+    return [dataclasses.replace(p, world=world(**spec)) for p in pods]
+
+
+def running_status(**spec):
+    _, status = step(**spec)
+    _, status = step(status, at(running(spec.get("replicas", 2)), **spec), **spec)
+    assert status["phase"] == "Running"
+    return status
+
+
+def test_replicas_2_to_3_on_a_running_gang_replaces_the_whole_gang_once_it_is_gone():
+    status = running_status(replicas=2)
+    old = at(running(2), replicas=2)
+    plan, status = step(status, old, replicas=3)
+    assert sorted(plan.delete_pods) == ["digits-worker-0", "digits-worker-1"]
+    assert plan.create_pods == []  # no third pod beside a 2-node world
+    assert status["phase"] == "Restarting" and status["restarts"] == 0  # not a failure: no backoffLimit spent
+    restarting = cond.find(status["conditions"], cond.RESTARTING)
+    assert restarting["status"] == "True" and restarting["reason"] == cond.REASON_SPEC_CHANGED
+    assert restarting["message"].startswith("replicas 2 -> 3: restarting the gang with the new world")
+    assert [(e.type, e.reason) for e in plan.events] == [("Normal", "SpecChanged")]
+    # the deletes are not in the index yet: the same decision, no second Event, nothing created
+    plan, status = step(status, old, replicas=3)
+    assert plan.events == [] and plan.create_pods == []
+    plan, status = step(status, [dataclasses.replace(p, terminating=True) for p in old], replicas=3)
+    assert plan.create_pods == [] and status["phase"] == "Restarting"
+    plan, status = step(status, [], replicas=3)
+    assert plan.create_pods == [0, 1, 2]
+    plan, status = step(status, at(running(3), replicas=3), replicas=3)
+    assert status["phase"] == "Running" and status["restarts"] == 0
+    assert not cond.is_true(status["conditions"], cond.RESTARTING) and plan.delete_pods == []
+
+
+def test_a_half_applied_world_is_replaced_whole():
+    # as an operator without worlds left it: a third pod for 3 nodes beside a running 2-node gang
+    status = running_status(replicas=3)
+    mixed = at(running(2), replicas=2) + at([pod(2)], replicas=3)
+    plan, status = step(status, mixed, replicas=3)
+    assert sorted(plan.delete_pods) == [f"digits-worker-{i}" for i in range(3)] and plan.create_pods == []
+    assert "replicas 2 -> 3" in cond.find(status["conditions"], cond.RESTARTING)["message"]
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "restart", "says"),
+    [
+        ({"replicas": 3}, {"replicas": 2}, True, "replicas 3 -> 2"),
+        ({}, {"nprocPerNode": 4}, True, "nprocPerNode 1 -> 4"),
+        ({}, {"checkpoint": {"path": "/ckpt"}}, True, "checkpoint changed"),
+        ({}, {"energy": {"power": {"mode": "Fixed", "limitWatts": 300}}}, True, "energy.power changed"),
+        ({}, {"energy": {"power": {"budgetWatts": 900}}}, True, "energy.power changed"),  # SYS_ADMIN now
+        ({"energy": {"power": {"budgetWatts": 900}}}, {"energy": {"power": {"budgetWatts": 600}}}, False, ""),
+        ({}, {"elastic": {"minReplicas": 1, "maxReplicas": 4}}, True, "elastic off -> 1:4:3"),
+        ({}, {"runPolicy": {"backoffLimit": 9, "activeDeadlineSeconds": 3600}}, False, ""),
+        ({}, {"energy": {"energyBudget": {"kilowattHours": 2}}}, False, ""),
+        ({}, {"energy": {"placement": {"preferredNodePools": ["green"]}}}, False, ""),
+        ({}, {"energy": {"telemetry": {"source": "Direct"}}}, False, ""),
+    ],
+    ids=["scale-down", "nproc", "checkpoint", "power-mode", "budget-set", "budget-value", "elastic-on",
+         "run-policy", "energy-budget", "placement", "telemetry"],
+)
+def test_what_a_spec_change_on_a_running_job_does(before, after, restart, says):
+    replicas = before.get("replicas", 2)
+    status = running_status(**before)
+    pods = at(running(replicas), **before)
+    plan, status = step(status, pods, **{**before, **after})
+    if restart:
+        assert len(plan.delete_pods) == replicas and plan.create_pods == []
+        assert status["phase"] == "Restarting" and status["restarts"] == 0
+        assert says in cond.find(status["conditions"], cond.RESTARTING)["message"]
+    else:
+        assert plan.delete_pods == [] and plan.create_pods == [] and status["phase"] == "Running"
+        assert not any(e.reason == "SpecChanged" for e in plan.events)
+
+
+def test_a_template_change_says_so_and_names_no_digest():
+    status = running_status()
+    template = job_manifest()["spec"]["template"]
+    template["spec"]["containers"][0]["image"] = "example.org/etj-workload:v2"
+    _, status = step(status, at(running()), template=template)
+    message = cond.find(status["conditions"], cond.RESTARTING)["message"]
+    assert message.startswith("template changed: restarting the gang")
+    assert "no spec.checkpoint" in message  # said when there is nothing to resume from
+
+
+def test_pods_without_a_world_are_current_so_an_operator_upgrade_restarts_nothing():
+    status = running_status()
+    plan, status = step(status, running(), replicas=2, nprocPerNode=4)  # pods of an older operator
+    assert plan.delete_pods == [] and status["phase"] == "Running"
+
+
+def test_a_field_one_side_does_not_know_is_no_change():
+    status = running_status()
+    pods = [dataclasses.replace(p, world=(("nprocPerNode", "1"),)) for p in running()]  # fewer fields
+    plan, status = step(status, pods)
+    assert plan.delete_pods == [] and status["phase"] == "Running"
+
+
+def test_scaling_an_elastic_job_adds_or_removes_pods_without_a_restart():
+    elastic = {"elastic": {"minReplicas": 1, "maxReplicas": 4}}
+    status = running_status(replicas=2, **elastic)
+    plan, status = step(status, at(running(2), replicas=2, **elastic), replicas=3, **elastic)
+    assert plan.delete_pods == [] and plan.create_pods == [2]  # c10d rendezvous takes the new node
+    status = running_status(replicas=3, **elastic)
+    plan, status = step(status, at(running(3), replicas=3, **elastic), replicas=2, **elastic)
+    assert plan.delete_pods == ["digits-worker-2"] and plan.create_pods == []
+    assert not any(e.reason == "SpecChanged" for e in plan.events)
+
+
+def test_a_pod_of_the_old_world_failing_is_no_restart():
+    status = running_status(replicas=2)
+    old = at([pod(0), pod(1, "Failed", exit_code=143)], replicas=2)
+    plan, status = step(status, old, replicas=3)
+    assert status["restarts"] == 0 and status["phase"] == "Restarting" and len(plan.delete_pods) == 2
+    assert cond.find(status["conditions"], cond.RESTARTING)["reason"] == cond.REASON_SPEC_CHANGED
+
+
+def test_the_world_annotation_is_read_from_the_pod():
+    annotation = builders.format_world(builders.world_of(parse_spec(job_manifest()["spec"], "digits")))
+    body = {"metadata": {"name": "p", "labels": {"i": "0"}, "annotations": {"g": "0", "w": annotation}}}
+    assert PodView.from_pod(body, "i", "g", "w").world == world()
+    assert PodView.from_pod(body, "i", "g").world == ()  # no annotation name: unknown, i.e. current
+
+
+# ----- env collisions ---------------------------------------------------------------------------------------
+
+
+def test_the_variables_the_operator_replaces_are_named_once_per_generation():
+    template = job_manifest()["spec"]["template"]
+    template["spec"]["containers"][0]["env"] = [
+        {"name": "RANK", "value": "7"},
+        {"name": "KEEP_ME", "value": "1"},
+        {"name": "MASTER_ADDR", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+    ]
+    plan, status = step(template=template)
+    overridden = [e for e in plan.events if e.reason == cond.REASON_ENV_OVERRIDDEN]
+    assert len(overridden) == 1 and overridden[0].type == "Warning"
+    assert "MASTER_ADDR, RANK" in overridden[0].message and "KEEP_ME" not in overridden[0].message
+    plan, status = step(status, template=template)  # the same generation: said already
+    assert not any(e.reason == cond.REASON_ENV_OVERRIDDEN for e in plan.events)
+    plan, status = step(status, generation=2, template=template)  # a new generation: said again
+    assert [e.reason for e in plan.events if e.reason == cond.REASON_ENV_OVERRIDDEN] == ["EnvOverridden"]
+    plan, _ = step()  # the default template sets none of them
+    assert not any(e.reason == cond.REASON_ENV_OVERRIDDEN for e in plan.events)

@@ -23,10 +23,21 @@ class NoApi(JobWriter):
     async def create(self, manifest: Mapping[str, Any]) -> bool:
         raise AssertionError("no API call expected")
 
-    async def delete(self, kind: str, namespace: str | None, name: str) -> bool:
+    async def delete(self, kind: str, namespace: str | None, name: str, *, uid: str | None = None) -> bool:
         raise AssertionError("no API call expected")
 
-    async def patch_job_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
+    async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        raise AssertionError("no API call expected")
+
+    async def patch_job_status(
+        self,
+        namespace: str,
+        name: str,
+        status: Mapping[str, Any],
+        *,
+        uid: str | None = None,
+        status_exists: bool = True,
+    ) -> bool:
         raise AssertionError("no API call expected")
 
 

@@ -25,6 +25,7 @@ MODULES_WITH_DOUBLES = (
     "tests/unit/test_metrics.py",
     "tests/unit/test_reconciler_events.py",
     "tests/unit/test_reconciler_gone.py",
+    "tests/unit/test_reconciler_identity.py",
     "tests/unit/test_reconciler_refusal.py",
 )
 

@@ -23,7 +23,11 @@ class Api(JobWriter):
         self.failing_pod_creates = failing_pod_creates
         self.failing_status_writes = failing_status_writes
 
-    async def patch_job_status(self, namespace: str, name: str, status: Any) -> bool:
+    async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        self.calls.append(f"get {kind}")
+        return None
+
+    async def patch_job_status(self, namespace: str, name: str, status: Any, **_: Any) -> bool:
         if self.failing_status_writes:
             self.failing_status_writes -= 1
             self.calls.append("status write failed")

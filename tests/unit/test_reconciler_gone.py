@@ -22,16 +22,19 @@ class GoneApi(JobWriter):
         self.created: list[Mapping[str, Any]] = []
         self.deleted: list[tuple[str, str]] = []
 
-    async def patch_job_status(self, namespace: str, name: str, status: Any) -> bool:
-        return False  # 404: the job is gone
+    async def patch_job_status(self, namespace: str, name: str, status: Any, **_: Any) -> bool:
+        return False  # 404 (or another job's UID): the job is gone
 
     async def create(self, manifest: Mapping[str, Any]) -> bool:
         self.created.append(manifest)
         return True
 
-    async def delete(self, kind: str, namespace: str | None, name: str) -> bool:
+    async def delete(self, kind: str, namespace: str | None, name: str, **_: Any) -> bool:
         self.deleted.append((kind, name))
         return True
+
+    async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        return None
 
 
 @pytest.mark.asyncio

@@ -23,9 +23,12 @@ class Api(JobWriter):
         self.refusing = refusing
         self.patches: list[dict[str, Any]] = []
 
-    async def patch_job_status(self, namespace: str, name: str, status: Any) -> bool:
+    async def patch_job_status(self, namespace: str, name: str, status: Any, **_: Any) -> bool:
         self.patches.append(dict(status))
         return True
+
+    async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        return None
 
     async def create(self, manifest: Mapping[str, Any]) -> bool:
         if manifest["kind"] == "Pod" and self.refusing:

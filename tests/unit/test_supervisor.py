@@ -28,9 +28,13 @@ class FakeReconciler:
         self.forgotten: list[tuple[str, str]] = []
         self.outcome = outcome or (lambda n: Plan(status={}))
         self.block: asyncio.Event | None = None
+        self.reports: list[Any] = []
 
-    async def reconcile(self, body: dict[str, Any], pods: list[Any], state: Any, telemetry: Any = None) -> Plan:
+    async def reconcile(
+        self, body: dict[str, Any], pods: list[Any], state: Any, telemetry: Any = None, report: Any = None
+    ) -> Plan:
         self.passes.append((body, pods))
+        self.reports.append(report)
         if self.block is not None:
             await self.block.wait()
         return self.outcome(len(self.passes))
@@ -122,6 +126,34 @@ async def test_a_loop_reconciles_the_latest_body_and_pods_and_wakes_on_changes()
     assert reconciler.passes[1][0] is edited
     await supervisor.close()
     assert reconciler.forgotten == [KEY]
+
+
+@pytest.mark.asyncio
+async def test_a_pass_gets_the_jobs_own_report_by_the_jobs_uid():
+    class Reports:
+        def __init__(self) -> None:
+            self.asked: list[tuple[Any, Any]] = []
+
+        def get(self, key: Any, job_uid: Any) -> Any:
+            self.asked.append((key, job_uid))
+            return {"status": {"step": 3}} if job_uid == "u1" else None  # a stale report of an older u0
+
+    reports = Reports()
+    reconciler = FakeReconciler()
+    supervisor = make(reconciler, reports=reports)
+    supervisor.observe(job(uid="u1"))
+    await until(lambda: len(reconciler.passes) == 1)
+    assert reconciler.reports == [{"status": {"step": 3}}] and reports.asked == [(KEY, "u1")]
+    supervisor.observe(job(uid="u0"))
+    await until(lambda: len(reconciler.passes) == 2)
+    assert reconciler.reports[1] is None
+    await supervisor.close()
+    without = FakeReconciler()  # no report index: no report is passed
+    plain = make(without)
+    plain.observe(job())
+    await until(lambda: len(without.passes) == 1)
+    assert without.reports == [None]
+    await plain.close()
 
 
 @pytest.mark.asyncio
@@ -293,7 +325,9 @@ async def test_at_most_the_configured_number_of_passes_run_at_once():
     release = asyncio.Event()
 
     class Counting(FakeReconciler):
-        async def reconcile(self, body: dict[str, Any], pods: list[Any], state: Any, telemetry: Any = None) -> Plan:
+        async def reconcile(
+            self, body: dict[str, Any], pods: list[Any], state: Any, telemetry: Any = None, report: Any = None
+        ) -> Plan:
             nonlocal running, peak
             running += 1
             peak = max(peak, running)
@@ -335,3 +369,28 @@ async def test_wake_ups_of_jobs_without_a_loop_leave_nothing_behind():
         supervisor.wakers.wake(("ns", f"gone-{i}"))
     supervisor.observe(job())
     assert len(supervisor.wakers) == 0
+
+
+@pytest.mark.asyncio
+async def test_a_job_replaced_by_one_of_another_uid_gets_a_new_loop_with_a_fresh_state():
+    """Deleted and applied again before the DELETED event came: the old loop's state must not carry over."""
+    states: list[tuple[str, Any, Any]] = []
+
+    class Recording(FakeReconciler):
+        async def reconcile(self, body: dict[str, Any], pods: list[Any], state: Any, **_: Any) -> Plan:
+            states.append((body["metadata"]["uid"], state, state.owned))
+            state.owned = {"restarts": 4}  # what this loop wrote for its job
+            return await super().reconcile(body, pods, state)
+
+    reconciler = Recording()
+    supervisor = make(reconciler)
+    supervisor.observe(job(uid="u1"))
+    await until(lambda: len(states) == 1)
+    supervisor.observe(job(uid="u2"))  # no gone(): the DELETED event of u1 was missed
+    await until(lambda: len(states) == 2)
+    (first_uid, first_state, _), (second_uid, second_state, seen) = states
+    assert (first_uid, second_uid) == ("u1", "u2")
+    assert second_state is not first_state and seen is None  # a new JobState: nothing the u1 loop wrote
+    assert reconciler.forgotten == [KEY]  # the u1 loop ended (its telemetry and series dropped) ...
+    assert KEY in supervisor.running  # ... and u2's loop runs
+    await supervisor.close()

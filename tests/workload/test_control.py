@@ -19,7 +19,12 @@ def test_control_state_parses_and_ignores_malformed_fields() -> None:
         }
     )
     assert state == ControlState(300, 2, True, "int8", 0.4)
-    assert ControlState.from_status({"powerLimitWattsPerGPU": "lots", "checkpointRequested": True}) == ControlState()
+    malformed = ControlState.from_status({"powerLimitWattsPerGPU": "lots", "checkpointRequested": True})
+    assert malformed == ControlState()
+    assert [p.split(":")[0] for p in malformed.problems] == [
+        "status.control.powerLimitWattsPerGPU",
+        "status.control.checkpointRequested",
+    ]
     assert ControlState.from_status(None) == ControlState()
 
 
@@ -134,7 +139,7 @@ def test_channel_close_is_bounded_when_the_api_is_down() -> None:
     assert channel.close(timeout_seconds=0.3) is False
 
 
-def test_kubernetes_job_api_reads_control_and_merge_patches_status(
+def test_kubernetes_job_api_reads_control_and_merge_patches_the_reports_status(
     fake_api: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("KUBECONFIG", str(fake_api.kubeconfig))
@@ -148,5 +153,6 @@ def test_kubernetes_job_api_reads_control_and_merge_patches_status(
     api.patch_workload({"step": 7, "checkpoint": {"acknowledged": 1}})
     content_type, body = fake_api.patches[-1]
     assert content_type == "application/merge-patch+json"
-    assert body == {"status": {"workload": {"step": 7, "checkpoint": {"acknowledged": 1}}}}
+    assert body == {"status": {"step": 7, "checkpoint": {"acknowledged": 1}}}  # the report's status, not the job's
     assert fake_api.workload()["step"] == 7
+    assert "workload" not in fake_api.obj["status"]

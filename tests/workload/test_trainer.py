@@ -131,4 +131,4 @@ def test_control_channel_under_torchrun(fake_api: Any, tmp_path: Path) -> None:
     assert workload["gpuSource"] == "simulated" and workload["step"] > 0
     assert Path(workload["checkpoint"]["path"]).exists()
     assert all(ct == "application/merge-patch+json" for ct, _ in fake_api.patches)
-    assert any(body["status"]["workload"].get("powerLimitWatts") == 350.0 for _, body in fake_api.patches)
+    assert any(body["status"].get("powerLimitWatts") == 350.0 for _, body in fake_api.patches)

@@ -87,7 +87,8 @@ def assert_ok(world: WorldResult) -> dict[str, Any]:
 
 
 class FakeJobApiServer:
-    """A minimal Kubernetes API for one EfficientTrainingJob: GET the object, merge-PATCH its status.
+    """A minimal Kubernetes API for one EfficientTrainingJob and its report: GET the job, merge-PATCH the report's
+    status (the harness may write nothing else, docs/security.md; anything else is a 404 here).
 
     Real HTTP, so the harness's real kubernetes client is exercised; ``patches`` records every body and
     content type. Not an emulator of anything else.
@@ -107,9 +108,16 @@ class FakeJobApiServer:
             "spec": {},
             "status": {"control": {}},
         }
+        self.report: dict[str, Any] = {
+            "apiVersion": "efficienttraining.dev/v1alpha1",
+            "kind": "EfficientTrainingJobReport",
+            "metadata": {"name": name, "namespace": namespace},
+        }
         self.patches: list[tuple[str, dict[str, Any]]] = []
         self.lock = threading.Lock()
-        base = f"/apis/efficienttraining.dev/v1alpha1/namespaces/{namespace}/efficienttrainingjobs/{name}"
+        api = f"/apis/efficienttraining.dev/v1alpha1/namespaces/{namespace}"
+        base = f"{api}/efficienttrainingjobs/{name}"
+        report = f"{api}/efficienttrainingjobreports/{name}"
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -130,13 +138,13 @@ class FakeJobApiServer:
 
             def do_PATCH(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if self.path.split("?")[0] != base + "/status":
+                if self.path.split("?")[0] != report + "/status":
                     self._send(404, {"kind": "Status", "code": 404})
                     return
                 with outer.lock:
                     outer.patches.append((self.headers["Content-Type"], body))
-                    merge_patch(outer.obj, {"status": body.get("status", {})})
-                    self._send(200, outer.obj)
+                    merge_patch(outer.report, {"status": body.get("status", {})})
+                    self._send(200, outer.report)
 
             def log_message(self, format: str, *args: object) -> None:
                 return
@@ -151,8 +159,9 @@ class FakeJobApiServer:
             self.obj["status"]["control"].update(control)
 
     def workload(self) -> dict[str, Any]:
+        """The report's status (what the harness wrote)."""
         with self.lock:
-            return dict(self.obj["status"].get("workload", {}))
+            return dict(self.report.get("status", {}))
 
     def write_kubeconfig(self, path: Path) -> Path:
         path.write_text(

@@ -2,8 +2,10 @@
 
 * :class:`ControlState` is ``status.control`` parsed; :func:`decide` (pure) turns it and the harness's
   bookkeeping into the actions every rank performs at the same step.
-* :class:`JobApi` is the one I/O seam: :class:`KubernetesJobApi` reads the job and patches
-  ``status.workload`` through the status subresource (merge patch); tests inject a fake.
+* :class:`JobApi` is the one I/O seam: :class:`KubernetesJobApi` reads the job's ``status.control`` and
+  merge-patches the status of the job's report (``EfficientTrainingJobReport``, same name), the one object the
+  job's ServiceAccount may write (docs/security.md); the operator mirrors it into ``status.workload``. Tests
+  inject a fake.
 * :class:`ControlChannel` runs that I/O in a background thread, so a training step never waits on the
   API: reads happen when requested (every ``ETJ_CONTROL_POLL_STEPS`` steps) and their result is
   picked up at the next poll; patches are merged, rate-limited and retried with exponential backoff
@@ -39,40 +41,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ControlState:
-    """``status.control`` as the harness reads it (absent fields are None/0/False)."""
-
-    power_limit_watts_per_gpu: int | None = None
-    checkpoint_requested: int = 0
-    stop_requested: bool = False
-    stage_requested: str | None = None
-    energy_fraction: float | None = None
-
-    @classmethod
-    def from_status(cls, control: Mapping[str, Any] | None) -> ControlState:
-        """Parse ``status.control``; malformed fields are ignored (logged), never fatal."""
-        control = control or {}
-
-        def get(key: str, kind: type | tuple[type, ...]) -> Any:
-            value = control.get(key)
-            if value is None or (isinstance(value, bool) and kind is not bool):
-                return None
-            if not isinstance(value, kind):
-                log.warning("status.control.%s has an unexpected value %r; ignored", key, value)
-                return None
-            return value
-
-        limit = get(contract.CONTROL_POWER_LIMIT_WATTS_PER_GPU, (int, float))
-        checkpoint = get(contract.CONTROL_CHECKPOINT_REQUESTED, int)
-        fraction = get(contract.CONTROL_ENERGY_FRACTION, (int, float))
-        return cls(
-            power_limit_watts_per_gpu=int(limit) if limit is not None else None,
-            checkpoint_requested=int(checkpoint or 0),
-            stop_requested=bool(get(contract.CONTROL_STOP_REQUESTED, bool) or False),
-            stage_requested=get(contract.CONTROL_STAGE_REQUESTED, str) or None,
-            energy_fraction=float(fraction) if fraction is not None else None,
-        )
+#: ``status.control`` as the harness reads it (absent fields are None/0/False; malformed ones are dropped and
+#: named in ``problems``): the contract's record, :class:`etj_contract.ControlSection`.
+ControlState = contract.ControlSection
 
 
 @dataclass(frozen=True)
@@ -174,7 +145,7 @@ class JobApi(Protocol):
         """Return the job's ``status.control`` (None when absent)."""
 
     def patch_workload(self, workload: Mapping[str, Any]) -> None:
-        """Merge-patch ``status.workload`` through the status subresource."""
+        """Merge-patch the report's status (the workload's report: epoch, step, stages...)."""
 
 
 class KubernetesJobApi:
@@ -206,20 +177,23 @@ class KubernetesJobApi:
         return control if isinstance(control, Mapping) else None
 
     def patch_workload(self, workload: Mapping[str, Any]) -> None:
-        """PATCH ``{"status": {"workload": ...}}`` on the status subresource (merge patch)."""
+        """PATCH ``{"status": ...}`` on the report's status subresource (merge patch; the report has the job's name).
+
+        The job's own status is the operator's: the job's ServiceAccount may not write it.
+        """
         self._api.patch_namespaced_custom_object_status(
             contract.GROUP,
             contract.VERSION,
             self.namespace,
-            contract.PLURAL,
+            contract.REPORT_PLURAL,
             self.name,
-            {"status": {contract.WORKLOAD: dict(workload)}},
+            {"status": dict(workload)},
             _request_timeout=self.timeout_seconds,
         )
 
 
 class ControlChannel:
-    """Background I/O for rank 0: fetch ``status.control`` on request, send ``status.workload`` patches.
+    """Background I/O for rank 0: fetch ``status.control`` on request, send the report's patches.
 
     Never blocks the caller except in :meth:`close` (bounded by its timeout). Failures back off
     exponentially from ``backoff_min_seconds`` to ``backoff_max_seconds`` (:func:`retry_delay_seconds`, a
@@ -273,7 +247,7 @@ class ControlChannel:
             return self._latest
 
     def publish(self, workload: Mapping[str, Any], *, urgent: bool = False) -> None:
-        """Queue a ``status.workload`` merge patch; ``urgent`` skips the rate limit (not the backoff)."""
+        """Queue a merge patch of the report; ``urgent`` skips the rate limit (not the backoff)."""
         with self._cond:
             merge_patch(self._pending, workload)
             self._urgent = self._urgent or urgent
@@ -346,12 +320,14 @@ class ControlChannel:
             except Exception as e:  # any client error: keep the patch, back off, try again
                 with self._cond:
                     self._pending = merge_patch(patch, self._pending)
-                self._fail("patching status.workload", e)
+                self._fail("patching the job's report", e)
             finally:
                 self._last_patch = self._clock()
         if do_read:
             try:
                 control = ControlState.from_status(self._api.read_control())
+                if control.problems and control.problems != self._latest.problems:
+                    log.warning("status.control has malformed fields, ignored: %s", "; ".join(control.problems))
                 self.reads += 1
                 self._backoff_seconds, self._failures_in_row = 0.0, 0
                 with self._cond:

@@ -60,14 +60,23 @@ Namespaced rules: what the operator does inside the namespaces it watches.
   - efficienttrainingjobs: kopf lists and watches them and patches them (finalizer, progress annotations); the
     operator deletes finished jobs (ttlSecondsAfterFinished). get is not used by the operator itself: it is held
     so that the operator may create each job's Role granting get/watch (RBAC forbids granting what one lacks).
-  - efficienttrainingjobs/status: the operator patches status; get is held for the per-job Role, as above.
+  - efficienttrainingjobs/status: the operator patches status (it alone: the per-job Role grants nothing on it).
+  - efficienttrainingjobreports: the operator creates each job's report, lists and watches them (the report
+    informer); get reads a report whose create found the name taken (409, as for the children below) and is held
+    for the per-job Role (the pods read their report); delete for the admission plugin below (the report carries
+    an ownerReference) and for an orphaned report, as below. The operator never patches a report.
+  - efficienttrainingjobreports/status: patch is held for the per-job Role only (the pods write their report's
+    status); the operator reads reports and never writes them.
   - efficienttrainingjobs/finalizers: update, because every child carries a blockOwnerDeletion ownerReference
     to its job; with the OwnerReferencesPermissionEnforcement admission plugin (on in OpenShift) setting one
     needs update on the owner's finalizers, and every child create was refused (403) without it.
   - pods: kopf lists and watches worker pods; the operator creates them and deletes them (gang restart, suspend,
     cleanup).
   - services, serviceaccounts, roles, rolebindings: created once per job (owned by the job; garbage-collected).
-    delete is held for the same admission plugin: setting an ownerReference on an object needs delete on it.
+    get: a create that finds the name taken (409) reads the object to see whose it is (another job's of the same
+    name, its garbage collection pending, is never adopted). delete is held for the same admission plugin
+    (setting an ownerReference on an object needs delete on it), and deletes an orphaned child of an earlier
+    job of the same name once no pod uses it.
   - events: kopf posts Kubernetes events on jobs.
 */}}
 {{- define "etj.rbac.namespacedRules" -}}
@@ -76,7 +85,13 @@ Namespaced rules: what the operator does inside the namespaces it watches.
   verbs: ["get", "list", "watch", "patch", "delete"]
 - apiGroups: ["efficienttraining.dev"]
   resources: ["efficienttrainingjobs/status"]
-  verbs: ["get", "patch"]
+  verbs: ["patch"]
+- apiGroups: ["efficienttraining.dev"]
+  resources: ["efficienttrainingjobreports"]
+  verbs: ["get", "list", "watch", "create", "delete"]
+- apiGroups: ["efficienttraining.dev"]
+  resources: ["efficienttrainingjobreports/status"]
+  verbs: ["patch"]
 - apiGroups: ["efficienttraining.dev"]
   resources: ["efficienttrainingjobs/finalizers"]
   verbs: ["update"]
@@ -85,10 +100,10 @@ Namespaced rules: what the operator does inside the namespaces it watches.
   verbs: ["list", "watch", "create", "delete"]
 - apiGroups: [""]
   resources: ["services", "serviceaccounts"]
-  verbs: ["create", "delete"]
+  verbs: ["get", "create", "delete"]
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
-  verbs: ["create", "delete"]
+  verbs: ["get", "create", "delete"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]

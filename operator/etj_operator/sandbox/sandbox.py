@@ -71,9 +71,12 @@ class SandboxError(RuntimeError):
 
 
 def crd_path() -> Path:
-    """The CRD file: $ETJ_CRD_PATH, else the repository's crds/ folder."""
+    """Where the CRDs are: $ETJ_CRD_PATH (a file or a folder), else the repository's crds/ folder.
+
+    The sandbox loads every CRD there: the job's and its report's (the operator needs both).
+    """
     override = os.environ.get("ETJ_CRD_PATH")
-    return Path(override) if override else REPO_ROOT / "crds" / "efficienttrainingjobs.yaml"
+    return Path(override) if override else REPO_ROOT / "crds"
 
 
 @dataclass(frozen=True)

@@ -324,8 +324,8 @@ class CustomResourceAdmission:
         # on update, list-type errors are checked only when the stored object had none (ratcheting)
         if old is None or not list_type_causes(compiled.schema, _without_metadata(old)):
             causes.extend(c for c in listed if c not in causes)
-        if not self.cel or compiled.rules is None:
-            return causes
+        if not self.cel or compiled.rules is None or compiled.rules.empty:
+            return causes  # no rules: no CEL validator, and no "rules were not checked" cause either
         if any(c.reason in BLOCKING_REASONS for c in causes):
             causes.append(Cause("<nil>", f'Invalid value: "null": {SKIPPED_CEL_MESSAGE}'))
             return causes

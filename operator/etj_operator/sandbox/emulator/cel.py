@@ -637,6 +637,11 @@ class RuleValidator:
         self._root = _build(schema, root)
 
     @property
+    def empty(self) -> bool:
+        """The schema has no rule at all (a real server then has no CEL validator for the resource)."""
+        return self._root is None
+
+    @property
     def compile_errors(self) -> list[tuple[list[Segment], CompiledRule]]:
         """Every rule that failed to compile, with the schema path of its node."""
         found: list[tuple[list[Segment], CompiledRule]] = []

@@ -92,6 +92,10 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
     _log_lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
     _loop: asyncio.AbstractEventLoop | None = attrs.field(default=None, init=False)
     _deferred: list[Callable[[], None]] = attrs.field(factory=list, init=False)
+    #: While True the garbage collector is behind (kube-controller-manager down, restarting or with a long
+    #: queue): its work waits in ``_gc_backlog`` until :meth:`resume_garbage_collection`.
+    gc_paused: bool = attrs.field(default=False, init=False)
+    _gc_backlog: list[Callable[[], None]] = attrs.field(factory=list, init=False)
     _closing: bool = attrs.field(default=False, init=False)
     base_url: str = attrs.field(default="", init=False)
     _http: HttpFrontend = attrs.field(init=False)
@@ -120,6 +124,30 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
             self._loop.call_soon(callback)
         else:
             self._deferred.append(callback)
+
+    def _defer_gc(self, callback: Callable[[], None]) -> None:
+        """The garbage collector's work: deferred, or kept for later while the collector is paused."""
+        if self.gc_paused:
+            self._gc_backlog.append(callback)
+        else:
+            self._defer(callback)
+
+    def pause_garbage_collection(self) -> None:
+        """Hold the garbage collector's work (dependents of deleted owners, orphaning, foreground owners).
+
+        On a real cluster the collector is a controller of kube-controller-manager working from its own
+        informers: dependents of a deleted owner go seconds (a long queue) to minutes (the controller manager
+        down or restarting) after it. Meanwhile they keep their ownerReferences to the owner's UID, and a new
+        object of the owner's name and kind is another owner (the collector goes by UID).
+        """
+        self.gc_paused = True
+
+    def resume_garbage_collection(self) -> None:
+        """Let the collector catch up: the held work runs, in order, after the current request."""
+        self.gc_paused = False
+        backlog, self._gc_backlog = self._gc_backlog, []
+        for callback in backlog:
+            self._defer(callback)
 
     # ----- resource types ----------------------------------------------------------------------------
 
@@ -556,9 +584,11 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         propagation = propagation or "Background"
         if propagation not in ("Background", "Foreground", "Orphan"):
             raise _bad_request(f"unsupported propagationPolicy: {propagation}")
-        if propagation == "Orphan":
-            self._orphan_dependents(meta["uid"])
         finalizers = list(meta.get("finalizers") or [])
+        if propagation == "Orphan" and self._dependents(meta["uid"]) and "orphan" not in finalizers:
+            # as a real server: the "orphan" finalizer keeps the owner until the collector has taken its
+            # ownerReference off every dependent (then the collector removes the finalizer)
+            finalizers.append("orphan")
         if propagation == "Foreground" and self._dependents(meta["uid"]) and "foregroundDeletion" not in finalizers:
             finalizers.append("foregroundDeletion")
         namespace_with_content = rt.plural == "namespaces" and rt.group == "" and self._namespace_content(name)
@@ -577,9 +607,11 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         if rt.plural == "namespaces" and rt.group == "":
             new["status"] = {"phase": "Terminating"}
         committed = self._commit(rt, new)
+        if "orphan" in finalizers and "orphan" not in (meta.get("finalizers") or []):
+            self._defer_gc(functools.partial(self._orphan_and_release, meta["uid"]))
         if "foregroundDeletion" in finalizers:
             uid = meta["uid"]
-            self._defer(lambda: self._delete_dependents(uid))
+            self._defer_gc(lambda: self._delete_dependents(uid))
         if namespace_with_content:
             self._defer(lambda: self._empty_namespace(name))
         return self._present(rt, committed)
@@ -644,6 +676,23 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
                 new["metadata"].pop("ownerReferences", None)
             self._commit(rt, new)
 
+    def _orphan_and_release(self, owner_uid: str) -> None:
+        """The collector's part of an Orphan deletion: ownerReferences off the dependents, then the finalizer."""
+        self._orphan_dependents(owner_uid)
+        location = self._uids.get(owner_uid)
+        if location is None:
+            return
+        store_key, key = location
+        rt = self._type_for_store(store_key)
+        owner = self._store.get(store_key, {}).get(key)
+        if rt is None or owner is None:
+            return
+        finalizers = _meta(owner).get("finalizers") or []
+        if "orphan" in finalizers:
+            new = copy.deepcopy(owner)
+            new["metadata"]["finalizers"] = [f for f in finalizers if f != "orphan"]
+            self._update(rt, owner, new, subresource=None, dry_run=False)
+
     def _delete_dependents(self, owner_uid: str) -> None:
         for rt, obj in self._dependents(owner_uid):
             meta = _meta(obj)
@@ -682,11 +731,11 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         meta = _meta(final)
         uid = meta.get("uid", "")
         if any(True for _ in self._dependents(uid)):
-            self._defer(lambda: self._delete_dependents(uid))
+            self._defer_gc(lambda: self._delete_dependents(uid))
         for ref in meta.get("ownerReferences") or []:
             owner_uid = ref.get("uid")
             if owner_uid in self._uids:
-                self._defer(functools.partial(self._release_foreground_owner, owner_uid))
+                self._defer_gc(functools.partial(self._release_foreground_owner, owner_uid))
         if rt.namespaced and meta.get("namespace"):
             namespace = meta["namespace"]
             self._defer(lambda: self._finish_namespace(namespace))

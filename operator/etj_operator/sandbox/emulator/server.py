@@ -53,6 +53,7 @@ class EmulatorServer:
     ) -> None:
         """Set up the emulator; ``start()`` serves it.
 
+        ``crds``: CRDs to serve, each an object, a YAML file or a folder of YAML files (every CRD in it);
         ``rbac=True``: authenticate bearer tokens and authorize every request with RBAC (see ``rbac.py``);
         ``anonymous``: a request without a token is ``system:anonymous`` (False: 401; a UserInfo: that user, as
         the sandbox makes kubectl the administrator, since kubectl sends no token over plain HTTP);
@@ -83,6 +84,8 @@ class EmulatorServer:
         for crd in crds:
             if isinstance(crd, Mapping):
                 self.load_crd(crd)
+            elif pathlib.Path(crd).is_dir():
+                self.load_crds(crd)
             else:
                 self.load_crd_file(crd)
 
@@ -409,6 +412,17 @@ class EmulatorServer:
                 raise TimeoutError(f"{resource} {namespace}/{name} did not reach the expected state in"
                                    f" {timeout_seconds} s; last seen: {obj!r}")
             time.sleep(interval_seconds)
+
+    def pause_garbage_collection(self) -> None:
+        """Hold the garbage collector, as a kube-controller-manager that is behind or down.
+
+        Dependents of a deleted owner stay, with their ownerReferences, until :meth:`resume_garbage_collection`.
+        """
+        self.call(lambda e: e.pause_garbage_collection())
+
+    def resume_garbage_collection(self) -> None:
+        """Let the held garbage collection run (right after this call, on the emulator's loop)."""
+        self.call(lambda e: e.resume_garbage_collection())
 
     def break_watches(self) -> int:
         """End all open watch streams (clients reconnect with their last resourceVersion)."""

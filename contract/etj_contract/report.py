@@ -1,0 +1,460 @@
+"""The two status sections operator and harness hand each other, as typed records both sides parse and write.
+
+* :class:`WorkloadReport` (with :class:`CheckpointAck`, :class:`StageResult`, :class:`PowerProfile`): the
+  workload's word. The harness's rank 0 writes it to the status of its job's ``EfficientTrainingJobReport``
+  (the only object its ServiceAccount may write, docs/security.md); the operator reads it from there and mirrors
+  it into the job's ``status.workload``.
+* :class:`ControlSection`: the operator's ``status.control``, which the harness reads and obeys.
+
+``from_status(mapping)`` never raises: each field of the wrong type, out of its bounds, too long or too many is
+dropped, and named by its path in the record's ``problems`` (``status.stages[2].paramsTotal: ...``); input that
+is not an object at all gives an empty record with one problem. ``to_status()`` returns the camelCase dict
+(keys of :mod:`etj_contract.names`), holding only the fields that are set, so
+``from_status(x.to_status()) == x``. The bounds below are the report CRD's (``crds/efficienttrainingjobreports
+.yaml`` states them again for the API server; ``tests/contract/test_report.py`` checks they agree), so a record
+read from an API server that skipped the schema is bounded as well.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from etj_contract import names as n
+
+__all__ = [
+    "CHECKPOINT_ACKNOWLEDGED",
+    "CHECKPOINT_EPOCH",
+    "CHECKPOINT_PATH",
+    "CHECKPOINT_STEP",
+    "CHECKPOINT_TIME",
+    "MAX_CANDIDATES",
+    "MAX_NAME_LENGTH",
+    "MAX_PATH_LENGTH",
+    "MAX_STAGES",
+    "MAX_TEXT_LENGTH",
+    "PROFILE_CANDIDATES",
+    "PROFILE_CHOSEN_WATTS",
+    "STAGE_KEYS",
+    "CheckpointAck",
+    "ControlSection",
+    "PowerProfile",
+    "ProfileCandidate",
+    "StageResult",
+    "WorkloadReport",
+]
+
+# --- bounds (the report CRD's maxLength / maxItems) --------------------------------------------------------
+#: A compression stage's name is a DNS label.
+MAX_NAME_LENGTH: Final = 63
+#: Short strings: gpuSource, stopReason, timestamps, a stage's serializedFormat, control.stageRequested.
+MAX_TEXT_LENGTH: Final = 64
+#: checkpoint.path (Linux's PATH_MAX).
+MAX_PATH_LENGTH: Final = 4096
+#: stages[]: one result per stage of the plan, and a plan has at most 16 (spec.compression.stages).
+MAX_STAGES: Final = 16
+#: powerProfile.candidates[]: candidate limits of the Auto profile (stepWatts >= 5 W over a GPU's range).
+MAX_CANDIDATES: Final = 512
+
+# --- keys of the nested objects ------------------------------------------------------------------------------
+CHECKPOINT_ACKNOWLEDGED: Final = "acknowledged"
+CHECKPOINT_STEP: Final = "step"
+CHECKPOINT_EPOCH: Final = "epoch"
+CHECKPOINT_PATH: Final = "path"
+CHECKPOINT_TIME: Final = "time"
+PROFILE_CHOSEN_WATTS: Final = "chosenWatts"
+PROFILE_CANDIDATES: Final = "candidates"
+#: stages[] items: attribute name -> camelCase key, in the order the harness writes them.
+STAGE_KEYS: Final[Mapping[str, str]] = {
+    "name": "name",
+    "applied": "applied",
+    "rolled_back": "rolledBack",
+    "step": "step",
+    "epoch": "epoch",
+    "params_total": "paramsTotal",
+    "params_nonzero": "paramsNonzero",
+    "size_bytes_before": "sizeBytesBefore",
+    "size_bytes_after": "sizeBytesAfter",
+    "raw_size_bytes_before": "rawSizeBytesBefore",
+    "raw_size_bytes_after": "rawSizeBytesAfter",
+    "serialized_format": "serializedFormat",
+    "accuracy_before": "accuracyBefore",
+    "accuracy_after": "accuracyAfter",
+}
+_CANDIDATE_KEYS: Final[Mapping[str, str]] = {
+    "watts": "watts",
+    "joules_per_step": "joulesPerStep",
+    "seconds_per_step": "secondsPerStep",
+    "cost": "cost",
+}
+
+
+def _describe(value: Any) -> str:
+    kind = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(type(value))
+    if kind is None:
+        kind = "a number" if isinstance(value, int | float) else type(value).__name__
+    text = repr(value)
+    return f"{kind} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+class _Fields:
+    """Reads the fields of one object, appending a problem (``path.key: ...``) for each one it drops."""
+
+    def __init__(self, raw: Any, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        if raw is None:
+            raw = {}
+        elif not isinstance(raw, Mapping):
+            problems.append(f"{path}: expected an object, found {_describe(raw)}; ignored")
+            raw = {}
+        self.raw: Mapping[str, Any] = raw
+
+    def _bad(self, key: str, expected: str) -> None:
+        self.problems.append(f"{self.path}.{key}: expected {expected}, found {_describe(self.raw[key])}; dropped")
+
+    def integer(self, key: str, minimum: int = 0) -> int | None:
+        value = self.raw.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            self._bad(key, f"an integer >= {minimum}")
+            return None
+        return value
+
+    def number(self, key: str, minimum: float | None = None, maximum: float | None = None) -> float | None:
+        value = self.raw.get(key)
+        if value is None:
+            return None
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        if ok and ((minimum is not None and value < minimum) or (maximum is not None and value > maximum)):
+            ok = False
+        if not ok:
+            bounds = [f"{op} {b:g}" for op, b in ((">=", minimum), ("<=", maximum)) if b is not None]
+            self._bad(key, "a finite number" + (" " + " and ".join(bounds) if bounds else ""))
+            return None
+        return float(value)
+
+    def boolean(self, key: str) -> bool | None:
+        value = self.raw.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, bool):
+            self._bad(key, "a boolean")
+            return None
+        return value
+
+    def string(self, key: str, max_length: int = MAX_TEXT_LENGTH) -> str | None:
+        value = self.raw.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or len(value) > max_length:
+            self._bad(key, f"a string of at most {max_length} characters")
+            return None
+        return value
+
+    def mapping(self, key: str) -> Mapping[str, Any] | None:
+        value = self.raw.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            self._bad(key, "an object")
+            return None
+        return value
+
+    def items(self, key: str, max_items: int) -> list[Any] | None:
+        value = self.raw.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            self._bad(key, "a list")
+            return None
+        if len(value) > max_items:
+            self.problems.append(f"{self.path}.{key}: {len(value)} items, at most {max_items}; the rest dropped")
+            return value[:max_items]
+        return value
+
+
+def _set(pairs: Mapping[str, Any]) -> dict[str, Any]:
+    """The pairs whose value is set (a field that is None is left out of a status)."""
+    return {key: value for key, value in pairs.items() if value is not None}
+
+
+# --- status.workload.checkpoint ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CheckpointAck:
+    """The last checkpoint: the control request number it acknowledges, and where and when it was saved."""
+
+    acknowledged: int | None = None
+    step: int | None = None
+    epoch: int | None = None
+    path: str | None = None
+    time: str | None = None
+
+    @classmethod
+    def _read(cls, raw: Any, path: str, problems: list[str]) -> CheckpointAck:
+        f = _Fields(raw, path, problems)
+        return cls(
+            acknowledged=f.integer(CHECKPOINT_ACKNOWLEDGED),
+            step=f.integer(CHECKPOINT_STEP),
+            epoch=f.integer(CHECKPOINT_EPOCH),
+            path=f.string(CHECKPOINT_PATH, MAX_PATH_LENGTH),
+            time=f.string(CHECKPOINT_TIME),
+        )
+
+    def to_status(self) -> dict[str, Any]:
+        """The camelCase dict (set fields only)."""
+        return _set(
+            {
+                CHECKPOINT_ACKNOWLEDGED: self.acknowledged,
+                CHECKPOINT_STEP: self.step,
+                CHECKPOINT_EPOCH: self.epoch,
+                CHECKPOINT_PATH: self.path,
+                CHECKPOINT_TIME: self.time,
+            }
+        )
+
+
+# --- status.workload.stages[] --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StageResult:
+    """What one compression stage did (one item of ``stages``); a stage without a usable name is dropped."""
+
+    name: str
+    applied: bool | None = None
+    rolled_back: bool | None = None
+    step: int | None = None
+    epoch: int | None = None
+    params_total: int | None = None
+    params_nonzero: int | None = None
+    size_bytes_before: int | None = None
+    size_bytes_after: int | None = None
+    raw_size_bytes_before: int | None = None
+    raw_size_bytes_after: int | None = None
+    serialized_format: str | None = None
+    accuracy_before: float | None = None
+    accuracy_after: float | None = None
+
+    @property
+    def kept(self) -> bool:
+        """Applied and not rolled back (the Stage column shows the last one kept)."""
+        return bool(self.applied) and not self.rolled_back
+
+    @classmethod
+    def _read(cls, raw: Any, path: str, problems: list[str]) -> StageResult | None:
+        if not isinstance(raw, Mapping):
+            problems.append(f"{path}: expected an object, found {_describe(raw)}; dropped")
+            return None
+        f = _Fields(raw, path, problems)
+        name = f.string("name", MAX_NAME_LENGTH)
+        if not name:
+            problems.append(f"{path}: no usable name ({'empty' if name == '' else 'missing or malformed'}); dropped")
+            return None
+        k = STAGE_KEYS
+        return cls(
+            name=name,
+            applied=f.boolean(k["applied"]),
+            rolled_back=f.boolean(k["rolled_back"]),
+            step=f.integer(k["step"]),
+            epoch=f.integer(k["epoch"]),
+            params_total=f.integer(k["params_total"]),
+            params_nonzero=f.integer(k["params_nonzero"]),
+            size_bytes_before=f.integer(k["size_bytes_before"]),
+            size_bytes_after=f.integer(k["size_bytes_after"]),
+            raw_size_bytes_before=f.integer(k["raw_size_bytes_before"]),
+            raw_size_bytes_after=f.integer(k["raw_size_bytes_after"]),
+            serialized_format=f.string(k["serialized_format"]),
+            accuracy_before=f.number(k["accuracy_before"], 0.0, 1.0),
+            accuracy_after=f.number(k["accuracy_after"], 0.0, 1.0),
+        )
+
+    def to_status(self) -> dict[str, Any]:
+        """The camelCase dict (set fields only)."""
+        return _set({key: getattr(self, attr) for attr, key in STAGE_KEYS.items()})
+
+
+# --- status.workload.powerProfile ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ProfileCandidate:
+    """One candidate limit the Auto mode measured."""
+
+    watts: int | None = None
+    joules_per_step: float | None = None
+    seconds_per_step: float | None = None
+    cost: float | None = None
+
+    @classmethod
+    def _read(cls, raw: Any, path: str, problems: list[str]) -> ProfileCandidate:
+        f = _Fields(raw, path, problems)
+        k = _CANDIDATE_KEYS
+        return cls(
+            watts=f.integer(k["watts"]),
+            joules_per_step=f.number(k["joules_per_step"], 0.0),
+            seconds_per_step=f.number(k["seconds_per_step"], 0.0),
+            cost=f.number(k["cost"], 0.0),
+        )
+
+    def to_status(self) -> dict[str, Any]:
+        """The camelCase dict (set fields only)."""
+        return _set({key: getattr(self, attr) for attr, key in _CANDIDATE_KEYS.items()})
+
+
+@dataclass(frozen=True)
+class PowerProfile:
+    """The Auto power mode's profile: the limit chosen (None while profiling) and the candidates measured."""
+
+    chosen_watts: int | None = None
+    candidates: tuple[ProfileCandidate, ...] | None = None
+
+    @classmethod
+    def _read(cls, raw: Any, path: str, problems: list[str]) -> PowerProfile:
+        f = _Fields(raw, path, problems)
+        items = f.items(PROFILE_CANDIDATES, MAX_CANDIDATES)
+        candidates = None
+        if items is not None:
+            candidates = []
+            for i, item in enumerate(items):
+                where = f"{path}.{PROFILE_CANDIDATES}[{i}]"
+                if isinstance(item, Mapping):
+                    candidates.append(ProfileCandidate._read(item, where, problems))
+                else:
+                    problems.append(f"{where}: expected an object, found {_describe(item)}; dropped")
+        return cls(
+            chosen_watts=f.integer(PROFILE_CHOSEN_WATTS),
+            candidates=None if candidates is None else tuple(candidates),
+        )
+
+    def to_status(self) -> dict[str, Any]:
+        """The camelCase dict (set fields only)."""
+        candidates = None if self.candidates is None else [c.to_status() for c in self.candidates]
+        return _set({PROFILE_CHOSEN_WATTS: self.chosen_watts, PROFILE_CANDIDATES: candidates})
+
+
+# --- the report ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WorkloadReport:
+    """The workload's report (the report object's ``status``; mirrored into the job's ``status.workload``).
+
+    The workload's word, never a decision: the operator takes progress, stage results and checkpoint
+    acknowledgements from it, never energy (docs/security.md).
+    """
+
+    epoch: int | None = None
+    step: int | None = None
+    samples_per_second: float | None = None
+    loss: float | None = None
+    accuracy: float | None = None
+    gpu_source: str | None = None
+    power_profile: PowerProfile | None = None
+    power_limit_watts: float | None = None
+    checkpoint: CheckpointAck | None = None
+    stages: tuple[StageResult, ...] | None = None
+    stop_reason: str | None = None
+    update_time: str | None = None
+    #: What :meth:`from_status` dropped, each naming the field's path (not part of the status, nor of equality).
+    problems: tuple[str, ...] = field(default=(), compare=False)
+
+    @classmethod
+    def from_status(cls, status: Any, path: str = "status") -> WorkloadReport:
+        """Parse a report's status (or the job's ``status.workload``); never raises (see the module)."""
+        problems: list[str] = []
+        f = _Fields(status, path, problems)
+        profile = f.mapping(n.WORKLOAD_POWER_PROFILE)
+        checkpoint = f.mapping(n.WORKLOAD_CHECKPOINT)
+        items = f.items(n.WORKLOAD_STAGES, MAX_STAGES)
+        stages = None
+        if items is not None:
+            read = [StageResult._read(s, f"{path}.{n.WORKLOAD_STAGES}[{i}]", problems) for i, s in enumerate(items)]
+            stages = tuple(s for s in read if s is not None)
+        return cls(
+            epoch=f.integer(n.WORKLOAD_EPOCH),
+            step=f.integer(n.WORKLOAD_STEP),
+            samples_per_second=f.number(n.WORKLOAD_SAMPLES_PER_SECOND, 0.0),
+            loss=f.number(n.WORKLOAD_LOSS),
+            accuracy=f.number(n.WORKLOAD_ACCURACY, 0.0, 1.0),
+            gpu_source=f.string(n.WORKLOAD_GPU_SOURCE),
+            power_profile=None
+            if profile is None
+            else PowerProfile._read(profile, f"{path}.{n.WORKLOAD_POWER_PROFILE}", problems),
+            power_limit_watts=f.number(n.WORKLOAD_POWER_LIMIT_WATTS, 0.0),
+            checkpoint=None
+            if checkpoint is None
+            else CheckpointAck._read(checkpoint, f"{path}.{n.WORKLOAD_CHECKPOINT}", problems),
+            stages=stages,
+            stop_reason=f.string(n.WORKLOAD_STOP_REASON),
+            update_time=f.string(n.WORKLOAD_UPDATED),
+            problems=tuple(problems),
+        )
+
+    def to_status(self) -> dict[str, Any]:
+        """The camelCase dict (set fields only), as the harness writes it."""
+        return _set(
+            {
+                n.WORKLOAD_EPOCH: self.epoch,
+                n.WORKLOAD_STEP: self.step,
+                n.WORKLOAD_SAMPLES_PER_SECOND: self.samples_per_second,
+                n.WORKLOAD_LOSS: self.loss,
+                n.WORKLOAD_ACCURACY: self.accuracy,
+                n.WORKLOAD_GPU_SOURCE: self.gpu_source,
+                n.WORKLOAD_POWER_PROFILE: None if self.power_profile is None else self.power_profile.to_status(),
+                n.WORKLOAD_POWER_LIMIT_WATTS: self.power_limit_watts,
+                n.WORKLOAD_CHECKPOINT: None if self.checkpoint is None else self.checkpoint.to_status(),
+                n.WORKLOAD_STAGES: None if self.stages is None else [s.to_status() for s in self.stages],
+                n.WORKLOAD_STOP_REASON: self.stop_reason,
+                n.WORKLOAD_UPDATED: self.update_time,
+            }
+        )
+
+    @property
+    def acknowledged_checkpoint(self) -> int | None:
+        """The control request number the last checkpoint acknowledges (None: none)."""
+        return None if self.checkpoint is None else self.checkpoint.acknowledged
+
+    @property
+    def last_kept_stage(self) -> str | None:
+        """The name of the last stage applied and not rolled back (the job's Stage column), or None."""
+        kept = [s.name for s in self.stages or () if s.kept]
+        return kept[-1] if kept else None
+
+
+# --- status.control ------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ControlSection:
+    """The operator's ``status.control``, as the harness obeys it (absent fields are None/0/False)."""
+
+    power_limit_watts_per_gpu: int | None = None
+    checkpoint_requested: int = 0
+    stop_requested: bool = False
+    stage_requested: str | None = None
+    energy_fraction: float | None = None
+    #: What :meth:`from_status` dropped, each naming the field's path (not part of the status, nor of equality).
+    problems: tuple[str, ...] = field(default=(), compare=False)
+
+    @classmethod
+    def from_status(cls, control: Any, path: str = f"status.{n.CONTROL}") -> ControlSection:
+        """Parse ``status.control``; never raises (see the module)."""
+        problems: list[str] = []
+        f = _Fields(control, path, problems)
+        limit = f.number(n.CONTROL_POWER_LIMIT_WATTS_PER_GPU, 0.0)
+        return cls(
+            power_limit_watts_per_gpu=None if limit is None else int(limit),
+            checkpoint_requested=f.integer(n.CONTROL_CHECKPOINT_REQUESTED) or 0,
+            stop_requested=bool(f.boolean(n.CONTROL_STOP_REQUESTED)),
+            stage_requested=f.string(n.CONTROL_STAGE_REQUESTED, MAX_NAME_LENGTH) or None,
+            energy_fraction=f.number(n.CONTROL_ENERGY_FRACTION, 0.0),
+            problems=tuple(problems),
+        )
+
+    def to_status(self) -> dict[str, Any]:
+        """The camelCase dict: the fields that are set (a zero request number and False are left out)."""
+        return _set(
+            {
+                n.CONTROL_POWER_LIMIT_WATTS_PER_GPU: self.power_limit_watts_per_gpu,
+                n.CONTROL_CHECKPOINT_REQUESTED: self.checkpoint_requested or None,
+                n.CONTROL_STOP_REQUESTED: self.stop_requested or None,
+                n.CONTROL_STAGE_REQUESTED: self.stage_requested,
+                n.CONTROL_ENERGY_FRACTION: self.energy_fraction,
+            }
+        )
