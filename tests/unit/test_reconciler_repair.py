@@ -111,3 +111,18 @@ async def test_a_well_formed_status_is_not_reported():
     body = job_manifest("broken", replicas=1) | {"status": {"phase": "Running", "restarts": 0}}
     _, _, events = await one_pass(body, [pod(0, "Running", 0, NOW)])
     assert not [e for e in events if e.reason == REASON_STATUS_REPAIRED]
+
+
+@pytest.mark.asyncio
+async def test_a_malformed_drain_does_not_keep_an_exceeded_budget_from_stopping_the_job():
+    energy = {"joules": 7.2e6, "series": {}, "history": [], "source": "Prometheus"}  # 2 kWh used
+    status = {**MALFORMED, "restarts": 0, "energy": energy, "policy": {"drain": [], "lowCycles": "x"}}
+    spec = {"energy": {"energyBudget": {"kilowattHours": 1.0, "action": "Stop"}}}
+    body = job_manifest("broken", replicas=1, **spec) | {"status": status}
+    plan, _, events = await one_pass(body, [pod(0, "Running", 0, NOW)])
+    assert plan.status["control"]["stopRequested"] is True
+    exceeded = [x for x in plan.status["conditions"] if x["type"] == "BudgetExceeded"]
+    assert exceeded and exceeded[0]["status"] == "True"
+    assert plan.status["energy"]["joules"] == pytest.approx(7.2e6)  # the account was kept, not reset
+    repaired = next(e for e in events if e.reason == REASON_STATUS_REPAIRED)
+    assert "status.policy.drain" in repaired.message and "status.policy.lowCycles" in repaired.message
