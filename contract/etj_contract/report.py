@@ -44,6 +44,7 @@ __all__ = [
     "ProfileCandidate",
     "StageResult",
     "WorkloadReport",
+    "describe_value",
 ]
 
 # --- bounds (the report CRD's maxLength / maxItems) --------------------------------------------------------
@@ -91,7 +92,8 @@ _CANDIDATE_KEYS: Final[Mapping[str, str]] = {
 }
 
 
-def _describe(value: Any) -> str:
+def describe_value(value: Any) -> str:
+    """A short description of a value read back from the API (``a list [1, 2]``), for problem messages."""
     kind = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(type(value))
     if kind is None:
         kind = "a number" if isinstance(value, int | float) else type(value).__name__
@@ -108,12 +110,12 @@ class _Fields:
         if raw is None:
             raw = {}
         elif not isinstance(raw, Mapping):
-            problems.append(f"{path}: expected an object, found {_describe(raw)}; ignored")
+            problems.append(f"{path}: expected an object, found {describe_value(raw)}; ignored")
             raw = {}
         self.raw: Mapping[str, Any] = raw
 
     def _bad(self, key: str, expected: str) -> None:
-        self.problems.append(f"{self.path}.{key}: expected {expected}, found {_describe(self.raw[key])}; dropped")
+        self.problems.append(f"{self.path}.{key}: expected {expected}, found {describe_value(self.raw[key])}; dropped")
 
     def integer(self, key: str, minimum: int = 0) -> int | None:
         value = self.raw.get(key)
@@ -245,7 +247,7 @@ class StageResult:
     @classmethod
     def _read(cls, raw: Any, path: str, problems: list[str]) -> StageResult | None:
         if not isinstance(raw, Mapping):
-            problems.append(f"{path}: expected an object, found {_describe(raw)}; dropped")
+            problems.append(f"{path}: expected an object, found {describe_value(raw)}; dropped")
             return None
         f = _Fields(raw, path, problems)
         name = f.string("name", MAX_NAME_LENGTH)
@@ -320,7 +322,7 @@ class PowerProfile:
                 if isinstance(item, Mapping):
                     candidates.append(ProfileCandidate._read(item, where, problems))
                 else:
-                    problems.append(f"{where}: expected an object, found {_describe(item)}; dropped")
+                    problems.append(f"{where}: expected an object, found {describe_value(item)}; dropped")
         return cls(
             chosen_watts=f.integer(PROFILE_CHOSEN_WATTS),
             candidates=None if candidates is None else tuple(candidates),

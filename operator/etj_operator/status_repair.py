@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from etj_contract import ConditionType, Phase
+from etj_contract import ConditionType, Phase, describe_value
 from etj_operator import contract as c
 
 __all__ = ["Problem", "repair_status"]
@@ -126,14 +126,6 @@ OPAQUE_MAPS: Final = ("replicaStatuses", "workload")
 CONDITION_STATUSES: Final = ("True", "False", "Unknown")
 
 
-def _describe(value: Any) -> str:
-    kind = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(type(value))
-    if kind is None:
-        kind = "a number" if isinstance(value, int | float) else type(value).__name__
-    text = repr(value)
-    return f"{kind} {text if len(text) <= 40 else text[:37] + '...'}"
-
-
 def repair_status(
     status: Mapping[str, Any],
     *,
@@ -149,7 +141,7 @@ def repair_status(
     problems: list[Problem] = []
 
     def drop(key: str, action: str) -> None:
-        problems.append(Problem(f"status.{key}", _describe(out.pop(key)), action))
+        problems.append(Problem(f"status.{key}", describe_value(out.pop(key)), action))
 
     _repair_conditions(out, problems)
     phase = out.get("phase")
@@ -186,16 +178,15 @@ def repair_status(
         section = dict(value)
         for name, check in fields.items():
             if name in section and not check(section[name]):
-                problems.append(Problem(f"status.{key}.{name}", _describe(section.pop(name)), "dropped"))
+                problems.append(Problem(f"status.{key}.{name}", describe_value(section.pop(name)), "dropped"))
         out[key] = section
     drain = (out.get("policy") or {}).get("drain")
     if isinstance(drain, Mapping):
         bad = [name for name, check in DRAIN.items() if not check(drain.get(name))]
         if bad:
             policy = dict(out["policy"])
-            problems.append(
-                Problem("status.policy.drain", _describe(policy.pop("drain")), f"dropped ({', '.join(bad)} unreadable)")
-            )
+            found = describe_value(policy.pop("drain"))
+            problems.append(Problem("status.policy.drain", found, f"dropped ({', '.join(bad)} unreadable)"))
             out["policy"] = policy
     return out, problems
 
@@ -218,7 +209,7 @@ def _repair_conditions(out: dict[str, Any], problems: list[Problem]) -> None:
     if conditions is None:
         return
     if not isinstance(conditions, list):
-        problems.append(Problem("status.conditions", _describe(out.pop("conditions")), "set again by this pass"))
+        problems.append(Problem("status.conditions", describe_value(out.pop("conditions")), "set again by this pass"))
         return
     kept: list[Any] = []
     for index, entry in enumerate(conditions):
@@ -230,5 +221,5 @@ def _repair_conditions(out: dict[str, Any], problems: list[Problem]) -> None:
         ):
             kept.append(entry)
         else:
-            problems.append(Problem(f"status.conditions[{index}]", _describe(entry), "dropped"))
+            problems.append(Problem(f"status.conditions[{index}]", describe_value(entry), "dropped"))
     out["conditions"] = kept

@@ -679,19 +679,7 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
     def _orphan_and_release(self, owner_uid: str) -> None:
         """The collector's part of an Orphan deletion: ownerReferences off the dependents, then the finalizer."""
         self._orphan_dependents(owner_uid)
-        location = self._uids.get(owner_uid)
-        if location is None:
-            return
-        store_key, key = location
-        rt = self._type_for_store(store_key)
-        owner = self._store.get(store_key, {}).get(key)
-        if rt is None or owner is None:
-            return
-        finalizers = _meta(owner).get("finalizers") or []
-        if "orphan" in finalizers:
-            new = copy.deepcopy(owner)
-            new["metadata"]["finalizers"] = [f for f in finalizers if f != "orphan"]
-            self._update(rt, owner, new, subresource=None, dry_run=False)
+        self._remove_finalizer(owner_uid, "orphan")
 
     def _delete_dependents(self, owner_uid: str) -> None:
         for rt, obj in self._dependents(owner_uid):
@@ -743,19 +731,24 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
             self._drop_crd(final)
 
     def _release_foreground_owner(self, owner_uid: str) -> None:
-        location = self._uids.get(owner_uid)
+        if not self._dependents(owner_uid):
+            self._remove_finalizer(owner_uid, "foregroundDeletion")
+
+    def _remove_finalizer(self, uid: str, finalizer: str) -> None:
+        """The collector takes its ``finalizer`` off the object of ``uid`` (if it is still there and has it)."""
+        location = self._uids.get(uid)
         if location is None:
             return
         store_key, key = location
         rt = self._type_for_store(store_key)
-        owner = self._store.get(store_key, {}).get(key)
-        if rt is None or owner is None:
+        obj = self._store.get(store_key, {}).get(key)
+        if rt is None or obj is None:
             return
-        finalizers = _meta(owner).get("finalizers") or []
-        if "foregroundDeletion" in finalizers and not self._dependents(owner_uid):
-            new = copy.deepcopy(owner)
-            new["metadata"]["finalizers"] = [f for f in finalizers if f != "foregroundDeletion"]
-            self._update(rt, owner, new, subresource=None, dry_run=False)
+        finalizers = _meta(obj).get("finalizers") or []
+        if finalizer in finalizers:
+            new = copy.deepcopy(obj)
+            new["metadata"]["finalizers"] = [f for f in finalizers if f != finalizer]
+            self._update(rt, obj, new, subresource=None, dry_run=False)
 
     def _drop_crd(self, crd: Json) -> None:
         # A real server deletes all custom resources before the CRD goes (their finalizers are not waited for).
