@@ -28,7 +28,7 @@ RUN python -m venv /opt/etj \
     && wheel="$(echo /wheels/efficient_training_operator-*.whl)" \
     && /opt/etj/bin/pip install --constraint constraints.txt "${wheel}[operator]"
 
-# ---- the workload's virtual environment: the workload extra (torch, torchao, scikit-learn, kubernetes, NVML) -
+# ---- the workload's virtual environment: the workload extra (torch, torchao, scikit-learn, pyyaml, NVML) -----
 FROM build AS workload-venv
 # PyPI's torch wheel for Linux x86_64 carries CUDA; for a CPU-only image pass
 #   --build-arg PIP_EXTRA_INDEX_URL=<the PyTorch CPU wheel index>

@@ -17,12 +17,16 @@ read from an API server that skipped the schema is bounded as well.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from etj_contract import names as n
+from etj_contract._fields import MAX_TEXT_LENGTH as _MAX_TEXT_LENGTH
+from etj_contract._fields import FieldProblem, describe_value
+from etj_contract._fields import Fields as _Fields
+from etj_contract._fields import set_fields as _set
+from etj_contract.plans import COMPRESSION_BOUNDS
 
 __all__ = [
     "CHECKPOINT_ACKNOWLEDGED",
@@ -40,6 +44,7 @@ __all__ = [
     "STAGE_KEYS",
     "CheckpointAck",
     "ControlSection",
+    "FieldProblem",
     "PowerProfile",
     "ProfileCandidate",
     "StageResult",
@@ -48,14 +53,14 @@ __all__ = [
 ]
 
 # --- bounds (the report CRD's maxLength / maxItems) --------------------------------------------------------
-#: A compression stage's name is a DNS label.
-MAX_NAME_LENGTH: Final = 63
+#: A compression stage's name is a DNS label (the plan's bound).
+MAX_NAME_LENGTH: Final = COMPRESSION_BOUNDS.max_name_length
 #: Short strings: gpuSource, stopReason, timestamps, a stage's serializedFormat, control.stageRequested.
-MAX_TEXT_LENGTH: Final = 64
+MAX_TEXT_LENGTH: Final = _MAX_TEXT_LENGTH
 #: checkpoint.path (Linux's PATH_MAX).
 MAX_PATH_LENGTH: Final = 4096
 #: stages[]: one result per stage of the plan, and a plan has at most 16 (spec.compression.stages).
-MAX_STAGES: Final = 16
+MAX_STAGES: Final = COMPRESSION_BOUNDS.max_stages
 #: powerProfile.candidates[]: candidate limits of the Auto profile (stepWatts >= 5 W over a GPU's range).
 MAX_CANDIDATES: Final = 512
 
@@ -83,6 +88,7 @@ STAGE_KEYS: Final[Mapping[str, str]] = {
     "serialized_format": "serializedFormat",
     "accuracy_before": "accuracyBefore",
     "accuracy_after": "accuracyAfter",
+    "time": "time",
 }
 _CANDIDATE_KEYS: Final[Mapping[str, str]] = {
     "watts": "watts",
@@ -90,98 +96,6 @@ _CANDIDATE_KEYS: Final[Mapping[str, str]] = {
     "seconds_per_step": "secondsPerStep",
     "cost": "cost",
 }
-
-
-def describe_value(value: Any) -> str:
-    """A short description of a value read back from the API (``a list [1, 2]``), for problem messages."""
-    kind = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(type(value))
-    if kind is None:
-        kind = "a number" if isinstance(value, int | float) else type(value).__name__
-    text = repr(value)
-    return f"{kind} {text if len(text) <= 40 else text[:37] + '...'}"
-
-
-class _Fields:
-    """Reads the fields of one object, appending a problem (``path.key: ...``) for each one it drops."""
-
-    def __init__(self, raw: Any, path: str, problems: list[str]) -> None:
-        self.path = path
-        self.problems = problems
-        if raw is None:
-            raw = {}
-        elif not isinstance(raw, Mapping):
-            problems.append(f"{path}: expected an object, found {describe_value(raw)}; ignored")
-            raw = {}
-        self.raw: Mapping[str, Any] = raw
-
-    def _bad(self, key: str, expected: str) -> None:
-        self.problems.append(f"{self.path}.{key}: expected {expected}, found {describe_value(self.raw[key])}; dropped")
-
-    def integer(self, key: str, minimum: int = 0) -> int | None:
-        value = self.raw.get(key)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            self._bad(key, f"an integer >= {minimum}")
-            return None
-        return value
-
-    def number(self, key: str, minimum: float | None = None, maximum: float | None = None) -> float | None:
-        value = self.raw.get(key)
-        if value is None:
-            return None
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        if ok and ((minimum is not None and value < minimum) or (maximum is not None and value > maximum)):
-            ok = False
-        if not ok:
-            bounds = [f"{op} {b:g}" for op, b in ((">=", minimum), ("<=", maximum)) if b is not None]
-            self._bad(key, "a finite number" + (" " + " and ".join(bounds) if bounds else ""))
-            return None
-        return float(value)
-
-    def boolean(self, key: str) -> bool | None:
-        value = self.raw.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, bool):
-            self._bad(key, "a boolean")
-            return None
-        return value
-
-    def string(self, key: str, max_length: int = MAX_TEXT_LENGTH) -> str | None:
-        value = self.raw.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, str) or len(value) > max_length:
-            self._bad(key, f"a string of at most {max_length} characters")
-            return None
-        return value
-
-    def mapping(self, key: str) -> Mapping[str, Any] | None:
-        value = self.raw.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, Mapping):
-            self._bad(key, "an object")
-            return None
-        return value
-
-    def items(self, key: str, max_items: int) -> list[Any] | None:
-        value = self.raw.get(key)
-        if value is None:
-            return None
-        if not isinstance(value, list):
-            self._bad(key, "a list")
-            return None
-        if len(value) > max_items:
-            self.problems.append(f"{self.path}.{key}: {len(value)} items, at most {max_items}; the rest dropped")
-            return value[:max_items]
-        return value
-
-
-def _set(pairs: Mapping[str, Any]) -> dict[str, Any]:
-    """The pairs whose value is set (a field that is None is left out of a status)."""
-    return {key: value for key, value in pairs.items() if value is not None}
 
 
 # --- status.workload.checkpoint ------------------------------------------------------------------------------
@@ -238,6 +152,8 @@ class StageResult:
     serialized_format: str | None = None
     accuracy_before: float | None = None
     accuracy_after: float | None = None
+    #: When the stage was applied or rolled back (RFC 3339).
+    time: str | None = None
 
     @property
     def kept(self) -> bool:
@@ -247,12 +163,13 @@ class StageResult:
     @classmethod
     def _read(cls, raw: Any, path: str, problems: list[str]) -> StageResult | None:
         if not isinstance(raw, Mapping):
-            problems.append(f"{path}: expected an object, found {describe_value(raw)}; dropped")
+            problems.append(FieldProblem(path, f"expected an object, found {describe_value(raw)}", "dropped"))
             return None
         f = _Fields(raw, path, problems)
         name = f.string("name", MAX_NAME_LENGTH)
         if not name:
-            problems.append(f"{path}: no usable name ({'empty' if name == '' else 'missing or malformed'}); dropped")
+            found = f"no usable name ({'empty' if name == '' else 'missing or malformed'})"
+            problems.append(FieldProblem(path, found, "dropped"))
             return None
         k = STAGE_KEYS
         return cls(
@@ -270,6 +187,7 @@ class StageResult:
             serialized_format=f.string(k["serialized_format"]),
             accuracy_before=f.number(k["accuracy_before"], 0.0, 1.0),
             accuracy_after=f.number(k["accuracy_after"], 0.0, 1.0),
+            time=f.string(k["time"]),
         )
 
     def to_status(self) -> dict[str, Any]:
@@ -322,7 +240,7 @@ class PowerProfile:
                 if isinstance(item, Mapping):
                     candidates.append(ProfileCandidate._read(item, where, problems))
                 else:
-                    problems.append(f"{where}: expected an object, found {describe_value(item)}; dropped")
+                    problems.append(FieldProblem(where, f"expected an object, found {describe_value(item)}", "dropped"))
         return cls(
             chosen_watts=f.integer(PROFILE_CHOSEN_WATTS),
             candidates=None if candidates is None else tuple(candidates),

@@ -1,60 +1,12 @@
-"""One retry policy: exponential backoff with jitter, a cap, and the server's Retry-After as a floor.
+"""The retry policy of the operator's loops: :class:`etj_contract.backoff.Backoff`, re-exported.
 
-Pure and stdlib-only: :meth:`Backoff.delay_seconds` maps an attempt number to a delay; the caller keeps the
-count and does the waiting (with its own clock, so tests use a fake one). Used by the per-job loops
-(:mod:`etj_operator.supervisor`) and the pod informer (:mod:`etj_operator.podwatch`). The harness's control
-channel (``etj_workload.control``) follows the same formula in a few lines of its own, because the workload
-must not import the operator (docs/architecture.md, "Errors and retries"); a unit test keeps both equal.
-
-The formula, for attempt ``n`` (0 for the first retry) and a random ``u`` in [0, 1) from ``rng``::
-
-    ceiling = min(cap, base * factor ** n)
-    delay   = ceiling * (1 - jitter * u)          # jitter 1: "full jitter", anywhere in (0, ceiling]
-    delay   = max(delay, min(retry_after, cap))   # the server's Retry-After, up to the cap, is a floor
+The policy lives in the contract package because the harness's control channel retries with it too
+(docs/architecture.md, "Errors and retries"). Used here by the per-job loops (:mod:`etj_operator.supervisor`)
+and the pod informer (:mod:`etj_operator.podwatch`).
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from etj_contract.backoff import Backoff
 
 __all__ = ["Backoff"]
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """An exponential backoff policy (immutable; the attempt count lives with the caller)."""
-
-    #: The ceiling of the first retry's delay. Units: seconds.
-    base_seconds: float
-    #: The largest delay, whatever the attempt (a Retry-After above it is cut to it). Units: seconds.
-    cap_seconds: float
-    #: Growth of the ceiling per attempt.
-    factor: float = 2.0
-    #: The randomised share of each delay: 1.0 is full jitter (spreads retries of many clients that failed
-    #: together), 0.0 none.
-    jitter: float = 1.0
-    #: Random numbers in [0, 1); injected by tests (``lambda: 0.0`` makes every delay its ceiling).
-    rng: Callable[[], float] = field(default=random.random, compare=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if not 0 < self.base_seconds <= self.cap_seconds:
-            raise ValueError(f"need 0 < base_seconds <= cap_seconds, got {self.base_seconds}, {self.cap_seconds}")
-        if self.factor < 1 or not 0 <= self.jitter <= 1:
-            raise ValueError(f"need factor >= 1 and 0 <= jitter <= 1, got {self.factor}, {self.jitter}")
-
-    def ceiling_seconds(self, attempt: int) -> float:
-        """The delay of ``attempt`` before jitter (0 is the first retry)."""
-        exponent = max(0, attempt)
-        # factor ** exponent overflows a float past ~1000 attempts; the cap is reached long before.
-        if exponent > 64:
-            return self.cap_seconds
-        return min(self.cap_seconds, self.base_seconds * self.factor**exponent)
-
-    def delay_seconds(self, attempt: int, retry_after_seconds: float | None = None) -> float:
-        """How long to wait before retry ``attempt``; never below the server's Retry-After (up to the cap)."""
-        delay = self.ceiling_seconds(attempt) * (1.0 - self.jitter * self.rng())
-        if retry_after_seconds is not None and retry_after_seconds > 0:
-            delay = max(delay, min(retry_after_seconds, self.cap_seconds))
-        return delay

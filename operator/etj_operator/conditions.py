@@ -14,19 +14,22 @@ import copy
 from collections.abc import Sequence
 from typing import Any, Final
 
+from etj_contract import ConditionType
+
 Condition = dict[str, Any]
 
-CREATED: Final = "Created"
-RUNNING: Final = "Running"
-RESTARTING: Final = "Restarting"
-SUCCEEDED: Final = "Succeeded"
-FAILED: Final = "Failed"
-SUSPENDED: Final = "Suspended"
-INVALID: Final = "Invalid"
+# The lifecycle's condition types (members of the contract's ConditionType).
+CREATED: Final = ConditionType.CREATED
+RUNNING: Final = ConditionType.RUNNING
+RESTARTING: Final = ConditionType.RESTARTING
+SUCCEEDED: Final = ConditionType.SUCCEEDED
+FAILED: Final = ConditionType.FAILED
+SUSPENDED: Final = ConditionType.SUSPENDED
+INVALID: Final = ConditionType.INVALID
 #: True while the API server refuses a request of the job's pass (403, 422, ...): which object, and why.
-API_REQUEST_REFUSED: Final = "ApiRequestRefused"
+API_REQUEST_REFUSED: Final = ConditionType.API_REQUEST_REFUSED
 #: True while pods of another job (an older job of the same name, or orphans) hold the gang's names: it waits.
-POD_NAME_TAKEN: Final = "PodNameTaken"
+POD_NAME_TAKEN: Final = ConditionType.POD_NAME_TAKEN
 CONDITION_TYPES: Final = (
     CREATED,
     RUNNING,
@@ -39,7 +42,7 @@ CONDITION_TYPES: Final = (
     POD_NAME_TAKEN,
 )
 
-_EXCLUSIVE: Final = {RUNNING: RESTARTING, RESTARTING: RUNNING}
+_EXCLUSIVE: Final[dict[str, str]] = {RUNNING: RESTARTING, RESTARTING: RUNNING}
 _FINAL: Final = (SUCCEEDED, FAILED)
 
 # Reasons, CamelCase as Kubernetes uses them.

@@ -12,9 +12,10 @@ its baseline, and the energy the GPU drew before (another job's, or idle) is nev
 * without a counter: power x time, trapezoidal between the last and the current reading, with the gap
   capped at ``max_power_gap_seconds`` (a conservative bound: nothing is invented for long outages).
 
-The state (totals, the last counter value per series, a bounded history) is serialised into
-``status.energy``; an operator restart reads it back and continues, so nothing is lost (counters cover the
-downtime) or counted twice (the stored counter values are the baseline).
+The state (totals, the last counter value per series, a bounded history) is the contract's
+:class:`~etj_contract.sections.EnergySection`, serialised into ``status.energy``; an operator restart
+reads it back and continues, so nothing is lost (counters cover the downtime) or counted twice (the stored
+counter values are the baseline).
 
 A status written before series were keyed by UID has ``<pod>/<GPU>`` keys and entries without ``pod``.
 Such an entry is taken over by the first reading of the same pod name and GPU whose pod started no later
@@ -25,123 +26,22 @@ no further deltas and is forgotten after ``FORGET_SERIES_AFTER_SECONDS``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Final
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
 
+from etj_contract.sections import JOULES_PER_KWH, EnergySection, SeriesEntry
 from etj_operator.telemetry.base import GpuSample
 
-JOULES_PER_KWH: Final = 3.6e6
+__all__ = ["JOULES_PER_KWH", "AccountingSettings", "EnergyState", "SeriesState", "integrate"]
 HISTORY_MAX_POINTS: Final = 240
 #: Series not seen for this long are forgotten (bounded status size).
 FORGET_SERIES_AFTER_SECONDS: Final = 3600.0
 
 
-@dataclass
-class SeriesState:
-    """The last reading of one GPU series."""
-
-    last_seen_seconds: float
-    counter_mj: float | None = None
-    power_watts: float | None = None
-    #: When this series' baseline was taken (its first reading, or a re-baseline after a long gap): the
-    #: series has been accounted without a hole since then.
-    since_seconds: float | None = None
-    #: The pod's name (the key holds its UID). None: an entry of a status written before UID keys, whose
-    #: key is ``<pod>/<GPU>``.
-    pod: str | None = None
-
-
-@dataclass
-class EnergyState:
-    """A job's energy account; round-trips through ``status.energy``."""
-
-    joules: float = 0.0
-    grams_co2e: float = 0.0
-    peak_watts: float = 0.0
-    current_watts: float = 0.0
-    covered_seconds: float = 0.0
-    last_sample_seconds: float | None = None
-    source: str = ""
-    simulated: bool = False
-    series: dict[str, SeriesState] = field(default_factory=dict)
-    #: [unix_seconds, job_watts, per_gpu_limit_watts | None, cumulative_joules]
-    history: list[list[float | None]] = field(default_factory=list)
-
-    @property
-    def kilowatt_hours(self) -> float:
-        """Total energy in kWh."""
-        return self.joules / JOULES_PER_KWH
-
-    @property
-    def average_watts(self) -> float:
-        """Mean job power over the time covered by readings."""
-        return self.joules / self.covered_seconds if self.covered_seconds > 0 else 0.0
-
-    def to_status(self) -> dict[str, Any]:
-        """The ``status.energy`` object (totals rounded for display; the state keeps full precision)."""
-        return {
-            "joules": round(self.joules, 6),
-            "kilowattHours": round(self.kilowatt_hours, 9),
-            "averageWatts": round(self.average_watts, 2),
-            "peakWatts": round(self.peak_watts, 2),
-            "currentWatts": round(self.current_watts, 2),
-            "gramsCO2e": round(self.grams_co2e, 9),
-            "coveredSeconds": round(self.covered_seconds, 3),
-            "source": self.source + (" (simulated)" if self.simulated and self.source else ""),
-            "simulated": self.simulated,
-            "lastSampleTime": self.last_sample_seconds,
-            "series": {
-                key: {
-                    "t": s.last_seen_seconds,
-                    "since": s.since_seconds,
-                    "counterMillijoules": s.counter_mj,
-                    "watts": s.power_watts,
-                    **({"pod": s.pod} if s.pod is not None else {}),
-                }
-                for key, s in sorted(self.series.items())
-            },
-            "history": [list(point) for point in self.history],
-        }
-
-    @classmethod
-    def from_status(cls, raw: Mapping[str, Any] | None) -> EnergyState:
-        """Rebuild the state from ``status.energy`` (tolerant: unreadable parts start from zero)."""
-        raw = raw or {}
-
-        def num(key: str) -> float:
-            value = raw.get(key)
-            return float(value) if isinstance(value, int | float) and math.isfinite(value) else 0.0
-
-        series: dict[str, SeriesState] = {}
-        for key, entry in (raw.get("series") or {}).items():
-            if isinstance(entry, Mapping) and isinstance(entry.get("t"), int | float):
-                series[str(key)] = SeriesState(
-                    float(entry["t"]),
-                    _opt_float(entry.get("counterMillijoules")),
-                    _opt_float(entry.get("watts")),
-                    _opt_float(entry.get("since")),
-                    entry["pod"] if isinstance(entry.get("pod"), str) else None,
-                )
-        last = raw.get("lastSampleTime")
-        source = str(raw.get("source") or "").replace(" (simulated)", "")
-        history = [list(p) for p in raw.get("history") or [] if isinstance(p, list) and len(p) == 4]
-        return cls(
-            joules=num("joules"),
-            grams_co2e=num("gramsCO2e"),
-            peak_watts=num("peakWatts"),
-            current_watts=num("currentWatts"),
-            covered_seconds=num("coveredSeconds"),
-            last_sample_seconds=float(last) if isinstance(last, int | float) else None,
-            source=source,
-            simulated=bool(raw.get("simulated")),
-            series=series,
-            history=history,
-        )
-
-
-def _opt_float(value: Any) -> float | None:
-    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+#: The account and its series entries are the contract's records (``status.energy`` round-trips through them).
+EnergyState = EnergySection
+SeriesState = SeriesEntry
 
 
 @dataclass(frozen=True)

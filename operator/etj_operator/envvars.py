@@ -1,18 +1,29 @@
 """Environment of a worker pod's trainer container, one generator per feature.
 
 Each generator takes an :class:`EnvContext` and returns ``V1EnvVar``-shaped dicts. Adding a feature adds a
-generator to :data:`GENERATORS`; nothing else changes. Names come from :mod:`etj_operator.contract`.
+generator to :data:`GENERATORS`; nothing else changes. Names come from :mod:`etj_operator.contract`; the plans
+(``ETJ_POWER_POLICY``, ``ETJ_COMPRESSION_PLAN``) are the contract's records (:mod:`etj_contract.plans`), built
+from the parsed spec here (the contract does not know the operator's models) and written with ``to_env()``.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
+from etj_contract.plans import (
+    COMPRESSION_DEFAULTS,
+    AccuracyGuard,
+    AutoPolicy,
+    CompressionPlan,
+    CompressionStage,
+    PowerPolicy,
+    PruneSpec,
+    QuantizeSpec,
+    StageTrigger,
+)
 from etj_operator import contract as c
-from etj_operator.models import JobSpec
+from etj_operator.models import CompressionSpec, JobSpec, PowerSpec, StageSpec
 
 EnvVar = dict[str, str]
 
@@ -92,35 +103,51 @@ def harness_env(ctx: EnvContext) -> list[EnvVar]:
     ]
 
 
+def power_policy_of(power: PowerSpec) -> PowerPolicy:
+    """The power policy the harness gets for ``spec.energy.power`` (its defaults already applied by the parser)."""
+    auto = power.auto
+    return PowerPolicy(
+        mode=power.mode,
+        limit_watts=power.limit_watts,
+        auto=AutoPolicy()
+        if auto is None
+        else AutoPolicy(auto.eta, auto.warmup_steps, auto.profile_steps, auto.step_watts, auto.max_slowdown),
+        budget_watts=power.budget_watts,
+    )
+
+
+def _stage_of(stage: StageSpec) -> CompressionStage:
+    trigger = StageTrigger.of(stage.trigger_kind, stage.trigger_value)
+    # The parser checked the action's object; it keeps it only as written (raw), defaults not filled in.
+    if stage.kind == "prune":
+        prune = stage.raw["prune"]
+        method = prune.get("method", COMPRESSION_DEFAULTS.prune_method)
+        return CompressionStage(stage.name, trigger, prune=PruneSpec(float(prune["amount"]), method))
+    quantize = stage.raw.get("quantize") or {}
+    return CompressionStage(
+        stage.name, trigger, quantize=QuantizeSpec(quantize.get("dtype", COMPRESSION_DEFAULTS.quantize_dtype))
+    )
+
+
+def compression_plan_of(compression: CompressionSpec) -> CompressionPlan:
+    """The compression plan the harness gets for ``spec.compression``: the stages in order, and the guard."""
+    return CompressionPlan(
+        stages=tuple(_stage_of(s) for s in compression.stages),
+        guard=AccuracyGuard(compression.max_accuracy_drop, compression.guard_action),
+    )
+
+
 def power_env(ctx: EnvContext) -> list[EnvVar]:
     """The power policy (spec.energy.power) as JSON for the harness's power controller."""
-    power = ctx.spec.energy.power
-    policy: dict[str, Any] = {"mode": power.mode}
-    if power.limit_watts is not None:
-        policy["limitWatts"] = power.limit_watts
-    if power.auto is not None:
-        a = power.auto
-        policy["auto"] = {
-            "eta": a.eta,
-            "warmupSteps": a.warmup_steps,
-            "profileSteps": a.profile_steps,
-            "stepWatts": a.step_watts,
-            "maxSlowdown": a.max_slowdown,
-        }
-    policy["budgetWatts"] = power.budget_watts
-    return [_var(c.ENV_ETJ_POWER_POLICY, json.dumps(policy, sort_keys=True))]
+    return [_var(c.ENV_ETJ_POWER_POLICY, power_policy_of(ctx.spec.energy.power).to_env())]
 
 
 def compression_env(ctx: EnvContext) -> list[EnvVar]:
     """The compression plan (stages in order, with the accuracy guard) as JSON; absent when empty."""
-    comp = ctx.spec.compression
-    if not comp.stages:
+    plan = compression_plan_of(ctx.spec.compression)
+    if not plan.stages:
         return []
-    plan = {
-        "stages": [dict(s.raw) for s in comp.stages],
-        "accuracyGuard": {"maxDrop": comp.max_accuracy_drop, "action": comp.guard_action},
-    }
-    return [_var(c.ENV_ETJ_COMPRESSION_PLAN, json.dumps(plan, sort_keys=True))]
+    return [_var(c.ENV_ETJ_COMPRESSION_PLAN, plan.to_env())]
 
 
 def checkpoint_env(ctx: EnvContext) -> list[EnvVar]:

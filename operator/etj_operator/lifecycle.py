@@ -37,22 +37,24 @@ import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
+from etj_contract import Phase
 from etj_operator import builders, contract
 from etj_operator import conditions as cond
 from etj_operator.envvars import worker_pod_name
 from etj_operator.models import InvalidSpecError, JobSpec
 
-PENDING = "Pending"
-RUNNING = "Running"
-RESTARTING = "Restarting"
-SUSPENDED = "Suspended"
-SUCCEEDED = "Succeeded"
-FAILED = "Failed"
-PAUSED = "Paused"
-THROTTLED = "Throttled"
-RESCHEDULING = "Rescheduling"
+# The job's phases, under the names this module has always used (members of the contract's Phase).
+PENDING: Final = Phase.PENDING
+RUNNING: Final = Phase.RUNNING
+RESTARTING: Final = Phase.RESTARTING
+SUSPENDED: Final = Phase.SUSPENDED
+SUCCEEDED: Final = Phase.SUCCEEDED
+FAILED: Final = Phase.FAILED
+PAUSED: Final = Phase.PAUSED
+THROTTLED: Final = Phase.THROTTLED
+RESCHEDULING: Final = Phase.RESCHEDULING
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from etj_contract.plans import AUTO_BOUNDS, AUTO_DEFAULTS
+from etj_contract.plans import AUTO_BOUNDS, AUTO_DEFAULTS, COMPRESSION_BOUNDS, COMPRESSION_DEFAULTS, POWER_BOUNDS
 from etj_operator import contract
 
 PowerMode = Literal["Unmanaged", "Fixed", "Auto"]
@@ -25,7 +25,7 @@ CleanPodPolicy = Literal["None", "Running", "All"]
 GuardAction = Literal["Rollback", "Stop"]
 PruneMethod = Literal["l1Unstructured", "lnStructured"]
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_LABEL = re.compile(COMPRESSION_BOUNDS.name_pattern)
 _RFC1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 #: Pod names are "<job>-worker-<index>"; a pod name is at most 63 characters for its hostname.
 MAX_JOB_NAME_LENGTH = 63 - len("-worker-") - 4
@@ -153,7 +153,7 @@ class EnergySpec:
 
 @dataclass(frozen=True)
 class StageSpec:
-    """One compression stage; ``raw`` is the stage as written (passed to the harness verbatim)."""
+    """One compression stage; ``raw`` is the stage as written (``envvars`` makes the contract's plan of it)."""
 
     name: str
     trigger_kind: Literal["epoch", "step", "energyFraction"]
@@ -469,7 +469,7 @@ def _parse_energy(r: _Reader, spec: Mapping[str, Any]) -> EnergySpec:
 
 def _parse_power(r: _Reader, raw: Mapping[str, Any], p: str) -> PowerSpec:
     mode: PowerMode = r.choice(raw, "mode", p, "Unmanaged", ("Unmanaged", "Fixed", "Auto"))
-    limit = r.integer(raw, "limitWatts", p, None, 50, 2000)
+    limit = r.integer(raw, "limitWatts", p, None, POWER_BOUNDS.limit_watts.minimum, POWER_BOUNDS.limit_watts.maximum)
     if mode == "Fixed" and limit is None and "limitWatts" not in raw:
         r.problem(f"{p}.limitWatts", "is required by mode Fixed", "set the per-GPU limit in watts, e.g. 300")
     if mode != "Fixed" and "limitWatts" in raw:
@@ -494,7 +494,9 @@ def _parse_power(r: _Reader, raw: Mapping[str, Any], p: str) -> PowerSpec:
             or d.step_watts,
             max_slowdown=r.number(a, "maxSlowdown", ap, d.max_slowdown, b.max_slowdown.minimum, b.max_slowdown.maximum),
         )
-    budget = r.integer(raw, "budgetWatts", p, None, 1, 10_000_000)
+    budget = r.integer(
+        raw, "budgetWatts", p, None, POWER_BOUNDS.budget_watts.minimum, POWER_BOUNDS.budget_watts.maximum
+    )
     return PowerSpec(mode=mode, limit_watts=limit, auto=auto, budget_watts=budget)
 
 
@@ -533,14 +535,16 @@ def _parse_compression(r: _Reader, spec: Mapping[str, Any], energy: EnergySpec) 
     p = "spec.compression"
     guard = r.mapping(raw, "accuracyGuard", p) or {}
     gp = f"{p}.accuracyGuard"
-    max_drop = r.number(guard, "maxDrop", gp, 0.01, 0, 1)
+    drop = COMPRESSION_BOUNDS.max_drop
+    max_drop = r.number(guard, "maxDrop", gp, COMPRESSION_DEFAULTS.max_drop, drop.minimum, drop.maximum)
     action: GuardAction = r.choice(guard, "action", gp, "Rollback", ("Rollback", "Stop"))
     stages_raw = raw.get("stages", [])
     if not isinstance(stages_raw, list):
         r.problem(f"{p}.stages", "must be a list", "write a list of stages")
         stages_raw = []
-    if len(stages_raw) > 16:
-        r.problem(f"{p}.stages", f"has {len(stages_raw)} stages; at most 16", "merge or drop stages")
+    if len(stages_raw) > COMPRESSION_BOUNDS.max_stages:
+        most = COMPRESSION_BOUNDS.max_stages
+        r.problem(f"{p}.stages", f"has {len(stages_raw)} stages; at most {most}", "merge or drop stages")
     stages: list[StageSpec] = []
     seen: set[str] = set()
     for i, s in enumerate(stages_raw):
@@ -560,7 +564,7 @@ def _parse_compression(r: _Reader, spec: Mapping[str, Any], energy: EnergySpec) 
 
 def _parse_stage(r: _Reader, s: Mapping[str, Any], sp: str, energy: EnergySpec) -> StageSpec | None:
     name = r.string(s, "name", sp, None)
-    if not name or not _DNS_LABEL.match(name) or len(name) > 63:
+    if not name or not _DNS_LABEL.match(name) or len(name) > COMPRESSION_BOUNDS.max_name_length:
         r.problem(f"{sp}.name", f"{name!r} is not a DNS label", "use lowercase letters, digits and '-'")
         return None
     trigger = r.mapping(s, "trigger", sp)
@@ -580,7 +584,8 @@ def _parse_stage(r: _Reader, s: Mapping[str, Any], sp: str, energy: EnergySpec) 
                 "add spec.energy.energyBudget.kilowattHours or trigger by epoch or step",
             )
     else:
-        value = r.integer(trigger, kind, tp, None, 1, 1_000_000 if kind == "epoch" else 1_000_000_000)
+        bounds = COMPRESSION_BOUNDS.epoch if kind == "epoch" else COMPRESSION_BOUNDS.step
+        value = r.integer(trigger, kind, tp, None, bounds.minimum, bounds.maximum)
     if value is None:
         return None
     has_prune, has_quant = "prune" in s, "quantize" in s

@@ -5,30 +5,40 @@
 (``status.policy``), ``status.placement``, conditions and events, and what the lifecycle must do with the
 pods (hold them deleted as Paused/Suspended, fail the job, or recreate them elsewhere).
 
+Every section is the contract's typed record (:class:`~etj_contract.ControlSection`,
+:class:`~etj_contract.PolicySection`, :class:`~etj_contract.PlacementSection`, the parsed
+:class:`~etj_contract.WorkloadReport`): no status key is spelled here.
+
 Actions that stop pods first ask the harness for a checkpoint (``control.checkpointRequested`` = n + 1)
 and wait until the harness acknowledges it (``status.workload.checkpoint.acknowledged`` >= n + 1) or a
 timeout passes: this is the "drain" below. A job without ``spec.checkpoint`` is drained at once.
+
+The energy-fraction stages have one owner, this module: it asks for the next one through
+``control.stageRequested`` (in plan order, one at a time, once the fraction reaches its trigger and the
+report does not list it yet); the harness applies what is requested and decides nothing from the fraction.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
+from etj_contract import ConditionType, ControlSection, Drain, Phase, PlacementSection, PolicySection, WorkloadReport
 from etj_operator import contract as c
 from etj_operator.energy import EnergyState
 from etj_operator.lifecycle import Event
 from etj_operator.models import JobSpec
 
-# Condition types and reasons owned by the policies.
-TELEMETRY_AVAILABLE: Final = "TelemetryAvailable"
-THROTTLED: Final = "Throttled"
-BUDGET_EXCEEDED: Final = "BudgetExceeded"
-PAUSED: Final = "Paused"
-RESCHEDULING: Final = "Rescheduling"
+# Condition types owned by the policies.
+TELEMETRY_AVAILABLE: Final = ConditionType.TELEMETRY_AVAILABLE
+THROTTLED: Final = ConditionType.THROTTLED
+BUDGET_EXCEEDED: Final = ConditionType.BUDGET_EXCEEDED
+PAUSED: Final = ConditionType.PAUSED
+RESCHEDULING: Final = ConditionType.RESCHEDULING
 POWER_PRESSURE_ANNOTATION: Final = f"{c.GROUP}/power-pressure"
 
 DRAIN_BUDGET_STOP: Final = "EnergyBudgetStop"
@@ -57,10 +67,11 @@ class PolicyInputs:
     spec: JobSpec
     energy: EnergyState
     now_seconds: float
-    control: Mapping[str, Any]
-    policy: Mapping[str, Any]
-    placement: Mapping[str, Any]
-    workload: Mapping[str, Any]
+    control: ControlSection
+    policy: PolicySection
+    placement: PlacementSection
+    #: The workload's report as parsed (its word: stage results, checkpoint acknowledgements).
+    workload: WorkloadReport
     #: A telemetry cycle for this job arrived since the last decision.
     fresh_telemetry: bool
     #: This job's GPUs had readings in the latest cycle; else why not.
@@ -88,13 +99,13 @@ class ConditionChange:
 class PolicyOutcome:
     """The policies' decisions for one cycle."""
 
-    control: dict[str, Any]
-    policy: dict[str, Any]
-    placement: dict[str, Any]
+    control: ControlSection
+    policy: PolicySection
+    placement: PlacementSection
     conditions: list[ConditionChange] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
-    #: Pods must not run: "Paused" | "Suspended" (the lifecycle deletes them and shows this phase).
-    hold: str | None = None
+    #: Pods must not run: Paused | Suspended (the lifecycle deletes them and shows this phase).
+    hold: Phase | None = None
     #: Finish the job as Failed with (reason, message).
     fail: tuple[str, str] | None = None
     #: Delete the pods now so the lifecycle recreates them (reschedule).
@@ -116,9 +127,9 @@ def throttle_limit(
 def decide(inputs: PolicyInputs) -> PolicyOutcome:
     """Run every policy for one job and cycle."""
     out = PolicyOutcome(
-        control=copy.deepcopy(dict(inputs.control)),
-        policy=copy.deepcopy(dict(inputs.policy)),
-        placement=copy.deepcopy(dict(inputs.placement)),
+        control=inputs.control,  # frozen: replaced, never changed in place
+        policy=copy.deepcopy(inputs.policy),
+        placement=copy.deepcopy(inputs.placement),
     )
     _telemetry_condition(inputs, out)
     _energy_fraction(inputs, out)
@@ -149,12 +160,12 @@ def _energy_fraction(i: PolicyInputs, out: PolicyOutcome) -> None:
     if budget is None:
         return
     fraction = i.energy.kilowatt_hours / budget.kilowatt_hours
-    out.control[c.CONTROL_ENERGY_FRACTION] = round(fraction, 6)
-    done = {s.get("name") for s in i.workload.get(c.WORKLOAD_STAGES) or [] if isinstance(s, Mapping)}
+    out.control = dataclasses.replace(out.control, energy_fraction=round(fraction, 6))
+    done = {s.name for s in i.workload.stages or ()}
     for stage in i.spec.compression.stages:
         if stage.trigger_kind == "energyFraction" and stage.name not in done and fraction >= stage.trigger_value:
-            if out.control.get(c.CONTROL_STAGE_REQUESTED) != stage.name:
-                out.control[c.CONTROL_STAGE_REQUESTED] = stage.name
+            if out.control.stage_requested != stage.name:
+                out.control = dataclasses.replace(out.control, stage_requested=stage.name)
                 out.events.append(
                     Event("Normal", "StageRequested", f"stage {stage.name}: {fraction:.0%} of the energy budget used")
                 )
@@ -165,22 +176,22 @@ def _energy_fraction(i: PolicyInputs, out: PolicyOutcome) -> None:
 # --- drains (checkpoint before stopping pods) ------------------------------------------------------------
 def _drain(i: PolicyInputs, out: PolicyOutcome, reason: str) -> bool:
     """Ask for a checkpoint for ``reason``; True once it is safe to stop the pods."""
-    drain = out.policy.get("drain")
-    if not isinstance(drain, Mapping) or drain.get("reason") != reason:
+    drain = out.policy.drain
+    if drain is None or drain.reason != reason:
         if i.spec.checkpoint is None or not i.pods_exist:
             return True
-        seq = int(out.control.get(c.CONTROL_CHECKPOINT_REQUESTED) or 0) + 1
-        out.control[c.CONTROL_CHECKPOINT_REQUESTED] = seq
-        out.policy["drain"] = {"reason": reason, "requested": seq, "since": i.now_seconds}
+        seq = out.control.checkpoint_requested + 1
+        out.control = dataclasses.replace(out.control, checkpoint_requested=seq)
+        out.policy.drain = Drain(reason=reason, requested=seq, since_seconds=i.now_seconds)
         out.events.append(Event("Normal", "CheckpointRequested", f"checkpoint {seq} requested before {reason}"))
         out.decisions.append("checkpoint")
         return False
-    ack = (i.workload.get(c.WORKLOAD_CHECKPOINT) or {}).get("acknowledged")
-    if isinstance(ack, int) and ack >= int(drain.get("requested") or 0):
+    ack = i.workload.acknowledged_checkpoint
+    if ack is not None and ack >= drain.requested:
         return True
     if not i.pods_exist:
         return True
-    if i.now_seconds - float(drain.get("since") or 0) >= i.settings.checkpoint_timeout_seconds:
+    if i.now_seconds - drain.since_seconds >= i.settings.checkpoint_timeout_seconds:
         out.events.append(
             Event("Warning", "CheckpointTimeout", f"no checkpoint acknowledged within "
                   f"{i.settings.checkpoint_timeout_seconds:.0f} s; going on with {reason}")
@@ -190,15 +201,13 @@ def _drain(i: PolicyInputs, out: PolicyOutcome, reason: str) -> bool:
 
 
 def _finish_drain(i: PolicyInputs, out: PolicyOutcome) -> None:
-    drain = out.policy.get("drain")
-    if isinstance(drain, Mapping) and drain.get("done"):
-        out.policy.pop("drain", None)
+    if out.policy.drain is not None and out.policy.drain.done:
+        out.policy.drain = None
 
 
 def _mark_drained(out: PolicyOutcome) -> None:
-    drain = out.policy.get("drain")
-    if isinstance(drain, dict):
-        drain["done"] = True
+    if out.policy.drain is not None:
+        out.policy.drain.done = True
 
 
 # --- energy budget ----------------------------------------------------------------------------------------
@@ -210,31 +219,33 @@ def _budget(i: PolicyInputs, out: PolicyOutcome) -> None:
     exceeded = used >= budget.kilowatt_hours
     message = f"{used:.6f} kWh used of a {budget.kilowatt_hours:g} kWh budget (action {budget.action})"
     if not exceeded:
-        if out.policy.pop("budgetSuspended", None):
+        if out.policy.budget_suspended:
+            out.policy.budget_suspended = False
             out.events.append(Event("Normal", "BudgetRaised", f"energy budget no longer exceeded: {message}"))
             out.decisions.append("resume")
-        if out.policy.pop("budgetNotified", None) is not None or budget.action != "Notify":
+        if out.policy.budget_notified or budget.action != "Notify":
+            out.policy.budget_notified = False
             out.conditions.append(ConditionChange(BUDGET_EXCEEDED, False, "WithinBudget", message))
         return
     out.conditions.append(ConditionChange(BUDGET_EXCEEDED, True, "EnergyBudgetExceeded", message))
     if budget.action == "Notify":
-        if not out.policy.get("budgetNotified"):
-            out.policy["budgetNotified"] = True
+        if not out.policy.budget_notified:
+            out.policy.budget_notified = True
             out.events.append(Event("Warning", "EnergyBudgetExceeded", message))
             out.decisions.append("notify")
         return
     if budget.action == "Suspend":
-        if out.policy.get("budgetSuspended"):
-            out.hold = "Suspended"
+        if out.policy.budget_suspended:
+            out.hold = Phase.SUSPENDED
             return
         if _drain(i, out, DRAIN_BUDGET_SUSPEND):
             _mark_drained(out)
-            out.policy["budgetSuspended"] = True
-            out.hold = "Suspended"
+            out.policy.budget_suspended = True
+            out.hold = Phase.SUSPENDED
             out.events.append(Event("Warning", "EnergyBudgetExceeded", f"suspending: {message}"))
             out.decisions.append("suspend")
         return
-    out.control[c.CONTROL_STOP_REQUESTED] = True
+    out.control = dataclasses.replace(out.control, stop_requested=True)
     if _drain(i, out, DRAIN_BUDGET_STOP):
         _mark_drained(out)
         out.fail = ("EnergyBudgetExceeded", message)
@@ -246,53 +257,52 @@ def _carbon(i: PolicyInputs, out: PolicyOutcome) -> None:
     carbon = i.spec.energy.carbon
     if carbon is None or carbon.max_grams_per_kwh is None:
         return
-    paused = bool(out.policy.get("carbonPaused"))
-    since = float(out.policy.get("carbonSince") or 0.0)
+    paused = out.policy.carbon_paused
+    since = out.policy.carbon_since_seconds or 0.0
     dwell_ok = i.now_seconds - since >= carbon.min_dwell_seconds
     intensity = i.intensity_grams_per_kwh
     if intensity is None:
         if paused:
-            out.hold = "Paused"
+            out.hold = Phase.PAUSED
         return
     limit = carbon.max_grams_per_kwh
     if paused:
         if intensity <= limit and dwell_ok:
-            out.policy["carbonPaused"] = False
-            out.policy["carbonSince"] = i.now_seconds
+            out.policy.carbon_paused = False
+            out.policy.carbon_since_seconds = i.now_seconds
             message = f"carbon intensity {intensity:g} g/kWh <= {limit:g}: resuming"
             out.conditions.append(ConditionChange(PAUSED, False, "CarbonIntensityLow", message))
             out.events.append(Event("Normal", "Resumed", message))
             out.decisions.append("resume")
             return
-        out.hold = "Paused"
+        out.hold = Phase.PAUSED
         return
     if intensity > limit and dwell_ok and _drain(i, out, DRAIN_CARBON):
         _mark_drained(out)
-        out.policy["carbonPaused"] = True
-        out.policy["carbonSince"] = i.now_seconds
+        out.policy.carbon_paused = True
+        out.policy.carbon_since_seconds = i.now_seconds
         message = f"carbon intensity {intensity:g} g/kWh > {limit:g}: pausing"
         out.conditions.append(ConditionChange(PAUSED, True, "CarbonIntensityHigh", message))
         out.events.append(Event("Normal", "Paused", message))
         out.decisions.append("pause")
-        out.hold = "Paused"
+        out.hold = Phase.PAUSED
 
 
 # --- reschedule on node power pressure ---------------------------------------------------------------------
 def _reschedule(i: PolicyInputs, out: PolicyOutcome) -> None:
     placement = i.spec.energy.placement
-    if out.placement.get("rescheduling") and not i.pods_exist:
-        out.placement["rescheduling"] = False
+    # A reschedule in progress ends when the new gang runs (etj_operator.jobpass.settle), not when the old
+    # pods are gone: between the two, the job shows Rescheduling.
     if not placement.reschedule_on_power_pressure or not i.pressured_nodes:
         return
     nodes = sorted(set(i.pressured_nodes))
     if _drain(i, out, DRAIN_RESCHEDULE):
         _mark_drained(out)
-        avoided = sorted(set(out.placement.get("avoidedNodes") or []) | set(nodes))
-        out.placement["avoidedNodes"] = avoided
-        out.placement["reschedules"] = int(out.placement.get("reschedules") or 0) + 1
-        out.placement["lastReason"] = f"power pressure on {', '.join(nodes)}"
-        out.placement["lastTime"] = i.now_seconds
-        out.placement["rescheduling"] = True
+        out.placement.avoided_nodes = tuple(sorted(set(out.placement.avoided_nodes) | set(nodes)))
+        out.placement.reschedules += 1
+        out.placement.last_reason = f"power pressure on {', '.join(nodes)}"
+        out.placement.last_reschedule_seconds = i.now_seconds
+        out.placement.rescheduling = True
         out.recreate_pods = True
         message = f"node power pressure on {', '.join(nodes)}: moving the job's pods"
         out.conditions.append(ConditionChange(RESCHEDULING, True, "NodePowerPressure", message))
@@ -303,12 +313,11 @@ def _reschedule(i: PolicyInputs, out: PolicyOutcome) -> None:
 # --- throttle -----------------------------------------------------------------------------------------------
 def _throttle(i: PolicyInputs, out: PolicyOutcome) -> None:
     budget = i.spec.energy.power.budget_watts
-    key = c.CONTROL_POWER_LIMIT_WATTS_PER_GPU
-    current = out.control.get(key)
+    current = out.control.power_limit_watts_per_gpu
     out.throttled = current is not None
     if budget is None:
         if current is not None:
-            out.control[key] = None
+            out.control = dataclasses.replace(out.control, power_limit_watts_per_gpu=None)
             out.throttled = False
             out.conditions.append(ConditionChange(THROTTLED, False, "NoBudget", "spec.energy.power.budgetWatts unset"))
         return
@@ -319,8 +328,8 @@ def _throttle(i: PolicyInputs, out: PolicyOutcome) -> None:
     watts = i.energy.current_watts
     if current is None:
         if watts > budget:
-            out.control[key] = limit
-            out.policy["lowCycles"] = 0
+            out.control = dataclasses.replace(out.control, power_limit_watts_per_gpu=limit)
+            out.policy.low_cycles = 0
             out.throttled = True
             note = "" if reachable else f" (the budget is below {i.gpu_count} GPUs x {s.gpu_min_limit_watts} W)"
             message = f"job draws {watts:.0f} W over its {budget} W budget: {limit} W per GPU{note}"
@@ -329,21 +338,20 @@ def _throttle(i: PolicyInputs, out: PolicyOutcome) -> None:
             out.decisions.append("throttle")
         return
     if current != limit:  # the budget or the GPU count changed
-        out.control[key] = limit
+        out.control = dataclasses.replace(out.control, power_limit_watts_per_gpu=limit)
         out.conditions.append(
             ConditionChange(THROTTLED, True, "PowerBudget", f"{limit} W per GPU for a {budget} W budget")
         )
         out.decisions.append("throttle")
     if watts < s.release_fraction * budget:
-        low = int(out.policy.get("lowCycles") or 0) + 1
-        out.policy["lowCycles"] = low
-        if low >= s.release_after_cycles:
-            out.control[key] = None
-            out.policy["lowCycles"] = 0
+        out.policy.low_cycles += 1
+        if out.policy.low_cycles >= s.release_after_cycles:
+            out.control = dataclasses.replace(out.control, power_limit_watts_per_gpu=None)
+            out.policy.low_cycles = 0
             out.throttled = False
             message = f"job draws {watts:.0f} W, under {s.release_fraction:.0%} of its {budget} W budget: cap released"
             out.conditions.append(ConditionChange(THROTTLED, False, "UnderBudget", message))
             out.events.append(Event("Normal", "ThrottleReleased", message))
             out.decisions.append("release")
     else:
-        out.policy["lowCycles"] = 0
+        out.policy.low_cycles = 0

@@ -1,7 +1,8 @@
 """The API calls the operator's writers make, as small protocols: the seams tests put their doubles at.
 
-The reconciler and the Event poster depend on these, not on :class:`~etj_operator.kubeapi.KubeApi`: each
-protocol names exactly the calls its user makes, so a test double implements three methods (or one), is
+The reconciler and the Event poster depend on these, not on :class:`~etj_operator.kubeapi.KubeApi`, and the
+per-job loops (:mod:`etj_operator.supervisor`) on :class:`JobPasses`, not on the reconciler: each protocol
+names exactly the calls its user makes, so a test double implements three methods (or one), is
 type-checked against them, and cannot drift from the real client's signatures. ``KubeApi`` satisfies both
 structurally (mypy checks it in :mod:`etj_operator.kubeapi`; ``tests/unit/test_ports.py`` checks the
 test doubles).
@@ -9,10 +10,17 @@ test doubles).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-__all__ = ["JobWriter", "ObjectCreator"]
+if TYPE_CHECKING:  # types only: this module imports nothing of the operator at run time
+    from etj_operator.lifecycle import Plan, PodView
+    from etj_operator.reconciler import JobState
+    from etj_operator.telemetry.base import JobTelemetry
+    from etj_operator.telemetry.hub import TelemetryHub
+
+__all__ = ["JobPasses", "JobWriter", "ObjectCreator"]
 
 
 @runtime_checkable
@@ -46,4 +54,29 @@ class JobWriter(ObjectCreator, Protocol):
         status_exists: bool = True,
     ) -> bool:
         """Write these status keys (None removes one) on the job of ``uid`` only; False when that job is gone."""
+        ...
+
+
+class JobPasses(Protocol):
+    """What a job's loop needs of the reconciler: run one pass of a job, forget a job whose loop ended."""
+
+    @property
+    def hub(self) -> TelemetryHub | None:
+        """The telemetry hub whose latest cycle each pass takes (None: no telemetry)."""
+        ...
+
+    async def reconcile(
+        self,
+        body: Mapping[str, Any],
+        pods: Iterable[PodView],
+        state: JobState,
+        now: datetime | None = None,
+        telemetry: JobTelemetry | None = None,
+        report: Mapping[str, Any] | None = None,
+    ) -> Plan:
+        """Observe, decide and act for the job ``body``; the plan says what was done."""
+        ...
+
+    def forget(self, namespace: str, name: str) -> None:
+        """The job's loop ended: drop what is kept for it (its phase, telemetry registration, metric series)."""
         ...

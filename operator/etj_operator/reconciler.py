@@ -1,17 +1,22 @@
-"""Applies lifecycle plans: observe a job and its pods, decide (pure), act through the API wrapper.
+"""Observe, decide, act: one pass of a job, with the decision in the pure :func:`~etj_operator.jobpass.decide_pass`.
 
 One :class:`JobReconciler` serves all jobs; each job's loop (:mod:`etj_operator.supervisor`) calls it with
-the job's body, its pods from the pod informer and the telemetry hub's latest samples. A pass runs the energy
-policies and the lifecycle (both pure), writes the status, then posts the pass's Events through an
-:class:`EventSink` (:class:`~etj_operator.events.EventPoster` in production, which posts them through the
-API wrapper) and creates or deletes children and pods through :class:`~etj_operator.kubeapi.KubeApi`.
+the job's body, its pods from the pod informer, its report from the report informer and the telemetry hub's
+latest cycle. A pass:
 
-One :class:`JobState` per job holds what this operator process last wrote. The reconciler owns a fixed set
-of status keys (:data:`OWNED_KEYS`, ``status.energy`` among them: it integrates the telemetry samples
-itself, and ``status.workload``: a copy of the job's report, which the job's pods write and the operator
-reads defensively). Because the job's watched body lags our own writes by one watch event, the owned keys
-are taken from :class:`JobState` once this process has written them, so a reconcile never acts on its own
-stale status (for example counting a restart twice).
+1. **observes**: what this process last wrote for the job (:class:`JobState`), which of the pods' nodes carry
+   the power-pressure annotation;
+2. **decides** (pure, :mod:`etj_operator.jobpass`): status repair, the report's mirror, energy integration,
+   the policies, the lifecycle and the settle step, into one plan;
+3. **acts**: writes the owned status keys that changed (a JSON patch testing the job's UID), posts the pass's
+   Events through an :class:`EventSink` (:class:`~etj_operator.events.EventPoster` in production), creates the
+   children and creates or deletes pods through the :class:`~etj_operator.ports.JobWriter`, never one twice in
+   flight; a request the API server refuses is shown on the job (``ApiRequestRefused``);
+4. **exports** the job's metrics and registers its pods with the telemetry hub.
+
+Because the job's watched body lags our own writes by one watch event, the owned keys
+(:data:`~etj_operator.jobpass.OWNED_KEYS`) are taken from :class:`JobState` once this process has written them,
+so a pass never acts on its own stale status (for example counting a restart twice).
 """
 
 from __future__ import annotations
@@ -24,13 +29,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
-from etj_contract.report import WorkloadReport
+from etj_contract import CONTROL, ENERGY, ENERGY_KEYS, PLACEMENT, ControlSection, PlacementSection
 from etj_operator import builders, contract
 from etj_operator import conditions as cond
 from etj_operator.config import OperatorConfig
-from etj_operator.energy import EnergyState, integrate
 from etj_operator.errors import ApiStatusError, JobGone, PermanentApiError
-from etj_operator.lifecycle import Event, Observation, Plan, PodView, controller_uid, reconcile, to_rfc3339
+from etj_operator.jobpass import (
+    HELD_PHASES,
+    OWNED_KEYS,
+    REASON_STATUS_REPAIRED,
+    PassObservation,
+    decide_pass,
+    split_by_owner,
+)
+from etj_operator.lifecycle import Event, Plan, PodView, controller_uid, to_rfc3339
 from etj_operator.metrics import (
     GANG_RESTARTS,
     JOB_CARBON_GRAMS,
@@ -42,34 +54,26 @@ from etj_operator.metrics import (
     RECONCILE_SECONDS,
     forget_job,
 )
-from etj_operator.models import InvalidSpecError, JobSpec, parse_spec
-from etj_operator.policies import RESCHEDULING, PolicyInputs, PolicyOutcome, PolicySettings, decide
+from etj_operator.models import JobSpec
+from etj_operator.policies import PolicyOutcome, PolicySettings
 from etj_operator.ports import JobWriter
-from etj_operator.status_repair import repair_status
-from etj_operator.telemetry.base import PodTarget
-from etj_operator.telemetry.hub import JobRegistration, JobTelemetry, TelemetryHub
+from etj_operator.telemetry.base import JobTelemetry, PodTarget
+from etj_operator.telemetry.hub import JobRegistration, TelemetryHub
 
 logger = logging.getLogger(__name__)
 
-OWNED_KEYS: Final = (
-    "phase",
-    "conditions",
-    "observedGeneration",
-    "startTime",
-    "completionTime",
-    "restarts",
-    "replicaStatuses",
-    "energy",
-    "control",
-    "policy",
-    "placement",
-    "stage",
-    "workload",
-)
-HELD_PHASES: Final = ("Suspended", "Paused", "Succeeded", "Failed")
+__all__ = [
+    "HELD_PHASES",
+    "OWNED_KEYS",
+    "REASON_STATUS_REPAIRED",
+    "EventSink",
+    "JobReconciler",
+    "JobState",
+    "pod_view",
+    "split_by_owner",
+]
+
 IN_FLIGHT_EXPIRY_SECONDS: Final = 30.0
-#: Warning Event reason: a malformed status value was replaced (etj_operator.status_repair).
-REASON_STATUS_REPAIRED: Final = "StatusRepaired"
 
 
 class EventSink(Protocol):
@@ -137,9 +141,9 @@ def _drop_failed(names: list[str], results: list[Any], in_flight: dict[str, floa
         raise errors[0]
 
 
-def _placement_directive(spec: JobSpec, placement: Mapping[str, Any]) -> builders.PlacementDirective:
+def _placement_directive(spec: JobSpec, placement: PlacementSection) -> builders.PlacementDirective:
     return builders.PlacementDirective(
-        avoid_nodes=tuple(placement.get("avoidedNodes") or ()),
+        avoid_nodes=placement.avoided_nodes,
         preferred_pools=spec.energy.placement.preferred_node_pools,
         pool_label=spec.energy.placement.node_pool_label,
     )
@@ -150,19 +154,6 @@ def pod_view(pod: Mapping[str, Any]) -> PodView:
     return PodView.from_pod(
         pod, contract.LABEL_REPLICA_INDEX, contract.ANNOTATION_GANG_GENERATION, contract.ANNOTATION_WORLD
     )
-
-
-def split_by_owner(pods: Iterable[PodView], uid: str) -> tuple[list[PodView], list[PodView]]:
-    """The job's own pods (controller ownerReference = the job's UID) and the others under its labels.
-
-    The others are an older job's of the same name (its garbage collection pending) or orphans: never this
-    job's, whatever their name or labels say.
-    """
-    owned: list[PodView] = []
-    foreign: list[PodView] = []
-    for pod in pods:
-        (owned if uid and pod.owner_uid == uid else foreign).append(pod)
-    return owned, foreign
 
 
 class JobReconciler:
@@ -207,74 +198,41 @@ class JobReconciler:
         meta = body.get("metadata") or {}
         name, namespace = meta["name"], meta.get("namespace") or "default"
         uid = str(meta.get("uid") or "")
-        # Only the job's own pods count from here on; the foreign ones only keep the lifecycle from creating.
-        pods, foreign = split_by_owner(pods, uid)
-        status_exists = isinstance(body.get("status"), Mapping) or state.owned is not None
-        spec: JobSpec | None = None
-        error: InvalidSpecError | None = None
-        try:
-            spec = parse_spec(body.get("spec"), name)
-        except InvalidSpecError as e:
-            error = e
-        status = dict(body.get("status") or {})
-        if state.owned is not None:
-            status.update(state.owned)
-            for key in OWNED_KEYS:
-                if key not in state.owned:
-                    status.pop(key, None)
-        before = dict(status)
-        # A malformed value (written by hand, by an older operator) is named and repaired, never fatal: the
-        # repaired keys differ from ``before``, so this pass writes them back.
-        status, repaired = repair_status(
-            status,
-            pod_generations=[p.gang_generation for p in pods],
-            pod_start_times=[p.start_time for p in pods],
+        pods = list(pods)
+        nodes = {p.node_name for p in pods if p.node_name and not p.terminating}
+        decided = decide_pass(
+            PassObservation(
+                body=body,
+                pods=pods,
+                now=now,
+                settings=self.policy_settings,
+                last_written=state.owned,
+                report=report,
+                telemetry=telemetry,
+                pressured_nodes=frozenset(node for node in nodes if self.node_pressure(node)),
+                gpu_count=state.gpu_count,
+            )
         )
-        workload = self._mirror_report(namespace, name, status, report, state)
-
-        outcome: PolicyOutcome | None = None
-        if spec is not None and not spec.suspend and status.get("phase") not in ("Succeeded", "Failed"):
-            outcome = self._policies(spec, status, pods, state, now, telemetry, workload)
-            for change in outcome.conditions:
-                status["conditions"] = cond.set_condition(
-                    list(status.get("conditions") or []),
-                    change.type,
-                    change.status,
-                    change.reason,
-                    change.message,
-                    to_rfc3339(now),
-                    int(meta.get("generation") or 1),
-                )
-        placement = dict(status.get("placement") or {})
-        obs = Observation(
-            name=name,
-            generation=int(meta.get("generation") or 1),
-            spec=spec,
-            spec_error=error,
-            status=status,
-            pods=pods,
-            now=now,
-            hold=outcome.hold if outcome else None,
-            fail=outcome.fail if outcome else None,
-            recreate=outcome.recreate_pods if outcome else False,
-            throttled=outcome.throttled if outcome else False,
-            rescheduling=bool(placement.get("rescheduling")),
-            foreign_pods=foreign,
-        )
-        plan = reconcile(obs)
-        if repaired:
-            message = "status repaired: " + "; ".join(str(problem) for problem in repaired)
-            plan.events.append(Event("Warning", REASON_STATUS_REPAIRED, message))
-            logger.warning("%s/%s: %s", namespace, name, message)
-        if outcome is not None:
-            plan.events.extend(outcome.events)
-        self.settle_status(plan, now, int(meta.get("generation") or 1), workload)
+        plan, outcome, spec = decided.plan, decided.outcome, decided.spec
+        pods, foreign = decided.pods, decided.foreign_pods
+        state.gpu_count = decided.gpu_count
+        self._log_report_problems(namespace, name, decided.report_problems, state)
+        if decided.repaired:
+            logger.warning(
+                "%s/%s: status repaired: %s", namespace, name, "; ".join(str(problem) for problem in decided.repaired)
+            )
         try:
             # The status (e.g. restarts + 1 for a gang restart) is written before any pod is touched: if the
             # write fails or the operator dies right after, no pod was deleted or created on an unrecorded
             # decision.
             await self._write_status(
-                namespace, name, before, plan.status, state, uid=uid or None, status_exists=status_exists
+                namespace,
+                name,
+                decided.before,
+                plan.status,
+                state,
+                uid=uid or None,
+                status_exists=decided.status_exists,
             )
             # The pass's Events (and decision counts) go out as soon as the decision is recorded, before any
             # pod is touched: a pod action that fails half-way must not lose them (JobCreated was lost when the
@@ -351,7 +309,7 @@ class JobReconciler:
             return
         generation = int(plan.status.get("restarts") or 0)
         options = builders.PodOptions(self.config.control_poll_steps, self.config.gpu_backend)
-        directive = _placement_directive(spec, plan.status.get("placement") or {})
+        directive = _placement_directive(spec, PlacementSection.from_status(plan.status.get(PLACEMENT)))
         manifests = []
         for index in plan.create_pods:
             manifest = builders.build_worker_pod(job, spec, index, generation, options, directive)
@@ -372,133 +330,18 @@ class JobReconciler:
             self.hub.unregister((namespace, name))
         forget_job(namespace, name)
 
-    def _policies(
-        self,
-        spec: JobSpec,
-        status: dict[str, Any],
-        pods: list[PodView],
-        state: JobState,
-        now: datetime,
-        telemetry: JobTelemetry | None,
-        workload: Mapping[str, Any],
-    ) -> PolicyOutcome:
-        energy = EnergyState.from_status(status.get("energy"))
-        control = dict(status.get("control") or {})
-        carbon = spec.energy.carbon
-        intensity = None
-        if carbon is not None:
-            intensity = carbon.intensity_grams_per_kwh
-            if carbon.intensity_query is not None:
-                intensity = telemetry.intensity_grams_per_kwh if telemetry else None
-        if telemetry is not None:
-            integrate(
-                energy,
-                telemetry.samples,
-                source=telemetry.source,
-                intensity_grams_per_kwh=intensity,
-                limit_watts_per_gpu=control.get(contract.CONTROL_POWER_LIMIT_WATTS_PER_GPU),
-            )
-            gpus = {s.series for s in telemetry.samples}
-            if gpus:
-                state.gpu_count = len(gpus)
-        placement = dict(status.get("placement") or {})
-        avoided = set(placement.get("avoidedNodes") or [])
-        live = [p for p in pods if not p.terminating]
-        nodes = {p.node_name for p in live if p.node_name and p.node_name not in avoided}
-        pressured = sorted(node for node in nodes if self.node_pressure(node))
-        inputs = PolicyInputs(
-            spec=spec,
-            energy=energy,
-            now_seconds=now.timestamp(),
-            control=control,
-            policy=dict(status.get("policy") or {}),
-            placement=placement,
-            workload=workload,  # the parsed report (_mirror_report), never the job's status as found
-            fresh_telemetry=telemetry is not None,
-            telemetry_ok=telemetry.ok if telemetry else False,
-            telemetry_reason=telemetry.reason if telemetry else "",
-            gpu_count=state.gpu_count or spec.world_size,
-            intensity_grams_per_kwh=intensity,
-            pods_exist=bool(live),
-            pressured_nodes=pressured,
-            settings=self.policy_settings,
-        )
-        outcome = decide(inputs)
-        if telemetry is not None or status.get("energy") is not None:
-            status["energy"] = energy.to_status()
-        status["control"] = outcome.control
-        status["policy"] = outcome.policy
-        if outcome.placement:
-            status["placement"] = outcome.placement
-        return outcome
-
     @staticmethod
-    def settle_status(
-        plan: Plan, now: datetime, generation: int, workload: Mapping[str, Any] | None = None
-    ) -> None:
-        """Status touches that depend on the lifecycle's result (pure; updates ``plan.status``).
-
-        ``workload``: the parsed report (:meth:`_mirror_report`); None reads the plan's ``status.workload``.
-        """
-        status = plan.status
-        placement = status.get("placement")
-        if isinstance(placement, dict) and placement.get("rescheduling") and status.get("phase") in (
-            "Running",
-            "Throttled",
-        ):
-            placement["rescheduling"] = False
-            status["conditions"] = cond.set_condition(
-                list(status.get("conditions") or []),
-                RESCHEDULING,
-                False,
-                "Rescheduled",
-                f"all pods run again, avoiding {', '.join(placement.get('avoidedNodes') or [])}",
-                to_rfc3339(now),
-                generation,
-            )
-        if status.get("phase") in ("Succeeded", "Failed"):
-            # Nothing runs any more: no power draw, and no cap in force (the harness restored its GPUs' limits).
-            energy = status.get("energy")
-            if isinstance(energy, dict) and energy.get("currentWatts"):
-                status["energy"] = {**energy, "currentWatts": 0.0}
-            control = status.get("control")
-            if isinstance(control, dict) and control.get(contract.CONTROL_POWER_LIMIT_WATTS_PER_GPU) is not None:
-                status["control"] = {**control, contract.CONTROL_POWER_LIMIT_WATTS_PER_GPU: None}
-        report = WorkloadReport.from_status(status.get(contract.WORKLOAD) if workload is None else workload)
-        if report.last_kept_stage is not None:
-            status["stage"] = report.last_kept_stage
-
-    def _mirror_report(
-        self,
-        namespace: str,
-        name: str,
-        status: dict[str, Any],
-        report: Mapping[str, Any] | None,
-        state: JobState,
-    ) -> dict[str, Any]:
-        """The workload's word for this pass, parsed defensively; mirrored into ``status.workload``.
-
-        From the job's report when there is one (the only object the job's pods may write); else the
-        ``status.workload`` this operator wrote last (only the operator writes the job's status). A malformed
-        field is dropped and logged (when the problems change), never fatal.
-        """
-        source = status.get(contract.WORKLOAD) if report is None else report.get("status")
-        parsed = WorkloadReport.from_status(source, "status" if report is not None else "status.workload")
-        if parsed.problems != state.report_problems:
-            state.report_problems = parsed.problems
-            if parsed.problems:
+    def _log_report_problems(namespace: str, name: str, problems: tuple[str, ...], state: JobState) -> None:
+        """Log what the report's parse dropped, when that changes (not on every pass)."""
+        if problems != state.report_problems:
+            state.report_problems = problems
+            if problems:
                 logger.warning(
                     "%s/%s: the workload's report has malformed fields, ignored: %s",
                     namespace,
                     name,
-                    "; ".join(parsed.problems),
+                    "; ".join(problems),
                 )
-        workload = parsed.to_status()
-        if workload:
-            status[contract.WORKLOAD] = workload
-        else:
-            status.pop(contract.WORKLOAD, None)
-        return workload
 
     def _register_telemetry(
         self, namespace: str, name: str, spec: JobSpec | None, plan: Plan, pods: list[PodView]
@@ -542,13 +385,13 @@ class JobReconciler:
         )
 
     def _export(self, namespace: str, name: str, plan: Plan) -> None:
-        energy = plan.status.get("energy") or {}
-        control = plan.status.get("control") or {}
+        energy = plan.status.get(ENERGY) or {}
         if energy:
-            JOB_ENERGY_JOULES.labels(namespace=namespace, job=name).set(float(energy.get("joules") or 0))
-            JOB_POWER_WATTS.labels(namespace=namespace, job=name).set(float(energy.get("currentWatts") or 0))
-            JOB_CARBON_GRAMS.labels(namespace=namespace, job=name).set(float(energy.get("gramsCO2e") or 0))
-        limit = control.get(contract.CONTROL_POWER_LIMIT_WATTS_PER_GPU)
+            k = ENERGY_KEYS
+            JOB_ENERGY_JOULES.labels(namespace=namespace, job=name).set(float(energy.get(k["joules"]) or 0))
+            JOB_POWER_WATTS.labels(namespace=namespace, job=name).set(float(energy.get(k["current_watts"]) or 0))
+            JOB_CARBON_GRAMS.labels(namespace=namespace, job=name).set(float(energy.get(k["grams_co2e"]) or 0))
+        limit = ControlSection.from_status(plan.status.get(CONTROL)).power_limit_watts_per_gpu
         JOB_POWER_LIMIT_WATTS.labels(namespace=namespace, job=name).set(float(limit or 0))
 
     async def _ensure_children(

@@ -5,8 +5,11 @@ Inputs, all from the EfficientTrainingJob object:
 * ``status.energy`` totals (joules, kilowattHours, averageWatts, peakWatts, gramsCO2e, source,
   lastSampleTime) and ``status.energy.history``: a bounded, downsampled list of points
   ``[unix_seconds, job_watts, per_gpu_limit_watts | null, cumulative_joules]``;
-* ``status.workload.stages``: compression stage results (name, applied, rolledBack, step, epoch, optional
-  time, sizes and accuracy before/after);
+* ``status.workload.stages``: compression stage results (name, applied, rolledBack, step, epoch, sizes
+  and accuracy before/after);
+
+both read through the contract's records (:class:`~etj_contract.EnergySection`,
+:class:`~etj_contract.WorkloadReport`), so a malformed field is skipped, never fatal;
 * ``status.conditions``: Paused and Throttled with their lastTransitionTime;
 * ``spec`` for the GPU count (replicas x nprocPerNode) and the energy budget.
 
@@ -34,6 +37,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from etj_contract import ENERGY, ENERGY_KEYS, WORKLOAD, ConditionType, EnergySection, WorkloadReport
+from etj_contract import JOULES_PER_KWH as _JOULES_PER_KWH
 from etj_operator import contract
 
 __all__ = [
@@ -47,9 +52,9 @@ __all__ = [
     "write_report",
 ]
 
-JOULES_PER_KWH = 3.6e6
+JOULES_PER_KWH = _JOULES_PER_KWH
 #: Condition types whose transitions the report marks.
-MARKED_CONDITIONS = ("Paused", "Throttled")
+MARKED_CONDITIONS = (ConditionType.PAUSED, ConditionType.THROTTLED)
 
 
 class ReportError(Exception):
@@ -113,8 +118,8 @@ def parse_history(raw: Any) -> list[HistoryPoint]:
     return points
 
 
-def _is_simulated(energy: Mapping[str, Any]) -> bool:
-    return energy.get("simulated") is True or "simulated" in str(energy.get("source") or "").lower()
+def _is_simulated(energy: EnergySection | None) -> bool:
+    return energy is not None and (energy.simulated or "simulated" in energy.source.lower())
 
 
 def _gpu_count(spec: Mapping[str, Any]) -> int | None:
@@ -129,25 +134,23 @@ def _budget_kwh(spec: Mapping[str, Any]) -> float | None:
     return _number(budget.get("kilowattHours"))
 
 
-def _stages(status: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _stages(workload: WorkloadReport) -> list[dict[str, Any]]:
     stages = []
-    for raw in _mapping(status.get("workload")).get("stages") or []:
-        if not isinstance(raw, Mapping) or not raw.get("name"):
-            continue
-        before, after = _number(raw.get("sizeBytesBefore")), _number(raw.get("sizeBytesAfter"))
-        acc_before, acc_after = _number(raw.get("accuracyBefore")), _number(raw.get("accuracyAfter"))
-        when = _seconds(raw.get("time"))
+    for stage in workload.stages or ():
+        before, after = stage.size_bytes_before, stage.size_bytes_after
+        acc_before, acc_after = stage.accuracy_before, stage.accuracy_after
+        when = _seconds(stage.time)
         stages.append(
             {
-                "name": str(raw["name"]),
-                "applied": bool(raw.get("applied")),
-                "rolledBack": bool(raw.get("rolledBack")),
-                "step": raw.get("step"),
-                "epoch": raw.get("epoch"),
+                "name": stage.name,
+                "applied": bool(stage.applied),
+                "rolledBack": bool(stage.rolled_back),
+                "step": stage.step,
+                "epoch": stage.epoch,
                 "time": _iso(when),
                 "timeSeconds": when,
-                "sizeBytesBefore": raw.get("sizeBytesBefore"),
-                "sizeBytesAfter": raw.get("sizeBytesAfter"),
+                "sizeBytesBefore": before,
+                "sizeBytesAfter": after,
                 "sizeRatio": round(after / before, 4) if before and after is not None else None,
                 "accuracyBefore": acc_before,
                 "accuracyAfter": acc_after,
@@ -199,15 +202,13 @@ def _history_summary(points: Sequence[HistoryPoint]) -> dict[str, Any]:
 def build_summary(job: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON summary of a job's energy (plain data, ready for ``json.dumps``)."""
     metadata, spec, status = _mapping(job.get("metadata")), _mapping(job.get("spec")), _mapping(job.get("status"))
-    energy = _mapping(status.get("energy"))
+    # Energy is unknown (None), never 0, when the status has no energy section yet.
+    energy = EnergySection.from_status(status[ENERGY]) if isinstance(status.get(ENERGY), Mapping) else None
     simulated = _is_simulated(energy)
-    points = parse_history(energy.get("history"))
-    joules = _number(energy.get("joules"))
-    kwh = _number(energy.get("kilowattHours"))
-    if kwh is None and joules is not None:
-        kwh = joules / JOULES_PER_KWH
+    points = parse_history(energy.history if energy is not None else None)
+    kwh = energy.kilowatt_hours if energy is not None else None
     budget = _budget_kwh(spec)
-    workload = _mapping(status.get("workload"))
+    workload = WorkloadReport.from_status(status.get(WORKLOAD))
     return {
         "job": {"name": metadata.get("name"), "namespace": metadata.get("namespace"), "uid": metadata.get("uid")},
         "generatedAt": _iso(datetime.now(UTC).timestamp()),
@@ -216,23 +217,27 @@ def build_summary(job: Mapping[str, Any]) -> dict[str, Any]:
         "phase": status.get("phase"),
         "gpus": _gpu_count(spec),
         "energy": {
-            "joules": joules,
+            "joules": energy.joules if energy is not None else None,
             "kilowattHours": kwh,
-            "averageWatts": _number(energy.get("averageWatts")),
-            "peakWatts": _number(energy.get("peakWatts")),
-            "gramsCO2e": _number(energy.get("gramsCO2e")),
-            "source": energy.get("source"),
-            "lastSampleTime": _iso(_seconds(energy.get("lastSampleTime"))),
+            "averageWatts": energy.average_watts if energy is not None else None,
+            "peakWatts": energy.peak_watts if energy is not None else None,
+            "gramsCO2e": energy.grams_co2e if energy is not None else None,
+            "source": energy.to_status()[ENERGY_KEYS["source"]] if energy is not None else None,
+            "lastSampleTime": _iso(energy.last_sample_seconds) if energy is not None else None,
             "budgetKilowattHours": budget,
             "budgetUsedFraction": round(kwh / budget, 6) if kwh is not None and budget else None,
         },
         "history": _history_summary(points),
-        "stages": _stages(status),
+        "stages": _stages(workload),
         "conditions": _conditions(status),
         "workload": {
-            key: workload.get(key)
-            for key in (contract.WORKLOAD_EPOCH, contract.WORKLOAD_STEP, contract.WORKLOAD_ACCURACY)
-            if key in workload
+            key: value
+            for key, value in (
+                (contract.WORKLOAD_EPOCH, workload.epoch),
+                (contract.WORKLOAD_STEP, workload.step),
+                (contract.WORKLOAD_ACCURACY, workload.accuracy),
+            )
+            if value is not None
         },
     }
 
@@ -259,7 +264,7 @@ def plot_report(job: Mapping[str, Any], png_path: Path, summary: Mapping[str, An
 
     summary = summary or build_summary(job)
     status = _mapping(job.get("status"))
-    points = parse_history(_mapping(status.get("energy")).get("history"))
+    points = parse_history(_mapping(status.get(ENERGY)).get(ENERGY_KEYS["history"]))
     gpus = summary.get("gpus")
     name = f"{summary['job'].get('namespace')}/{summary['job'].get('name')}"
     title = f"Energy report: {name}"
@@ -304,9 +309,9 @@ def plot_report(job: Mapping[str, Any], png_path: Path, summary: Mapping[str, An
         if totals.get("gramsCO2e") is not None:
             footer += f"   {totals['gramsCO2e']:.1f} gCO2e"
         untimed = [
-            f"{st['name']} (step {st.get('step')}{', rolled back' if st['rolledBack'] else ''})"
-            for st in summary["stages"]
-            if st.get("timeSeconds") is None
+            f"{entry['name']} (step {entry.get('step')}{', rolled back' if entry['rolledBack'] else ''})"
+            for entry in summary["stages"]
+            if entry.get("timeSeconds") is None
         ]
         if untimed:
             footer += "   stages without a time: " + ", ".join(untimed)
@@ -321,15 +326,15 @@ def plot_report(job: Mapping[str, Any], png_path: Path, summary: Mapping[str, An
 
 def _mark_events(ax_power: Any, ax_energy: Any, summary: Mapping[str, Any], end_seconds: float) -> None:
     """Stage lines (green applied, red rolled back), condition transitions, and the current pause span."""
-    for stage in summary["stages"]:
-        when = stage.get("timeSeconds")
+    for entry in summary["stages"]:
+        when = entry.get("timeSeconds")
         if when is None:
             continue
-        color = "tab:red" if stage["rolledBack"] else "tab:green"
+        color = "tab:red" if entry["rolledBack"] else "tab:green"
         moment = datetime.fromtimestamp(when, UTC)
         for ax in (ax_power, ax_energy):
             ax.axvline(moment, color=color, linestyle="-.", alpha=0.8)
-        label = stage["name"] + (" (rolled back)" if stage["rolledBack"] else "")
+        label = entry["name"] + (" (rolled back)" if entry["rolledBack"] else "")
         ax_power.annotate(
             label,
             (moment, 0.97),
@@ -347,8 +352,8 @@ def _mark_events(ax_power: Any, ax_energy: Any, summary: Mapping[str, Any], end_
             continue
         moment = datetime.fromtimestamp(when, UTC)
         active = condition.get("status") == "True"
-        color = "dimgray" if condition["type"] == "Paused" else "tab:purple"
-        if condition["type"] == "Paused" and active and when <= end_seconds:
+        color = "dimgray" if condition["type"] == ConditionType.PAUSED else "tab:purple"
+        if condition["type"] == ConditionType.PAUSED and active and when <= end_seconds:
             end = datetime.fromtimestamp(end_seconds, UTC)
             for ax in (ax_power, ax_energy):
                 ax.axvspan(moment, end, color="lightgray", alpha=0.5)
@@ -450,12 +455,12 @@ def run_report_command(
         print(f"etj report: {e}", file=sys.stderr)
         return 1
     summary = json.loads(json_path.read_text())
-    energy = summary["energy"]
+    totals = summary["energy"]
     label = " (SIMULATED)" if summary["simulated"] else ""
-    kwh = energy.get("kilowattHours")
+    kwh = totals.get("kilowattHours")
     print(
         f"{summary['job']['namespace']}/{summary['job']['name']}{label}: phase {summary.get('phase')}, "
-        f"{kwh if kwh is not None else 'n/a'} kWh, source {energy.get('source') or 'unknown'}"
+        f"{kwh if kwh is not None else 'n/a'} kWh, source {totals.get('source') or 'unknown'}"
     )
     print(f"wrote {json_path}")
     print(f"wrote {png_path}")

@@ -18,26 +18,40 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from etj_contract import ConditionType, Phase, describe_value
+from etj_contract import (
+    CONTROL,
+    ENERGY,
+    PLACEMENT,
+    POLICY,
+    ConditionType,
+    ControlSection,
+    EnergySection,
+    FieldProblem,
+    Phase,
+    PlacementSection,
+    PolicySection,
+    describe_value,
+)
 from etj_operator import contract as c
 
 __all__ = ["Problem", "repair_status"]
 
 
-@dataclass(frozen=True)
-class Problem:
-    """One value of the status that could not be used as it was."""
+#: One value of the status that could not be used as it was: ``path`` (``status.policy.drain``), ``found`` (a
+#: short description of what was there) and ``action`` (what the operator did instead); ``str()`` joins them.
+Problem = FieldProblem
 
-    path: str  # e.g. "status.policy.drain"
-    found: str  # a short description of what was there
-    action: str  # what the operator did instead
 
-    def __str__(self) -> str:
-        return f"{self.path}: {self.found}; {self.action}"
+def _as_problem(text: str) -> Problem:
+    """A record's problem as a :class:`Problem` (the contract's records make them so)."""
+    if isinstance(text, FieldProblem):
+        return text
+    path, _, rest = text.partition(": ")
+    found, _, action = rest.rpartition("; ")
+    return FieldProblem(path, found, action)
 
 
 Check = Callable[[Any], bool]
@@ -73,54 +87,18 @@ def _is_time(value: Any) -> bool:
     return True
 
 
-def _is_list_of_str(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(v, str) for v in value)
-
-
-def _optional(check: Check) -> Check:
-    return lambda value: value is None or check(value)
-
-
 def _is_map(value: Any) -> bool:
     return isinstance(value, Mapping)
 
 
-#: The nested objects the operator decides from, field by field (what the operator itself writes there).
-NESTED: Final[dict[str, dict[str, Check]]] = {
-    "control": {
-        c.CONTROL_POWER_LIMIT_WATTS_PER_GPU: _optional(_is_number),
-        c.CONTROL_CHECKPOINT_REQUESTED: _optional(_is_count),
-        c.CONTROL_STOP_REQUESTED: _optional(_is_bool),
-        c.CONTROL_STAGE_REQUESTED: _optional(_is_str),
-        c.CONTROL_ENERGY_FRACTION: _optional(_is_number),
-    },
-    "policy": {
-        "drain": _optional(_is_map),
-        "budgetSuspended": _optional(_is_bool),
-        "budgetNotified": _optional(_is_bool),
-        "carbonPaused": _optional(_is_bool),
-        "carbonSince": _optional(_is_number),
-        "lowCycles": _optional(_is_count),
-    },
-    "placement": {
-        "rescheduling": _optional(_is_bool),
-        "avoidedNodes": _optional(_is_list_of_str),
-        "reschedules": _optional(_is_count),
-    },
-    "energy": {
-        "series": _optional(_is_map),
-        "history": _optional(lambda v: isinstance(v, list)),
-        "lastSampleTime": _optional(_is_number),
-        "source": _optional(_is_str),
-        "joules": _optional(_is_number),
-        "gramsCO2e": _optional(_is_number),
-        "peakWatts": _optional(_is_number),
-        "currentWatts": _optional(_is_number),
-        "coveredSeconds": _optional(_is_number),
-    },
+#: The nested sections the operator decides from, each parsed by its contract record (whose ``from_status``
+#: names every field it drops): one definition of each shape, for the harness and the operator alike.
+SECTIONS: Final[dict[str, Callable[[Any], Any]]] = {
+    CONTROL: ControlSection.from_status,
+    POLICY: PolicySection.from_status,
+    PLACEMENT: PlacementSection.from_status,
+    ENERGY: EnergySection.from_status,
 }
-#: ``status.policy.drain``: the reschedule/pause drain in progress.
-DRAIN: Final[dict[str, Check]] = {"reason": _is_str, "requested": _is_count, "since": _is_number}
 #: Top-level objects whose inner shape the operator does not decide from (rebuilt every pass).
 OPAQUE_MAPS: Final = ("replicaStatuses", "workload")
 CONDITION_STATUSES: Final = ("True", "False", "Unknown")
@@ -168,26 +146,18 @@ def repair_status(
     for key in OPAQUE_MAPS:
         if key in out and out[key] is not None and not _is_map(out[key]):
             drop(key, "rebuilt by this pass")
-    for key, fields in NESTED.items():
+    for key, parse in SECTIONS.items():
         value = out.get(key)
         if value is None:
             continue
         if not _is_map(value):
-            drop(key, "started afresh" if key != "energy" else "energy accounting starts afresh from here")
+            drop(key, "started afresh" if key != ENERGY else "energy accounting starts afresh from here")
             continue
-        section = dict(value)
-        for name, check in fields.items():
-            if name in section and not check(section[name]):
-                problems.append(Problem(f"status.{key}.{name}", describe_value(section.pop(name)), "dropped"))
-        out[key] = section
-    drain = (out.get("policy") or {}).get("drain")
-    if isinstance(drain, Mapping):
-        bad = [name for name, check in DRAIN.items() if not check(drain.get(name))]
-        if bad:
-            policy = dict(out["policy"])
-            found = describe_value(policy.pop("drain"))
-            problems.append(Problem("status.policy.drain", found, f"dropped ({', '.join(bad)} unreadable)"))
-            out["policy"] = policy
+        record = parse(value)
+        if record.problems:
+            # The record dropped what it could not read (named by path) and kept the rest.
+            problems.extend(_as_problem(text) for text in record.problems)
+            out[key] = record.to_status()
     return out, problems
 
 

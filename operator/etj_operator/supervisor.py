@@ -49,7 +49,8 @@ from etj_operator.backoff import Backoff
 from etj_operator.errors import ApiStatusError, JobGone, PermanentApiError
 from etj_operator.lifecycle import PodView
 from etj_operator.metrics import RECONCILE_ERRORS
-from etj_operator.reconciler import JobReconciler, JobState
+from etj_operator.ports import JobPasses
+from etj_operator.reconciler import JobState
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class JobSupervisor:
 
     def __init__(
         self,
-        reconciler: JobReconciler,
+        reconciler: JobPasses,
         wakers: Wakers,
         pods: PodIndex,
         *,

@@ -203,10 +203,8 @@ IMAGES = [
         packages=("etj_contract", "etj_workload"),
         never_runs=(),
         optional={},
-        forbidden=frozenset({"kopf", "aiohttp", "prometheus-api-client", "rich"}),
-        # kubernetes 37 (the control channel's client) requires aiohttp for its asyncio API; the harness never
-        # imports it. Dropping it needs a control channel without the kubernetes client (docs/architecture.md).
-        carried={"aiohttp": "kubernetes"},
+        # kubernetes too: its client (37) requires aiohttp; the control channel speaks HTTP itself (kubeclient.py).
+        forbidden=frozenset({"kopf", "aiohttp", "kubernetes", "prometheus-api-client", "rich"}),
     ),
 ]
 

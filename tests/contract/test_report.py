@@ -109,7 +109,9 @@ def test_partial_reports_round_trip(status: dict[str, Any]) -> None:
 def test_the_harness_writes_what_the_contract_reads() -> None:
     from etj_workload import compression
 
-    stage = compression.StageResult("prune-50", True, False, 10, 1, 100, 50, 400, 210, 409, 409, 0.9, 0.89)
+    stage = compression.StageResult(
+        "prune-50", True, False, 10, 1, 100, 50, 400, 210, 409, 409, 0.9, 0.89, "2026-12-01T10:00:00Z"
+    )
     parsed = WorkloadReport.from_status({names.WORKLOAD_STAGES: [stage.to_status()]})
     assert parsed.problems == ()
     assert parsed.to_status()[names.WORKLOAD_STAGES] == [stage.to_status()]

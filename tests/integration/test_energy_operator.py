@@ -5,6 +5,7 @@ limit the operator asks for, and the checkpoint acknowledgement is written as th
 from __future__ import annotations
 
 import time
+from datetime import datetime
 
 import pytest
 from dcgm_exporter import DcgmExporter
@@ -88,7 +89,9 @@ def test_energy_matches_ground_truth_and_throttle_caps_then_releases(cluster, ex
     # ground truth: the exporter's own integral between the first and the last sample the operator used
     # (sample times are scrape starts; the counters were read when the exporter rendered them)
     t0 = exporter.served_at_or_after(energy["history"][0][0])
-    t1 = exporter.served_at_or_after(energy["lastSampleTime"])
+    # lastSampleTime is RFC 3339 (to the microsecond), as every ...Time field of the status
+    last = datetime.fromisoformat(energy["lastSampleTime"].replace("Z", "+00:00")).timestamp()
+    t1 = exporter.served_at_or_after(last)
     truth = sum(exporter.energy_joules_between(NS, f"acct-worker-{i}", t0, t1) for i in range(2))
     assert t1 - t0 > 5
     assert energy["joules"] == pytest.approx(truth, rel=0.01)

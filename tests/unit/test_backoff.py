@@ -1,4 +1,8 @@
-"""Backoff: exponential ceilings, jitter from an injected RNG, a cap, and Retry-After as a floor (no clock)."""
+"""Backoff: exponential ceilings, jitter from an injected RNG, a cap, and Retry-After as a floor (no clock).
+
+The policy is the contract's (``etj_contract.backoff``); the operator imports it from ``etj_operator.backoff``, as
+here. tests/contract/test_backoff.py checks both sides retry with this one class.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ import random
 import pytest
 
 from etj_operator.backoff import Backoff
-from etj_workload.control import retry_delay_seconds
 
 
 def test_ceilings_double_up_to_the_cap():
@@ -54,14 +57,3 @@ def test_a_policy_that_cannot_work_is_refused(options):
     arguments = dict(base_seconds=1.0, cap_seconds=2.0) | options
     with pytest.raises(ValueError):
         Backoff(**arguments)
-
-
-def test_the_harness_control_channel_follows_the_same_policy():
-    # The workload does not import the operator: its control channel writes the formula out; keep them equal.
-    for u in (0.0, 0.3, 0.999):
-        for retry_after in (None, 0.0, 2.5, 100.0):
-            backoff = Backoff(0.5, 30.0, jitter=0.5, rng=lambda u=u: u)
-            for attempt in range(12):
-                assert retry_delay_seconds(
-                    attempt, base_seconds=0.5, cap_seconds=30.0, jitter=0.5, u=u, retry_after_seconds=retry_after
-                ) == backoff.delay_seconds(attempt, retry_after)

@@ -100,8 +100,91 @@ def test_compression_plan_json_keeps_stage_order_and_guard():
     env = env_of(compression={"stages": stages, "accuracyGuard": {"action": "Stop"}})
     plan = json.loads(env[c.ENV_ETJ_COMPRESSION_PLAN])
     assert [s["name"] for s in plan["stages"]] == ["prune", "int8"]
-    assert plan["stages"][0] == stages[0]
+    # every field stated: the method the spec left out is the default the API server would have filled in
+    assert plan["stages"][0] == {**stages[0], "prune": {"amount": 0.5, "method": "l1Unstructured"}}
+    assert plan["stages"][1] == stages[1]
     assert plan["accuracyGuard"] == {"maxDrop": 0.01, "action": "Stop"}
+
+
+# --- the wire format is the one the operator wrote before the plans were contract records --------------------
+def _legacy_power_policy(spec):
+    """ETJ_POWER_POLICY as envvars.power_env built it as a dict (before etj_contract.plans.PowerPolicy)."""
+    power = spec.energy.power
+    policy = {"mode": power.mode}
+    if power.limit_watts is not None:
+        policy["limitWatts"] = power.limit_watts
+    if power.auto is not None:
+        a = power.auto
+        policy["auto"] = {
+            "eta": a.eta,
+            "warmupSteps": a.warmup_steps,
+            "profileSteps": a.profile_steps,
+            "stepWatts": a.step_watts,
+            "maxSlowdown": a.max_slowdown,
+        }
+    policy["budgetWatts"] = power.budget_watts
+    return json.dumps(policy, sort_keys=True)
+
+
+def _legacy_compression_plan(spec):
+    """ETJ_COMPRESSION_PLAN as envvars.compression_env built it: the stages as written, and the guard."""
+    comp = spec.compression
+    plan = {
+        "stages": [dict(s.raw) for s in comp.stages],
+        "accuracyGuard": {"maxDrop": comp.max_accuracy_drop, "action": comp.guard_action},
+    }
+    return json.dumps(plan, sort_keys=True)
+
+
+WIRE_POWER = [
+    {},
+    {"power": {"mode": "Unmanaged"}},
+    {"power": {"mode": "Unmanaged", "budgetWatts": 1200}},
+    {"power": {"mode": "Fixed", "limitWatts": 300}},
+    {"power": {"mode": "Fixed", "limitWatts": 2000, "budgetWatts": 1}},
+    {"power": {"mode": "Auto"}},
+    {"power": {"mode": "Auto", "auto": {"eta": 0.25, "warmupSteps": 0, "maxSlowdown": 1.1}, "budgetWatts": 900}},
+    {"power": {"mode": "Auto", "auto": {"eta": 1, "profileSteps": 3, "stepWatts": 5}}},
+]
+# As an API server stores them: the CRD's defaults (method, dtype, the guard) filled in.
+WIRE_COMPRESSION = [
+    {
+        "stages": [
+            {"name": "p", "trigger": {"epoch": 2}, "prune": {"amount": 0.5, "method": "l1Unstructured"}},
+            {"name": "q", "trigger": {"step": 300}, "quantize": {"dtype": "int8"}},
+        ],
+        "accuracyGuard": {"maxDrop": 0.01, "action": "Rollback"},
+    },
+    {
+        "stages": [
+            {"name": "e", "trigger": {"energyFraction": 0.5}, "prune": {"amount": 0.3, "method": "lnStructured"}}
+        ],
+        "accuracyGuard": {"maxDrop": 0.05, "action": "Stop"},
+    },
+]
+
+
+@pytest.mark.parametrize("energy", WIRE_POWER, ids=[json.dumps(e, sort_keys=True) for e in WIRE_POWER])
+def test_the_power_policy_is_byte_for_byte_what_the_operator_wrote_before(energy):
+    spec = parse_spec(job_manifest(energy=energy)["spec"], "digits")
+    ctx = EnvContext(job_name="digits", namespace="ml", spec=spec, replica_index=0, gang_generation=0)
+    assert {v["name"]: v["value"] for v in worker_env(ctx)}[c.ENV_ETJ_POWER_POLICY] == _legacy_power_policy(spec)
+
+
+@pytest.mark.parametrize("compression", WIRE_COMPRESSION, ids=["epoch-step", "energyFraction"])
+def test_the_compression_plan_is_byte_for_byte_what_the_operator_wrote_before(compression):
+    energy = {"energyBudget": {"kilowattHours": 1.0}}
+    spec = parse_spec(job_manifest(energy=energy, compression=compression)["spec"], "digits")
+    ctx = EnvContext(job_name="digits", namespace="ml", spec=spec, replica_index=0, gang_generation=0)
+    value = {v["name"]: v["value"] for v in worker_env(ctx)}[c.ENV_ETJ_COMPRESSION_PLAN]
+    assert value == _legacy_compression_plan(spec)
+
+
+def test_a_whole_float_trigger_goes_over_as_the_integer_the_operator_read():
+    """The parser takes ``epoch: 2.0`` as 2; the stage as written carried 2.0, which the harness refuses."""
+    stages = [{"name": "p", "trigger": {"epoch": 2.0}, "prune": {"amount": 0.5}}]
+    plan = json.loads(env_of(compression={"stages": stages})[c.ENV_ETJ_COMPRESSION_PLAN])
+    assert plan["stages"][0]["trigger"] == {"epoch": 2} and isinstance(plan["stages"][0]["trigger"]["epoch"], int)
 
 
 def test_gang_generation_is_passed():

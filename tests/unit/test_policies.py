@@ -1,7 +1,7 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from etj_operator import contract as c
+from etj_contract import ControlSection, PlacementSection, PolicySection, WorkloadReport
 from etj_operator.energy import JOULES_PER_KWH, EnergyState
 from etj_operator.models import parse_spec
 from etj_operator.policies import PolicyInputs, PolicySettings, decide, throttle_limit
@@ -22,10 +22,10 @@ def inputs(sp, en=None, **kw):
         spec=sp,
         energy=en or energy(),
         now_seconds=1000.0,
-        control={},
-        policy={},
-        placement={},
-        workload={},
+        control=ControlSection(),
+        policy=PolicySection(),
+        placement=PlacementSection(),
+        workload=WorkloadReport(),
         fresh_telemetry=True,
         telemetry_ok=True,
         gpu_count=4,
@@ -45,28 +45,28 @@ BUDGET = {"energy": {"power": {"budgetWatts": 1000}}}
 def test_throttle_caps_when_over_budget_and_releases_with_hysteresis():
     sp = spec(**BUDGET)
     out = decide(inputs(sp, energy(watts=1400)))
-    assert out.control[c.CONTROL_POWER_LIMIT_WATTS_PER_GPU] == 250 and out.throttled
+    assert out.control.power_limit_watts_per_gpu == 250 and out.throttled
     assert cond(out, "Throttled").status is True
     control, policy = out.control, out.policy
     # at the cap the job draws about the budget: no release
     out = decide(inputs(sp, energy(watts=990), control=control, policy=policy))
-    assert out.control[c.CONTROL_POWER_LIMIT_WATTS_PER_GPU] == 250 and out.policy["lowCycles"] == 0
+    assert out.control.power_limit_watts_per_gpu == 250 and out.policy.low_cycles == 0
     # demand drops: released only after 3 low cycles in a row
     for cycle in range(1, 4):
         out = decide(inputs(sp, energy(watts=500), control=out.control, policy=out.policy))
         if cycle < 3:
-            assert out.control[c.CONTROL_POWER_LIMIT_WATTS_PER_GPU] == 250
-    assert out.control[c.CONTROL_POWER_LIMIT_WATTS_PER_GPU] is None and not out.throttled
+            assert out.control.power_limit_watts_per_gpu == 250
+    assert out.control.power_limit_watts_per_gpu is None and not out.throttled
     assert cond(out, "Throttled").status is False
 
 
 def test_no_throttle_decision_on_stale_or_missing_telemetry():
     sp = spec(**BUDGET)
     out = decide(inputs(sp, energy(watts=5000), telemetry_ok=False, telemetry_reason="Prometheus down"))
-    assert c.CONTROL_POWER_LIMIT_WATTS_PER_GPU not in out.control
+    assert out.control.power_limit_watts_per_gpu is None
     assert cond(out, "TelemetryAvailable").status is False
     assert "Prometheus down" in cond(out, "TelemetryAvailable").message
-    capped = {c.CONTROL_POWER_LIMIT_WATTS_PER_GPU: 250}
+    capped = ControlSection(power_limit_watts_per_gpu=250)
     out = decide(inputs(sp, energy(watts=10), control=capped, fresh_telemetry=False))
     assert out.control == capped  # kept, not released on old data
 
@@ -74,7 +74,7 @@ def test_no_throttle_decision_on_stale_or_missing_telemetry():
 def test_budget_below_the_gpus_minimum_uses_the_minimum_and_says_so():
     sp = spec(energy={"power": {"budgetWatts": 500}})
     out = decide(inputs(sp, energy(watts=900)))
-    assert out.control[c.CONTROL_POWER_LIMIT_WATTS_PER_GPU] == 200
+    assert out.control.power_limit_watts_per_gpu == 200
     assert "below 4 GPUs x 200 W" in cond(out, "Throttled").message
 
 
@@ -105,13 +105,13 @@ def test_budget_stop_requests_a_checkpoint_first_then_fails():
     sp = budget_spec("Stop")
     out = decide(inputs(sp, energy(kwh=1.2)))
     assert out.fail is None
-    assert out.control[c.CONTROL_CHECKPOINT_REQUESTED] == 1 and out.control[c.CONTROL_STOP_REQUESTED] is True
+    assert out.control.checkpoint_requested == 1 and out.control.stop_requested is True
     assert cond(out, "BudgetExceeded").status is True
     # not acknowledged yet: still waiting
     out = decide(inputs(sp, energy(kwh=1.2), control=out.control, policy=out.policy, now_seconds=1010))
     assert out.fail is None
     # acknowledged: stop
-    ack = {c.WORKLOAD_CHECKPOINT: {"acknowledged": 1}}
+    ack = WorkloadReport.from_status({"checkpoint": {"acknowledged": 1}})
     out = decide(inputs(sp, energy(kwh=1.2), control=out.control, policy=out.policy, workload=ack, now_seconds=1020))
     assert out.fail is not None and out.fail[0] == "EnergyBudgetExceeded"
 
@@ -155,10 +155,10 @@ def test_energy_fraction_requests_the_stage_once():
         compression={"stages": [{"name": "late", "trigger": {"energyFraction": 0.5}, "quantize": {}}]},
     )
     out = decide(inputs(sp, energy(kwh=0.4)))
-    assert c.CONTROL_STAGE_REQUESTED not in out.control and out.control[c.CONTROL_ENERGY_FRACTION] == 0.4
+    assert out.control.stage_requested is None and out.control.energy_fraction == 0.4
     out = decide(inputs(sp, energy(kwh=0.6), control=out.control))
-    assert out.control[c.CONTROL_STAGE_REQUESTED] == "late"
-    applied = {c.WORKLOAD_STAGES: [{"name": "late", "applied": True}]}
+    assert out.control.stage_requested == "late"
+    applied = WorkloadReport.from_status({"stages": [{"name": "late", "applied": True}]})
     out2 = decide(inputs(sp, energy(kwh=0.7), control=out.control, workload=applied))
     assert out2.events == []
 
@@ -188,12 +188,12 @@ def test_carbon_unknown_intensity_changes_nothing():
 def test_power_pressure_reschedules_after_a_checkpoint():
     sp = spec(checkpoint={"path": "/ckpt"})
     out = decide(inputs(sp, pressured_nodes=["node-a"]))
-    assert not out.recreate_pods and out.control[c.CONTROL_CHECKPOINT_REQUESTED] == 1
-    ack = {c.WORKLOAD_CHECKPOINT: {"acknowledged": 1}}
+    assert not out.recreate_pods and out.control.checkpoint_requested == 1
+    ack = WorkloadReport.from_status({"checkpoint": {"acknowledged": 1}})
     out = decide(inputs(sp, pressured_nodes=["node-a"], control=out.control, policy=out.policy, workload=ack))
     assert out.recreate_pods
-    assert out.placement["avoidedNodes"] == ["node-a"] and out.placement["reschedules"] == 1
-    assert "drain" not in out.policy
+    assert out.placement.avoided_nodes == ("node-a",) and out.placement.reschedules == 1
+    assert out.policy.drain is None and "drain" not in out.policy.to_status()
 
 
 def test_power_pressure_ignored_when_disabled():

@@ -26,7 +26,15 @@ class Api:
     async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         return None
 
-    async def patch_job_status(self, namespace: str, name: str, status: Any, **_: Any) -> bool:
+    async def patch_job_status(
+        self,
+        namespace: str,
+        name: str,
+        status: Mapping[str, Any],
+        *,
+        uid: str | None = None,
+        status_exists: bool = True,
+    ) -> bool:
         self.status_writes.append(dict(status))
         return True
 
@@ -34,7 +42,7 @@ class Api:
         self.created.append((manifest["kind"], manifest["metadata"]["name"]))
         return True
 
-    async def delete(self, kind: str, namespace: str | None, name: str, **_: Any) -> bool:
+    async def delete(self, kind: str, namespace: str | None, name: str, *, uid: str | None = None) -> bool:
         return True
 
 
@@ -47,7 +55,7 @@ def report_of(body: Mapping[str, Any], status: Any) -> dict[str, Any]:
 @pytest.mark.asyncio
 async def test_the_first_pass_creates_the_report_with_the_other_children_before_the_binding():
     api = Api()
-    reconciler = JobReconciler(api, OperatorConfig(), lambda body, event: None)  # type: ignore[arg-type]
+    reconciler = JobReconciler(api, OperatorConfig(), lambda body, event: None)
     await reconciler.reconcile(job_manifest("digits", replicas=1), [], JobState())
     kinds = [kind for kind, _ in api.created]
     assert (c.REPORT_KIND, "digits") in api.created
@@ -57,7 +65,7 @@ async def test_the_first_pass_creates_the_report_with_the_other_children_before_
 @pytest.mark.asyncio
 async def test_the_report_is_mirrored_into_status_workload_and_a_forged_copy_is_replaced(caplog):
     api = Api()
-    reconciler = JobReconciler(api, OperatorConfig(), lambda body, event: None)  # type: ignore[arg-type]
+    reconciler = JobReconciler(api, OperatorConfig(), lambda body, event: None)
     body = job_manifest("digits", replicas=1)
     # someone wrote status.workload directly (an old harness, an admin): it is not the report and does not count
     body["status"] = {c.WORKLOAD: {"step": 10**9, "stages": [{"name": "forged", "applied": True}]}}
@@ -90,7 +98,7 @@ async def test_the_report_is_mirrored_into_status_workload_and_a_forged_copy_is_
 @pytest.mark.asyncio
 async def test_without_a_report_the_last_mirror_is_kept():
     api = Api()
-    reconciler = JobReconciler(api, OperatorConfig(), lambda body, event: None)  # type: ignore[arg-type]
+    reconciler = JobReconciler(api, OperatorConfig(), lambda body, event: None)
     body = job_manifest("digits", replicas=1)
     state = JobState()
     await reconciler.reconcile(body, [], state, report=report_of(body, {"step": 5}))
@@ -104,7 +112,7 @@ async def test_without_a_report_the_last_mirror_is_kept():
 @pytest.mark.asyncio
 async def test_a_report_that_is_no_object_gives_an_empty_workload_and_no_crash():
     api = Api()
-    reconciler = JobReconciler(api, OperatorConfig(), lambda body, event: None)  # type: ignore[arg-type]
+    reconciler = JobReconciler(api, OperatorConfig(), lambda body, event: None)
     body = job_manifest("digits", replicas=1)
     plan = await reconciler.reconcile(body, [], JobState(), report=report_of(body, ["not", "an", "object"]))
     assert c.WORKLOAD not in plan.status

@@ -6,7 +6,15 @@ from typing import Any
 
 import pytest
 
+from etj_contract import ControlSection, EnergySection, PlacementSection, PolicySection
 from etj_operator.status_repair import repair_status
+
+SECTIONS: dict[str, Any] = {
+    "control": ControlSection,
+    "policy": PolicySection,
+    "placement": PlacementSection,
+    "energy": EnergySection,
+}
 
 GOOD: dict[str, Any] = {
     "phase": "Running",
@@ -74,9 +82,21 @@ def test_a_malformed_top_level_value_is_dropped_and_named(key: str, value: Any, 
 def test_a_malformed_nested_value_drops_only_that_field(key: str, field: str, value: Any) -> None:
     status = {**GOOD, key: {**GOOD[key], field: value}}
     repaired, problems = repair_status(status)
-    assert [p.path for p in problems] == [f"status.{key}.{field}"]
-    assert field not in repaired[key]
-    assert {k: v for k, v in repaired[key].items()} == {k: v for k, v in GOOD[key].items() if k != field}
+    # the field itself, or its one bad item (avoidedNodes[0])
+    assert [p.path.partition("[")[0] for p in problems] == [f"status.{key}.{field}"]
+    assert repaired[key].get(field) != value
+    # the rest of the section is kept, written back in the record's own form
+    record = SECTIONS[key]
+    without = {k: v for k, v in GOOD[key].items() if k != field}
+    assert repaired[key] == record.from_status(without).to_status()
+    assert record.from_status(repaired[key]).problems == ()
+
+
+def test_a_nested_problem_says_what_was_expected_and_what_was_found() -> None:
+    _, problems = repair_status({**GOOD, "control": {"powerLimitWattsPerGPU": -5}})
+    assert [str(p) for p in problems] == [
+        "status.control.powerLimitWattsPerGPU: expected a finite number >= 0, found a number -5; dropped"
+    ]
 
 
 def test_a_drain_with_an_unreadable_request_number_is_dropped() -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -12,8 +13,10 @@ import pytest
 from etj_operator import metrics
 from etj_operator.backoff import Backoff
 from etj_operator.errors import JobGone, PermanentApiError, TransientApiError
-from etj_operator.lifecycle import Plan
+from etj_operator.lifecycle import Plan, PodView
+from etj_operator.reconciler import JobState
 from etj_operator.supervisor import MIN_REQUEUE_SECONDS, JobSupervisor, Wakers
+from etj_operator.telemetry.base import JobTelemetry
 
 KEY = ("ns", "job")
 
@@ -24,16 +27,22 @@ class FakeReconciler:
     hub = None
 
     def __init__(self, outcome: Callable[[int], Plan] | None = None) -> None:
-        self.passes: list[tuple[dict[str, Any], list[Any]]] = []
+        self.passes: list[tuple[Mapping[str, Any], list[Any]]] = []
         self.forgotten: list[tuple[str, str]] = []
         self.outcome = outcome or (lambda n: Plan(status={}))
         self.block: asyncio.Event | None = None
         self.reports: list[Any] = []
 
     async def reconcile(
-        self, body: dict[str, Any], pods: list[Any], state: Any, telemetry: Any = None, report: Any = None
+        self,
+        body: Mapping[str, Any],
+        pods: Iterable[PodView],
+        state: JobState,
+        now: datetime | None = None,
+        telemetry: JobTelemetry | None = None,
+        report: Mapping[str, Any] | None = None,
     ) -> Plan:
-        self.passes.append((body, pods))
+        self.passes.append((body, list(pods)))
         self.reports.append(report)
         if self.block is not None:
             await self.block.wait()
@@ -52,7 +61,7 @@ def job(uid: str = "u1", terminating: bool = False, generation: int = 1) -> dict
 
 def make(reconciler: FakeReconciler, interval: float = 30.0, **options: Any) -> JobSupervisor:
     return JobSupervisor(
-        reconciler,  # type: ignore[arg-type]
+        reconciler,
         Wakers(),
         {KEY: ["pod-a", "pod-b"]},
         interval_seconds=interval,
@@ -333,7 +342,7 @@ async def test_at_most_the_configured_number_of_passes_run_at_once():
             peak = max(peak, running)
             await release.wait()
             running -= 1
-            return await super().reconcile(body, pods, state, telemetry)
+            return await super().reconcile(body, pods, state, telemetry=telemetry)
 
     reconciler = Counting()
     supervisor = make(reconciler, max_concurrent_passes=2)

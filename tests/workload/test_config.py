@@ -28,6 +28,8 @@ def test_power_policy_auto_fields() -> None:
         ('{"mode": "Turbo"}', ".mode"),
         ('{"mode": "Auto", "auto": {"eta": 2}}', "auto.eta"),
         ('{"mode": "Auto", "auto": {"maxSlowdown": 0.5}}', "maxSlowdown"),
+        ('{"mode": "Fixed", "limitWatts": 20}', r"limitWatts: must be within 50\.\.2000"),
+        ('{"budgetWatts": 0}', "budgetWatts"),
         ("{not json", "not valid JSON"),
     ],
 )
@@ -65,6 +67,12 @@ def test_compression_plan_parses_triggers_and_guard() -> None:
         ({"name": "a", "trigger": {"epoch": 1, "step": 2}, "prune": {"amount": 0.5}}, "trigger"),
         ({"name": "a", "trigger": {"epoch": 1}, "prune": {"amount": 1.5}}, "amount"),
         ({"name": "a", "trigger": {"epoch": 1}, "quantize": {"dtype": "int4"}}, "int8"),
+        # the CRD's bounds (etj_contract.plans.COMPRESSION_BOUNDS): what the API server refuses, the harness does
+        ({"name": "a", "trigger": {"epoch": 0}, "prune": {"amount": 0.5}}, r"trigger\.epoch: must be within 1\.\."),
+        ({"name": "a", "trigger": {"step": 0}, "prune": {"amount": 0.5}}, r"trigger\.step"),
+        ({"name": "a", "trigger": {"energyFraction": 0}, "prune": {"amount": 0.5}}, r"energyFraction: .*\(0, 1\]"),
+        ({"name": "a", "trigger": {"epoch": 1.0}, "prune": {"amount": 0.5}}, "expected an integer"),
+        ({"name": "Big", "trigger": {"epoch": 1}, "prune": {"amount": 0.5}}, r"stages\[0\]\.name: .*DNS label"),
     ],
 )
 def test_compression_plan_errors(stage: dict[str, object], fragment: str) -> None:

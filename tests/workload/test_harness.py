@@ -120,7 +120,8 @@ def test_control_drives_cap_stages_and_stop_in_process() -> None:
         harness.train_begin()
         harness.epoch_begin(0)
         assert gpu.power_limit_mw() == 600_000
-        api.control.update(powerLimitWattsPerGPU=400, energyFraction=0.6)
+        # the operator owns the energyFraction trigger: it requests the stage; the fraction alone starts nothing
+        api.control.update(powerLimitWattsPerGPU=400, energyFraction=0.6, stageRequested="energy")
         until(harness, lambda: gpu.power_limit_mw() == 400_000 and "energy" in harness.compression.done)
         api.control["stageRequested"] = "commanded"
         until(harness, lambda: "commanded" in harness.compression.done)

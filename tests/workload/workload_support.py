@@ -90,8 +90,8 @@ class FakeJobApiServer:
     """A minimal Kubernetes API for one EfficientTrainingJob and its report: GET the job, merge-PATCH the report's
     status (the harness may write nothing else, docs/security.md; anything else is a 404 here).
 
-    Real HTTP, so the harness's real kubernetes client is exercised; ``patches`` records every body and
-    content type. Not an emulator of anything else.
+    Real HTTP, so the harness's real API client (etj_workload.kubeclient) is exercised; ``patches`` records
+    every body and content type. Not an emulator of anything else.
     """
 
     def __init__(self, name: str = "job", namespace: str = "ns") -> None:

@@ -10,7 +10,8 @@ below, then the user's. The order is part of the behaviour:
    state) and advances the Auto profiler at each step end, before anything else runs in the step.
 2. :class:`MetricsCallback` starts the Prometheus endpoint once the first limit is in force.
 3. :class:`CompressionCallback` fires the stages that are due (resumed ones at train begin, step-, epoch- and
-   final triggers), and evaluates the final model when nothing did.
+   final triggers), and evaluates the final model when nothing did. An energyFraction stage is never due
+   here: the operator requests it (``status.control.stageRequested``) and :class:`ControlCallback` applies it.
 4. :class:`CheckpointCallback` saves after the epoch's stages (and the final model at train end).
 5. :class:`ControlCallback` polls the operator's control every ``ETJ_CONTROL_POLL_STEPS`` steps.
 6. :class:`StepLimitCallback` saves and stops once ``stop_after_steps`` steps are done.

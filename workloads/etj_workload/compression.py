@@ -18,12 +18,14 @@ import logging
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import prune
 
+import etj_contract as contract
 from etj_workload.config import CompressionPlan, PruneSpec, Stage
 
 __all__ = [
@@ -188,25 +190,28 @@ class StageResult:
     raw_size_bytes_after: int
     accuracy_before: float
     accuracy_after: float
+    #: When the stage was applied or rolled back (RFC 3339); None in a checkpoint of an older harness.
+    time: str | None = None
 
     def to_status(self) -> dict[str, Any]:
-        """Return the camelCase dict for status.workload.stages."""
-        return {
-            "name": self.name,
-            "applied": self.applied,
-            "rolledBack": self.rolled_back,
-            "step": self.step,
-            "epoch": self.epoch,
-            "paramsTotal": self.params_total,
-            "paramsNonzero": self.params_nonzero,
-            "sizeBytesBefore": self.size_bytes_before,
-            "sizeBytesAfter": self.size_bytes_after,
-            "rawSizeBytesBefore": self.raw_size_bytes_before,
-            "rawSizeBytesAfter": self.raw_size_bytes_after,
-            "serializedFormat": SERIALIZED_FORMAT,
-            "accuracyBefore": round(self.accuracy_before, 6),
-            "accuracyAfter": round(self.accuracy_after, 6),
-        }
+        """Return the camelCase dict for status.workload.stages (the contract's record writes it)."""
+        return contract.StageResult(
+            name=self.name,
+            applied=self.applied,
+            rolled_back=self.rolled_back,
+            step=self.step,
+            epoch=self.epoch,
+            params_total=self.params_total,
+            params_nonzero=self.params_nonzero,
+            size_bytes_before=self.size_bytes_before,
+            size_bytes_after=self.size_bytes_after,
+            raw_size_bytes_before=self.raw_size_bytes_before,
+            raw_size_bytes_after=self.raw_size_bytes_after,
+            serialized_format=SERIALIZED_FORMAT,
+            accuracy_before=round(self.accuracy_before, 6),
+            accuracy_after=round(self.accuracy_after, 6),
+            time=self.time,
+        ).to_status()
 
 
 @dataclass
@@ -240,14 +245,6 @@ class CompressionManager:
             if by_epoch or by_step:
                 out.append(stage)
         return out
-
-    def pending_energy_stages(self) -> dict[str, float]:
-        """Return name -> energyFraction of the energy-triggered stages not done yet."""
-        return {
-            s.name: s.trigger.energy_fraction
-            for s in self.plan.stages
-            if s.trigger.energy_fraction is not None and s.name not in self.done
-        }
 
     def apply(self, stage: Stage, model: nn.Module, *, epoch: int, step: int) -> StageResult:
         """Apply ``stage`` to ``model`` (the unwrapped module), guard it, and record the result."""
@@ -297,6 +294,7 @@ class CompressionManager:
             raw_size_bytes_after=size_after.raw_bytes,
             accuracy_before=accuracy_before,
             accuracy_after=accuracy_after,
+            time=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         )
         self.results.append(result)
         return result

@@ -1,15 +1,17 @@
 """The control channel between the operator and the job's rank 0.
 
 * :class:`ControlState` is ``status.control`` parsed; :func:`decide` (pure) turns it and the harness's
-  bookkeeping into the actions every rank performs at the same step.
+  bookkeeping into the actions every rank performs at the same step. Compression stages start on the
+  operator's word (``stageRequested``: the operator alone decides when an energyFraction trigger is reached)
+  or on the harness's own epoch/step triggers (:mod:`etj_workload.callbacks`), never on ``energyFraction``.
 * :class:`JobApi` is the one I/O seam: :class:`KubernetesJobApi` reads the job's ``status.control`` and
   merge-patches the status of the job's report (``EfficientTrainingJobReport``, same name), the one object the
-  job's ServiceAccount may write (docs/security.md); the operator mirrors it into ``status.workload``. Tests
-  inject a fake.
+  job's ServiceAccount may write (docs/security.md); the operator mirrors it into ``status.workload``. It
+  speaks HTTP through :class:`etj_workload.kubeclient.KubeClient` (standard library only). Tests inject a fake.
 * :class:`ControlChannel` runs that I/O in a background thread, so a training step never waits on the
   API: reads happen when requested (every ``ETJ_CONTROL_POLL_STEPS`` steps) and their result is
-  picked up at the next poll; patches are merged, rate-limited and retried with exponential backoff
-  (:func:`retry_delay_seconds`: jittered, capped, the server's Retry-After as a floor).
+  picked up at the next poll; patches are merged, rate-limited and retried with the contract's
+  :class:`etj_contract.backoff.Backoff` (exponential, jittered, capped, the server's Retry-After as a floor).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import etj_contract as contract
+from etj_contract.backoff import Backoff
+from etj_workload.kubeclient import MERGE_PATCH, ApiError, KubeClient, load_credentials
 
 __all__ = [
     "Actions",
@@ -34,7 +38,6 @@ __all__ = [
     "KubernetesJobApi",
     "decide",
     "merge_patch",
-    "retry_delay_seconds",
     "utc_now_iso",
 ]
 
@@ -61,21 +64,19 @@ def decide(
     control: ControlState,
     *,
     acknowledged_checkpoint: int,
-    pending_energy_stages: Mapping[str, float],
     done_stages: frozenset[str],
     known_stages: frozenset[str],
 ) -> Actions:
     """Turn ``status.control`` into actions (pure).
 
-    ``pending_energy_stages`` maps stage name -> energyFraction trigger for stages not yet done;
-    ``done_stages`` holds stages applied or rolled back (never applied twice); ``known_stages`` the plan's.
+    The one stage it starts is ``stageRequested``, when it is a stage of the plan (``known_stages``) not yet
+    applied or rolled back (``done_stages``: never twice). ``energyFraction`` starts nothing here: the operator
+    requests each energyFraction stage, in plan order, once the job's fraction reaches its trigger.
     A stop request implies a checkpoint (acknowledging any outstanding request number).
     """
     stages: list[str] = []
-    if control.energy_fraction is not None:
-        stages += [n for n, f in pending_energy_stages.items() if control.energy_fraction >= f]
     requested = control.stage_requested
-    if requested and requested in known_stages and requested not in done_stages and requested not in stages:
+    if requested and requested in known_stages and requested not in done_stages:
         stages.append(requested)
     elif requested and requested not in known_stages:
         log.warning("status.control.stageRequested=%r is not a stage of the plan; ignored", requested)
@@ -105,37 +106,9 @@ def utc_now_iso() -> str:
     return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def retry_delay_seconds(
-    attempt: int,
-    *,
-    base_seconds: float,
-    cap_seconds: float,
-    jitter: float,
-    u: float,
-    retry_after_seconds: float | None = None,
-    factor: float = 2.0,
-) -> float:
-    """The delay before retry ``attempt`` (0 first), for a random ``u`` in [0, 1) (pure).
-
-    The operator's policy (``etj_operator.backoff.Backoff``), written out here because the workload does not
-    import the operator (docs/architecture.md, "Errors and retries"); tests/unit/test_backoff.py keeps the two
-    equal: ``min(cap, base * factor**attempt) * (1 - jitter * u)``, at least ``min(retry_after, cap)``.
-    """
-    ceiling = cap_seconds if attempt > 64 else min(cap_seconds, base_seconds * factor ** max(0, attempt))
-    delay = ceiling * (1.0 - jitter * u)
-    if retry_after_seconds is not None and retry_after_seconds > 0:
-        delay = max(delay, min(retry_after_seconds, cap_seconds))
-    return delay
-
-
 def _retry_after_seconds(error: Exception) -> float | None:
-    """The Retry-After (seconds) of a kubernetes ``ApiException`` (429/503 carry one), else None."""
-    headers = getattr(error, "headers", None)
-    value = headers.get("Retry-After") if headers is not None and hasattr(headers, "get") else None
-    try:
-        return float(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
+    """The server's Retry-After of a failed request (429/503 carry one), else None."""
+    return error.retry_after_seconds if isinstance(error, ApiError) else None
 
 
 class JobApi(Protocol):
@@ -149,31 +122,28 @@ class JobApi(Protocol):
 
 
 class KubernetesJobApi:
-    """:class:`JobApi` on the official kubernetes client (in-cluster credentials, else KUBECONFIG)."""
+    """:class:`JobApi` over HTTP: :class:`~etj_workload.kubeclient.KubeClient`, in-cluster credentials else KUBECONFIG.
 
-    def __init__(self, name: str, namespace: str, timeout_seconds: float = 5.0) -> None:
-        from kubernetes import client, config  # import here: the client is slow to import
+    A failure raises :class:`~etj_workload.kubeclient.ApiError` (the server's Status and Retry-After) or the
+    transport's ``OSError``; every request times out after ``timeout_seconds``. ``client``: an already made one.
+    """
 
-        try:
-            config.load_incluster_config()  # type: ignore[no-untyped-call]
-        except config.ConfigException:
-            config.load_kube_config()  # type: ignore[no-untyped-call]
-        self._api = client.CustomObjectsApi()
+    def __init__(
+        self, name: str, namespace: str, timeout_seconds: float = 5.0, *, client: KubeClient | None = None
+    ) -> None:
+        self._client = client if client is not None else KubeClient(load_credentials(), timeout_seconds=timeout_seconds)
         self.name = name
         self.namespace = namespace
-        self.timeout_seconds = timeout_seconds
+        base = f"/apis/{contract.GROUP}/{contract.VERSION}/namespaces/{namespace}"
+        #: The job (GET) and its report's status subresource (PATCH).
+        self.job_path = f"{base}/{contract.PLURAL}/{name}"
+        self.report_status_path = f"{base}/{contract.REPORT_PLURAL}/{name}/status"
 
     def read_control(self) -> Mapping[str, Any] | None:
         """GET the job and return its ``status.control``."""
-        job: Any = self._api.get_namespaced_custom_object(
-            contract.GROUP,
-            contract.VERSION,
-            self.namespace,
-            contract.PLURAL,
-            self.name,
-            _request_timeout=self.timeout_seconds,
-        )
-        control = (job.get("status") or {}).get(contract.CONTROL)
+        job = self._client.request("GET", self.job_path)
+        status = job.get("status") if isinstance(job, Mapping) else None
+        control = status.get(contract.CONTROL) if isinstance(status, Mapping) else None
         return control if isinstance(control, Mapping) else None
 
     def patch_workload(self, workload: Mapping[str, Any]) -> None:
@@ -181,24 +151,16 @@ class KubernetesJobApi:
 
         The job's own status is the operator's: the job's ServiceAccount may not write it.
         """
-        self._api.patch_namespaced_custom_object_status(
-            contract.GROUP,
-            contract.VERSION,
-            self.namespace,
-            contract.REPORT_PLURAL,
-            self.name,
-            {"status": dict(workload)},
-            _request_timeout=self.timeout_seconds,
-        )
+        self._client.request("PATCH", self.report_status_path, {"status": dict(workload)}, content_type=MERGE_PATCH)
 
 
 class ControlChannel:
     """Background I/O for rank 0: fetch ``status.control`` on request, send the report's patches.
 
     Never blocks the caller except in :meth:`close` (bounded by its timeout). Failures back off
-    exponentially from ``backoff_min_seconds`` to ``backoff_max_seconds`` (:func:`retry_delay_seconds`, a
-    ``backoff_jitter`` share of each delay random, the server's Retry-After as a floor); training goes on
-    meanwhile with the last control state it saw.
+    exponentially from ``backoff_min_seconds`` to ``backoff_max_seconds`` (:attr:`backoff`, the contract's
+    :class:`~etj_contract.backoff.Backoff`: a ``backoff_jitter`` share of each delay random from ``rng``, the
+    server's Retry-After as a floor); training goes on meanwhile with the last control state it saw.
     """
 
     def __init__(
@@ -217,10 +179,10 @@ class ControlChannel:
         self._clock = clock
         self.min_patch_interval_seconds = min_patch_interval_seconds
         self.min_read_interval_seconds = min_read_interval_seconds
-        self.backoff_min_seconds = backoff_min_seconds
-        self.backoff_max_seconds = backoff_max_seconds
-        self.backoff_jitter = backoff_jitter
-        self._rng = rng
+        #: The retry policy of failed reads and patches (the operator's loops use the same one).
+        self.backoff = Backoff(
+            base_seconds=backoff_min_seconds, cap_seconds=backoff_max_seconds, jitter=backoff_jitter, rng=rng
+        )
         self._cond = threading.Condition()
         self._latest = ControlState()
         self._read_requested = False
@@ -269,14 +231,7 @@ class ControlChannel:
 
     def _fail(self, what: str, error: Exception) -> None:
         self.failures += 1
-        self._backoff_seconds = retry_delay_seconds(
-            self._failures_in_row,
-            base_seconds=self.backoff_min_seconds,
-            cap_seconds=self.backoff_max_seconds,
-            jitter=self.backoff_jitter,
-            u=self._rng(),
-            retry_after_seconds=_retry_after_seconds(error),
-        )
+        self._backoff_seconds = self.backoff.delay_seconds(self._failures_in_row, _retry_after_seconds(error))
         self._failures_in_row += 1
         self._retry_at = self._clock() + self._backoff_seconds
         log.warning("%s failed (%s); retrying in %.1f s", what, error, self._backoff_seconds)

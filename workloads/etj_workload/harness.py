@@ -337,7 +337,6 @@ class Harness:
         actions = decide(
             self.control,
             acknowledged_checkpoint=self.acknowledged_checkpoint,
-            pending_energy_stages=self.compression.pending_energy_stages(),
             done_stages=self.compression.done,
             known_stages=frozenset(s.name for s in self.env.compression.stages),
         )

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+import etj_contract as contract
 from etj_workload import profiler
 from etj_workload.config import PowerPolicy
 from etj_workload.gpu import Gpu, GpuError, GpuPermissionError
@@ -185,22 +186,22 @@ class PowerController:
         return self.gpu.power_limit_mw() / 1000.0
 
     def profile_report(self) -> dict[str, Any] | None:
-        """Return status.workload.powerProfile (camelCase), or None outside Auto mode."""
+        """Return the report's powerProfile (the contract's record, camelCase), or None outside Auto mode."""
         if self.plan is None or self.state is None:
             return None
         done = self.state.measurements if isinstance(self.state, profiler.Decided) else self.state.done
-        return {
-            "chosenWatts": self.chosen_watts,
-            "candidates": [
-                {
-                    "watts": m.watts,
-                    "joulesPerStep": round(m.joules_per_step, 6),
-                    "secondsPerStep": round(m.seconds_per_step, 6),
-                    "cost": round(profiler.limit_cost(m, self.plan.eta, self.plan.max_power_watts), 6),
-                }
+        return contract.PowerProfile(
+            chosen_watts=self.chosen_watts,  # None while profiling (left out of the status)
+            candidates=tuple(
+                contract.ProfileCandidate(
+                    watts=m.watts,
+                    joules_per_step=round(m.joules_per_step, 6),
+                    seconds_per_step=round(m.seconds_per_step, 6),
+                    cost=round(profiler.limit_cost(m, self.plan.eta, self.plan.max_power_watts), 6),
+                )
                 for m in done
-            ],
-        }
+            ),
+        ).to_status()
 
     def state_dict(self) -> dict[str, Any]:
         """Return what a checkpoint keeps: the Auto choice, so a resumed job does not profile again."""

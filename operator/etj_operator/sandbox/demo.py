@@ -23,6 +23,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from etj_contract import ENERGY, SIMULATED_SUFFIX, ControlSection, EnergySection, WorkloadReport
 from etj_operator import contract as c
 from etj_operator.sandbox.sandbox import REPO_ROOT, Sandbox, SandboxOptions, crd_path
 
@@ -82,35 +83,41 @@ def _table(jobs: Sequence[Mapping[str, Any]], pods: Mapping[str, list[str]], ela
                          else "left")
     for job in jobs:
         status = job.get("status") or {}
-        energy, workload = status.get("energy") or {}, status.get("workload") or {}
-        control = status.get("control") or {}
+        energy, workload, control = _sections(job)
         name = job["metadata"]["name"]
-        accuracy = workload.get("accuracy")
+        accuracy = workload.accuracy
         table.add_row(
             name,
             str(status.get("phase") or "Pending"),
             ", ".join(pods.get(name, [])) or "-",
-            _fmt(energy.get("currentWatts"), ".0f"),
-            _fmt(energy.get("joules"), ".0f"),
-            _fmt(control.get(c.CONTROL_POWER_LIMIT_WATTS_PER_GPU)),
+            _fmt(energy.current_watts if energy else None, ".0f"),
+            _fmt(energy.joules if energy else None, ".0f"),
+            _fmt(control.power_limit_watts_per_gpu),
             str(status.get("stage") or "-"),
-            _fmt(accuracy * 100 if isinstance(accuracy, (int, float)) else None, ".1f", "%"),
-            _fmt(workload.get("step")),
-            _fmt(workload.get("epoch")),
+            _fmt(accuracy * 100 if accuracy is not None else None, ".1f", "%"),
+            _fmt(workload.step),
+            _fmt(workload.epoch),
         )
     return Group(table, Text(f"* {SIMULATED_NOTE}", style="yellow"))
 
 
+def _sections(job: Mapping[str, Any]) -> tuple[EnergySection | None, WorkloadReport, ControlSection]:
+    """The job's energy (None: no readings yet), its workload's report and its control, as the contract reads them."""
+    status = job.get("status") or {}
+    energy = EnergySection.from_status(status[ENERGY]) if isinstance(status.get(ENERGY), Mapping) else None
+    return energy, WorkloadReport.from_status(status.get(c.WORKLOAD)), ControlSection.from_status(status.get(c.CONTROL))
+
+
 def _stage_lines(job: Mapping[str, Any]) -> list[str]:
     lines = []
-    for stage in ((job.get("status") or {}).get("workload") or {}).get("stages") or []:
-        outcome = "applied" if stage.get("applied") else ("rolled back" if stage.get("rolledBack") else "not applied")
-        before, after = stage.get("sizeBytesBefore"), stage.get("sizeBytesAfter")
-        acc_b, acc_a = stage.get("accuracyBefore"), stage.get("accuracyAfter")
-        size = f"{before:,} -> {after:,} B" if isinstance(before, int) and isinstance(after, int) else "size -"
+    for stage in _sections(job)[1].stages or ():
+        outcome = "applied" if stage.applied else ("rolled back" if stage.rolled_back else "not applied")
+        before, after = stage.size_bytes_before, stage.size_bytes_after
+        acc_b, acc_a = stage.accuracy_before, stage.accuracy_after
+        size = f"{before:,} -> {after:,} B" if before is not None and after is not None else "size -"
         acc = (f"accuracy {acc_b * 100:.1f}% -> {acc_a * 100:.1f}%"
-               if isinstance(acc_b, (int, float)) and isinstance(acc_a, (int, float)) else "accuracy -")
-        lines.append(f"  stage {stage.get('name')}: {outcome} at epoch {stage.get('epoch')}, {size} (zlib), {acc}")
+               if acc_b is not None and acc_a is not None else "accuracy -")
+        lines.append(f"  stage {stage.name}: {outcome} at epoch {stage.epoch}, {size} (zlib), {acc}")
     return lines
 
 
@@ -157,7 +164,7 @@ def demo(
                         f"{pod['metadata']['name'].removeprefix(job_name + '-')}:"
                         f"{(pod.get('status') or {}).get('phase', 'Pending')}")
             for job in jobs:
-                cap = ((job.get("status") or {}).get("control") or {}).get(c.CONTROL_POWER_LIMIT_WATTS_PER_GPU)
+                cap = _sections(job)[2].power_limit_watts_per_gpu
                 name = job["metadata"]["name"]
                 if isinstance(cap, int) and (result.caps.get(name) is None or cap < (result.caps[name] or cap)):
                     result.caps[name] = cap
@@ -185,12 +192,12 @@ def demo(
                     last_print = time.monotonic()
                     for job in jobs:
                         st = job.get("status") or {}
-                        w, e = st.get("workload") or {}, st.get("energy") or {}
+                        e, w, ctl = _sections(job)
                         console.print(
                             f"{time.monotonic() - started:5.0f} s {job['metadata']['name']}: {st.get('phase')}"
-                            f" step {_fmt(w.get('step'))} power {_fmt(e.get('currentWatts'), '.0f')} W*"
-                            f" energy {_fmt(e.get('joules'), '.0f')} J* limit"
-                            f" {_fmt((st.get('control') or {}).get(c.CONTROL_POWER_LIMIT_WATTS_PER_GPU))} W/GPU"
+                            f" step {_fmt(w.step)} power {_fmt(e.current_watts if e else None, '.0f')} W*"
+                            f" energy {_fmt(e.joules if e else None, '.0f')} J* limit"
+                            f" {_fmt(ctl.power_limit_watts_per_gpu)} W/GPU"
                             f" stage {st.get('stage') or '-'}")
             console.print(_table(jobs, pods, time.monotonic() - started))
         result.jobs = jobs
@@ -211,21 +218,24 @@ def _summarise(console: Console, sandbox: Sandbox, result: DemoResult, report_di
     for job in result.jobs:
         name = job["metadata"]["name"]
         status = job.get("status") or {}
-        energy = status.get("energy") or {}
+        energy, workload, _ = _sections(job)
         console.print(f"[bold]{name}[/]: {status.get('phase')}")
-        joules, kwh = energy.get("joules"), energy.get("kilowattHours")
-        console.print(f"  energy {_fmt(joules, ',.0f')} J ({_fmt(kwh, '.6f')} kWh), average"
-                      f" {_fmt(energy.get('averageWatts'), '.0f')} W, peak {_fmt(energy.get('peakWatts'), '.0f')} W"
-                      f" - source: {energy.get('source', '-')}")
+        if energy is None:
+            console.print("  energy unknown (no readings)")
+        else:
+            source = energy.source + (SIMULATED_SUFFIX if energy.simulated else "")
+            console.print(f"  energy {_fmt(energy.joules, ',.0f')} J ({_fmt(energy.kilowatt_hours, '.6f')} kWh),"
+                          f" average {_fmt(energy.average_watts, '.0f')} W, peak {_fmt(energy.peak_watts, '.0f')} W"
+                          f" - source: {source or '-'}")
         cap = result.caps.get(name)
         budget = (((job.get("spec") or {}).get("energy") or {}).get("power") or {}).get("budgetWatts")
         console.print(f"  throttle: {f'capped at {cap} W per GPU' if cap else 'never applied'}"
                       f" (budget {_fmt(budget)} W for the job)")
-        workload = status.get("workload") or {}
-        chosen = (workload.get("powerProfile") or {}).get("chosenWatts")
+        chosen = workload.power_profile.chosen_watts if workload.power_profile else None
+        accuracy = workload.accuracy
         console.print(f"  Auto power profile chose {_fmt(chosen)} W per GPU; final accuracy"
-                      f" {_fmt((workload.get('accuracy') or 0) * 100, '.1f', '%')}; stop reason"
-                      f" {workload.get('stopReason', '-')}")
+                      f" {_fmt(accuracy * 100 if accuracy is not None else None, '.1f', '%')}; stop reason"
+                      f" {workload.stop_reason or '-'}")
         for line in _stage_lines(job):
             console.print(line)
         if status.get("phase") != "Succeeded":

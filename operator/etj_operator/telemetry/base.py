@@ -159,3 +159,16 @@ class TelemetrySource(Protocol):
     async def query_scalar(self, promql: str) -> float | None:
         """Evaluate a PromQL expression giving one number (carbon intensity); None when unavailable."""
         ...
+
+
+@dataclass
+class JobTelemetry:
+    """One cycle's readings for one job."""
+
+    cycle: int
+    time_seconds: float
+    source: str
+    samples: list[GpuSample] = field(default_factory=list)
+    ok: bool = False
+    reason: str = ""
+    intensity_grams_per_kwh: float | None = None

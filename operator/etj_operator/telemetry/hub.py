@@ -14,10 +14,10 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from etj_operator.metrics import TELEMETRY_CYCLE_SECONDS, TELEMETRY_ERRORS, TELEMETRY_REQUESTS
-from etj_operator.telemetry.base import GpuSample, PodTarget, TelemetrySource
+from etj_operator.telemetry.base import GpuSample, JobTelemetry, PodTarget, TelemetrySource
 
 logger = logging.getLogger(__name__)
 
@@ -37,19 +37,6 @@ class JobRegistration:
     #: The job's own spec.energy.telemetry.intervalSeconds: it is read on the first cycle at least this long
     #: after its previous read (so its effective interval is the larger of this and the hub's).
     interval_seconds: float = 0.0
-
-
-@dataclass
-class JobTelemetry:
-    """One cycle's readings for one job."""
-
-    cycle: int
-    time_seconds: float
-    source: str
-    samples: list[GpuSample] = field(default_factory=list)
-    ok: bool = False
-    reason: str = ""
-    intensity_grams_per_kwh: float | None = None
 
 
 @dataclass

@@ -1,0 +1,426 @@
+"""The operator's own bookkeeping in the job's status, as typed records: energy, policy and placement.
+
+Only the operator writes these sections (docs/security.md); they are what a restarted operator continues from,
+so each one round-trips through ``to_status``/``from_status`` (the energy totals as rounded for display, times
+to the microsecond). Like the records of :mod:`etj_contract.report`,
+``from_status`` never raises: a field of the wrong type is dropped and named by its path in ``problems`` (the
+operator reports those as a ``StatusRepaired`` Warning and writes the repaired section back).
+
+* :class:`EnergySection` (``status.energy``, with one :class:`SeriesEntry` per GPU series): the job's energy
+  account, integrated by ``etj_operator.energy``.
+* :class:`PolicySection` (``status.policy``, with the :class:`Drain` in progress): the policies' hysteresis and
+  hold state, so that a restarted operator continues the same decision.
+* :class:`PlacementSection` (``status.placement``): nodes the job avoids after power pressure.
+
+Times follow one rule: a field named ``...Time`` holds an RFC 3339 timestamp (Kubernetes' convention), a field
+named ``...UnixSeconds`` holds seconds since the epoch. A status written before that rule (``carbonSince``,
+``drain.since``, ``placement.lastTime`` and ``energy.lastSampleTime`` as unix seconds) is still read.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from etj_contract._fields import FieldProblem, Fields, describe_value, set_fields, to_rfc3339
+
+__all__ = [
+    "DRAIN_KEYS",
+    "ENERGY",
+    "ENERGY_KEYS",
+    "HISTORY_POINT_LENGTH",
+    "JOULES_PER_KWH",
+    "PLACEMENT",
+    "PLACEMENT_KEYS",
+    "POLICY",
+    "POLICY_KEYS",
+    "SERIES_KEYS",
+    "SIMULATED_SUFFIX",
+    "Drain",
+    "EnergySection",
+    "PlacementSection",
+    "PolicySection",
+    "SeriesEntry",
+]
+
+JOULES_PER_KWH: Final = 3.6e6
+
+#: The top-level status keys of the three sections.
+ENERGY: Final = "energy"
+POLICY: Final = "policy"
+PLACEMENT: Final = "placement"
+
+#: ``status.energy``: attribute name -> camelCase key.
+ENERGY_KEYS: Final[Mapping[str, str]] = {
+    "joules": "joules",
+    "kilowatt_hours": "kilowattHours",
+    "average_watts": "averageWatts",
+    "peak_watts": "peakWatts",
+    "current_watts": "currentWatts",
+    "grams_co2e": "gramsCO2e",
+    "covered_seconds": "coveredSeconds",
+    "source": "source",
+    "simulated": "simulated",
+    "last_sample_seconds": "lastSampleTime",
+    "series": "series",
+    "history": "history",
+}
+#: ``status.energy.series.<key>``: attribute name -> key (short: one entry per pod and GPU).
+SERIES_KEYS: Final[Mapping[str, str]] = {
+    "last_seen_seconds": "t",
+    "since_seconds": "since",
+    "counter_mj": "counterMillijoules",
+    "power_watts": "watts",
+    "pod": "pod",
+}
+#: ``[unix_seconds, job_watts, per_gpu_limit_watts | None, cumulative_joules]``
+HISTORY_POINT_LENGTH: Final = 4
+#: Appended to ``energy.source`` when the readings come from the simulated GPU.
+SIMULATED_SUFFIX: Final = " (simulated)"
+
+#: ``status.policy``: attribute name -> camelCase key.
+POLICY_KEYS: Final[Mapping[str, str]] = {
+    "drain": "drain",
+    "budget_suspended": "budgetSuspended",
+    "budget_notified": "budgetNotified",
+    "carbon_paused": "carbonPaused",
+    "carbon_since_seconds": "carbonSinceUnixSeconds",
+    "low_cycles": "lowCycles",
+}
+#: ``status.policy.drain``: attribute name -> camelCase key.
+DRAIN_KEYS: Final[Mapping[str, str]] = {
+    "reason": "reason",
+    "requested": "requested",
+    "since_seconds": "sinceUnixSeconds",
+    "done": "done",
+}
+#: ``status.placement``: attribute name -> camelCase key.
+PLACEMENT_KEYS: Final[Mapping[str, str]] = {
+    "rescheduling": "rescheduling",
+    "avoided_nodes": "avoidedNodes",
+    "reschedules": "reschedules",
+    "last_reason": "lastReason",
+    "last_reschedule_seconds": "lastRescheduleTime",
+}
+#: Keys of a status written before the time rule: read, never written.
+_LEGACY_CARBON_SINCE: Final = "carbonSince"
+_LEGACY_DRAIN_SINCE: Final = "since"
+_LEGACY_PLACEMENT_TIME: Final = "lastTime"
+#: Longest node name (a DNS subdomain) and reason text kept in the placement section.
+_MAX_NODE_NAME: Final = 253
+_MAX_REASON: Final = 1024
+_MAX_AVOIDED_NODES: Final = 1000
+
+
+# --- status.energy ---------------------------------------------------------------------------------------
+@dataclass
+class SeriesEntry:
+    """The last reading of one GPU series (``<pod UID>/<GPU UUID>``): the baseline of the next delta."""
+
+    #: When the reading was taken. Units: unix seconds.
+    last_seen_seconds: float
+    #: The GPU's energy counter then (DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION). Units: mJ.
+    counter_mj: float | None = None
+    #: The GPU's power then. Units: W.
+    power_watts: float | None = None
+    #: When this series' baseline was taken (its first reading, or a re-baseline after a long gap): the
+    #: series has been accounted without a hole since then. Units: unix seconds.
+    since_seconds: float | None = None
+    #: The pod's name (the key holds its UID). None: an entry of a status written before UID keys, whose
+    #: key is ``<pod>/<GPU>``.
+    pod: str | None = None
+
+    @classmethod
+    def _read(cls, raw: Any, path: str, problems: list[str]) -> SeriesEntry | None:
+        f = Fields(raw, path, problems)
+        t = f.number(SERIES_KEYS["last_seen_seconds"])
+        if t is None:
+            if isinstance(raw, Mapping):
+                found = "no reading time"
+                problems.append(FieldProblem(path, found, "dropped; the series starts again from its next reading"))
+            return None
+        return cls(
+            last_seen_seconds=t,
+            counter_mj=f.number(SERIES_KEYS["counter_mj"]),
+            power_watts=f.number(SERIES_KEYS["power_watts"]),
+            since_seconds=f.number(SERIES_KEYS["since_seconds"]),
+            pod=f.string(SERIES_KEYS["pod"], _MAX_NODE_NAME),
+        )
+
+    def to_status(self) -> dict[str, Any]:
+        """The entry's dict (``t``, ``since``, ``counterMillijoules`` and ``watts`` always; ``pod`` when known)."""
+        k = SERIES_KEYS
+        out: dict[str, Any] = {
+            k["last_seen_seconds"]: self.last_seen_seconds,
+            k["since_seconds"]: self.since_seconds,
+            k["counter_mj"]: self.counter_mj,
+            k["power_watts"]: self.power_watts,
+        }
+        if self.pod is not None:
+            out[k["pod"]] = self.pod
+        return out
+
+
+@dataclass
+class EnergySection:
+    """A job's energy account (``status.energy``); mutable: ``etj_operator.energy.integrate`` adds to it."""
+
+    joules: float = 0.0
+    grams_co2e: float = 0.0
+    peak_watts: float = 0.0
+    current_watts: float = 0.0
+    covered_seconds: float = 0.0
+    #: The newest reading integrated. Units: unix seconds (written as the RFC 3339 ``lastSampleTime``).
+    last_sample_seconds: float | None = None
+    #: The telemetry source (Prometheus, Direct), without the simulated suffix.
+    source: str = ""
+    simulated: bool = False
+    series: dict[str, SeriesEntry] = field(default_factory=dict)
+    #: ``[unix_seconds, job_watts, per_gpu_limit_watts | None, cumulative_joules]``, bounded.
+    history: list[list[float | None]] = field(default_factory=list)
+    #: What :meth:`from_status` dropped, each naming the field's path (not part of the status, nor of equality).
+    problems: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def kilowatt_hours(self) -> float:
+        """Total energy in kWh."""
+        return self.joules / JOULES_PER_KWH
+
+    @property
+    def average_watts(self) -> float:
+        """Mean job power over the time covered by readings."""
+        return self.joules / self.covered_seconds if self.covered_seconds > 0 else 0.0
+
+    def to_status(self) -> dict[str, Any]:
+        """The ``status.energy`` object (totals rounded for display; the record keeps full precision)."""
+        k = ENERGY_KEYS
+        return {
+            k["joules"]: round(self.joules, 6),
+            k["kilowatt_hours"]: round(self.kilowatt_hours, 9),
+            k["average_watts"]: round(self.average_watts, 2),
+            k["peak_watts"]: round(self.peak_watts, 2),
+            k["current_watts"]: round(self.current_watts, 2),
+            k["grams_co2e"]: round(self.grams_co2e, 9),
+            k["covered_seconds"]: round(self.covered_seconds, 3),
+            k["source"]: self.source + (SIMULATED_SUFFIX if self.simulated and self.source else ""),
+            k["simulated"]: self.simulated,
+            k["last_sample_seconds"]: None
+            if self.last_sample_seconds is None
+            else to_rfc3339(self.last_sample_seconds),
+            k["series"]: {key: entry.to_status() for key, entry in sorted(self.series.items())},
+            k["history"]: [list(point) for point in self.history],
+        }
+
+    @classmethod
+    def from_status(cls, raw: Any, path: str = f"status.{ENERGY}") -> EnergySection:
+        """Rebuild the account from ``status.energy``; never raises (a dropped total starts from zero)."""
+        problems: list[str] = []
+        f = Fields(raw, path, problems)
+        k = ENERGY_KEYS
+
+        def total(key: str) -> float:
+            value = f.number(k[key], 0.0)
+            return 0.0 if value is None else value
+
+        series: dict[str, SeriesEntry] = {}
+        for key, entry in (f.mapping(k["series"]) or {}).items():
+            read = SeriesEntry._read(entry, f"{path}.{k['series']}[{key}]", problems)
+            if read is not None:
+                series[str(key)] = read
+        history: list[list[float | None]] = []
+        for index, point in enumerate(f.items(k["history"], 100_000) or ()):
+            if _is_point(point):
+                history.append(list(point))
+            else:
+                problems.append(FieldProblem(f"{path}.{k['history']}[{index}]", describe_value(point), "dropped"))
+        source = f.string(k["source"], 256) or ""
+        return cls(
+            joules=total("joules"),
+            grams_co2e=total("grams_co2e"),
+            peak_watts=total("peak_watts"),
+            current_watts=total("current_watts"),
+            covered_seconds=total("covered_seconds"),
+            last_sample_seconds=_time_or_legacy_seconds(f, k["last_sample_seconds"]),
+            source=source.removesuffix(SIMULATED_SUFFIX),
+            # either mark says the readings are simulated (a status that lost the flag keeps the label)
+            simulated=bool(f.boolean(k["simulated"])) or source.endswith(SIMULATED_SUFFIX),
+            series=series,
+            history=history,
+            problems=tuple(problems),
+        )
+
+
+def _is_point(point: Any) -> bool:
+    if not isinstance(point, list) or len(point) != HISTORY_POINT_LENGTH:
+        return False
+    return all(
+        (v is None and i == 2) or (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v))
+        for i, v in enumerate(point)
+    )
+
+
+def _time_or_legacy_seconds(f: Fields, key: str) -> float | None:
+    """An RFC 3339 time, or (a status written before the time rule) the same key holding unix seconds."""
+    value = f.raw.get(key)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return f.number(key)
+    return f.time(key)
+
+
+# --- status.policy ---------------------------------------------------------------------------------------
+@dataclass
+class Drain:
+    """A checkpoint asked for before the pods stop (budget stop or suspend, carbon pause, reschedule)."""
+
+    #: What the drain is for (``EnergyBudgetStop``, ``CarbonPause``, ...).
+    reason: str
+    #: The ``control.checkpointRequested`` number the harness must acknowledge.
+    requested: int
+    #: When it was asked for. Units: unix seconds.
+    since_seconds: float
+    #: Drained this pass (the pods may stop); the drain is dropped at the end of the pass.
+    done: bool = False
+
+    @classmethod
+    def _read(cls, raw: Any, path: str, problems: list[str]) -> Drain | None:
+        """The drain, or None (one problem naming what is unreadable) when a required field is."""
+        own: list[str] = []
+        f = Fields(raw, path, own)
+        k = DRAIN_KEYS
+        reason = f.string(k["reason"], 128)
+        requested = f.integer(k["requested"])
+        since = f.number(k["since_seconds"])
+        if since is None and f.raw.get(k["since_seconds"]) is None:
+            since = f.number(_LEGACY_DRAIN_SINCE)
+        done = f.boolean(k["done"])
+        if reason is None or requested is None or since is None:
+            missing = [
+                name for name, v in (("reason", reason), ("requested", requested), ("since", since)) if v is None
+            ]
+            problems.append(FieldProblem(path, describe_value(raw), f"dropped ({', '.join(missing)} unreadable)"))
+            return None
+        problems.extend(own)
+        return cls(reason, requested, since, bool(done))
+
+    def to_status(self) -> dict[str, Any]:
+        """The camelCase dict (``done`` only while True)."""
+        k = DRAIN_KEYS
+        return set_fields(
+            {
+                k["reason"]: self.reason,
+                k["requested"]: self.requested,
+                k["since_seconds"]: self.since_seconds,
+                k["done"]: self.done or None,
+            }
+        )
+
+
+@dataclass
+class PolicySection:
+    """The policies' bookkeeping (``status.policy``); the policies update a copy of it each pass."""
+
+    #: The checkpoint drain in progress, if any.
+    drain: Drain | None = None
+    #: The energy budget (action Suspend) holds the job suspended.
+    budget_suspended: bool = False
+    #: The Notify action's Warning was posted (once per crossing).
+    budget_notified: bool = False
+    #: The carbon policy holds the job paused.
+    carbon_paused: bool = False
+    #: When the carbon policy last paused or resumed the job (its dwell time counts from here). Units: unix s.
+    carbon_since_seconds: float | None = None
+    #: Consecutive telemetry cycles under the release threshold while throttled (hysteresis).
+    low_cycles: int = 0
+    problems: tuple[str, ...] = field(default=(), compare=False)
+
+    @classmethod
+    def from_status(cls, raw: Any, path: str = f"status.{POLICY}") -> PolicySection:
+        """Parse ``status.policy``; never raises (see the module)."""
+        problems: list[str] = []
+        f = Fields(raw, path, problems)
+        k = POLICY_KEYS
+        drain_raw = f.mapping(k["drain"])
+        since = f.number(k["carbon_since_seconds"])
+        if since is None and f.raw.get(k["carbon_since_seconds"]) is None:
+            since = f.number(_LEGACY_CARBON_SINCE)
+        return cls(
+            drain=None if drain_raw is None else Drain._read(drain_raw, f"{path}.{k['drain']}", problems),
+            budget_suspended=bool(f.boolean(k["budget_suspended"])),
+            budget_notified=bool(f.boolean(k["budget_notified"])),
+            carbon_paused=bool(f.boolean(k["carbon_paused"])),
+            carbon_since_seconds=since,
+            low_cycles=f.integer(k["low_cycles"]) or 0,
+            problems=tuple(problems),
+        )
+
+    def to_status(self) -> dict[str, Any]:
+        """The camelCase dict of the fields that are set (False, 0 and None are left out)."""
+        k = POLICY_KEYS
+        return set_fields(
+            {
+                k["drain"]: None if self.drain is None else self.drain.to_status(),
+                k["budget_suspended"]: self.budget_suspended or None,
+                k["budget_notified"]: self.budget_notified or None,
+                k["carbon_paused"]: self.carbon_paused or None,
+                k["carbon_since_seconds"]: self.carbon_since_seconds,
+                k["low_cycles"]: self.low_cycles or None,
+            }
+        )
+
+
+# --- status.placement ------------------------------------------------------------------------------------
+@dataclass
+class PlacementSection:
+    """Where the job's pods may run (``status.placement``), after reschedules on node power pressure."""
+
+    #: Pods are being recreated away from pressured nodes; False again once all run.
+    rescheduling: bool = False
+    #: Nodes the pods avoid (node anti-affinity), sorted.
+    avoided_nodes: tuple[str, ...] = ()
+    reschedules: int = 0
+    last_reason: str | None = None
+    #: When the last reschedule began. Units: unix seconds (written as the RFC 3339 ``lastRescheduleTime``).
+    last_reschedule_seconds: float | None = None
+    problems: tuple[str, ...] = field(default=(), compare=False)
+
+    @classmethod
+    def from_status(cls, raw: Any, path: str = f"status.{PLACEMENT}") -> PlacementSection:
+        """Parse ``status.placement``; never raises (see the module)."""
+        problems: list[str] = []
+        f = Fields(raw, path, problems)
+        k = PLACEMENT_KEYS
+        nodes: list[str] = []
+        for index, node in enumerate(f.items(k["avoided_nodes"], _MAX_AVOIDED_NODES) or ()):
+            if isinstance(node, str) and 0 < len(node) <= _MAX_NODE_NAME:
+                nodes.append(node)
+            else:
+                problems.append(FieldProblem(f"{path}.{k['avoided_nodes']}[{index}]", describe_value(node), "dropped"))
+        return cls(
+            rescheduling=bool(f.boolean(k["rescheduling"])),
+            avoided_nodes=tuple(sorted(set(nodes))),
+            reschedules=f.integer(k["reschedules"]) or 0,
+            last_reason=f.string(k["last_reason"], _MAX_REASON),
+            last_reschedule_seconds=f.time(k["last_reschedule_seconds"], legacy_key=_LEGACY_PLACEMENT_TIME),
+            problems=tuple(problems),
+        )
+
+    def to_status(self) -> dict[str, Any]:
+        """The camelCase dict of the fields that are set (``rescheduling`` always, once a section exists)."""
+        k = PLACEMENT_KEYS
+        when = self.last_reschedule_seconds
+        return set_fields(
+            {
+                k["rescheduling"]: self.rescheduling,
+                k["avoided_nodes"]: list(self.avoided_nodes) or None,
+                k["reschedules"]: self.reschedules or None,
+                k["last_reason"]: self.last_reason,
+                k["last_reschedule_seconds"]: None if when is None else to_rfc3339(when),
+            }
+        )
+
+    @property
+    def empty(self) -> bool:
+        """Nothing was ever rescheduled (no section is written)."""
+        return self == PlacementSection()
