@@ -18,12 +18,16 @@ Both sides depend on this package; it depends on neither, and imports the standa
 * :mod:`etj_contract.sections`: the operator's own bookkeeping sections, typed the same way: energy
   (:class:`EnergySection`), policy (:class:`PolicySection`) and placement (:class:`PlacementSection`).
 
-Every public name of these modules is importable from the package itself (``etj_contract.ENV_RANK``).
+* :mod:`etj_contract.agent`: the node agent's names (its metrics, their labels, the kubelet's socket), shared
+  by the agent and the operator that verifies it; imported as a module (``etj_contract.agent.LABEL_POD``),
+  because its label names would read as Kubernetes labels among the others.
+
+Every public name of the other modules is importable from the package itself (``etj_contract.ENV_RANK``).
 """
 
 from __future__ import annotations
 
-from etj_contract import backoff, names, plans, report, sections, status
+from etj_contract import agent, backoff, names, plans, report, sections, status
 from etj_contract.backoff import *  # noqa: F403
 from etj_contract.names import *  # noqa: F403
 from etj_contract.plans import *  # noqa: F403
@@ -31,7 +35,7 @@ from etj_contract.report import *  # noqa: F403
 from etj_contract.sections import *  # noqa: F403
 from etj_contract.status import *  # noqa: F403
 
-__all__ = ["backoff", "names", "plans", "report", "sections", "status"]
+__all__ = ["agent", "backoff", "names", "plans", "report", "sections", "status"]
 __all__ += backoff.__all__
 __all__ += names.__all__
 __all__ += plans.__all__

@@ -127,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=_report)
 
     _add_sandbox_parser(sub)
+
+    from etj_operator.nodeagent.command import add_node_agent_parser
+
+    add_node_agent_parser(sub)  # `etj node-agent`: the GPU node agent (docs/node-agent.md)
     return parser
 
 

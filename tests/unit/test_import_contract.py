@@ -40,6 +40,10 @@ PURE_MODULES = frozenset(
         "etj_operator.jobpass",
         "etj_operator.lifecycle",
         "etj_operator.models",
+        "etj_operator.nodeagent",  # the package's __init__ (a docstring)
+        "etj_operator.nodeagent.intent",
+        "etj_operator.nodeagent.plan",
+        "etj_operator.nodeagent.records",
         "etj_operator.policies",
         "etj_operator.status_repair",
         "etj_operator.telemetry",  # energy.py needs telemetry.base.GpuSample
