@@ -66,6 +66,7 @@ __all__ = [
     "POD_RESOURCES_LIST_METHOD",
     "POD_RESOURCES_SERVICE",
     "REASONS",
+    "REASON_CEILING_LIFTED",
     "REASON_INPUTS_EXPIRED",
     "REASON_INPUTS_PENDING",
     "REASON_JOB_CEILING",
@@ -171,6 +172,8 @@ REASON_JOB_LIMIT_CLAMPED: Final = "JobLimitClamped"
 REASON_JOB_CEILING: Final = "JobCeiling"
 #: Auto mode without a cap: the pod's harness sets the limit; the agent leaves it while the pod holds the GPU.
 REASON_POD_MANAGED: Final = "PodManaged"
+#: Auto mode, the operator's cap lifted: the agent gives back the limit it had lowered (the pod's own choice).
+REASON_CEILING_LIFTED: Final = "CeilingLifted"
 REASON_NOT_HELD: Final = "NotHeld"
 REASON_UNMANAGED_POD: Final = "UnmanagedPod"
 REASON_POD_UNKNOWN: Final = "PodUnknown"

@@ -34,6 +34,7 @@ __all__ = [
     "ENV_ETJ_METRICS_PORT",
     "ENV_ETJ_NAME",
     "ENV_ETJ_NAMESPACE",
+    "ENV_ETJ_POWER_ENFORCER",
     "ENV_ETJ_POWER_POLICY",
     "ENV_ETJ_REPLICA_INDEX",
     "ENV_MASTER_ADDR",
@@ -64,6 +65,8 @@ __all__ = [
     "METRIC_TOTAL_ENERGY_CONSUMPTION",
     "PHASES",
     "PLURAL",
+    "POWER_ENFORCER_AGENT",
+    "POWER_ENFORCER_POD",
     "REPORT_KIND",
     "REPORT_PLURAL",
     "REPORT_SHORT_NAME",
@@ -158,6 +161,12 @@ ENV_ETJ_CONTROL_POLL_STEPS: Final = "ETJ_CONTROL_POLL_STEPS"
 ENV_ETJ_GPU_BACKEND: Final = "ETJ_GPU_BACKEND"
 #: Gang generation of this pod (the job's status.restarts when the pod was created).
 ENV_ETJ_GANG_GENERATION: Final = "ETJ_GANG_GENERATION"
+#: Who sets the GPU power limits of a Fixed policy and of the operator's throttle: "agent" (the node agent,
+#: docs/node-agent.md: the harness only reports them, and the pod has no SYS_ADMIN) or "pod" (the harness, through
+#: NVML; unset means "pod"). Auto mode's candidate limits are the harness's either way.
+ENV_ETJ_POWER_ENFORCER: Final = "ETJ_POWER_ENFORCER"
+POWER_ENFORCER_AGENT: Final = "agent"
+POWER_ENFORCER_POD: Final = "pod"
 
 # --- status.control (operator -> workload), camelCase keys as in the CRD ------------------------
 CONTROL: Final = "control"

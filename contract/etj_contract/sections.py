@@ -88,6 +88,10 @@ POLICY_KEYS: Final[Mapping[str, str]] = {
     "carbon_paused": "carbonPaused",
     "carbon_since_seconds": "carbonSinceUnixSeconds",
     "low_cycles": "lowCycles",
+    "cap_watts": "capWatts",
+    "cap_since_seconds": "capSinceUnixSeconds",
+    "cap_enforced": "capEnforced",
+    "cap_warned": "capWarned",
 }
 #: ``status.policy.drain``: attribute name -> camelCase key.
 DRAIN_KEYS: Final[Mapping[str, str]] = {
@@ -333,6 +337,15 @@ class PolicySection:
     carbon_since_seconds: float | None = None
     #: Consecutive telemetry cycles under the release threshold while throttled (hysteresis).
     low_cycles: int = 0
+    #: The per-GPU cap asked of the GPUs' enforcer (the throttle, a Fixed limit: the lower), as last verified.
+    #: Units: W.
+    cap_watts: int | None = None
+    #: When that cap was first asked (verification allows the enforcer a grace from here). Units: unix s.
+    cap_since_seconds: float | None = None
+    #: The GPUs' measured limits were at or under the cap in the last cycle that had readings.
+    cap_enforced: bool = False
+    #: The PowerCapNotEnforced Warning was posted for this cap (once per cap, not per cycle).
+    cap_warned: bool = False
     problems: tuple[str, ...] = field(default=(), compare=False)
 
     @classmethod
@@ -352,6 +365,10 @@ class PolicySection:
             carbon_paused=bool(f.boolean(k["carbon_paused"])),
             carbon_since_seconds=since,
             low_cycles=f.integer(k["low_cycles"]) or 0,
+            cap_watts=f.integer(k["cap_watts"]),
+            cap_since_seconds=f.number(k["cap_since_seconds"]),
+            cap_enforced=bool(f.boolean(k["cap_enforced"])),
+            cap_warned=bool(f.boolean(k["cap_warned"])),
             problems=tuple(problems),
         )
 
@@ -366,6 +383,10 @@ class PolicySection:
                 k["carbon_paused"]: self.carbon_paused or None,
                 k["carbon_since_seconds"]: self.carbon_since_seconds,
                 k["low_cycles"]: self.low_cycles or None,
+                k["cap_watts"]: self.cap_watts,
+                k["cap_since_seconds"]: self.cap_since_seconds,
+                k["cap_enforced"]: self.cap_enforced or None,
+                k["cap_warned"]: self.cap_warned or None,
             }
         )
 

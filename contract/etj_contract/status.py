@@ -57,3 +57,6 @@ class ConditionType(enum.StrEnum):
     BUDGET_EXCEEDED = "BudgetExceeded"
     PAUSED = "Paused"
     RESCHEDULING = "Rescheduling"
+    #: While a per-GPU cap is asked (the throttle, a Fixed limit): whether the GPUs' measured limits are at or
+    #: under it. The Throttled condition and phase are True only while this is.
+    POWER_CAP_ENFORCED = "PowerCapEnforced"

@@ -348,6 +348,18 @@ class PodOptions:
 
     control_poll_steps: int = 10
     gpu_backend: str = "auto"
+    #: The node agent runs on the GPU nodes (``OperatorConfig.node_agent``): it enforces Fixed limits and the
+    #: throttle, so only Auto pods get SYS_ADMIN (:meth:`agent_enforces`).
+    node_agent: bool = False
+
+    def agent_enforces(self, spec: JobSpec) -> bool:
+        """Whether the node agent, not the pod's harness, sets this job's GPU power limits.
+
+        True with the agent for every mode but Auto: the agent applies a Fixed ``limitWatts`` and the operator's
+        throttle (a budget) itself. Auto's candidate limits are picked and set inside the pod until the agent has
+        a pod-local channel for them (docs/node-agent.md), so an Auto pod still needs SYS_ADMIN.
+        """
+        return self.node_agent and spec.energy.power.mode != "Auto"
 
 
 def build_worker_pod(
@@ -400,7 +412,7 @@ def build_worker_pod(
     containers = pod_spec.get("containers") or []
     for container in containers:
         if container.get("name") == c.TRAINER_CONTAINER:
-            _shape_trainer(container, ctx, spec)
+            _shape_trainer(container, ctx, spec, options)
     if spec.checkpoint is not None and spec.checkpoint.volume is not None:
         volumes = [v for v in pod_spec.get("volumes") or [] if v.get("name") != CHECKPOINT_VOLUME]
         volumes.append({"name": CHECKPOINT_VOLUME, **copy.deepcopy(dict(spec.checkpoint.volume))})
@@ -411,9 +423,11 @@ def build_worker_pod(
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
 
 
-def _shape_trainer(container: dict[str, Any], ctx: EnvContext, spec: JobSpec) -> None:
+def _shape_trainer(container: dict[str, Any], ctx: EnvContext, spec: JobSpec, options: PodOptions) -> None:
     generated = worker_env(ctx)
-    ours = {v["name"] for v in generated}
+    if options.node_agent:  # the harness then sets no limit in Fixed mode or for the throttle: it only reports
+        generated.append({"name": c.ENV_ETJ_POWER_ENFORCER, "value": c.POWER_ENFORCER_AGENT})
+    ours = {v["name"] for v in generated} | {c.ENV_ETJ_POWER_ENFORCER}  # the template never decides who enforces
     user_env = [v for v in container.get("env") or [] if v.get("name") not in ours]
     container["env"] = user_env + generated
 
@@ -422,8 +436,9 @@ def _shape_trainer(container: dict[str, Any], ctx: EnvContext, spec: JobSpec) ->
     ports.append({"name": "metrics", "containerPort": c.DEFAULT_METRICS_PORT})
     container["ports"] = ports
 
-    if spec.energy.power.managed:
-        # NVML's nvmlDeviceSetPowerManagementLimit needs CAP_SYS_ADMIN inside the container.
+    if spec.energy.power.managed and not options.agent_enforces(spec):
+        # NVML's nvmlDeviceSetPowerManagementLimit needs CAP_SYS_ADMIN inside the container; with the node agent
+        # only Auto mode sets limits from inside the pod.
         sc = container.setdefault("securityContext", {})
         caps = sc.setdefault("capabilities", {})
         add = list(caps.get("add") or [])

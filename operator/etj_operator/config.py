@@ -48,6 +48,11 @@ class OperatorConfig:
     gpu_max_limit_watts: int = 700
     #: How long a policy waits for the harness to acknowledge a checkpoint before stopping pods anyway.
     checkpoint_timeout_seconds: float = 120.0
+    #: How long the GPUs' enforcer may take to apply a new power cap before the job says it is not enforced.
+    cap_grace_seconds: float = 60.0
+    #: The chart runs the node agent (``nodeAgent.enabled``; docs/node-agent.md). It enforces Fixed limits and the
+    #: throttle, so those pods get no SYS_ADMIN and their harness sets no limit; Auto keeps both (docs/security.md).
+    node_agent: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -65,6 +70,16 @@ class OperatorConfig:
             if value < 0:
                 raise ValueError(f"{name}={raw!r} must not be negative")
             return value
+
+        def flag(name: str, default: bool) -> bool:
+            raw = env.get(name)
+            if raw is None or raw.strip() == "":
+                return default
+            if raw.strip().lower() in ("true", "1"):
+                return True
+            if raw.strip().lower() in ("false", "0"):
+                return False
+            raise ValueError(f"{name}={raw!r} must be true, false, 1 or 0")
 
         backend = env.get("ETJ_GPU_BACKEND", cls.gpu_backend)
         if backend not in ("auto", "nvml", "simulated"):
@@ -89,4 +104,6 @@ class OperatorConfig:
             gpu_min_limit_watts=int(number("ETJ_GPU_MIN_LIMIT_WATTS", cls.gpu_min_limit_watts)),
             gpu_max_limit_watts=int(number("ETJ_GPU_MAX_LIMIT_WATTS", cls.gpu_max_limit_watts)),
             checkpoint_timeout_seconds=number("ETJ_CHECKPOINT_TIMEOUT_SECONDS", cls.checkpoint_timeout_seconds),
+            cap_grace_seconds=number("ETJ_CAP_GRACE_SECONDS", cls.cap_grace_seconds),
+            node_agent=flag("ETJ_NODE_AGENT", cls.node_agent),
         )

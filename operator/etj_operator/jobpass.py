@@ -260,13 +260,16 @@ def _run_policies(
         if carbon.intensity_query is not None:
             intensity = telemetry.intensity_grams_per_kwh if telemetry else None
     gpu_count = obs.gpu_count
+    # The limits the GPUs report (read back by the node agent or dcgm-exporter): what the history records and
+    # what the cap is verified against, never the limit asked.
+    applied = [s.power_limit_watts for s in telemetry.samples if s.power_limit_watts is not None] if telemetry else []
     if telemetry is not None:
         integrate(
             energy,
             telemetry.samples,
             source=telemetry.source,
             intensity_grams_per_kwh=intensity,
-            limit_watts_per_gpu=control.power_limit_watts_per_gpu,
+            limit_watts_per_gpu=max(applied) if applied else None,
         )
         gpus = {s.series for s in telemetry.samples}
         if gpus:
@@ -294,6 +297,7 @@ def _run_policies(
             intensity_grams_per_kwh=intensity,
             pods_exist=bool(live),
             pressured_nodes=sorted(set(pressured)),
+            applied_limits_watts=applied,
             settings=obs.settings,
         )
     )

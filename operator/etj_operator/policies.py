@@ -39,6 +39,9 @@ THROTTLED: Final = ConditionType.THROTTLED
 BUDGET_EXCEEDED: Final = ConditionType.BUDGET_EXCEEDED
 PAUSED: Final = ConditionType.PAUSED
 RESCHEDULING: Final = ConditionType.RESCHEDULING
+POWER_CAP_ENFORCED: Final = ConditionType.POWER_CAP_ENFORCED
+#: A measured limit this far above the cap still counts as the cap (NVML works in mW; exporters round).
+CAP_TOLERANCE_WATTS: Final = 1.0
 POWER_PRESSURE_ANNOTATION: Final = f"{c.GROUP}/power-pressure"
 
 DRAIN_BUDGET_STOP: Final = "EnergyBudgetStop"
@@ -58,6 +61,9 @@ class PolicySettings:
     #: ... for this many consecutive telemetry cycles (hysteresis against oscillation).
     release_after_cycles: int = 3
     checkpoint_timeout_seconds: float = 120.0
+    #: How long the GPUs' enforcer (the node agent, or the harness in the pod) may take to apply a new cap
+    #: before the job says the cap is not enforced, with a Warning: an agent cycle and a scrape or two.
+    cap_grace_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,9 @@ class PolicyInputs:
     pods_exist: bool = True
     #: Nodes running this job's pods that carry the power-pressure annotation.
     pressured_nodes: Sequence[str] = ()
+    #: The per-GPU power limits the job's GPUs report in this telemetry cycle (DCGM_FI_DEV_POWER_MGMT_LIMIT,
+    #: as measured: read back by the node agent or dcgm-exporter, never the limit asked); empty: none report.
+    applied_limits_watts: Sequence[float] = ()
     settings: PolicySettings = field(default_factory=PolicySettings)
 
 
@@ -110,6 +119,7 @@ class PolicyOutcome:
     fail: tuple[str, str] | None = None
     #: Delete the pods now so the lifecycle recreates them (reschedule).
     recreate_pods: bool = False
+    #: A throttle cap is asked *and* the GPUs' measured limits show it (the phase is Throttled only then).
     throttled: bool = False
     decisions: list[str] = field(default_factory=list)
 
@@ -139,6 +149,7 @@ def decide(inputs: PolicyInputs) -> PolicyOutcome:
     if out.fail is None and out.hold is None:
         _reschedule(inputs, out)
     _throttle(inputs, out)
+    _verify_cap(inputs, out)
     _finish_drain(inputs, out)
     return out
 
@@ -314,11 +325,9 @@ def _reschedule(i: PolicyInputs, out: PolicyOutcome) -> None:
 def _throttle(i: PolicyInputs, out: PolicyOutcome) -> None:
     budget = i.spec.energy.power.budget_watts
     current = out.control.power_limit_watts_per_gpu
-    out.throttled = current is not None
     if budget is None:
         if current is not None:
             out.control = dataclasses.replace(out.control, power_limit_watts_per_gpu=None)
-            out.throttled = False
             out.conditions.append(ConditionChange(THROTTLED, False, "NoBudget", "spec.energy.power.budgetWatts unset"))
         return
     if not i.fresh_telemetry or not i.telemetry_ok or i.gpu_count <= 0:
@@ -330,28 +339,103 @@ def _throttle(i: PolicyInputs, out: PolicyOutcome) -> None:
         if watts > budget:
             out.control = dataclasses.replace(out.control, power_limit_watts_per_gpu=limit)
             out.policy.low_cycles = 0
-            out.throttled = True
             note = "" if reachable else f" (the budget is below {i.gpu_count} GPUs x {s.gpu_min_limit_watts} W)"
-            message = f"job draws {watts:.0f} W over its {budget} W budget: {limit} W per GPU{note}"
-            out.conditions.append(ConditionChange(THROTTLED, True, "PowerBudget", message))
-            out.events.append(Event("Normal", "Throttled", message))
+            message = f"job draws {watts:.0f} W over its {budget} W budget: asking {limit} W per GPU{note}"
+            out.events.append(Event("Normal", "ThrottleRequested", message))
             out.decisions.append("throttle")
         return
     if current != limit:  # the budget or the GPU count changed
         out.control = dataclasses.replace(out.control, power_limit_watts_per_gpu=limit)
-        out.conditions.append(
-            ConditionChange(THROTTLED, True, "PowerBudget", f"{limit} W per GPU for a {budget} W budget")
-        )
+        out.events.append(Event("Normal", "ThrottleRequested", f"asking {limit} W per GPU for a {budget} W budget"))
         out.decisions.append("throttle")
     if watts < s.release_fraction * budget:
         out.policy.low_cycles += 1
         if out.policy.low_cycles >= s.release_after_cycles:
             out.control = dataclasses.replace(out.control, power_limit_watts_per_gpu=None)
             out.policy.low_cycles = 0
-            out.throttled = False
             message = f"job draws {watts:.0f} W, under {s.release_fraction:.0%} of its {budget} W budget: cap released"
             out.conditions.append(ConditionChange(THROTTLED, False, "UnderBudget", message))
             out.events.append(Event("Normal", "ThrottleReleased", message))
             out.decisions.append("release")
     else:
         out.policy.low_cycles = 0
+
+
+# --- verification: the cap asked, against the limits the GPUs report -----------------------------------------
+def asked_cap_watts(i: PolicyInputs, control: ControlSection) -> int | None:
+    """The per-GPU cap asked of the GPUs' enforcer: the throttle's, mode Fixed's limit, or the lower of both."""
+    caps = [control.power_limit_watts_per_gpu]
+    power = i.spec.energy.power
+    if power.mode == "Fixed":
+        caps.append(power.limit_watts)
+    known = [cap for cap in caps if cap is not None]
+    return min(known) if known else None
+
+
+def _verify_cap(i: PolicyInputs, out: PolicyOutcome) -> None:
+    """Say whether the cap asked is in force, from the limits the GPUs report (status says what was measured).
+
+    PowerCapEnforced is True when every GPU that reports a limit reports one at or under the cap (within
+    :data:`CAP_TOLERANCE_WATTS`) and all the job's GPUs report; the Throttled condition and phase follow it.
+    Within ``cap_grace_seconds`` of a new cap the enforcer is still applying it (False, ``Applying``); after
+    that, False names the cause (``LimitNotApplied``: a GPU reports more; ``NoLimitReadings``: no GPU reports
+    a limit, so nothing can show the cap) and one Warning Event ``PowerCapNotEnforced`` says the cap is not
+    being enforced. Without a fresh telemetry cycle the last verdict stands.
+    """
+    policy = out.policy
+    cap = asked_cap_watts(i, out.control)
+    throttle = out.control.power_limit_watts_per_gpu
+    if cap is None:
+        if policy.cap_watts is not None:
+            out.conditions.append(ConditionChange(POWER_CAP_ENFORCED, False, "NoCap", "no power cap is asked"))
+        policy.cap_watts, policy.cap_since_seconds = None, None
+        policy.cap_enforced = policy.cap_warned = False
+        out.throttled = False
+        return
+    if policy.cap_watts != cap:  # a new cap: the enforcer's grace starts now
+        policy.cap_watts, policy.cap_since_seconds = cap, i.now_seconds
+        policy.cap_enforced = policy.cap_warned = False
+    if i.fresh_telemetry and i.telemetry_ok:
+        readings = [w for w in i.applied_limits_watts if math.isfinite(w)]
+        over = sorted({round(w) for w in readings if w > cap + CAP_TOLERANCE_WATTS})
+        gpus = max(i.gpu_count, 1)
+        if readings and not over and len(readings) >= gpus:
+            if not policy.cap_enforced and policy.cap_warned:
+                out.events.append(Event("Normal", "PowerCapEnforced", f"the GPUs now report <= {cap} W"))
+            policy.cap_enforced, policy.cap_warned = True, False
+            message = f"all {len(readings)} GPUs report a limit <= {cap} W (asked {cap} W per GPU)"
+            out.conditions.append(ConditionChange(POWER_CAP_ENFORCED, True, "LimitsApplied", message))
+        else:
+            policy.cap_enforced = False
+            if not readings:
+                reason = "NoLimitReadings"
+                found = (
+                    "no GPU of the job reports a power limit (DCGM_FI_DEV_POWER_MGMT_LIMIT): is the node agent"
+                    " or dcgm-exporter running on its nodes?"
+                )
+            elif over:
+                reason = "LimitNotApplied"
+                found = f"GPUs report {', '.join(f'{w} W' for w in over)}"
+            else:
+                reason = "LimitNotApplied"
+                found = f"only {len(readings)} of {gpus} GPUs report a limit"
+            waited = i.now_seconds - (policy.cap_since_seconds or i.now_seconds)
+            if waited < i.settings.cap_grace_seconds:
+                message = f"asked {cap} W per GPU {waited:.0f} s ago, still being applied: {found}"
+                out.conditions.append(ConditionChange(POWER_CAP_ENFORCED, False, "Applying", message))
+            else:
+                message = f"asked {cap} W per GPU {waited:.0f} s ago and not in force: {found}"
+                out.conditions.append(ConditionChange(POWER_CAP_ENFORCED, False, reason, message))
+                if not policy.cap_warned:
+                    policy.cap_warned = True
+                    warning = f"the power cap is not enforced: {message}"
+                    out.events.append(Event("Warning", "PowerCapNotEnforced", warning))
+    out.throttled = throttle is not None and policy.cap_enforced
+    if throttle is not None and i.fresh_telemetry and i.telemetry_ok:
+        budget = i.spec.energy.power.budget_watts
+        if out.throttled:
+            message = f"{throttle} W per GPU for a {budget} W budget, in force (the GPUs report it)"
+            out.conditions.append(ConditionChange(THROTTLED, True, "PowerBudget", message))
+        else:
+            message = f"{throttle} W per GPU asked for a {budget} W budget, not in force yet (see PowerCapEnforced)"
+            out.conditions.append(ConditionChange(THROTTLED, False, "CapNotEnforced", message))

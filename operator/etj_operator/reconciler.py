@@ -177,6 +177,7 @@ class JobReconciler:
             gpu_min_limit_watts=config.gpu_min_limit_watts,
             gpu_max_limit_watts=config.gpu_max_limit_watts,
             checkpoint_timeout_seconds=config.checkpoint_timeout_seconds,
+            cap_grace_seconds=config.cap_grace_seconds,
         )
 
     async def reconcile(
@@ -308,7 +309,7 @@ class JobReconciler:
         if spec is None or not plan.create_pods or not state.children_ensured:
             return
         generation = int(plan.status.get("restarts") or 0)
-        options = builders.PodOptions(self.config.control_poll_steps, self.config.gpu_backend)
+        options = builders.PodOptions(self.config.control_poll_steps, self.config.gpu_backend, self.config.node_agent)
         directive = _placement_directive(spec, PlacementSection.from_status(plan.status.get(PLACEMENT)))
         manifests = []
         for index in plan.create_pods:

@@ -208,7 +208,7 @@ def test_rbac_has_no_wildcard(profile):
 
 def test_pod_monitor_selects_the_worker_pods_the_operator_makes():
     objects = render(PROFILES["all-features"])
-    monitor = find(objects, "PodMonitor")
+    monitor = find(objects, "PodMonitor", "etj-efficient-training-operator-workers")
     assert monitor["spec"]["selector"]["matchLabels"] == {
         contract.LABEL_MANAGED_BY: contract.MANAGED_BY,
         contract.LABEL_ROLE: contract.ROLE_WORKER,

@@ -77,3 +77,19 @@ def test_report_files_are_written(run):
 def test_no_process_is_left_behind(run):
     result, _ = run
     assert tagged_processes(result.state_dir) == []
+
+
+def test_the_node_agent_applied_the_throttle_to_the_jobs_node_gpus_and_reset_them(run):
+    result, text = run
+    [job] = result.jobs
+    gpus = job["spec"]["replicas"] * job["spec"]["nprocPerNode"]
+    # read from the agent's metrics while the pods held their GPUs, not from what the operator asked
+    applied = result.agent_caps["digits-ddp"]
+    assert len(applied) == gpus and all(uuid.startswith("GPU-") for uuid in applied)
+    assert max(applied.values()) * gpus <= job["spec"]["energy"]["power"]["budgetWatts"]
+    # Auto mode: the agent defers to the harness (PodManaged) and applies the throttle as a ceiling (JobCeiling)
+    assert "JobCeiling" in result.agent_reasons["digits-ddp"]
+    assert "cap applied by the node agent on sandbox:" in text and "simulated" in text
+    # node GPUs are hardware: after the pods, every one is back at its default (the agent reset them)
+    assert result.node_gpus_after and all(limit == default for limit, default in result.node_gpus_after.values())
+    assert "simulated GPUs back at their default" in text

@@ -44,6 +44,7 @@ def cluster(prometheus, tmp_path, monkeypatch):
         monkeypatch.setenv("ETJ_METRICS_PORT", "0")
         monkeypatch.setenv("ETJ_PROMETHEUS_URL", prometheus.url)
         monkeypatch.setenv("ETJ_CHECKPOINT_TIMEOUT_SECONDS", "60")
+        monkeypatch.setenv("ETJ_CAP_GRACE_SECONDS", "3")
         with OperatorThread():
             yield Cluster(server)
 
@@ -58,10 +59,12 @@ def start_job(cluster, exporter, name, watts, **spec):
 
 
 def follow_limit(cluster, exporter, name, demand_watts, replicas=2):
-    """Play the harness: each GPU draws its demand, or the operator's per-GPU limit if lower."""
+    """Play the enforcer (node agent) and the GPU: apply the operator's per-GPU limit, so the exporter reports
+    it, and draw the demand, or the limit if lower."""
     limit = (cluster.status(name).get("control") or {}).get(c.CONTROL_POWER_LIMIT_WATTS_PER_GPU)
     watts = demand_watts if limit is None else min(demand_watts, limit)
     for i in range(replicas):
+        exporter.set_limit(NS, f"{name}-worker-{i}", 700.0 if limit is None else float(limit))
         exporter.set_power(NS, f"{name}-worker-{i}", watts)
     return limit
 
@@ -70,8 +73,9 @@ def test_energy_matches_ground_truth_and_throttle_caps_then_releases(cluster, ex
     start_job(cluster, exporter, "acct", 400.0, replicas=2, energy={"power": {"budgetWatts": 600}})
     # over budget (800 W > 600 W): capped at 300 W per GPU, phase Throttled
     wait_until(lambda: follow_limit(cluster, exporter, "acct", 400.0) == 300, 20, "a 300 W per-GPU cap")
-    status = cluster.wait_phase("acct", "Throttled")
+    status = cluster.wait_phase("acct", "Throttled")  # once the GPUs report the cap, not before
     assert any(x["type"] == "Throttled" and x["status"] == "True" for x in status["conditions"])
+    assert any(x["type"] == "PowerCapEnforced" and x["status"] == "True" for x in status["conditions"])
     follow_limit(cluster, exporter, "acct", 400.0)
     time.sleep(3)  # a few cycles at the cap
     # demand drops below 85% of the budget: released after three low cycles
@@ -97,6 +101,38 @@ def test_energy_matches_ground_truth_and_throttle_caps_then_releases(cluster, ex
     assert energy["joules"] == pytest.approx(truth, rel=0.01)
     assert energy["peakWatts"] >= 790
     assert status["energy"]["kilowattHours"] == pytest.approx(energy["joules"] / 3.6e6, rel=1e-3)
+
+
+def test_a_cap_nothing_applies_is_not_shown_as_throttled_and_is_warned_about(cluster, exporter):
+    """The exporter keeps reporting 700 W limits (no enforcer): the job never shows Throttled."""
+    start_job(cluster, exporter, "unenforced", 400.0, replicas=2, energy={"power": {"budgetWatts": 600}})
+    status = wait_until(
+        lambda: (s := cluster.status("unenforced")).get("control", {}).get(c.CONTROL_POWER_LIMIT_WATTS_PER_GPU) and s,
+        20,
+        "a cap asked",
+    )
+    verdict = wait_until(
+        lambda: next(
+            (x for x in cluster.status("unenforced").get("conditions", [])
+             if x["type"] == "PowerCapEnforced" and x["reason"] == "LimitNotApplied"),
+            None,
+        ),
+        30,
+        "PowerCapEnforced=False after the grace",
+    )
+    assert verdict["status"] == "False" and "700 W" in verdict["message"]
+    status = cluster.status("unenforced")
+    assert status["phase"] == "Running"
+    assert not any(x["type"] == "Throttled" and x["status"] == "True" for x in status["conditions"])
+    def warnings() -> list[dict]:
+        events = cluster.server.list("events", NS, field_selector="involvedObject.name=unenforced")
+        return [e for e in events if e.get("reason") == "PowerCapNotEnforced"]
+
+    wait_until(warnings, 10, "the PowerCapNotEnforced Warning")
+    time.sleep(2)  # more cycles, still unenforced: no second Warning for the same cap
+    assert [e["type"] for e in warnings()] == ["Warning"]
+    # the history draws the limit measured (700 W), never the 300 W asked
+    assert {point[2] for point in status["energy"]["history"][-3:]} == {700.0}
 
 
 def test_energy_budget_stop_requests_a_checkpoint_first(cluster, exporter):

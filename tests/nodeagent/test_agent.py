@@ -298,6 +298,28 @@ def test_auto_pods_choose_their_limit_and_the_operators_cap_is_a_ceiling(gpus, k
     desired = {lb[a.LABEL_UUID]: (lb[a.LABEL_REASON], v)
                for lb, v in samples(agent.metrics_text, a.METRIC_AGENT_DESIRED_LIMIT)}
     assert desired[U[0]] == (a.REASON_JOB_CEILING, 450.0)
+    # the cap lifted: the GPU the ceiling lowered gets back the limit it had (the pod's), once
+    auto["status"][n.CONTROL] = {}
+    cycle(agent, clock)
+    assert limits(gpus)[:2] == [450_000, DEFAULT]
+    reasons = samples(agent.metrics_text, a.METRIC_AGENT_DESIRED_LIMIT)
+    assert {lb[a.LABEL_UUID]: lb[a.LABEL_REASON] for lb, _ in reasons}[U[1]] == a.REASON_CEILING_LIFTED
+    cycle(agent, clock)
+    assert limits(gpus)[:2] == [450_000, DEFAULT]  # then the pod manages it again
+
+
+def test_a_lifted_ceiling_leaves_a_limit_the_pod_set_since(gpus, kubelet, cluster, clock):
+    auto = cluster.add_job(job("auto", "uid-auto", mode="Auto", limit=None))
+    cluster.add_pod(pod("auto-worker-0", "pod-a", auto))
+    kubelet.table = [holds("auto-worker-0", U[0])]
+    auto["status"][n.CONTROL] = {n.CONTROL_POWER_LIMIT_WATTS_PER_GPU: 500}
+    agent = make_agent(gpus, kubelet, cluster, clock)
+    cycle(agent, clock)
+    assert limits(gpus)[0] == 500_000
+    gpus.set_limit(gpus.inventory().devices[0], 400_000)  # the harness picks a candidate under the cap
+    auto["status"][n.CONTROL] = {}
+    cycle(agent, clock)
+    assert limits(gpus)[0] == 400_000
 
 
 def test_stopping_resets_every_gpu_but_those_auto_pods_manage(gpus, kubelet, cluster, clock, resnet):

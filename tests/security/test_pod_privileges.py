@@ -1,8 +1,11 @@
-"""Worker pods get no privilege from the operator, except SYS_ADMIN on the trainer when power is managed.
+"""Worker pods get no privilege from the operator, except SYS_ADMIN on the trainer where the pod sets GPU limits.
 
-The builders are checked across spec variants (every power mode, a power budget alone, templates with their
-own security settings and a sidecar): the operator's pod differs from the user's template in privileges by
-exactly nothing, or by SYS_ADMIN in the trainer's capabilities.add when ``energy.power`` is managed.
+The builders are checked across spec variants (every power mode, a power budget alone or with a mode, templates
+with their own security settings and a sidecar) and with the node agent on and off (``OperatorConfig.node_agent``,
+the chart's ``nodeAgent.enabled``): the operator's pod differs from the user's template in privileges by exactly
+nothing, or by SYS_ADMIN in the trainer's capabilities.add. Without the agent that is every power-managed job
+(Fixed, Auto, a budget); with it only Auto (its harness still picks and sets the limits in the pod), while Fixed,
+budget and Unmanaged pods carry no capability and fit the Pod Security ``baseline`` level (docs/security.md).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import itertools
 
 import pytest
 
-from etj_operator import builders
+from etj_operator import builders, contract
 from etj_operator.models import parse_spec
 
 from jobs import job_manifest
@@ -23,8 +26,13 @@ POWER = {
     "budget-only": {"mode": "Unmanaged", "budgetWatts": 1200},
     "fixed": {"mode": "Fixed", "limitWatts": 300},
     "auto": {"mode": "Auto", "auto": {"eta": 0.5}},
+    "fixed-budget": {"mode": "Fixed", "limitWatts": 300, "budgetWatts": 1200},
+    "auto-budget": {"mode": "Auto", "budgetWatts": 1200},
 }
-MANAGED = {"budget-only", "fixed", "auto"}
+MANAGED = {"budget-only", "fixed", "auto", "fixed-budget", "auto-budget"}
+#: With the node agent, the pods whose harness still sets limits (Auto: no pod-local channel to the agent yet).
+SETS_LIMITS_WITH_AGENT = {"auto", "auto-budget"}
+AGENT = {"off": builders.PodOptions(), "on": builders.PodOptions(node_agent=True)}
 
 TEMPLATES = {
     "plain": {},
@@ -46,7 +54,7 @@ CONTAINER_PRIVILEGE_FIELDS = ("privileged", "allowPrivilegeEscalation", "runAsUs
                               "seLinuxOptions")
 
 
-def build(power, trainer_extra, sidecar=True):
+def build(power, trainer_extra, sidecar=True, options=None):
     body = job_manifest("secure", namespace="ml")
     containers = body["spec"]["template"]["spec"]["containers"]
     containers[0].update(copy.deepcopy(trainer_extra))
@@ -56,16 +64,20 @@ def build(power, trainer_extra, sidecar=True):
         body["spec"]["energy"] = {"power": copy.deepcopy(power)}
     job = builders.JobRef.from_body(body)
     spec = parse_spec(body["spec"], "secure")
-    return body["spec"]["template"], [builders.build_worker_pod(job, spec, i, 0) for i in range(2)]
+    return body["spec"]["template"], [builders.build_worker_pod(job, spec, i, 0, options) for i in range(2)]
 
 
 def container(spec, name):
     return next(x for x in spec["containers"] if x["name"] == name)
 
 
-@pytest.mark.parametrize(("power", "template"), list(itertools.product(POWER, TEMPLATES)))
-def test_only_sys_admin_and_only_when_power_is_managed(power, template):
-    source, pods = build(POWER[power], TEMPLATES[template])
+def sys_admin_expected(power, agent):
+    return power in (SETS_LIMITS_WITH_AGENT if agent == "on" else MANAGED)
+
+
+@pytest.mark.parametrize(("power", "template", "agent"), list(itertools.product(POWER, TEMPLATES, AGENT)))
+def test_only_sys_admin_and_only_where_the_pod_sets_limits(power, template, agent):
+    source, pods = build(POWER[power], TEMPLATES[template], options=AGENT[agent])
     wanted = TEMPLATES[template].get("securityContext", {})
     for pod in pods:
         spec = pod["spec"]
@@ -78,7 +90,7 @@ def test_only_sys_admin_and_only_when_power_is_managed(power, template):
             assert got.get(field) == wanted.get(field), field
         added = list((got.get("capabilities") or {}).get("add") or [])
         before = list((wanted.get("capabilities") or {}).get("add") or [])
-        assert added == before + (["SYS_ADMIN"] if power in MANAGED else [])
+        assert added == before + (["SYS_ADMIN"] if sys_admin_expected(power, agent) else [])
         assert (got.get("capabilities") or {}).get("drop") == (wanted.get("capabilities") or {}).get("drop")
         # the sidecar is never touched
         assert container(spec, "logship") == {"name": "logship", "image": "example.org/logship:1"}
@@ -89,3 +101,75 @@ def test_only_sys_admin_and_only_when_power_is_managed(power, template):
 def test_sys_admin_is_added_once_even_if_the_template_asks_for_it():
     _, pods = build(POWER["fixed"], {"securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}}})
     assert container(pods[0]["spec"], "trainer")["securityContext"]["capabilities"]["add"] == ["SYS_ADMIN"]
+
+
+def test_the_sys_admin_table():
+    """The table docs/security.md gives, spelled out: which trainers carry SYS_ADMIN (and so must run as root)."""
+    table = {
+        (power, agent): "SYS_ADMIN" in str(container(build(POWER[power], {}, options=AGENT[agent])[1][0]["spec"],
+                                                      "trainer").get("securityContext"))
+        for power in POWER for agent in AGENT
+    }
+    assert {key for key, sys_admin in table.items() if sys_admin} == {
+        ("budget-only", "off"), ("fixed", "off"), ("auto", "off"), ("fixed-budget", "off"), ("auto-budget", "off"),
+        ("auto", "on"), ("auto-budget", "on"),
+    }
+
+
+#: The capabilities Pod Security's baseline level lets a container add (kubernetes.io, Pod Security Standards).
+BASELINE_CAPABILITIES = {"AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD",
+                         "NET_BIND_SERVICE", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT"}
+
+
+def baseline_violations(pod):
+    """What Pod Security's baseline level refuses in a pod (the controls the operator could touch)."""
+    spec = pod["spec"]
+    found = [f for f in ("hostNetwork", "hostPID", "hostIPC") if spec.get(f)]
+    found += [f"volume {v['name']}: hostPath" for v in spec.get("volumes") or [] if "hostPath" in v]
+    for c in spec.get("containers", []) + spec.get("initContainers", []):
+        sc = c.get("securityContext") or {}
+        if sc.get("privileged"):
+            found.append(f"{c['name']}: privileged")
+        extra = set((sc.get("capabilities") or {}).get("add") or []) - BASELINE_CAPABILITIES
+        found += [f"{c['name']}: capability {cap}" for cap in sorted(extra)]
+        found += [f"{c['name']}: hostPort" for p in c.get("ports") or [] if p.get("hostPort")]
+    return found
+
+
+@pytest.mark.parametrize("power", sorted(set(POWER) - SETS_LIMITS_WITH_AGENT))
+def test_with_the_agent_fixed_budget_and_unmanaged_pods_fit_baseline_and_need_no_root(power):
+    _, pods = build(POWER[power], TEMPLATES["hardened"], options=AGENT["on"])
+    for pod in pods:
+        assert baseline_violations(pod) == []
+        trainer = container(pod["spec"], "trainer")
+        # the template's non-root settings are kept and nothing needs them undone: no capability to be root for
+        assert trainer["securityContext"] == TEMPLATES["hardened"]["securityContext"]
+        env = {v["name"]: v.get("value") for v in trainer["env"]}
+        assert env[contract.ENV_ETJ_POWER_ENFORCER] == contract.POWER_ENFORCER_AGENT  # the harness sets no limit
+
+
+@pytest.mark.parametrize("power", sorted(MANAGED))
+def test_without_the_agent_power_managed_pods_are_outside_baseline(power):
+    """As documented: a baseline namespace refuses them (SYS_ADMIN), so they need a privileged one."""
+    _, pods = build(POWER[power], {}, options=AGENT["off"])
+    assert baseline_violations(pods[0]) == ["trainer: capability SYS_ADMIN"]
+    env = {v["name"] for v in container(pods[0]["spec"], "trainer")["env"]}
+    assert contract.ENV_ETJ_POWER_ENFORCER not in env  # unset: the harness sets the limits (pods as before)
+
+
+def test_auto_keeps_sys_admin_with_the_agent_and_is_told_the_agent_is_there():
+    _, pods = build(POWER["auto"], {}, options=AGENT["on"])
+    trainer = container(pods[0]["spec"], "trainer")
+    assert trainer["securityContext"]["capabilities"]["add"] == ["SYS_ADMIN"]
+    env = {v["name"]: v.get("value") for v in trainer["env"]}
+    assert env[contract.ENV_ETJ_POWER_ENFORCER] == contract.POWER_ENFORCER_AGENT
+
+
+@pytest.mark.parametrize("agent", AGENT)
+def test_the_template_cannot_choose_who_enforces(agent):
+    _, pods = build(POWER["fixed"], {"env": [{"name": contract.ENV_ETJ_POWER_ENFORCER, "value": "agent"}]},
+                    options=AGENT[agent])
+    env = [v for v in container(pods[0]["spec"], "trainer")["env"] if v["name"] == contract.ENV_ETJ_POWER_ENFORCER]
+    assert env == ([{"name": contract.ENV_ETJ_POWER_ENFORCER, "value": "agent"}] if agent == "on" else [])
+    sys_admin = "SYS_ADMIN" in str(container(pods[0]["spec"], "trainer").get("securityContext"))
+    assert sys_admin is (agent == "off")  # without the agent the harness must set the limit, and can

@@ -113,6 +113,30 @@ def test_sys_admin_only_when_power_is_managed():
     ]
 
 
+def test_with_the_node_agent_only_auto_trainers_get_sys_admin():
+    options = builders.PodOptions(node_agent=True)
+    for power in ({"mode": "Fixed", "limitWatts": 300}, {"mode": "Unmanaged", "budgetWatts": 500}):
+        job, spec = make(energy={"power": power})
+        assert options.agent_enforces(spec)
+        shaped = trainer(builders.build_worker_pod(job, spec, 0, 0, options))
+        assert "securityContext" not in shaped
+        assert {"name": c.ENV_ETJ_POWER_ENFORCER, "value": c.POWER_ENFORCER_AGENT} in shaped["env"]
+    job, spec = make(energy={"power": {"mode": "Auto"}})
+    assert not options.agent_enforces(spec)  # the harness still sets Auto's candidate limits
+    shaped = trainer(builders.build_worker_pod(job, spec, 0, 0, options))
+    assert shaped["securityContext"]["capabilities"]["add"] == ["SYS_ADMIN"]
+    assert {"name": c.ENV_ETJ_POWER_ENFORCER, "value": c.POWER_ENFORCER_AGENT} in shaped["env"]
+
+
+def test_without_the_node_agent_pods_carry_no_enforcer_variable():
+    template = job_manifest()["spec"]["template"]
+    template["spec"]["containers"][0]["env"] = [{"name": c.ENV_ETJ_POWER_ENFORCER, "value": "agent"}]
+    job, spec = make(template=template, energy={"power": {"mode": "Fixed", "limitWatts": 300}})
+    assert not builders.PodOptions().agent_enforces(spec)
+    env = trainer(builders.build_worker_pod(job, spec, 0, 0))["env"]
+    assert c.ENV_ETJ_POWER_ENFORCER not in {v["name"] for v in env}  # the template's is dropped: the pod enforces
+
+
 def test_checkpoint_volume_is_mounted():
     job, spec = make(checkpoint={"path": "/ckpt", "volume": {"persistentVolumeClaim": {"claimName": "c"}}})
     pod = builders.build_worker_pod(job, spec, 0, 0)

@@ -44,11 +44,20 @@ def pods(phase: str = "Running", nodes: tuple[str, ...] = ("node-a", "node-b"), 
     ]
 
 
-def cycle(at: float, watts: float, *, intensity: float | None = None) -> JobTelemetry:
-    """One telemetry cycle: both GPUs at ``watts`` (power only, no counter)."""
+def cycle(at: float, watts: float, *, limit: float | None = 700.0, intensity: float | None = None) -> JobTelemetry:
+    """One telemetry cycle: both GPUs at ``watts`` (power only, no counter), reporting ``limit`` (W)."""
     t = (T0 + timedelta(seconds=at)).timestamp()
     samples = [
-        GpuSample("default", f"digits-worker-{i}", f"GPU-{i}", t, power_watts=watts, uid=f"pod-0-{i}", node=n)
+        GpuSample(
+            "default",
+            f"digits-worker-{i}",
+            f"GPU-{i}",
+            t,
+            power_watts=watts,
+            power_limit_watts=limit,
+            uid=f"pod-0-{i}",
+            node=n,
+        )
         for i, n in enumerate(("node-a", "node-b"))
     ]
     return JobTelemetry(1, t, "Prometheus", samples, ok=True, intensity_grams_per_kwh=intensity)
@@ -137,23 +146,42 @@ SCENARIOS: dict[str, tuple[dict[str, Any], list[Step]]] = {
         [
             Step(pods=[], phase="Pending", creates=True, limit=None),
             Step(at=1, phase="Running", limit=None),
-            Step(at=10, telemetry=cycle(10, 400), phase="Throttled", limit=250, events=("Throttled",),
-                 conditions={"Throttled": True, "TelemetryAvailable": True}),
-            Step(at=20, telemetry=cycle(20, 240), phase="Throttled", limit=250, no_events=("ThrottleReleased",)),
-            Step(at=30, telemetry=cycle(30, 150), limit=250, check=lambda r: policy(r).low_cycles == 1),
-            Step(at=40, telemetry=cycle(40, 150), limit=250),
-            Step(at=50, telemetry=cycle(50, 150), phase="Running", limit=None, events=("ThrottleReleased",),
-                 conditions={"Throttled": False}),
+            # asked, but the GPUs still report 700 W: not Throttled yet, the cap is being applied
+            Step(at=10, telemetry=cycle(10, 400), phase="Running", limit=250, events=("ThrottleRequested",),
+                 conditions={"Throttled": False, "PowerCapEnforced": False, "TelemetryAvailable": True}),
+            # the GPUs report the cap: Throttled, as measured
+            Step(at=20, telemetry=cycle(20, 240, limit=250), phase="Throttled", limit=250,
+                 conditions={"Throttled": True, "PowerCapEnforced": True}, no_events=("ThrottleReleased",)),
+            Step(at=30, telemetry=cycle(30, 150, limit=250), limit=250, check=lambda r: policy(r).low_cycles == 1),
+            Step(at=40, telemetry=cycle(40, 150, limit=250), limit=250),
+            Step(at=50, telemetry=cycle(50, 150, limit=250), phase="Running", limit=None,
+                 events=("ThrottleReleased",), conditions={"Throttled": False, "PowerCapEnforced": False}),
+        ],
+    ),
+    "throttle: a cap nothing applies is never shown as Throttled, and is warned about after the grace": (
+        {"energy": {"power": {"budgetWatts": 500}}},
+        [
+            Step(pods=[]),
+            Step(at=10, telemetry=cycle(10, 400, limit=None), phase="Running", limit=250,
+                 conditions={"PowerCapEnforced": False}, no_events=("PowerCapNotEnforced",)),
+            Step(at=40, telemetry=cycle(40, 400, limit=None), phase="Running", no_events=("PowerCapNotEnforced",)),
+            Step(at=75, telemetry=cycle(75, 400, limit=None), phase="Running", events=("PowerCapNotEnforced",),
+                 check=lambda r: cond.find(r.plan.status["conditions"], "PowerCapEnforced")["reason"]
+                 == "NoLimitReadings"),
+            Step(at=85, telemetry=cycle(85, 400, limit=None), phase="Running", no_events=("PowerCapNotEnforced",)),
+            # the history records the limit measured (none), never the limit asked
+            Step(at=95, telemetry=cycle(95, 400, limit=None),
+                 check=lambda r: all(point[2] is None for point in r.plan.status["energy"]["history"])),
         ],
     ),
     "throttle: stale telemetry changes no cap": (
         {"energy": {"power": {"budgetWatts": 500}}},
         [
             Step(pods=[]),
-            Step(at=10, telemetry=cycle(10, 400), limit=250),
+            Step(at=10, telemetry=cycle(10, 400, limit=250), limit=250, phase="Throttled"),
             # no new cycle: the job's draw is unknown, the cap stays, nothing is released
-            Step(at=20, limit=250, no_events=("ThrottleReleased",)),
-            Step(at=30, limit=250, no_events=("ThrottleReleased",)),
+            Step(at=20, limit=250, phase="Throttled", no_events=("ThrottleReleased",)),
+            Step(at=30, limit=250, phase="Throttled", no_events=("ThrottleReleased",)),
         ],
     ),
     "budget drain: a checkpoint first, then the job fails with the pods gone": (

@@ -370,3 +370,106 @@ def test_the_projected_token_volume_holds_the_pods_token_and_namespace(server, t
         assert issued == [(NS, "default")]  # one token for the kubeconfig and the volume
     finally:
         kubelet.stop(grace_seconds=2)
+
+
+# ----- the node's simulated GPUs: allocation by request, the PodResources socket, freeing -----------------
+
+
+def gpu_pod(name: str, code: str, gpus: int, **kwargs) -> dict:
+    body = pod(name, code, **kwargs)
+    body["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": gpus}}
+    return body
+
+
+@pytest.fixture
+def gpu_kubelet(server, tmp_path):
+    """A kubelet whose node has two simulated GPUs."""
+    kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig")
+    k = ProcessKubelet(server, KubeletConfig(state_dir=tmp_path / "state", kubeconfig=kubeconfig,
+                                             max_grace_seconds=5, poll_seconds=0.05, gpus=2))
+    server.emulator.pod_log_reader = k.read_log
+    k.start()
+    yield k
+    k.stop(grace_seconds=2)
+    assert tagged_processes(tmp_path / "state") == []
+
+
+def listed(kubelet) -> dict[tuple[str, str], tuple[str, ...]]:
+    """What the node's PodResources socket answers: (pod, container) -> device ids."""
+    from etj_operator.nodeagent.podresources import PodResourcesClient
+
+    answer = PodResourcesClient(kubelet.pod_resources_socket, timeout_seconds=5).list()
+    assert all(a.namespace == NS and a.resource == "nvidia.com/gpu" for a in answer)
+    return {(a.pod, a.container): a.device_ids for a in answer}
+
+
+def wait_until(predicate, what: str, seconds: float = 30) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+PRINT_GPU_ENV = ("import os, time; print(os.environ.get('NVIDIA_VISIBLE_DEVICES'),"
+                 " os.environ.get('ETJ_SIMULATED_NODE_GPUS'), flush=True); print('ready', flush=True); time.sleep(60)")
+
+
+def test_node_gpus_are_node_hardware_in_the_agents_simulated_format(gpu_kubelet, tmp_path):
+    from etj_operator.nodeagent.gpus import SimulatedBackend, simulated_uuid
+
+    assert gpu_kubelet.node_gpus_file == tmp_path / "state" / "nodes" / "sandbox" / "gpus.json"
+    data = json.loads(gpu_kubelet.node_gpus_file.read_text())
+    assert data["simulated"] is True and data["node"] == "sandbox"
+    assert gpu_kubelet.gpu_uuids == (simulated_uuid("sandbox", 0), simulated_uuid("sandbox", 1))
+    backend = SimulatedBackend(gpu_kubelet.node_dir, "sandbox")  # what `etj node-agent --backend simulated` opens
+    assert [d.uuid for d in backend.inventory().devices] == list(gpu_kubelet.gpu_uuids)
+
+
+def test_gpus_are_allocated_by_request_listed_on_the_socket_and_freed(server, gpu_kubelet):
+    first, second = gpu_kubelet.gpu_uuids
+    assert listed(gpu_kubelet) == {}
+    server.create("pods", gpu_pod("one", PRINT_GPU_ENV, 1), namespace=NS)
+    server.create("pods", pod("cpu-only", PRINT_GPU_ENV), namespace=NS)
+    wait_until(lambda: "ready" in gpu_kubelet.read_log(NS, "one") and "ready" in gpu_kubelet.read_log(NS, "cpu-only"),
+               "both pods running")
+    visible, node_file = gpu_kubelet.read_log(NS, "one").splitlines()[-2].split()
+    assert visible == first and node_file == str(gpu_kubelet.node_gpus_file)
+    assert gpu_kubelet.read_log(NS, "cpu-only").splitlines()[-2] == "None None"  # no GPU asked, none visible
+    assert listed(gpu_kubelet) == {("one", "trainer"): (first,)}
+
+    # two GPUs asked, one free: not bound, Pending with the scheduler's reason
+    server.create("pods", gpu_pod("two", PRINT_GPU_ENV, 2), namespace=NS)
+    pending = server.wait_for("pods", NS, "two", lambda p: any(
+        c.get("reason") == "Unschedulable" for c in (p or {}).get("status", {}).get("conditions") or []),
+        timeout_seconds=30)
+    [condition] = pending["status"]["conditions"]
+    assert condition["type"] == "PodScheduled" and condition["status"] == "False"
+    assert "Insufficient nvidia.com/gpu" in condition["message"] and "1 free" in condition["message"]
+    assert pending["status"]["phase"] == "Pending" and not pending["spec"].get("nodeName")
+    assert listed(gpu_kubelet) == {("one", "trainer"): (first,)}
+
+    # the first pod ends: its GPU is freed once its processes are gone, and the waiting pod gets both
+    server.delete("pods", NS, "one")
+    wait_until(lambda: "ready" in gpu_kubelet.read_log(NS, "two"), "the two-GPU pod running")
+    assert server.get("pods", NS, "two")["spec"]["nodeName"] == "sandbox"
+    assert listed(gpu_kubelet) == {("two", "trainer"): (first, second)}
+    assert gpu_kubelet.read_log(NS, "two").splitlines()[-2].split()[0] == f"{first},{second}"
+    assert gpu_kubelet.free_gpus() == ()
+
+
+def test_a_sigkilled_pods_gpus_are_freed_when_its_processes_are_gone(server, gpu_kubelet, tmp_path):
+    import os
+    import signal
+
+    server.create("pods", gpu_pod("victim", PRINT_GPU_ENV, 1), namespace=NS)
+    wait_until(lambda: "ready" in gpu_kubelet.read_log(NS, "victim"), "the pod running")
+    assert listed(gpu_kubelet) == {("victim", "trainer"): (gpu_kubelet.gpu_uuids[0],)}
+    uid = server.get("pods", NS, "victim")["metadata"]["uid"]
+    for pid in tagged_processes(tmp_path / "state", f"{NS}/victim/{uid}"):
+        os.kill(pid, signal.SIGKILL)
+    done = server.wait_for("pods", NS, "victim", phase_is("Failed"), timeout_seconds=30)
+    assert terminated(done)["exitCode"] == 137
+    wait_until(lambda: listed(gpu_kubelet) == {}, "the GPU off the PodResources answer")
+    assert gpu_kubelet.free_gpus() == gpu_kubelet.gpu_uuids

@@ -42,22 +42,29 @@ def cond(out, ctype):
 BUDGET = {"energy": {"power": {"budgetWatts": 1000}}}
 
 
+CAPPED = (250.0,) * 4  # what the 4 GPUs report once the enforcer applied a 250 W cap
+
+
 def test_throttle_caps_when_over_budget_and_releases_with_hysteresis():
     sp = spec(**BUDGET)
-    out = decide(inputs(sp, energy(watts=1400)))
+    out = decide(inputs(sp, energy(watts=1400), applied_limits_watts=CAPPED))
     assert out.control.power_limit_watts_per_gpu == 250 and out.throttled
-    assert cond(out, "Throttled").status is True
+    assert cond(out, "Throttled").status is True and cond(out, "PowerCapEnforced").status is True
+    assert [e.reason for e in out.events] == ["ThrottleRequested"]
     control, policy = out.control, out.policy
     # at the cap the job draws about the budget: no release
-    out = decide(inputs(sp, energy(watts=990), control=control, policy=policy))
+    out = decide(inputs(sp, energy(watts=990), control=control, policy=policy, applied_limits_watts=CAPPED))
     assert out.control.power_limit_watts_per_gpu == 250 and out.policy.low_cycles == 0
     # demand drops: released only after 3 low cycles in a row
     for cycle in range(1, 4):
-        out = decide(inputs(sp, energy(watts=500), control=out.control, policy=out.policy))
+        out = decide(
+            inputs(sp, energy(watts=500), control=out.control, policy=out.policy, applied_limits_watts=CAPPED)
+        )
         if cycle < 3:
             assert out.control.power_limit_watts_per_gpu == 250
     assert out.control.power_limit_watts_per_gpu is None and not out.throttled
     assert cond(out, "Throttled").status is False
+    assert cond(out, "PowerCapEnforced").reason == "NoCap" and out.policy.cap_watts is None
 
 
 def test_no_throttle_decision_on_stale_or_missing_telemetry():
@@ -75,7 +82,7 @@ def test_budget_below_the_gpus_minimum_uses_the_minimum_and_says_so():
     sp = spec(energy={"power": {"budgetWatts": 500}})
     out = decide(inputs(sp, energy(watts=900)))
     assert out.control.power_limit_watts_per_gpu == 200
-    assert "below 4 GPUs x 200 W" in cond(out, "Throttled").message
+    assert "below 4 GPUs x 200 W" in next(e.message for e in out.events if e.reason == "ThrottleRequested")
 
 
 @settings(max_examples=500, deadline=None)
@@ -200,3 +207,56 @@ def test_power_pressure_ignored_when_disabled():
     sp = spec(energy={"placement": {"rescheduleOnPowerPressure": False}})
     out = decide(inputs(sp, pressured_nodes=["node-a"]))
     assert not out.recreate_pods and out.events == []
+
+
+# --- verification: the cap asked against the limits the GPUs report --------------------------------------
+def test_a_cap_no_gpu_shows_is_not_throttled_and_warned_once_after_the_grace():
+    sp = spec(**BUDGET)
+    out = decide(inputs(sp, energy(watts=1400), applied_limits_watts=(700.0,) * 4))
+    assert out.control.power_limit_watts_per_gpu == 250 and not out.throttled
+    assert cond(out, "PowerCapEnforced").reason == "Applying" and cond(out, "Throttled").status is False
+    grace = PolicySettings().cap_grace_seconds
+    later = dict(control=out.control, policy=out.policy, applied_limits_watts=(700.0,) * 4)
+    out = decide(inputs(sp, energy(watts=1400), now_seconds=1000 + grace, **later))
+    verdict = cond(out, "PowerCapEnforced")
+    assert verdict.status is False and verdict.reason == "LimitNotApplied" and "700 W" in verdict.message
+    assert [e.reason for e in out.events] == ["PowerCapNotEnforced"] and not out.throttled
+    out = decide(inputs(sp, energy(watts=1400), now_seconds=1010 + grace, **{**later, "policy": out.policy}))
+    assert out.events == []  # warned once per cap, not per cycle
+    # the enforcer catches up: enforced, throttled, and said so
+    out = decide(
+        inputs(sp, energy(watts=990), control=out.control, policy=out.policy, applied_limits_watts=CAPPED,
+               now_seconds=1020 + grace)
+    )
+    assert out.throttled and cond(out, "PowerCapEnforced").status is True
+    assert [e.reason for e in out.events] == ["PowerCapEnforced"]
+
+
+def test_no_limit_readings_at_all_is_named_as_the_cause():
+    sp = spec(**BUDGET)
+    out = decide(inputs(sp, energy(watts=1400)))
+    late = 1000 + PolicySettings().cap_grace_seconds
+    out = decide(inputs(sp, energy(watts=1400), control=out.control, policy=out.policy, now_seconds=late))
+    assert cond(out, "PowerCapEnforced").reason == "NoLimitReadings" and not out.throttled
+
+
+def test_a_gpu_that_does_not_report_keeps_the_cap_unverified():
+    out = decide(inputs(spec(**BUDGET), energy(watts=1400), applied_limits_watts=(250.0,) * 3))
+    assert not out.throttled and "3 of 4 GPUs" in cond(out, "PowerCapEnforced").message
+
+
+def test_a_fixed_limit_is_verified_too():
+    sp = spec(energy={"power": {"mode": "Fixed", "limitWatts": 300}})
+    out = decide(inputs(sp, energy(watts=900), applied_limits_watts=(300.0,) * 4))
+    assert cond(out, "PowerCapEnforced").status is True and not out.throttled  # Fixed is no throttle
+    out = decide(inputs(sp, energy(watts=900), applied_limits_watts=(300.4, 301.0, 299.0, 300.0)))
+    assert cond(out, "PowerCapEnforced").status is True  # within the 1 W tolerance
+    out = decide(inputs(sp, energy(watts=900), applied_limits_watts=(300.0, 302.0, 300.0, 300.0)))
+    assert cond(out, "PowerCapEnforced").status is False
+
+
+def test_stale_telemetry_keeps_the_last_verdict():
+    sp = spec(**BUDGET)
+    out = decide(inputs(sp, energy(watts=1400), applied_limits_watts=CAPPED))
+    out = decide(inputs(sp, energy(watts=1400), control=out.control, policy=out.policy, fresh_telemetry=False))
+    assert out.throttled and cond(out, "PowerCapEnforced") is None

@@ -1,8 +1,11 @@
 from typing import Any
 from unittest import mock
 
+import pytest
+
+import etj_contract as contract
 from etj_workload import power_model as pm
-from etj_workload.config import AutoPolicy, PowerPolicy
+from etj_workload.config import AutoPolicy, ConfigError, PowerPolicy, parse_power_enforcer
 from etj_workload.gpu import GpuPermissionError, SimulatedGpu
 from etj_workload.power import PowerController
 
@@ -105,3 +108,75 @@ def test_permission_error_keeps_training_uncapped() -> None:
     assert controller.limits_unavailable and gpu.set_power_limit_mw.call_count == 1
     controller.restore()
     gpu.restore_power_limit.assert_not_called()  # nothing was ever applied
+
+
+# ----- the node agent enforces Fixed limits and the throttle (ETJ_POWER_ENFORCER=agent) --------------------------
+
+
+class RecordingNvmlGpu(SimulatedGpu):
+    """A GPU that says it is NVML's (what the harness opens on a real node) and records every limit set."""
+
+    source = "nvml"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sets: list[int] = []
+
+    def set_power_limit_mw(self, limit_mw: int) -> None:
+        self.sets.append(limit_mw)
+        super().set_power_limit_mw(limit_mw)
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [PowerPolicy(mode="Fixed", limit_watts=300), PowerPolicy(mode="Unmanaged", budget_watts=1200), PowerPolicy()],
+    ids=["fixed", "budget", "unmanaged"],
+)
+def test_with_the_agent_the_harness_sets_no_limit_and_reports_the_one_in_force(policy) -> None:
+    gpu = RecordingNvmlGpu()
+    controller = PowerController(gpu, policy, enforcer="agent")
+    controller.train_begin()
+    controller.set_cap(250)  # the operator's throttle: the agent applies it
+    controller.set_cap(None)
+    controller.restore()
+    assert gpu.sets == [] and not controller.sets_limits and not controller.limits_unavailable
+    assert controller.limit_in_force_watts() == 700.0  # what the card has (the agent's value on a real node)
+    if policy.mode == "Fixed":
+        assert controller.effective_limit_watts() == 300.0  # what the agent is asked for, still known
+
+
+def test_with_the_agent_auto_mode_still_sets_its_candidates() -> None:
+    gpu = RecordingNvmlGpu()
+    policy = PowerPolicy(mode="Auto", auto=AutoPolicy(eta=0.5, warmup_steps=0, profile_steps=1, step_watts=250))
+    controller = PowerController(gpu, policy, enforcer="agent")
+    controller.train_begin()
+    run_steps(controller, gpu, 4)
+    assert controller.sets_limits and gpu.sets  # no pod-local channel to the agent yet: the pod keeps SYS_ADMIN
+    controller.set_cap(300)
+    assert gpu.power_limit_mw() <= 300_000
+
+
+def test_with_the_agent_a_simulated_gpu_is_not_set_by_the_harness_either() -> None:
+    gpu = SimulatedGpu()  # a simulated node's GPU gets its cap from the agent's simulated backend
+    controller = PowerController(gpu, PowerPolicy(mode="Fixed", limit_watts=400), enforcer="agent")
+    controller.train_begin()
+    assert not controller.sets_limits and gpu.power_limit_mw() == 700_000
+
+
+def test_the_enforcer_comes_from_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv(contract.ENV_ETJ_POWER_ENFORCER, "agent")
+    gpu = RecordingNvmlGpu()
+    controller = PowerController(gpu, PowerPolicy(mode="Fixed", limit_watts=300))
+    controller.train_begin()
+    assert controller.enforcer == "agent" and gpu.sets == []
+    monkeypatch.delenv(contract.ENV_ETJ_POWER_ENFORCER)
+    pod = PowerController(gpu, PowerPolicy(mode="Fixed", limit_watts=300))
+    pod.train_begin()
+    assert pod.enforcer == "pod" and gpu.sets == [300_000]  # unset: the harness enforces, as before
+
+
+def test_the_enforcer_value_is_checked() -> None:
+    assert parse_power_enforcer(None) == "pod" and parse_power_enforcer("") == "pod"
+    assert parse_power_enforcer("agent") == "agent" and parse_power_enforcer("pod") == "pod"
+    with pytest.raises(ConfigError, match=contract.ENV_ETJ_POWER_ENFORCER):
+        parse_power_enforcer("daemon")

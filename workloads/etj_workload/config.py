@@ -41,6 +41,7 @@ __all__ = [
     "DistEnv",
     "GuardAction",
     "HarnessEnv",
+    "PowerEnforcer",
     "PowerMode",
     "PowerPolicy",
     "PruneMethod",
@@ -49,6 +50,7 @@ __all__ = [
     "Stage",
     "Trigger",
     "parse_compression_plan",
+    "parse_power_enforcer",
     "parse_power_policy",
 ]
 
@@ -64,6 +66,8 @@ ENV_SIMULATED_STEP_SECONDS = "ETJ_SIMULATED_STEP_SECONDS"
 ENV_SIMULATED_COMPUTE_FRACTION = "ETJ_SIMULATED_COMPUTE_FRACTION"
 
 GpuBackendName = Literal["auto", "nvml", "simulated"]
+#: Who sets the limits of a Fixed policy and of the operator's throttle (``ETJ_POWER_ENFORCER``).
+PowerEnforcer = Literal["agent", "pod"]
 
 #: An environment value the harness cannot use; the message names the variable and the field. It is the
 #: contract's :class:`etj_contract.plans.PlanError`, which the plans' ``from_env`` raise.
@@ -73,6 +77,20 @@ ConfigError = PlanError
 def parse_power_policy(raw: str | None, where: str = contract.ENV_ETJ_POWER_POLICY) -> PowerPolicy:
     """Parse ``ETJ_POWER_POLICY`` JSON; unset or empty means Unmanaged (:meth:`PowerPolicy.from_env`)."""
     return PowerPolicy.from_env(raw, where)
+
+
+def parse_power_enforcer(raw: str | None, where: str = contract.ENV_ETJ_POWER_ENFORCER) -> PowerEnforcer:
+    """Parse ``ETJ_POWER_ENFORCER``; unset or empty means ``pod``.
+
+    ``agent``: the node agent sets Fixed limits and the throttle, and the harness only reports them. ``pod``: the
+    harness sets them through NVML.
+    """
+    value = (raw or "").strip() or contract.POWER_ENFORCER_POD
+    if value == contract.POWER_ENFORCER_AGENT:
+        return "agent"
+    if value == contract.POWER_ENFORCER_POD:
+        return "pod"
+    raise ConfigError(f"{where}: must be {contract.POWER_ENFORCER_AGENT}|{contract.POWER_ENFORCER_POD}, got {raw!r}")
 
 
 def parse_compression_plan(raw: str | None, where: str = contract.ENV_ETJ_COMPRESSION_PLAN) -> CompressionPlan:

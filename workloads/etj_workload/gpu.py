@@ -34,6 +34,8 @@ from etj_workload import power_model
 from etj_workload.power_model import SimulatedPowerModel
 
 __all__ = [
+    "ENV_NVIDIA_VISIBLE_DEVICES",
+    "ENV_SIMULATED_NODE_GPUS",
     "Gpu",
     "GpuError",
     "GpuInvalidArgumentError",
@@ -287,6 +289,16 @@ class NvmlGpu(Gpu):
 # --- simulated -------------------------------------------------------------------------------------
 
 
+#: Harness-local knobs of the simulated GPU that the sandbox kubelet sets (as a node's device plugin would):
+#: the node's simulated GPU state, in the node agent's simulated-backend format (docs/node-agent.md).
+ENV_SIMULATED_NODE_GPUS = "ETJ_SIMULATED_NODE_GPUS"
+#: The GPUs the device plugin gave the container (UUIDs, comma-separated), as the NVIDIA device plugin sets it.
+ENV_NVIDIA_VISIBLE_DEVICES = "NVIDIA_VISIBLE_DEVICES"
+#: How often the simulated GPU looks at its node GPU's limit at most. Units: s.
+NODE_POLL_SECONDS = 0.5
+_NODE_STATE_KIND = "etj-simulated-node-gpus"
+
+
 class SimulatedGpu(Gpu):
     """A GPU that does not exist: the power and throughput model of :mod:`etj_workload.power_model`.
 
@@ -295,8 +307,18 @@ class SimulatedGpu(Gpu):
     steps. With ``sleep_slowdown`` the step's modelled slowdown under the cap is slept for real, so
     throughput visibly falls under a cap (the sandbox shows the trade-off that way). With
     ``fixed_step_seconds`` the full-clock step time is that constant instead of the measured one, which
-    makes runs deterministic. With ``state_file`` the limit is mirrored to a JSON file (atomically), so
-    another process (tests, the sandbox) can see it.
+    makes runs deterministic. With ``state_file`` the limit in force is mirrored to a JSON file
+    (atomically), so another process (tests, the sandbox) can see it.
+
+    **Node hardware.** With ``device_uuid`` and ``node_state_file`` (the sandbox kubelet gives a pod
+    ``NVIDIA_VISIBLE_DEVICES`` and ``ETJ_SIMULATED_NODE_GPUS``, see :func:`open_gpu`) this simulator is a GPU
+    of a simulated node: it takes that GPU's UUID, and the limit in force is ``min(own, node)``, where
+    ``own`` is what :meth:`set_power_limit_mw` set in this process and ``node`` the node GPU's limit in the
+    node's state file, which only the node agent writes (``--backend simulated``). So a cap the agent applies
+    binds the pod, and the pod's own limit still works without an agent (the node GPU then stays at its
+    default). The file is looked at once per ``node_poll_seconds`` at most (a ``stat``, and a read only when
+    it changed); an unreadable file, or one without this GPU, counts as no node limit (logged once). The
+    pod never writes the node's file: like a pod without ``CAP_SYS_ADMIN``, it cannot cap node hardware.
     """
 
     source: GpuSource = "simulated"
@@ -309,6 +331,9 @@ class SimulatedGpu(Gpu):
         sleep_slowdown: bool = False,
         fixed_step_seconds: float | None = None,
         state_file: str | None = None,
+        device_uuid: str | None = None,
+        node_state_file: str | None = None,
+        node_poll_seconds: float = NODE_POLL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -317,32 +342,112 @@ class SimulatedGpu(Gpu):
         self.sleep_slowdown = sleep_slowdown
         self.fixed_step_seconds = fixed_step_seconds
         self._state_file = state_file
+        self._device_uuid = device_uuid or None
+        self._node_state_file = node_state_file if device_uuid else None
+        self.node_poll_seconds = node_poll_seconds
         self._clock = clock
         self._sleep = sleep
         self._lock = threading.Lock()
+        self._node_lock = threading.Lock()
         self._limit_mw = int(model.default_limit_watts * 1000)
+        self._node_limit_mw: int | None = None
+        self._node_checked_at: float | None = None
+        self._node_key: tuple[int, int, int] | None = None
+        self._node_problem = ""
+        self._mirrored_mw: int | None = None
         self._energy_mj = 0.0
         self._reported_mj = 0
         self._last_mark_seconds = clock()
         self._busy_until_seconds = -1.0
-        self._write_state()
+        self._effective_mw()  # reads the node GPU, writes the mirror
 
     def name(self) -> str:
         """Return the model's name (it says it is a model)."""
         return self.model.name
 
     def uuid(self) -> str:
-        """Return a stable fake UUID naming the simulator."""
-        return f"GPU-simulated-{self.index:08d}"
+        """Return the node GPU's UUID, or a stable fake one naming the simulator."""
+        return self._device_uuid or f"GPU-simulated-{self.index:08d}"
+
+    # --- the node GPU ------------------------------------------------------------------------------
+    def _note_node_problem(self, problem: str) -> None:
+        if problem and problem != self._node_problem:
+            log.warning("simulated GPU %s: %s; only this process's own limit applies", self.uuid(), problem)
+        elif not problem and self._node_problem:
+            log.info("simulated GPU %s: the node's GPU state is readable again", self.uuid())
+        self._node_problem = problem
+
+    def _read_node_limit_mw(self, path: str) -> int | None:
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError) as e:
+            self._note_node_problem(f"cannot read the node's GPU state {path}: {e}")
+            return None
+        if not isinstance(data, dict) or data.get("kind") != _NODE_STATE_KIND or not isinstance(data.get("gpus"), list):
+            self._note_node_problem(f"{path} is not a simulated node's GPU state")
+            return None
+        for gpu in data["gpus"]:
+            if isinstance(gpu, dict) and gpu.get("uuid") == self._device_uuid:
+                try:
+                    limit_mw = int(gpu["limitMilliwatts"])
+                except (KeyError, TypeError, ValueError):
+                    self._note_node_problem(f"{path}: GPU {self._device_uuid} has no readable limit")
+                    return None
+                self._note_node_problem("")
+                return limit_mw
+        self._note_node_problem(f"{path} lists no GPU {self._device_uuid}")
+        return None
+
+    def _refresh_node(self) -> None:
+        """Look at the node GPU's limit if ``node_poll_seconds`` have passed (a stat; a read when it changed)."""
+        path = self._node_state_file
+        if path is None:
+            return
+        with self._node_lock:
+            now = self._clock()
+            if self._node_checked_at is not None and now - self._node_checked_at < self.node_poll_seconds:
+                return
+            self._node_checked_at = now
+            try:
+                st = os.stat(path)
+            except OSError as e:
+                self._node_key = None
+                self._node_limit_mw = None
+                self._note_node_problem(f"cannot read the node's GPU state {path}: {e}")
+                return
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)  # the agent replaces the file: a new inode
+            if key != self._node_key:
+                self._node_key = key
+                self._node_limit_mw = self._read_node_limit_mw(path)
+
+    def node_power_limit_mw(self) -> int | None:
+        """Return the node GPU's limit as last read (None: no node GPU, or unreadable). Units: mW."""
+        self._refresh_node()
+        return self._node_limit_mw
+
+    def own_power_limit_mw(self) -> int:
+        """Return the limit this process set (what :meth:`set_power_limit_mw` set). Units: mW."""
+        return self._limit_mw
+
+    def _effective_mw(self) -> int:
+        node_mw = self.node_power_limit_mw()
+        low, high = self.power_limit_constraints_mw()
+        effective = self._limit_mw if node_mw is None else min(self._limit_mw, max(low, min(high, node_mw)))
+        if effective != self._mirrored_mw:
+            self._write_state(effective)
+        return effective
 
     def _limit_watts(self) -> float:
-        return self._limit_mw / 1000.0
+        return self._effective_mw() / 1000.0
 
+    # --- readings -----------------------------------------------------------------------------------
     def power_mw(self) -> int:
         """Return the modelled busy power shortly after a step, else the idle power. Units: mW."""
+        limit_watts = self._limit_watts()
         with self._lock:
             busy = self._clock() <= self._busy_until_seconds
-            watts = power_model.busy_power_watts(self.model, self._limit_watts()) if busy else self.model.idle_watts
+            watts = power_model.busy_power_watts(self.model, limit_watts) if busy else self.model.idle_watts
         return int(watts * 1000)
 
     def energy_mj(self) -> int:
@@ -362,18 +467,23 @@ class SimulatedGpu(Gpu):
         return int(self.model.default_limit_watts * 1000)
 
     def power_limit_mw(self) -> int:
-        """Return the limit in force. Units: mW."""
-        return self._limit_mw
+        """Return the limit in force: ``min(own, node)`` on a node GPU, else the own limit. Units: mW."""
+        return self._effective_mw()
 
     def set_power_limit_mw(self, limit_mw: int) -> None:
-        """Set the limit (validated like NVML does). Units: mW."""
+        """Set this process's own limit (validated like NVML does). Units: mW."""
         low, high = self.power_limit_constraints_mw()
         if not low <= limit_mw <= high:
             raise GpuInvalidArgumentError(
                 f"power limit {limit_mw} mW outside the simulated GPU's constraints [{low}, {high}] mW"
             )
         self._limit_mw = int(limit_mw)
-        self._write_state()
+        self._write_state(self._effective_mw())
+
+    def restore_power_limit(self) -> None:
+        """Put this process's own limit back to the default (the node GPU's limit is the agent's)."""
+        if self._limit_mw != self.default_power_limit_mw():
+            self.set_power_limit_mw(self.default_power_limit_mw())
 
     def account_step(self, measured_seconds: float) -> float:
         """Account one step's modelled time and energy; sleep the slowdown if configured."""
@@ -395,13 +505,17 @@ class SimulatedGpu(Gpu):
             self._busy_until_seconds = now + max(1.0, 2 * modelled_seconds)
         return modelled_seconds
 
-    def _write_state(self) -> None:
+    def _write_state(self, effective_mw: int | None = None) -> None:
+        effective = self._limit_mw if effective_mw is None else effective_mw
+        self._mirrored_mw = effective
         if not self._state_file:
             return
-        state = {
+        state: dict[str, Any] = {
             "source": self.source,
             "uuid": self.uuid(),
-            "powerLimitWatts": self._limit_mw / 1000.0,
+            "powerLimitWatts": effective / 1000.0,
+            "ownLimitWatts": self._limit_mw / 1000.0,
+            "nodeLimitWatts": None if self._node_limit_mw is None else self._node_limit_mw / 1000.0,
             "defaultLimitWatts": self.model.default_limit_watts,
             "pid": os.getpid(),
         }
@@ -410,6 +524,12 @@ class SimulatedGpu(Gpu):
         with os.fdopen(fd, "w") as f:
             json.dump(state, f)
         os.replace(tmp, self._state_file)
+
+
+def _visible_simulated_devices() -> list[str]:
+    """The GPU UUIDs in ``NVIDIA_VISIBLE_DEVICES`` (``all``, ``none``, ``void`` and indexes name none here)."""
+    raw = os.environ.get(ENV_NVIDIA_VISIBLE_DEVICES, "")
+    return [v.strip() for v in raw.split(",") if v.strip().startswith("GPU-")]
 
 
 def _visible_nvml_target(local_rank: int) -> tuple[int, str | None]:
@@ -431,8 +551,14 @@ def open_gpu(
     fixed_step_seconds: float | None = None,
     state_file: str | None = None,
     model: SimulatedPowerModel = power_model.H100_SXM,
+    node_state_file: str | None = None,
 ) -> Gpu:
-    """Open this rank's GPU. ``auto`` tries NVML and falls back to the simulator (and logs that it did)."""
+    """Open this rank's GPU. ``auto`` tries NVML and falls back to the simulator (and logs that it did).
+
+    The simulator is this rank's GPU of a simulated node when ``NVIDIA_VISIBLE_DEVICES`` names GPU UUIDs
+    (the ``local_rank``-th is this rank's) and the node's state file is given (``node_state_file``, else
+    ``$ETJ_SIMULATED_NODE_GPUS``): see :class:`SimulatedGpu`. Otherwise it is a GPU of its own.
+    """
     if backend in ("nvml", "auto"):
         index, uuid = _visible_nvml_target(local_rank)
         try:
@@ -441,12 +567,20 @@ def open_gpu(
             if backend == "nvml":
                 raise
             log.info("no NVML GPU for local rank %d (%s); using the simulated GPU", local_rank, e)
+    visible = _visible_simulated_devices()
+    device_uuid = visible[local_rank] if local_rank < len(visible) else None
+    node_file = node_state_file or os.environ.get(ENV_SIMULATED_NODE_GPUS) or None
+    if device_uuid and node_file:
+        log.info("simulated GPU %s of the node (state %s): the node agent's limit binds this rank", device_uuid,
+                 node_file)
     return SimulatedGpu(
         index=local_rank,
         model=model,
         sleep_slowdown=sleep_slowdown,
         fixed_step_seconds=fixed_step_seconds,
         state_file=state_file,
+        device_uuid=device_uuid,
+        node_state_file=node_file,
     )
 
 

@@ -5,17 +5,22 @@ this module performs them: it opens and closes measurement windows, reduces them
 an injected function (so all ranks see the same job-wide figures and choose the same limit), and
 sets limits. The limit in force is always ``min(target, operator cap)`` clamped to the device's
 constraints, where the target is the Fixed limit, the Auto candidate or choice, or the default.
+
+With ``ETJ_POWER_ENFORCER=agent`` the node agent sets the Fixed limit and the throttle on the node's GPUs
+(docs/node-agent.md), and the pod has no SYS_ADMIN: outside Auto mode the controller then sets no limit and
+only reports the one in force. Auto mode still sets its candidates and its choice itself.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
 import etj_contract as contract
 from etj_workload import profiler
-from etj_workload.config import PowerPolicy
+from etj_workload.config import PowerEnforcer, PowerPolicy, parse_power_enforcer
 from etj_workload.gpu import Gpu, GpuError, GpuPermissionError
 
 __all__ = ["PowerController", "WindowReducer"]
@@ -41,9 +46,27 @@ class PowerController:
         world_size: int = 1,
         reducer: WindowReducer = _local_reducer,
         sync: Callable[[], None] | None = None,
+        enforcer: PowerEnforcer | None = None,
     ) -> None:
         self.gpu = gpu
         self.policy = policy
+        #: Who sets Fixed limits and the throttle (``ETJ_POWER_ENFORCER``, read from the environment when None).
+        self.enforcer: PowerEnforcer = (
+            parse_power_enforcer(os.environ.get(contract.ENV_ETJ_POWER_ENFORCER)) if enforcer is None else enforcer
+        )
+        #: Whether this controller sets limits at all: not where the node agent enforces them (every mode but
+        #: Auto), on any backend. A simulated node GPU then gets its cap from the agent's simulated backend.
+        self.sets_limits = not (self.enforcer == "agent" and policy.mode != "Auto")
+        if not self.sets_limits and (policy.mode == "Fixed" or policy.budget_watts is not None):
+            log.info(
+                "power limits are the node agent's (%s=agent): the harness sets none and reports the limit in force",
+                contract.ENV_ETJ_POWER_ENFORCER,
+            )
+        elif self.enforcer == "agent" and policy.mode == "Auto":
+            log.info(
+                "Auto power mode: the harness sets its candidate limits itself (the node agent has no "
+                "pod-local channel yet), so this pod needs SYS_ADMIN"
+            )
         self.world_size = world_size
         self._reducer = reducer
         self._sync = sync or (lambda: None)
@@ -156,7 +179,7 @@ class PowerController:
 
     def _apply(self) -> None:
         limit_watts = self.effective_limit_watts()
-        if limit_watts is None or self.limits_unavailable:
+        if limit_watts is None or self.limits_unavailable or not self.sets_limits:
             return
         limit_mw = round(limit_watts * 1000)
         if limit_mw == self._applied_mw:

@@ -36,6 +36,7 @@ The clock and every reader are injected (tests drive cycles with a fake clock; n
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping
@@ -212,6 +213,10 @@ class NodeAgent:
         self._jobs: dict[str, _JobEntry] = {}
         self._failures: dict[str, _Failure] = {}
         self._last_decisions: dict[str, tuple[object, ...]] = {}
+        #: GPUs an Auto job's ceiling lowered: uuid -> (job UID, the ceiling set, the limit it replaced), in mW.
+        #: When the cap is lifted while the GPU is still at that ceiling, the replaced limit (the pod's own
+        #: choice) is given back. Lost on an agent restart: the GPU then keeps the ceiling until its pod ends.
+        self._lowered: dict[str, tuple[str | None, int, int]] = {}
         self._unknown_logged: set[UnknownDevice] = set()
         self._inventory_error_text = ""
         self._counters = _Counters()
@@ -342,7 +347,24 @@ class NodeAgent:
             return target if reading.limit_mw > target + tolerance else None
         return target if abs(reading.limit_mw - target) > tolerance else None
 
+    def _lift(self, decision: Decision) -> Decision:
+        """``decision``, or, for an Auto GPU whose ceiling was lifted, the limit the ceiling had replaced."""
+        lowered = self._lowered.get(decision.device.uuid)
+        if lowered is None:
+            return decision
+        job_uid, ceiling_mw, previous_mw = lowered
+        if decision.action == "ceiling" and decision.job_uid == job_uid:
+            return decision  # still capped: keep the record
+        del self._lowered[decision.device.uuid]
+        if decision.reason != a.REASON_POD_MANAGED or decision.job_uid != job_uid:
+            return decision  # another owner or another verdict now decides the GPU
+        reading = self._read_limit(decision.device)
+        if isinstance(reading, GpuError) or abs(reading.limit_mw - ceiling_mw) > self.settings.tolerance_mw:
+            return decision  # the pod has set its own limit since: leave it
+        return dataclasses.replace(decision, action="set", target_mw=previous_mw, reason=a.REASON_CEILING_LIFTED)
+
     def _apply(self, decision: Decision, now: float) -> GpuStatus:
+        decision = self._lift(decision)
         device = decision.device
         uuid = device.uuid
         key = (decision.action, decision.target_mw, decision.reason, decision.job_uid,
@@ -374,6 +396,8 @@ class NodeAgent:
                            _w(wanted), attempts, delay, e)
             return GpuStatus(device, decision, reading, (e,))
         self._failures.pop(uuid, None)
+        if decision.action == "ceiling":
+            self._lowered[uuid] = (decision.job_uid, wanted, reading.limit_mw)
         self._counters.applies[uuid] = self._counters.applies.get(uuid, 0) + 1
         logger.info("GPU %d (%s): limit %s -> %s (%s)", device.index, uuid, _w(reading.limit_mw), _w(wanted),
                     decision.reason)

@@ -2,11 +2,16 @@
 
 No cluster and no GPU are needed.
 
-It starts a sandbox in this process (API emulator with validation, process kubelet, operator; see
-:mod:`etj_operator.sandbox.sandbox`), applies every manifest of ``workloads/examples/``, shows a live table
-of each job (phase, power, energy, per-GPU limit, stage, accuracy, step) until all of them finish, then
-writes each job's report (JSON + PNG, :func:`etj_operator.report.write_report`) and prints where.
-The GPUs are simulated (the harness's power model): every power and energy figure on screen says so.
+It starts a sandbox in this process (API emulator with validation, process kubelet, operator, and the node
+agent as a process; see :mod:`etj_operator.sandbox.sandbox`), applies every manifest of ``workloads/examples/``,
+shows a live table of each job (phase, power, energy, the per-GPU limit the operator asks and the one the node
+agent applied, stage, accuracy, step) until all of them finish, then writes each job's report (JSON + PNG,
+:func:`etj_operator.report.write_report`) and prints where. The GPUs are simulated (the harness's power model,
+on the sandbox node's simulated GPUs): every power and energy figure on screen says so.
+
+Who applied a cap is read from the node agent's own metrics (``DCGM_FI_DEV_POWER_MGMT_LIMIT`` read back and the
+agent's ``reason``, scraped every refresh while the job's pods hold their GPUs), not from what was asked; after
+the jobs, the node's GPU state file shows whether every GPU went back to its default.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ from rich.table import Table
 from rich.text import Text
 
 from etj_contract import ENERGY, SIMULATED_SUFFIX, ControlSection, EnergySection, WorkloadReport
+from etj_contract import agent as a
 from etj_operator import contract as c
+from etj_operator.sandbox.agents import AGENT_CAP_REASONS, AgentGpu, agent_gpus, node_gpu_limits
 from etj_operator.sandbox.sandbox import REPO_ROOT, Sandbox, SandboxOptions, crd_path
 
 __all__ = ["DEFAULT_EXAMPLES", "DEFAULT_REPORT_DIR", "DEFAULT_STATE_DIR", "DemoResult", "crd_path", "demo", "run_demo"]
@@ -48,6 +55,12 @@ class DemoResult:
     seconds: float = 0.0
     #: The lowest per-GPU cap the operator set on each job while the demo watched (None: never throttled).
     caps: dict[str, int | None] = field(default_factory=dict)
+    #: Per job, per GPU UUID: the lowest limit the node agent applied for it, as its metrics read it back (W).
+    agent_caps: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: Per job: every reason the node agent gave for its GPUs (``JobCeiling``, ``PodManaged``, ...).
+    agent_reasons: dict[str, set[str]] = field(default_factory=dict)
+    #: After the jobs: ``UUID -> (limit, default)`` of the node's GPUs (mW), from its state file (None: no node).
+    node_gpus_after: dict[str, tuple[int, int]] | None = None
 
 
 def _manifests(paths: Sequence[Path]) -> list[Path]:
@@ -75,10 +88,20 @@ def _fmt(value: Any, spec: str = "", unit: str = "") -> str:
     return f"{value}{unit}"
 
 
-def _table(jobs: Sequence[Mapping[str, Any]], pods: Mapping[str, list[str]], elapsed: float) -> Group:
+def _agent_column(gpus: Sequence[AgentGpu]) -> str:
+    """The limits the node agent read back on a job's GPUs, with the reason when it did not cap them."""
+    if not gpus:
+        return "-"
+    return ", ".join(f"{g.limit_watts:.0f}" + ("" if g.capped_by_agent else f" ({g.reason})")
+                     for g in gpus if g.limit_watts is not None) or "-"
+
+
+def _table(jobs: Sequence[Mapping[str, Any]], pods: Mapping[str, list[str]], elapsed: float,
+           agent: Mapping[str, Sequence[AgentGpu]] | None = None) -> Group:
+    agent = agent or {}
     table = Table(title=f"EfficientTrainingJobs in the sandbox ({elapsed:.0f} s)", title_justify="left")
-    for column in ("job", "phase", "pods", "power W*", "energy J*", "limit W/GPU", "stage", "accuracy",
-                   "step", "epoch"):
+    for column in ("job", "phase", "pods", "power W*", "energy J*", "limit W/GPU", "node agent W*", "stage",
+                   "accuracy", "step", "epoch"):
         table.add_column(column, no_wrap=True, justify="right" if column not in ("job", "phase", "pods", "stage")
                          else "left")
     for job in jobs:
@@ -93,12 +116,16 @@ def _table(jobs: Sequence[Mapping[str, Any]], pods: Mapping[str, list[str]], ela
             _fmt(energy.current_watts if energy else None, ".0f"),
             _fmt(energy.joules if energy else None, ".0f"),
             _fmt(control.power_limit_watts_per_gpu),
+            _agent_column(agent.get(name, ())),
             str(status.get("stage") or "-"),
             _fmt(accuracy * 100 if accuracy is not None else None, ".1f", "%"),
             _fmt(workload.step),
             _fmt(workload.epoch),
         )
-    return Group(table, Text(f"* {SIMULATED_NOTE}", style="yellow"))
+    notes = [Text(f"* {SIMULATED_NOTE}", style="yellow"),
+             Text("  limit W/GPU: what the operator asks (status.control); node agent W: the limits the node agent"
+                  " read back on the job's simulated node GPUs", style="dim")]
+    return Group(table, *notes)
 
 
 def _sections(job: Mapping[str, Any]) -> tuple[EnergySection | None, WorkloadReport, ControlSection]:
@@ -144,6 +171,10 @@ def demo(
     try:
         server = sandbox.api
         console.print(f"API emulator on {server.url} (in-memory, validating), process kubelet, operator: started")
+        for agent in sandbox.node_agents:
+            console.print(f"node agent of {agent.node}: `etj node-agent --backend simulated` (pid"
+                          f" {agent.proc.pid if agent.proc else '-'}, every {agent.interval_seconds:g} s) on"
+                          f" {agent.gpus} simulated GPUs; the kubelet's PodResources socket {agent.socket}")
         console.print(f"[yellow]{SIMULATED_NOTE}[/]")
         for file in files:
             sandbox.apply_file(file)
@@ -153,13 +184,16 @@ def demo(
             console.print(f"[red]no {c.KIND} in {', '.join(str(f) for f in files)}")
             return result
         result.caps = {name: None for _, name in wanted}
+        agent_view: dict[str, list[AgentGpu]] = {}
 
         def snapshot() -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
             jobs = [j for ns, name in wanted if (j := server.get(c.PLURAL, ns, name)) is not None]
             pods: dict[str, list[str]] = {}
+            job_of: dict[tuple[str, str], str] = {}
             for pod in server.list("pods"):
                 job_name = (pod["metadata"].get("labels") or {}).get(c.LABEL_JOB_NAME)
                 if job_name:
+                    job_of[(pod["metadata"].get("namespace") or "default", pod["metadata"]["name"])] = job_name
                     pods.setdefault(job_name, []).append(
                         f"{pod['metadata']['name'].removeprefix(job_name + '-')}:"
                         f"{(pod.get('status') or {}).get('phase', 'Pending')}")
@@ -168,6 +202,19 @@ def demo(
                 name = job["metadata"]["name"]
                 if isinstance(cap, int) and (result.caps.get(name) is None or cap < (result.caps[name] or cap)):
                     result.caps[name] = cap
+            agent_view.clear()
+            for agent in sandbox.node_agents:
+                for gpu in agent_gpus(agent.metrics()):
+                    for holder in gpu.pods:
+                        job_name = job_of.get(holder)
+                        if job_name is None:
+                            continue
+                        agent_view.setdefault(job_name, []).append(gpu)
+                        if gpu.reason:
+                            result.agent_reasons.setdefault(job_name, set()).add(gpu.reason)
+                        if gpu.capped_by_agent and gpu.limit_watts is not None:
+                            seen = result.agent_caps.setdefault(job_name, {})
+                            seen[gpu.uuid] = min(seen.get(gpu.uuid, gpu.limit_watts), gpu.limit_watts)
             return jobs, pods
 
         def finished(jobs: Sequence[Mapping[str, Any]]) -> bool:
@@ -178,11 +225,11 @@ def demo(
         use_live = console.is_terminal if live is None else live
         deadline = started + timeout_seconds
         if use_live:
-            with Live(_table(jobs, pods, 0), console=console, refresh_per_second=4) as view:
+            with Live(_table(jobs, pods, 0, agent_view), console=console, refresh_per_second=4) as view:
                 while not finished(jobs) and time.monotonic() < deadline:
                     time.sleep(refresh_seconds)
                     jobs, pods = snapshot()
-                    view.update(_table(jobs, pods, time.monotonic() - started))
+                    view.update(_table(jobs, pods, time.monotonic() - started, agent_view))
         else:  # a log or a pipe: a line per job every few seconds instead of a redrawn table
             last_print = 0.0
             while not finished(jobs) and time.monotonic() < deadline:
@@ -197,14 +244,16 @@ def demo(
                             f"{time.monotonic() - started:5.0f} s {job['metadata']['name']}: {st.get('phase')}"
                             f" step {_fmt(w.step)} power {_fmt(e.current_watts if e else None, '.0f')} W*"
                             f" energy {_fmt(e.joules if e else None, '.0f')} J* limit"
-                            f" {_fmt(ctl.power_limit_watts_per_gpu)} W/GPU"
+                            f" {_fmt(ctl.power_limit_watts_per_gpu)} W/GPU node agent"
+                            f" {_agent_column(agent_view.get(job['metadata']['name'], ()))} W*"
                             f" stage {st.get('stage') or '-'}")
-            console.print(_table(jobs, pods, time.monotonic() - started))
+            console.print(_table(jobs, pods, time.monotonic() - started, agent_view))
         result.jobs = jobs
         result.succeeded = finished(jobs) and all((j.get("status") or {}).get("phase") == "Succeeded" for j in jobs)
         if not finished(jobs):
             console.print(f"[red]the jobs did not finish within {timeout_seconds:.0f} s")
         _summarise(console, sandbox, result, report_dir)
+        _node_gpus_after(console, sandbox, result)
     finally:
         sandbox.stop()
         result.seconds = time.monotonic() - started
@@ -231,6 +280,8 @@ def _summarise(console: Console, sandbox: Sandbox, result: DemoResult, report_di
         budget = (((job.get("spec") or {}).get("energy") or {}).get("power") or {}).get("budgetWatts")
         console.print(f"  throttle: {f'capped at {cap} W per GPU' if cap else 'never applied'}"
                       f" (budget {_fmt(budget)} W for the job)")
+        for line in _agent_lines(sandbox, result, name):
+            console.print(line)
         chosen = workload.power_profile.chosen_watts if workload.power_profile else None
         accuracy = workload.accuracy
         console.print(f"  Auto power profile chose {_fmt(chosen)} W per GPU; final accuracy"
@@ -244,6 +295,55 @@ def _summarise(console: Console, sandbox: Sandbox, result: DemoResult, report_di
         result.reports.append((json_path.resolve(), png_path.resolve()))
         console.print(f"  report: {json_path.resolve()}")
         console.print(f"          {png_path.resolve()}  (simulated GPU data, labelled in the plot)")
+
+
+def _agent_lines(sandbox: Sandbox, result: DemoResult, job: str) -> list[str]:
+    """What the node agent did to the job's GPUs, as its metrics showed it while the pods held them."""
+    if not sandbox.node_agents:
+        return ["  node agent: not running (the harness set the limits in its pods)"]
+    nodes = ", ".join(agent.node for agent in sandbox.node_agents)
+    caps = result.agent_caps.get(job, {})
+    reasons = sorted(result.agent_reasons.get(job, set()))
+    lines = []
+    if caps:
+        applied = ", ".join(f"{uuid[:12]}… {watts:.0f} W" for uuid, watts in sorted(caps.items()))
+        why = ", ".join(r for r in reasons if r in AGENT_CAP_REASONS)
+        lines.append(f"  cap applied by the node agent on {nodes}: {applied} ({why}; simulated, read back)")
+    else:
+        lines.append(f"  node agent on {nodes}: applied no cap to this job's GPUs (reasons seen:"
+                     f" {', '.join(reasons) or 'none: it never saw the pods hold GPUs'})")
+    if a.REASON_POD_MANAGED in reasons or a.REASON_JOB_CEILING in reasons:
+        lines.append("    Auto mode: the harness picks the limit in its pod and the agent leaves the GPU alone"
+                     " (PodManaged),")
+        lines.append("    lowering it only to the operator's throttle (JobCeiling); the pod runs at min(its own,"
+                     " the node's)")
+    return lines
+
+
+def _node_gpus_after(console: Console, sandbox: Sandbox, result: DemoResult) -> None:
+    """Wait (a few agent cycles at most) until every node GPU is back at its default, and say what is left."""
+    kubelet = sandbox.kubelet
+    gpus_file = kubelet.node_gpus_file if kubelet is not None else None
+    if gpus_file is None:
+        return
+    cycles = 3 * max((agent.interval_seconds for agent in sandbox.node_agents), default=0.0) + 2
+    deadline = time.monotonic() + cycles
+    while True:
+        limits = node_gpu_limits(gpus_file)
+        if all(limit == default for limit, default in limits.values()) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    result.node_gpus_after = limits
+    capped = {uuid: limit for uuid, (limit, default) in limits.items() if limit != default}
+    node = kubelet.config.node_name if kubelet is not None else "?"
+    if not capped:
+        defaults = sorted({default // 1000 for _, default in limits.values()})
+        console.print(f"node {node} after the jobs: all {len(limits)} simulated GPUs back at their default"
+                      f" {', '.join(map(str, defaults))} W (the node's GPU state file)")
+    else:
+        left = ", ".join(f"{uuid[:12]}… {limit / 1000:.0f} W" for uuid, limit in sorted(capped.items()))
+        who = "the node agent did not reset them" if sandbox.node_agents else "no node agent runs to reset them"
+        console.print(f"[red]node {node} after the jobs: caps left behind on {left} ({who}; simulated)")
 
 
 def _show_pod_logs(console: Console, sandbox: Sandbox, job: Mapping[str, Any]) -> None:

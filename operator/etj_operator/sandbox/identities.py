@@ -5,6 +5,9 @@
   sandbox does not depend on it; ``tests/chart`` checks this reading against Helm's own rendering).
 * :func:`install_operator_identity` loads such objects (a ServiceAccount, ClusterRole and ClusterRoleBinding,
   Roles and RoleBindings) into an emulator and returns a token of the operator's ServiceAccount.
+* :func:`node_agent_rbac_objects`: the node agent's ServiceAccount and its read-only rules (``list`` pods,
+  ``get`` efficienttrainingjobs: the two reads of ``etj_operator.nodeagent.kube``), which the sandbox's agents
+  run as. The chart has no DaemonSet yet, so these are written here, not read from it.
 * :func:`pod_kubeconfig` writes the kubeconfig a pod's processes get: its ServiceAccount's token, as the
   projected token volume gives a pod on a node.
 """
@@ -18,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import yaml
 
+from etj_operator import contract
+
 if TYPE_CHECKING:
     from etj_operator.sandbox.emulator import EmulatorServer
 
@@ -28,6 +33,13 @@ CHART_DIR: Final = REPO_ROOT / "charts" / "efficient-training-operator"
 #: The chart's names for ``helm install etj ... -n etj-system`` (what the docs install).
 OPERATOR_NAMESPACE: Final = "etj-system"
 OPERATOR_NAME: Final = "etj-efficient-training-operator"
+#: The node agent's ServiceAccount (and ClusterRole) in the sandbox.
+NODE_AGENT_NAME: Final = "etj-node-agent"
+#: What the node agent reads (docs/node-agent.md, "Privileges"); it writes nothing.
+NODE_AGENT_RULES: Final = (
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+    {"apiGroups": [contract.GROUP], "resources": [contract.PLURAL], "verbs": ["get"]},
+)
 
 _KIND_PLURALS: Final = {"ServiceAccount": "serviceaccounts", "ClusterRole": "clusterroles",
                         "ClusterRoleBinding": "clusterrolebindings", "Role": "roles", "RoleBinding": "rolebindings"}
@@ -62,6 +74,18 @@ def chart_rbac_objects(chart_dir: pathlib.Path = CHART_DIR, *, namespace: str = 
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": namespace}},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": name},
          "rules": chart_rules(chart_dir)},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": name},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]},
+    ]
+
+
+def node_agent_rbac_objects(*, namespace: str = OPERATOR_NAMESPACE, name: str = NODE_AGENT_NAME) -> list[Json]:
+    """The node agent's ServiceAccount, ClusterRole (:data:`NODE_AGENT_RULES`) and ClusterRoleBinding."""
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": namespace}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": name},
+         "rules": [dict(rule) for rule in NODE_AGENT_RULES]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": name},
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
          "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]},

@@ -24,8 +24,22 @@ There are no images, containers or network namespaces here, so the kubelet appro
 * **Credentials.** ``KUBECONFIG`` points at a kubeconfig of the pod's own (``<pod dir>/kubeconfig``) with a token
   of its ServiceAccount (``spec.serviceAccountName``), as the projected token volume gives a pod on a node; none
   with ``automountServiceAccountToken: false``. Without ``KubeletConfig.pod_token``, the sandbox's kubeconfig.
-* **No GPUs.** ``ETJ_GPU_BACKEND=simulated`` is forced; ``OMP_NUM_THREADS=1``, ``GLOO_SOCKET_IFNAME=lo`` and
-  ``ETJ_SIMULATED_SLEEP=1`` are defaults the pod's env may override.
+* **Simulated GPUs, node hardware.** The node has ``KubeletConfig.gpus`` simulated GPUs: their state is the
+  node agent's simulated backend file (``<state>/nodes/<node>/gpus.json``, :class:`~etj_operator.nodeagent.gpus
+  .SimulatedBackend`), so a limit set on one outlives the pod that ran there, as a real card's does. The
+  kubelet allocates them as the device plugin and the device manager do: each container gets the number its
+  ``nvidia.com/gpu`` limit (or request) asks, lowest free index first, and its env gets
+  ``NVIDIA_VISIBLE_DEVICES=<UUIDs>`` (what the NVIDIA device plugin sets) and ``ETJ_SIMULATED_NODE_GPUS``
+  (the node's state file), from which the harness's simulated GPU takes its UUID and the node GPU's limit.
+  A pod that asks for more GPUs than are free is not bound and stays Pending with ``PodScheduled=False``,
+  reason ``Unschedulable``, as a scheduler leaves a pod no node fits (a simplification: the sandbox's
+  kubelet is also its scheduler, and there is one node). GPUs are freed once the pod's processes are gone.
+  The kubelet serves the node's ``v1.PodResourcesLister`` on a unix socket
+  (``<state>/nodes/<node>/pod-resources/kubelet.sock``, :class:`~etj_operator.nodeagent.podresources
+  .PodResourcesServer`): each pod that holds GPUs, its containers and their device ids (UUIDs), which is
+  what the node agent reads. ``ETJ_GPU_BACKEND=simulated`` is forced (there is no real GPU);
+  ``OMP_NUM_THREADS=1``, ``GLOO_SOCKET_IFNAME=lo`` and ``ETJ_SIMULATED_SLEEP=1`` are defaults the pod's env
+  may override.
 * **Lifecycle.** A pod the kubelet runs is first bound to its node (``spec.nodeName``, as the scheduler's
   binding would; the sandbox is one node, ``sandbox``), so the API deletes it gracefully, as on a real
   cluster. Pending until started, Running with the address, then Succeeded or Failed with the exit code in
@@ -67,13 +81,16 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from etj_operator import contract
 
 __all__ = [
+    "ENV_NVIDIA_VISIBLE_DEVICES",
     "ENV_POD_TAG",
+    "ENV_SIMULATED_NODE_GPUS",
     "ENV_STATE_TAG",
+    "GPU_RESOURCE",
     "KubeletConfig",
     "PodApi",
     "ProcessKubelet",
@@ -92,6 +109,14 @@ ENV_STATE_TAG = "ETJ_SANDBOX_STATE"
 ENV_POD_TAG = "ETJ_SANDBOX_POD"
 ENV_POD_IP = "ETJ_SANDBOX_POD_IP"
 ENV_POD_HOSTNAME = "ETJ_SANDBOX_POD_HOSTNAME"
+#: What the NVIDIA device plugin sets in a container: the UUIDs of its GPUs.
+ENV_NVIDIA_VISIBLE_DEVICES: Final = "NVIDIA_VISIBLE_DEVICES"
+#: The node's simulated GPU state, for the harness's simulated GPU (``etj_workload.gpu.ENV_SIMULATED_NODE_GPUS``).
+ENV_SIMULATED_NODE_GPUS: Final = "ETJ_SIMULATED_NODE_GPUS"
+#: The device-plugin resource of the node's GPUs.
+GPU_RESOURCE: Final = "nvidia.com/gpu"
+#: A unix socket's path must fit ``sun_path`` (108 bytes on Linux, with its NUL).
+_MAX_SOCKET_PATH: Final = 100
 
 #: Put on each pod's PYTHONPATH: the pod's network and UTS namespaces, as far as Python sockets go.
 SHIM_SOURCE = '''"""Written by the etj sandbox kubelet: emulates a pod's own network address and hostname."""
@@ -146,6 +171,10 @@ class PodApi(Protocol):
         """Delete a pod with a grace period and a UID precondition."""
         ...
 
+    def patch_status(self, resource: str, namespace: str | None, name: str, status: Mapping[str, Any]) -> Json:
+        """Merge-patch an object's status (a pod no node fits: ``PodScheduled=False``)."""
+        ...
+
 
 @dataclass(frozen=True)
 class KubeletConfig:
@@ -177,6 +206,11 @@ class KubeletConfig:
     api_url: str = ""
     #: The node the kubelet binds the pods it runs to (``spec.nodeName``).
     node_name: str = "sandbox"
+    #: Simulated GPUs of the node (see the module; 0: a node without GPUs). Four: the demo's two workers of one
+    #: GPU each, with room for a second such job.
+    gpus: int = 4
+    #: Serve the node's PodResources API on a unix socket (needs grpcio) when the node has GPUs.
+    pod_resources: bool = True
 
 
 #: The grace of a pod removed from the API without waiting for its kubelet (a forced delete): the kubelet
@@ -315,6 +349,9 @@ class _PodRun:
     removed: bool = False
     #: The pod's ServiceAccount token, issued once (kubeconfig and projected token volume).
     token: str | None = None
+    #: The node GPUs (UUIDs) each container holds, and whether they were given back.
+    gpus: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    gpus_released: bool = False
 
     @property
     def tag(self) -> str:
@@ -342,16 +379,68 @@ class ProcessKubelet:
         self._next_address = _address_to_int(config.first_address)
         self._shim_dir = self.state_dir / "shim"
         self.error: BaseException | None = None
+        #: The node's directory: its simulated GPUs (``gpus.json``) and its PodResources socket.
+        self.node_dir = self.state_dir / "nodes" / config.node_name
+        #: The node's GPU UUIDs by index, once started.
+        self.gpu_uuids: tuple[str, ...] = ()
+        self._free_gpus: list[str] = []
+        #: Pods no node fits now (uid -> the message written), so a message is written once.
+        self._unschedulable: dict[str, str] = {}
+        self._pod_resources: Any = None
+        self._socket_tmp: Path | None = None
+        self.pod_resources_socket: Path | None = None
 
     # ----- lifecycle ----------------------------------------------------------------------------------
 
     def start(self) -> ProcessKubelet:
-        """Write the shim and start watching pods in a background thread."""
+        """Write the shim, make the node's GPUs, serve PodResources, and start watching pods in a thread."""
         self._shim_dir.mkdir(parents=True, exist_ok=True)
         (self._shim_dir / "sitecustomize.py").write_text(SHIM_SOURCE)
+        self._start_node()
         self._thread = threading.Thread(target=self._main, name="etj-sandbox-kubelet", daemon=True)
         self._thread.start()
         return self
+
+    @property
+    def node_gpus_file(self) -> Path | None:
+        """The node's simulated GPU state (the node agent's ``--simulated-state-dir`` holds it); None: no GPUs."""
+        if not self.config.gpus:
+            return None
+        from etj_operator.nodeagent.gpus import SIMULATED_STATE_FILE
+
+        return self.node_dir / SIMULATED_STATE_FILE
+
+    def _start_node(self) -> None:
+        """The node's simulated GPUs (made once; an existing state keeps its GPUs) and its PodResources server."""
+        if self.config.gpus <= 0:
+            return
+        from etj_operator.nodeagent.gpus import SimulatedBackend
+
+        backend = SimulatedBackend(self.node_dir, self.config.node_name, count=self.config.gpus)
+        devices = sorted(backend.inventory().devices, key=lambda d: d.index)
+        self.gpu_uuids = tuple(d.uuid for d in devices)
+        self._free_gpus = list(self.gpu_uuids)
+        log.info("node %s: %d simulated GPUs (%s)", self.config.node_name, len(devices), backend.path)
+        if not self.config.pod_resources:
+            return
+        from etj_operator.nodeagent.podresources import PodResourcesServer
+
+        socket_path = self.node_dir / "pod-resources" / "kubelet.sock"
+        if len(str(socket_path)) > _MAX_SOCKET_PATH:  # e.g. a deep test directory: a short one instead
+            import tempfile
+
+            self._socket_tmp = Path(tempfile.mkdtemp(prefix="etj-pod-resources-"))
+            socket_path = self._socket_tmp / "kubelet.sock"
+        self._pod_resources = PodResourcesServer(socket_path).start()
+        self.pod_resources_socket = socket_path
+
+    def _stop_node(self) -> None:
+        if self._pod_resources is not None:
+            self._pod_resources.stop()
+            self._pod_resources = None
+        if self._socket_tmp is not None:
+            shutil.rmtree(self._socket_tmp, ignore_errors=True)
+            self._socket_tmp = None
 
     def stop(self, grace_seconds: float | None = None) -> None:
         """Stop watching, terminate every pod's processes (SIGTERM, grace, SIGKILL) and wait for them."""
@@ -367,6 +456,7 @@ class ProcessKubelet:
         for t in threads:
             t.join(timeout=self.config.max_grace_seconds + 15)
         kill_tagged(self.state_dir, grace_seconds=1.0)  # anything that escaped its pod
+        self._stop_node()
 
     def __enter__(self) -> ProcessKubelet:
         return self.start()
@@ -395,6 +485,18 @@ class ProcessKubelet:
             return ""
         return path.read_text(errors="replace")
 
+    def gpu_allocations(self) -> dict[tuple[str, str], dict[str, tuple[str, ...]]]:
+        """``(namespace, pod) -> {container: GPU UUIDs}`` of every pod that holds node GPUs now."""
+        with self._lock:
+            runs = list(self._runs.values())
+        return {(r.namespace, r.name): dict(r.gpus) for r in runs if r.gpus and not r.gpus_released}
+
+    def free_gpus(self) -> tuple[str, ...]:
+        """The node GPUs no pod holds, by index."""
+        with self._lock:
+            free = set(self._free_gpus)
+        return tuple(u for u in self.gpu_uuids if u in free)
+
     # ----- the loop -----------------------------------------------------------------------------------
 
     def _main(self) -> None:
@@ -411,6 +513,7 @@ class ProcessKubelet:
         """One look at the pods: admit new ones, start, report, and carry terminations on (the loop's body)."""
         pods = self.api.list("pods")
         live = {p["metadata"]["uid"]: p for p in pods}
+        self._release_ended()  # before admitting: a GPU whose pod is gone is free for a new one
         for listed in pods:
             meta = listed["metadata"]
             uid = meta["uid"]
@@ -433,10 +536,97 @@ class ProcessKubelet:
                 self._try_start(run, pod)
             elif run.proc.poll() is not None:
                 self._report_exit(run)
+        self._release_ended()
+        self._publish_allocations(live)
 
     def _forget(self, run: _PodRun) -> None:
+        self._release_gpus(run)
         with self._lock:
             self._runs.pop(run.uid, None)
+
+    # ----- the node's GPUs ----------------------------------------------------------------------------
+
+    def _gpu_requests(self, spec: Mapping[str, Any]) -> dict[str, int]:
+        """``container -> GPUs`` asked: the ``nvidia.com/gpu`` limit, else the request.
+
+        Extended resources cannot be overcommitted, so the two are equal when both are set.
+        """
+        asked: dict[str, int] = {}
+        for container in spec.get("containers") or []:
+            resources = container.get("resources") or {}
+            raw = (resources.get("limits") or {}).get(GPU_RESOURCE, (resources.get("requests") or {}).get(GPU_RESOURCE))
+            try:
+                count = int(str(raw)) if raw is not None else 0
+            except ValueError:
+                count = 0
+            if count > 0:
+                asked[str(container.get("name") or "")] = count
+        return asked
+
+    def _fits(self, pod: Json, asked: Mapping[str, int]) -> bool:
+        """Whether the node has the GPUs the pod asks; if not, say so in the pod's status (once)."""
+        total = sum(asked.values())
+        with self._lock:
+            free = len(self._free_gpus)
+        meta = pod["metadata"]
+        uid = meta["uid"]
+        if total <= free:
+            self._unschedulable.pop(uid, None)
+            return True
+        message = (f"0/1 nodes are available: 1 Insufficient {GPU_RESOURCE} (the sandbox node"
+                   f" {self.config.node_name} has {len(self.gpu_uuids)} simulated GPUs, {free} free; the pod asks"
+                   f" {total})")
+        if self._unschedulable.get(uid) != message:
+            self._unschedulable[uid] = message
+            log.info("pod %s/%s: %s", meta.get("namespace"), meta["name"], message)
+            status = {"phase": "Pending", "conditions": [
+                {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message,
+                 "lastTransitionTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]}
+            try:
+                self.api.patch_status("pods", meta.get("namespace") or "default", meta["name"], status)
+            except Exception as e:  # deleted meanwhile: the next sync forgets it
+                log.debug("pod %s: unschedulable status not written: %r", meta["name"], e)
+        return False
+
+    def _reserve_gpus(self, asked: Mapping[str, int]) -> dict[str, tuple[str, ...]]:
+        """Take the asked GPUs, lowest index first (the caller checked they are free)."""
+        given: dict[str, tuple[str, ...]] = {}
+        with self._lock:
+            for container, count in asked.items():
+                given[container], self._free_gpus = tuple(self._free_gpus[:count]), self._free_gpus[count:]
+        return given
+
+    def _release_gpus(self, run: _PodRun) -> None:
+        """Give the run's GPUs back (once)."""
+        if not run.gpus or run.gpus_released:
+            return
+        run.gpus_released = True
+        with self._lock:
+            held = {u for uuids in run.gpus.values() for u in uuids}
+            free = set(self._free_gpus) | held
+            self._free_gpus = [u for u in self.gpu_uuids if u in free]
+        log.info("pod %s/%s: GPUs freed (%s)", run.namespace, run.name, ", ".join(sorted(held)))
+
+    def _release_ended(self) -> None:
+        """Free the GPUs of runs that ended once their processes are gone (a leftover may still hold a GPU)."""
+        for run in list(self._runs.values()):
+            ended = run.gpus and not run.gpus_released and run.finished
+            if ended and (run.proc is None or not tagged_processes(self.state_dir, run.tag)):
+                self._release_gpus(run)
+
+    def _publish_allocations(self, live: Mapping[str, Json]) -> None:
+        """What the PodResources API answers now: each container's GPUs, for every pod that holds some."""
+        for uid in [u for u in self._unschedulable if u not in live]:
+            del self._unschedulable[uid]
+        if self._pod_resources is None:
+            return
+        from etj_operator.nodeagent.records import ContainerAllocation
+
+        table = [ContainerAllocation(r.namespace, r.name, container, GPU_RESOURCE, uuids)
+                 for r in list(self._runs.values()) if r.gpus and not r.gpus_released
+                 for container, uuids in r.gpus.items()]
+        if tuple(table) != self._pod_resources.allocations():
+            self._pod_resources.set_allocations(table)
 
     # ----- termination --------------------------------------------------------------------------------
 
@@ -504,6 +694,9 @@ class ProcessKubelet:
     def _admit(self, pod: Json) -> None:
         meta, spec = pod["metadata"], pod.get("spec") or {}
         namespace, name, uid = meta.get("namespace") or "default", meta["name"], meta["uid"]
+        asked = self._gpu_requests(spec)
+        if asked and not self._fits(pod, asked):
+            return  # Pending, unbound: looked at again on every sync
         pod_dir = self.state_dir / "pods" / namespace / name / uid
         pod_dir.mkdir(parents=True, exist_ok=True)
         container = _main_container(spec)
@@ -525,14 +718,15 @@ class ProcessKubelet:
         grace = min(max(float(spec.get("terminationGracePeriodSeconds", 30)), 0.0), self.config.max_grace_seconds)
         run = _PodRun(namespace=namespace, name=name, uid=uid, hostname=spec.get("hostname") or name,
                       subdomain=spec.get("subdomain") or "", ip=address, pod_dir=pod_dir,
-                      ports=ports, seen_at=self.clock(), grace_seconds=grace)
+                      ports=ports, seen_at=self.clock(), grace_seconds=grace, gpus=self._reserve_gpus(asked))
         with self._lock:
             self._runs[uid] = run
             self._latest[(namespace, name)] = run
         if problem:
             self._fail(run, 128, "AddressUnavailable", problem)
         else:
-            log.info("pod %s/%s: address %s", namespace, name, run.ip)
+            gpus = "; GPUs " + ", ".join(u for uuids in run.gpus.values() for u in uuids) if run.gpus else ""
+            log.info("pod %s/%s: address %s%s", namespace, name, run.ip, gpus)
 
     def _allocate_address(self, container: Json | None) -> str:
         """The next loopback address where none of the container's ports is taken (e.g. by another sandbox)."""
@@ -631,8 +825,12 @@ class ProcessKubelet:
             target = resolved.get(addr_var)
             if target is not None and env.get(port_var, "").isdigit():
                 env[port_var] = str(target.ports.get(int(env[port_var]), int(env[port_var])))
+        devices = run.gpus.get(str(container.get("name") or ""), ())
+        if devices and self.node_gpus_file is not None:  # the device plugin's env, which the pod cannot override
+            env[ENV_NVIDIA_VISIBLE_DEVICES] = ",".join(devices)
+            env[ENV_SIMULATED_NODE_GPUS] = str(self.node_gpus_file)
         env.update({
-            contract.ENV_ETJ_GPU_BACKEND: "simulated",  # there is no GPU in the sandbox
+            contract.ENV_ETJ_GPU_BACKEND: "simulated",  # there is no real GPU in the sandbox
             ENV_STATE_TAG: str(self.state_dir),
             ENV_POD_TAG: run.tag,
             ENV_POD_IP: run.ip,

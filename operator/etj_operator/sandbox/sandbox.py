@@ -1,16 +1,21 @@
 """``etj sandbox up|down|status|logs``: the whole loop on one machine, no cluster, no GPU.
 
 A sandbox is the API emulator (with the CRD and server-side validation), the process kubelet and the real
-operator, all in one foreground process, plus the pods' processes. Its state directory (default
+operator, all in one foreground process, plus the pods' processes and one node agent process per node
+(``etj node-agent --backend simulated``, :mod:`etj_operator.sandbox.agents`). Its state directory (default
 ``.etj-sandbox/``) holds:
 
 * ``sandbox.json``: the pid of the process that serves it, the API URL and the kubeconfig path;
 * ``kubeconfig``: point kubectl at it with ``export KUBECONFIG=<state>/kubeconfig``;
 * ``pods/<namespace>/<pod>/<uid>/``: each pod's log (``trainer.log``), working dir and emptyDir volumes;
+* ``nodes/<node>/``: the node's simulated GPUs (``gpus.json``), its PodResources socket
+  (``pod-resources/kubelet.sock``) and its agent's log (``node-agent.log``);
 * ``volumes/``: persistentVolumeClaim and hostPath stand-ins; ``shim/``: the pods' ``sitecustomize``.
 
-Every process a pod starts carries the state directory in its environment, so ``down``, Ctrl-C, SIGTERM and
-a later ``up`` after a crash find and stop all of them (:func:`~etj_operator.sandbox.kubelet.kill_tagged`).
+Every process a pod starts, and every node agent, carries the state directory in its environment, so
+``down``, Ctrl-C, SIGTERM and a later ``up`` after a crash find and stop all of them
+(:func:`~etj_operator.sandbox.kubelet.kill_tagged`). A new sandbox starts with fresh node GPUs (``nodes/`` is
+made anew, as ``pods/`` is).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from etj_operator.sandbox.agents import AGENT_TAG_PREFIX, NodeAgentProcess
 from etj_operator.sandbox.kubelet import KubeletConfig, ProcessKubelet, iter_pod_logs, kill_tagged, tagged_processes
 
 if TYPE_CHECKING:
@@ -66,6 +72,10 @@ OPERATOR_ENV_DEFAULTS: Mapping[str, str] = {
 }
 
 
+#: Tells the operator that node agents apply the power limits (its config reads it).
+ENV_NODE_AGENT = "ETJ_NODE_AGENT"
+
+
 class SandboxError(RuntimeError):
     """The sandbox cannot start or be reached; the message says what to do."""
 
@@ -96,6 +106,12 @@ class SandboxOptions:
     operator_env: Mapping[str, str] = field(default_factory=dict)
     #: Run the operator (False: emulator and kubelet only).
     operator: bool = True
+    #: Simulated GPUs of each node (0: nodes without GPUs, and no node agent).
+    gpus_per_node: int = 4
+    #: Run ``etj node-agent --backend simulated`` per node, and tell the operator so (``ETJ_NODE_AGENT=1``).
+    node_agent: bool = True
+    #: The agents' ``--interval`` (s): short, so that a cap follows the throttle within a few seconds.
+    node_agent_interval_seconds: float = 2.0
 
 
 def read_state(state_dir: Path) -> dict[str, Any] | None:
@@ -130,6 +146,8 @@ class Sandbox:
         self.server: EmulatorServer | None = None
         self.kubelet: ProcessKubelet | None = None
         self.operator: OperatorThread | None = None
+        #: One per node while running (the sandbox has one node).
+        self.node_agents: list[NodeAgentProcess] = []
         self.kubeconfig = self.state_dir / "kubeconfig"
         self._saved_env: dict[str, str | None] = {}
         self._saved_kube_default: str | None = None
@@ -152,7 +170,7 @@ class Sandbox:
         killed = kill_tagged(self.state_dir, grace_seconds=2.0)
         if killed:
             log.warning("stopped %d processes left by a previous sandbox in %s", len(killed), self.state_dir)
-        for sub in ("pods", "volumes", "shim"):
+        for sub in ("pods", "volumes", "shim", "nodes"):
             shutil.rmtree(self.state_dir / sub, ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
             (self.state_dir / STATE_FILE).unlink()
@@ -186,16 +204,50 @@ class Sandbox:
                 self.server,
                 KubeletConfig(state_dir=self.state_dir, kubeconfig=self.kubeconfig,
                               max_grace_seconds=self.options.max_grace_seconds, env_defaults=self.options.pod_env,
-                              pod_token=self.server.service_account_token, api_url=self.server.url),
+                              pod_token=self.server.service_account_token, api_url=self.server.url,
+                              gpus=self.options.gpus_per_node),
             ).start()
             self.server.emulator.pod_log_reader = self.kubelet.read_log
+            if self.options.node_agent and self.options.gpus_per_node > 0:
+                self._start_node_agents()
             if self.options.operator:
                 self._start_operator()
+            for agent in self.node_agents:
+                try:
+                    agent.wait_ready()
+                except RuntimeError as e:
+                    raise SandboxError(str(e)) from e
             self._write_state()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _start_node_agents(self) -> None:
+        """Start the node's agent as a process, with its own ServiceAccount (waited for in :meth:`start`)."""
+        from etj_operator.sandbox.identities import install_operator_identity, node_agent_rbac_objects
+
+        assert self.server is not None and self.kubelet is not None
+        kubelet = self.kubelet
+        if kubelet.pod_resources_socket is None:
+            raise SandboxError("the node agent needs the kubelet's PodResources socket (pip install grpcio)")
+        token = install_operator_identity(self.server, node_agent_rbac_objects())
+        kubeconfig = self.server.write_kubeconfig(self.state_dir / "node-agent-kubeconfig", token=token)
+        kubeconfig.chmod(0o600)
+        agent = NodeAgentProcess(node=kubelet.config.node_name, node_dir=kubelet.node_dir,
+                                 socket=kubelet.pod_resources_socket, kubeconfig=kubeconfig,
+                                 sandbox_state_dir=self.state_dir, gpus=self.options.gpus_per_node,
+                                 interval_seconds=self.options.node_agent_interval_seconds)
+        self.node_agents.append(agent.start())
+
+    def operator_settings(self, kubeconfig: Path) -> dict[str, str]:
+        """The operator's environment: the defaults, ``ETJ_NODE_AGENT``, then ``operator_env``, and its kubeconfig.
+
+        ``ETJ_NODE_AGENT`` is "1" when the node agents run (they apply the power limits), else "0".
+        """
+        runs_agent = self.options.node_agent and self.options.gpus_per_node > 0
+        return {**OPERATOR_ENV_DEFAULTS, ENV_NODE_AGENT: "1" if runs_agent else "0", **self.options.operator_env,
+                "KUBECONFIG": str(kubeconfig)}
 
     def _start_operator(self) -> None:
         import kubernetes
@@ -206,9 +258,10 @@ class Sandbox:
         assert self.server is not None
         token = install_operator_identity(self.server, chart_rbac_objects())  # the chart's ServiceAccount and rules
         operator_kubeconfig = self.server.write_kubeconfig(self.state_dir / "operator-kubeconfig", token=token)
-        settings = {**OPERATOR_ENV_DEFAULTS, **self.options.operator_env, "KUBECONFIG": str(operator_kubeconfig)}
+        settings = self.operator_settings(operator_kubeconfig)
+        forced = ("KUBECONFIG", ENV_NODE_AGENT)  # what the sandbox itself decides: never the caller's leftovers
         for name, value in settings.items():
-            if name == "KUBECONFIG" or name in self.options.operator_env or name not in os.environ:
+            if name in forced or name in self.options.operator_env or name not in os.environ:
                 self._saved_env.setdefault(name, os.environ.get(name))
                 os.environ[name] = value
         # The kubernetes package reads $KUBECONFIG once at import (kopf imports it): point its default here too.
@@ -226,13 +279,20 @@ class Sandbox:
         tmp.replace(self.state_dir / STATE_FILE)
 
     def stop(self) -> None:
-        """Stop the operator, then every pod (SIGTERM, grace, SIGKILL), then the API; remove ``sandbox.json``."""
+        """Stop the operator, the node agents, every pod (SIGTERM, grace, SIGKILL), the API; remove ``sandbox.json``.
+
+        The agents stop before the pods: on SIGTERM each resets the GPUs it capped, and the API and the kubelet
+        are still there for it.
+        """
         if self.operator is not None:
             try:
                 self.operator.stop()
             except TimeoutError as e:
                 log.warning("%s", e)
             self.operator = None
+        for agent in self.node_agents:
+            agent.stop()
+        self.node_agents = []
         if self.kubelet is not None:
             self.kubelet.stop()
             self.kubelet = None
@@ -324,6 +384,9 @@ def up(options: SandboxOptions, *, out: Any = None) -> int:
             print(f"etj sandbox: API emulator on {server.url} (no cluster: an in-memory API server, the"
                   " process kubelet and the operator; GPUs are simulated)", file=out)
             print(f"  state dir:  {sandbox.state_dir}", file=out)
+            for agent in sandbox.node_agents:
+                print(f"  node agent: {agent.node} ({agent.gpus} simulated GPUs, every {agent.interval_seconds:g} s),"
+                      f" metrics {agent.metrics_url}, log {agent.log_path}", file=out)
             print("  point kubectl at it:", file=out)
             print(f"    export KUBECONFIG={sandbox.kubeconfig}", file=out)
             print("    kubectl apply -f workloads/examples/digits-ddp.yaml && kubectl get etj,pods", file=out)
@@ -390,6 +453,10 @@ def status(state_dir: Path) -> int:
     if not by_pod:
         print("no pod processes run")
     for tag, members in sorted(by_pod.items()):
+        if tag.startswith(AGENT_TAG_PREFIX):
+            print(f"node agent of {tag.removeprefix(AGENT_TAG_PREFIX)} (simulated GPUs): pids"
+                  f" {', '.join(map(str, members))}")
+            continue
         namespace, name, _uid = [*tag.split("/"), "", "", ""][:3]
         print(f"pod {namespace}/{name}: pids {', '.join(map(str, members))}")
     return 0
