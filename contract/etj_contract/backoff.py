@@ -14,11 +14,14 @@ The formula, for attempt ``n`` (0 for the first retry) and a random ``u`` in [0,
 
 from __future__ import annotations
 
+import datetime as dt
+import email.utils
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["Backoff"]
+__all__ = ["Backoff", "retry_after_seconds"]
 
 
 @dataclass(frozen=True)
@@ -57,3 +60,29 @@ class Backoff:
         if retry_after_seconds is not None and retry_after_seconds > 0:
             delay = max(delay, min(retry_after_seconds, self.cap_seconds))
         return delay
+
+
+def retry_after_seconds(
+    value: str | None, *, now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
+) -> float | None:
+    """A ``Retry-After`` header as seconds from now (RFC 9110: a number of seconds, or an HTTP date).
+
+    None when absent, malformed or negative; a date in the past is 0. The API server sends seconds; a proxy
+    in front of it may send a date. Used by the operator's API client and the harness's.
+    """
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:  # RFC 9110 dates are GMT
+            when = when.replace(tzinfo=dt.UTC)
+        return max(0.0, (when - now()).total_seconds())
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return seconds

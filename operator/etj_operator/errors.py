@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from etj_contract.backoff import retry_after_seconds
+
 __all__ = [
     "ApiStatusError",
     "Cause",
@@ -109,14 +111,8 @@ class JobGone(Exception):
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """The seconds of a ``Retry-After`` header (the API server sends whole seconds); None if absent or a date."""
-    if not value:
-        return None
-    try:
-        seconds = float(value.strip())
-    except ValueError:
-        return None  # an HTTP date: the API server does not send those, and guessing clocks is worse
-    return seconds if seconds >= 0 else None
+    """The seconds of a ``Retry-After`` header (seconds or an HTTP date): the contract's one parser."""
+    return retry_after_seconds(value)
 
 
 def _kind_for(code: int) -> type[ApiStatusError]:

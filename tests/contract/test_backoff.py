@@ -19,8 +19,17 @@ from etj_workload import control
 
 
 def test_the_package_exports_the_policy() -> None:
-    assert backoff.__all__ == ["Backoff"]
+    assert backoff.__all__ == ["Backoff", "retry_after_seconds"]
     assert etj_contract.Backoff is Backoff and "Backoff" in etj_contract.__all__ and "backoff" in etj_contract.__all__
+
+
+def test_both_api_clients_read_retry_after_with_the_contracts_parser() -> None:
+    from etj_operator import errors
+    from etj_workload import kubeclient
+
+    assert kubeclient.retry_after_seconds is backoff.retry_after_seconds
+    for value, seconds in (("3", 3.0), ("0", 0.0), ("-1", None), ("soon", None), ("", None), (None, None)):
+        assert errors.parse_retry_after(value) == seconds == backoff.retry_after_seconds(value)
 
 
 def test_the_operator_and_the_harness_use_the_contracts_class() -> None:

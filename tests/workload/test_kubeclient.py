@@ -561,7 +561,7 @@ def test_retry_after_in_seconds_or_as_an_http_date() -> None:
     assert retry_after_seconds(" 1.5 ", now=lambda: now) == 1.5
     assert retry_after_seconds("Fri, 01 May 2026 12:00:30 GMT", now=lambda: now) == 30.0
     assert retry_after_seconds("Fri, 01 May 2026 11:59:00 GMT", now=lambda: now) == 0.0  # past: at once
-    assert retry_after_seconds("-3", now=lambda: now) == 0.0
+    assert retry_after_seconds("-3", now=lambda: now) is None  # malformed: no floor (the contract's one parser)
     for bad in (None, "", "soon", "nan", "inf"):
         assert retry_after_seconds(bad, now=lambda: now) is None
 

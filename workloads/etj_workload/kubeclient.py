@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import email.utils
 import http.client
 import json
 import logging
-import math
 import os
 import ssl
 import threading
@@ -41,6 +39,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
+
+from etj_contract.backoff import retry_after_seconds
 
 __all__ = [
     "MERGE_PATCH",
@@ -153,28 +153,6 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     if value is None:  # a plain dict from a test: compare names case-insensitively, as HTTP does
         value = next((v for k, v in headers.items() if k.lower() == name.lower()), None)
     return value
-
-
-def retry_after_seconds(
-    value: str | None, *, now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
-) -> float | None:
-    """A ``Retry-After`` header as seconds from now: a number of seconds or an HTTP date; None if absent or bad."""
-    if value is None or not value.strip():
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError):
-            return None
-        if when.tzinfo is None:  # RFC 9110 dates are GMT
-            when = when.replace(tzinfo=dt.UTC)
-        seconds = (when - now()).total_seconds()
-    if not math.isfinite(seconds):
-        return None
-    return max(0.0, seconds)
 
 
 # ----- credentials ------------------------------------------------------------------------------------------
