@@ -56,11 +56,14 @@ _LIVE_LOCK = threading.Lock()
 
 
 def find_prometheus() -> str | None:
-    """Path of the ``prometheus`` binary ($ETJ_PROMETHEUS_BINARY, PATH, /usr/bin), or None."""
-    explicit = os.environ.get("ETJ_PROMETHEUS_BINARY")
-    if explicit:
-        return explicit if os.access(explicit, os.X_OK) else None
-    return shutil.which("prometheus") or ("/usr/bin/prometheus" if os.access("/usr/bin/prometheus", os.X_OK) else None)
+    """Path of the ``prometheus`` binary ($ETJ_PROMETHEUS_BINARY, PATH, /usr/bin), or None.
+
+    The sandbox's rule (:func:`etj_operator.sandbox.prometheus.find_prometheus`): tests and sandbox find the
+    same binary.
+    """
+    from etj_operator.sandbox.prometheus import find_prometheus as find
+
+    return find()
 
 
 def require_prometheus() -> str:

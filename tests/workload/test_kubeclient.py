@@ -242,8 +242,7 @@ class LocalServer:
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A CA, a server certificate for 127.0.0.1 signed by it, and an unrelated CA."""
-    pytest.importorskip("cryptography")
-    from cryptography import x509
+    from cryptography import x509  # a dev dependency: the TLS tests always run
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID

@@ -2,8 +2,9 @@
 
 No cluster and no GPU are needed.
 
-It starts a sandbox in this process (API emulator with validation, process kubelet, operator, and the node
-agent as a process; see :mod:`etj_operator.sandbox.sandbox`), applies every manifest of ``workloads/examples/``,
+It starts a sandbox in this process (API emulator with validation, process kubelet, operator, the node agent as
+a process, the node's simulated DCGM exporter and, when installed, Prometheus; see
+:mod:`etj_operator.sandbox.sandbox`), applies ``workloads/examples/digits-ddp.yaml`` (or the manifests given),
 shows a live table of each job (phase, power, energy, the per-GPU limit the operator asks and the one the node
 agent applied, stage, accuracy, step) until all of them finish, then writes each job's report (JSON + PNG,
 :func:`etj_operator.report.write_report`) and prints where. The GPUs are simulated (the harness's power model,
@@ -28,7 +29,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from etj_contract import ENERGY, SIMULATED_SUFFIX, ControlSection, EnergySection, WorkloadReport
+from etj_contract import ENERGY, SIMULATED_SUFFIX, ConditionType, ControlSection, EnergySection, WorkloadReport
 from etj_contract import agent as a
 from etj_operator import contract as c
 from etj_operator.sandbox.agents import AGENT_CAP_REASONS, AgentGpu, agent_gpus, node_gpu_limits
@@ -36,12 +37,15 @@ from etj_operator.sandbox.sandbox import REPO_ROOT, Sandbox, SandboxOptions, crd
 
 __all__ = ["DEFAULT_EXAMPLES", "DEFAULT_REPORT_DIR", "DEFAULT_STATE_DIR", "DemoResult", "crd_path", "demo", "run_demo"]
 
-DEFAULT_EXAMPLES = REPO_ROOT / "workloads" / "examples"
+#: The demo's job: the harness example. ``etj demo --manifest workloads/examples/foreign-ddp.yaml`` runs the
+#: foreign program instead (measured through the node's DCGM exporter and Prometheus).
+DEFAULT_EXAMPLES = REPO_ROOT / "workloads" / "examples" / "digits-ddp.yaml"
 #: The demo's sandbox state (logs, checkpoints): beside, not inside, a default `etj sandbox up` state.
 DEFAULT_STATE_DIR = Path(".etj-sandbox") / "demo"
 #: Where the reports go (JSON + PNG per job).
 DEFAULT_REPORT_DIR = Path("reports")
-SIMULATED_NOTE = "GPU power and energy are SIMULATED: no GPU here, the harness's power model (source=simulated)"
+SIMULATED_NOTE = ("GPU power and energy are SIMULATED: no GPU here, the harness's power model (source=simulated;"
+                  " Prometheus jobs: the node's simulated DCGM exporter)")
 
 
 @dataclass
@@ -55,6 +59,8 @@ class DemoResult:
     seconds: float = 0.0
     #: The lowest per-GPU cap the operator set on each job while the demo watched (None: never throttled).
     caps: dict[str, int | None] = field(default_factory=dict)
+    #: Jobs whose status said PowerCapEnforced=True at some point (the GPUs reported the cap asked).
+    enforced: set[str] = field(default_factory=set)
     #: Per job, per GPU UUID: the lowest limit the node agent applied for it, as its metrics read it back (W).
     agent_caps: dict[str, dict[str, float]] = field(default_factory=dict)
     #: Per job: every reason the node agent gave for its GPUs (``JobCeiling``, ``PodManaged``, ...).
@@ -175,6 +181,10 @@ def demo(
             console.print(f"node agent of {agent.node}: `etj node-agent --backend simulated` (pid"
                           f" {agent.proc.pid if agent.proc else '-'}, every {agent.interval_seconds:g} s) on"
                           f" {agent.gpus} simulated GPUs; the kubelet's PodResources socket {agent.socket}")
+        for exporter in sandbox.dcgm_exporters:
+            console.print(f"DCGM exporter of {exporter.node} (simulated power of every node GPU, from its pod's CPU"
+                          f" use, capped by its limit): {exporter.metrics_url}")
+        console.print(f"Prometheus: {sandbox.prometheus_note}")
         console.print(f"[yellow]{SIMULATED_NOTE}[/]")
         for file in files:
             sandbox.apply_file(file)
@@ -202,6 +212,10 @@ def demo(
                 name = job["metadata"]["name"]
                 if isinstance(cap, int) and (result.caps.get(name) is None or cap < (result.caps[name] or cap)):
                     result.caps[name] = cap
+                conditions = (job.get("status") or {}).get("conditions") or []
+                enforced = ConditionType.POWER_CAP_ENFORCED
+                if any(x.get("type") == enforced and x.get("status") == "True" for x in conditions):
+                    result.enforced.add(name)
             agent_view.clear()
             for agent in sandbox.node_agents:
                 for gpu in agent_gpus(agent.metrics()):
@@ -278,15 +292,23 @@ def _summarise(console: Console, sandbox: Sandbox, result: DemoResult, report_di
                           f" - source: {source or '-'}")
         cap = result.caps.get(name)
         budget = (((job.get("spec") or {}).get("energy") or {}).get("power") or {}).get("budgetWatts")
-        console.print(f"  throttle: {f'capped at {cap} W per GPU' if cap else 'never applied'}"
-                      f" (budget {_fmt(budget)} W for the job)")
+        verdict = "" if not cap else (
+            ", in force: the GPUs reported it (PowerCapEnforced)" if name in result.enforced
+            else ", never reported by the GPUs (PowerCapEnforced stayed False)"
+        )
+        console.print(f"  throttle: {f'asked {cap} W per GPU' if cap else 'never asked'}"
+                      f" (budget {_fmt(budget)} W for the job){verdict}")
         for line in _agent_lines(sandbox, result, name):
             console.print(line)
         chosen = workload.power_profile.chosen_watts if workload.power_profile else None
         accuracy = workload.accuracy
-        console.print(f"  Auto power profile chose {_fmt(chosen)} W per GPU; final accuracy"
-                      f" {_fmt(accuracy * 100 if accuracy is not None else None, '.1f', '%')}; stop reason"
-                      f" {workload.stop_reason or '-'}")
+        if (status.get(c.WORKLOAD) or None) is None:
+            console.print("  no workload report: the program does not use the harness (its energy and cap came"
+                          " from the node: DCGM exporter, node agent)")
+        else:
+            console.print(f"  Auto power profile chose {_fmt(chosen)} W per GPU; final accuracy"
+                          f" {_fmt(accuracy * 100 if accuracy is not None else None, '.1f', '%')}; stop reason"
+                          f" {workload.stop_reason or '-'}")
         for line in _stage_lines(job):
             console.print(line)
         if status.get("phase") != "Succeeded":

@@ -20,7 +20,10 @@ There are no images, containers or network namespaces here, so the kubelet appro
   env values and ``workingDir`` under a mount path are rewritten to the host directory (e.g.
   ``ETJ_CHECKPOINT_DIR=/checkpoints``). A ``projected`` volume (the API server adds the ServiceAccount's
   ``kube-api-access-*`` one to every pod) gets the pod's token and namespace files, as a kubelet writes them
-  (no ``ca.crt``: the sandbox serves plain HTTP). Other volume types are not mounted.
+  (no ``ca.crt``: the sandbox serves plain HTTP). A ``configMap`` volume gets the ConfigMap's keys as files
+  (``items`` select and rename keys), written when the pod starts (later changes are not synced); a pod
+  whose ConfigMap does not exist stays Pending until it does, as on a node (unless ``optional``). Other
+  volume types are not mounted.
 * **Credentials.** ``KUBECONFIG`` points at a kubeconfig of the pod's own (``<pod dir>/kubeconfig``) with a token
   of its ServiceAccount (``spec.serviceAccountName``), as the projected token volume gives a pod on a node; none
   with ``automountServiceAccountToken: false``. Without ``KubeletConfig.pod_token``, the sandbox's kubeconfig.
@@ -93,6 +96,7 @@ __all__ = [
     "GPU_RESOURCE",
     "KubeletConfig",
     "PodApi",
+    "PodGpus",
     "ProcessKubelet",
     "expand_references",
     "kill_tagged",
@@ -211,6 +215,23 @@ class KubeletConfig:
     gpus: int = 4
     #: Serve the node's PodResources API on a unix socket (needs grpcio) when the node has GPUs.
     pod_resources: bool = True
+
+
+@dataclass(frozen=True)
+class PodGpus:
+    """The node GPUs one container of a pod holds now (:meth:`ProcessKubelet.gpu_holders`)."""
+
+    namespace: str
+    pod: str
+    uid: str
+    container: str
+    #: The GPUs' UUIDs, in the order the device plugin gave them (``NVIDIA_VISIBLE_DEVICES``).
+    uuids: tuple[str, ...]
+
+    @property
+    def tag(self) -> str:
+        """The ``ETJ_SANDBOX_POD`` marker every process of the pod carries (:func:`tagged_processes`)."""
+        return f"{self.namespace}/{self.pod}/{self.uid}"
 
 
 #: The grace of a pod removed from the API without waiting for its kubelet (a forced delete): the kubelet
@@ -352,6 +373,8 @@ class _PodRun:
     #: The node GPUs (UUIDs) each container holds, and whether they were given back.
     gpus: dict[str, tuple[str, ...]] = field(default_factory=dict)
     gpus_released: bool = False
+    #: What keeps the pod from starting (a missing ConfigMap), as last logged.
+    waiting_for: str = ""
 
     @property
     def tag(self) -> str:
@@ -360,6 +383,10 @@ class _PodRun:
 
 class _Unresolved(Exception):
     """A name in the pod's env points at a pod that has no address yet."""
+
+
+class _MissingConfigMap(Exception):
+    """A configMap volume names a ConfigMap that does not exist (and is not optional)."""
 
 
 class ProcessKubelet:
@@ -490,6 +517,15 @@ class ProcessKubelet:
         with self._lock:
             runs = list(self._runs.values())
         return {(r.namespace, r.name): dict(r.gpus) for r in runs if r.gpus and not r.gpus_released}
+
+    def gpu_holders(self) -> list[PodGpus]:
+        """Every container that holds node GPUs now, with its pod's UID (its processes' tag), by first GPU index."""
+        with self._lock:
+            runs = list(self._runs.values())
+        index = {u: i for i, u in enumerate(self.gpu_uuids)}
+        held = [PodGpus(r.namespace, r.name, r.uid, container, uuids)
+                for r in runs if r.gpus and not r.gpus_released for container, uuids in r.gpus.items() if uuids]
+        return sorted(held, key=lambda h: index.get(h.uuids[0], len(index)))
 
     def free_gpus(self) -> tuple[str, ...]:
         """The node GPUs no pod holds, by index."""
@@ -879,6 +915,53 @@ class ProcessKubelet:
                 if (item.get("fieldRef") or {}).get("fieldPath") == "metadata.namespace" and item.get("path"):
                     (host / str(item["path"])).write_text(run.namespace)
 
+    def _config_map(self, run: _PodRun, volume: Json, host: Path) -> None:
+        """Write a configMap volume's files (each key, or the ``items`` chosen); raise if the ConfigMap is missing.
+
+        ``binaryData`` values are base64, as the API stores them. Files get ``defaultMode`` (or an item's
+        ``mode``), 0644 by default, as the kubelet's atomic writer does (without its ``..data`` symlinks).
+        """
+        import base64
+
+        source = volume.get("configMap") or {}
+        name = str(source.get("name") or "")
+        found = [m for m in self.api.list("configmaps", namespace=run.namespace)
+                 if (m.get("metadata") or {}).get("name") == name]
+        host.mkdir(parents=True, exist_ok=True)
+        if not found:
+            if source.get("optional"):
+                return
+            raise _MissingConfigMap(f'configmap "{name}" not found')
+        files: dict[str, bytes] = {k: str(v).encode() for k, v in (found[0].get("data") or {}).items()}
+        files.update({k: base64.b64decode(str(v)) for k, v in (found[0].get("binaryData") or {}).items()})
+        default_mode = int(source.get("defaultMode", 0o644))
+        items = source.get("items")
+        chosen = ([(str(i["key"]), str(i.get("path") or i["key"]), int(i.get("mode", default_mode)))
+                   for i in items if i.get("key") in files] if items
+                  else [(key, key, default_mode) for key in files])
+        for key, relative, mode in chosen:
+            path = (host / relative).resolve()
+            if not path.is_relative_to(host.resolve()):  # an item path that climbs out of the volume
+                log.warning("pod %s/%s: configMap item path %r leaves its volume: skipped", run.namespace,
+                            run.name, relative)
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(files[key])
+            path.chmod(mode & 0o777)
+
+    def _config_maps_ready(self, run: _PodRun, pod: Json) -> bool:
+        """Whether every configMap volume the pod mounts can be written (else the pod stays Pending, said once)."""
+        container = _main_container(pod.get("spec") or {}) or {}
+        try:
+            self._mounts(run, pod, container)
+        except _MissingConfigMap as e:
+            if run.waiting_for != str(e):
+                run.waiting_for = str(e)
+                log.warning("pod %s/%s: MountVolume.SetUp failed: %s (the pod stays Pending until it exists)",
+                            run.namespace, run.name, e)
+            return False
+        return True
+
     def _mounts(self, run: _PodRun, pod: Json, container: Json) -> list[tuple[str, Path]]:
         volumes = {v.get("name"): v for v in (pod.get("spec") or {}).get("volumes") or []}
         mounts: list[tuple[str, Path]] = []
@@ -895,6 +978,9 @@ class ProcessKubelet:
             elif "projected" in volume:
                 host = run.pod_dir / "volumes" / str(volume["name"])
                 self._projected(run, pod, volume, host)
+            elif "configMap" in volume:
+                host = run.pod_dir / "volumes" / str(volume["name"])
+                self._config_map(run, volume, host)
             elif "hostPath" in volume:
                 safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str((volume["hostPath"] or {}).get("path", "")).strip("/"))
                 host = self.state_dir / "volumes" / "hostpath" / (safe or "root")
@@ -911,6 +997,8 @@ class ProcessKubelet:
         if container is None:
             self._fail(run, 128, "StartError", "the pod has no containers")
             return
+        if not self._config_maps_ready(run, pod):
+            return  # looked at again on the next sync
         try:
             env = self.pod_environment(run, pod, container)
         except _Unresolved as e:

@@ -1,18 +1,21 @@
 """``etj sandbox up|down|status|logs``: the whole loop on one machine, no cluster, no GPU.
 
-A sandbox is the API emulator (with the CRD and server-side validation), the process kubelet and the real
-operator, all in one foreground process, plus the pods' processes and one node agent process per node
-(``etj node-agent --backend simulated``, :mod:`etj_operator.sandbox.agents`). Its state directory (default
-``.etj-sandbox/``) holds:
+A sandbox is the API emulator (with the CRD and server-side validation), the process kubelet, each node's
+simulated DCGM exporter (:mod:`etj_operator.sandbox.dcgm`) and the real operator, all in one foreground
+process, plus the pods' processes, one node agent process per node (``etj node-agent --backend simulated``,
+:mod:`etj_operator.sandbox.agents`) and, when the binary is installed, a real Prometheus scraping the node
+exporters (:mod:`etj_operator.sandbox.prometheus`; the operator's ``ETJ_PROMETHEUS_URL`` points at it). Its
+state directory (default ``.etj-sandbox/``) holds:
 
 * ``sandbox.json``: the pid of the process that serves it, the API URL and the kubeconfig path;
 * ``kubeconfig``: point kubectl at it with ``export KUBECONFIG=<state>/kubeconfig``;
 * ``pods/<namespace>/<pod>/<uid>/``: each pod's log (``trainer.log``), working dir and emptyDir volumes;
 * ``nodes/<node>/``: the node's simulated GPUs (``gpus.json``), its PodResources socket
   (``pod-resources/kubelet.sock``) and its agent's log (``node-agent.log``);
-* ``volumes/``: persistentVolumeClaim and hostPath stand-ins; ``shim/``: the pods' ``sitecustomize``.
+* ``volumes/``: persistentVolumeClaim and hostPath stand-ins; ``shim/``: the pods' ``sitecustomize``;
+* ``prometheus/``: the sandbox's Prometheus (config, TSDB, log), when it runs.
 
-Every process a pod starts, and every node agent, carries the state directory in its environment, so
+Every process a pod starts, every node agent and the Prometheus process carry the state directory in its environment, so
 ``down``, Ctrl-C, SIGTERM and a later ``up`` after a crash find and stop all of them
 (:func:`~etj_operator.sandbox.kubelet.kill_tagged`). A new sandbox starts with fresh node GPUs (``nodes/`` is
 made anew, as ``pods/`` is).
@@ -36,7 +39,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from etj_operator.sandbox.agents import AGENT_TAG_PREFIX, NodeAgentProcess
+from etj_operator.sandbox.dcgm import NodeDcgmExporter
 from etj_operator.sandbox.kubelet import KubeletConfig, ProcessKubelet, iter_pod_logs, kill_tagged, tagged_processes
+from etj_operator.sandbox.prometheus import INSTALL_HINT, PROMETHEUS_TAG, SandboxPrometheus, find_prometheus
 
 if TYPE_CHECKING:
     from etj_operator.runner import OperatorThread
@@ -74,6 +79,8 @@ OPERATOR_ENV_DEFAULTS: Mapping[str, str] = {
 
 #: Tells the operator that node agents apply the power limits (its config reads it).
 ENV_NODE_AGENT = "ETJ_NODE_AGENT"
+#: The operator's default Prometheus: the sandbox's own, when it runs.
+ENV_PROMETHEUS_URL = "ETJ_PROMETHEUS_URL"
 
 
 class SandboxError(RuntimeError):
@@ -112,6 +119,16 @@ class SandboxOptions:
     node_agent: bool = True
     #: The agents' ``--interval`` (s): short, so that a cap follows the throttle within a few seconds.
     node_agent_interval_seconds: float = 2.0
+    #: Run each node's simulated DCGM exporter (nodes with GPUs): every GPU's power, energy and limit, for any
+    #: program (:mod:`etj_operator.sandbox.dcgm`).
+    dcgm_exporter: bool = True
+    #: How often the exporters sample (s).
+    dcgm_interval_seconds: float = 0.5
+    #: Run a real Prometheus scraping the node exporters, when the ``prometheus`` binary is found (and the node
+    #: exporters run), and point the operator's ``ETJ_PROMETHEUS_URL`` at it. False: never.
+    prometheus: bool = True
+    #: Its scrape interval (s).
+    prometheus_scrape_interval_seconds: float = 1.0
 
 
 def read_state(state_dir: Path) -> dict[str, Any] | None:
@@ -148,6 +165,12 @@ class Sandbox:
         self.operator: OperatorThread | None = None
         #: One per node while running (the sandbox has one node).
         self.node_agents: list[NodeAgentProcess] = []
+        #: Each node's simulated DCGM exporter, while running.
+        self.dcgm_exporters: list[NodeDcgmExporter] = []
+        #: The sandbox's Prometheus, while it runs (None: off, or no binary; :attr:`prometheus_note` says why).
+        self.prometheus: SandboxPrometheus | None = None
+        self.prometheus_note = ""
+        self._agent_kubeconfig: Path | None = None
         self.kubeconfig = self.state_dir / "kubeconfig"
         self._saved_env: dict[str, str | None] = {}
         self._saved_kube_default: str | None = None
@@ -170,7 +193,7 @@ class Sandbox:
         killed = kill_tagged(self.state_dir, grace_seconds=2.0)
         if killed:
             log.warning("stopped %d processes left by a previous sandbox in %s", len(killed), self.state_dir)
-        for sub in ("pods", "volumes", "shim", "nodes"):
+        for sub in ("pods", "volumes", "shim", "nodes", "prometheus"):
             shutil.rmtree(self.state_dir / sub, ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
             (self.state_dir / STATE_FILE).unlink()
@@ -208,6 +231,9 @@ class Sandbox:
                               gpus=self.options.gpus_per_node),
             ).start()
             self.server.emulator.pod_log_reader = self.kubelet.read_log
+            if self.options.dcgm_exporter and self.options.gpus_per_node > 0:
+                self._start_dcgm_exporters()
+            self._start_prometheus()
             if self.options.node_agent and self.options.gpus_per_node > 0:
                 self._start_node_agents()
             if self.options.operator:
@@ -223,6 +249,39 @@ class Sandbox:
             raise
         return self
 
+    def _start_dcgm_exporters(self) -> None:
+        """Start the node's simulated DCGM exporter (in this process: it reads the kubelet's allocation)."""
+        assert self.kubelet is not None
+        kubelet = self.kubelet
+        if kubelet.node_gpus_file is None:
+            return
+        exporter = NodeDcgmExporter(kubelet.config.node_name, kubelet.node_gpus_file, kubelet.gpu_holders,
+                                    state_dir=self.state_dir, interval_seconds=self.options.dcgm_interval_seconds)
+        self.dcgm_exporters.append(exporter.start())
+
+    def _start_prometheus(self) -> None:
+        """Start Prometheus over the node exporters when asked and the binary is found; else say why not."""
+        if not self.options.prometheus:
+            self.prometheus_note = "off (SandboxOptions.prometheus=False)"
+            return
+        if not self.dcgm_exporters:
+            self.prometheus_note = "off: no node has simulated GPUs, so there is no DCGM exporter to scrape"
+            return
+        binary = find_prometheus()
+        if binary is None:
+            self.prometheus_note = (f"not started: no prometheus binary ({INSTALL_HINT}); jobs with"
+                                    " telemetry.source Prometheus get no readings, Direct ones are measured as before")
+            log.warning("sandbox: Prometheus %s", self.prometheus_note)
+            return
+        prometheus = SandboxPrometheus(self.state_dir, [e.address for e in self.dcgm_exporters], binary,
+                                       scrape_interval_seconds=self.options.prometheus_scrape_interval_seconds)
+        try:
+            self.prometheus = prometheus.start()
+        except (OSError, RuntimeError) as e:
+            raise SandboxError(f"cannot start Prometheus ({binary}): {e}") from e
+        self.prometheus_note = (f"{self.prometheus.url}, scraping the node DCGM exporters every"
+                                f" {self.options.prometheus_scrape_interval_seconds:g} s")
+
     def _start_node_agents(self) -> None:
         """Start the node's agent as a process, with its own ServiceAccount (waited for in :meth:`start`)."""
         from etj_operator.sandbox.identities import install_operator_identity, node_agent_rbac_objects
@@ -231,23 +290,49 @@ class Sandbox:
         kubelet = self.kubelet
         if kubelet.pod_resources_socket is None:
             raise SandboxError("the node agent needs the kubelet's PodResources socket (pip install grpcio)")
-        token = install_operator_identity(self.server, node_agent_rbac_objects())
-        kubeconfig = self.server.write_kubeconfig(self.state_dir / "node-agent-kubeconfig", token=token)
-        kubeconfig.chmod(0o600)
+        if self._agent_kubeconfig is None:
+            token = install_operator_identity(self.server, node_agent_rbac_objects())
+            kubeconfig = self.server.write_kubeconfig(self.state_dir / "node-agent-kubeconfig", token=token)
+            kubeconfig.chmod(0o600)
+            self._agent_kubeconfig = kubeconfig
         agent = NodeAgentProcess(node=kubelet.config.node_name, node_dir=kubelet.node_dir,
-                                 socket=kubelet.pod_resources_socket, kubeconfig=kubeconfig,
+                                 socket=kubelet.pod_resources_socket, kubeconfig=self._agent_kubeconfig,
                                  sandbox_state_dir=self.state_dir, gpus=self.options.gpus_per_node,
                                  interval_seconds=self.options.node_agent_interval_seconds)
         self.node_agents.append(agent.start())
 
+    def stop_node_agents(self) -> list[int | None]:
+        """Stop every node agent (SIGTERM: each puts the GPUs it capped back to their default); exit codes.
+
+        What a node looks like when its agent is gone (an uninstalled DaemonSet): nothing enforces the
+        operator's caps any more, and the GPUs report their default limits. :meth:`start_node_agents` brings
+        them back. The operator is not told (``ETJ_NODE_AGENT`` stays as it was): it sees it in the limits.
+        """
+        codes = [agent.stop() for agent in self.node_agents]
+        self.node_agents = []
+        return codes
+
+    def start_node_agents(self) -> None:
+        """Start the node agents again (after :meth:`stop_node_agents`) and wait for their first cycle."""
+        if self.node_agents or self.options.gpus_per_node <= 0:
+            return
+        self._start_node_agents()
+        for agent in self.node_agents:
+            try:
+                agent.wait_ready()
+            except RuntimeError as e:
+                raise SandboxError(str(e)) from e
+
     def operator_settings(self, kubeconfig: Path) -> dict[str, str]:
         """The operator's environment: the defaults, ``ETJ_NODE_AGENT``, then ``operator_env``, and its kubeconfig.
 
-        ``ETJ_NODE_AGENT`` is "1" when the node agents run (they apply the power limits), else "0".
+        ``ETJ_NODE_AGENT`` is "1" when the node agents run (they apply the power limits), else "0";
+        ``ETJ_PROMETHEUS_URL`` is the sandbox's Prometheus when it runs (a job's ``prometheusURL`` still wins).
         """
         runs_agent = self.options.node_agent and self.options.gpus_per_node > 0
+        prometheus = {ENV_PROMETHEUS_URL: self.prometheus.url} if self.prometheus is not None else {}
         return {**OPERATOR_ENV_DEFAULTS, ENV_NODE_AGENT: "1" if runs_agent else "0", **self.options.operator_env,
-                "KUBECONFIG": str(kubeconfig)}
+                **prometheus, "KUBECONFIG": str(kubeconfig)}
 
     def _start_operator(self) -> None:
         import kubernetes
@@ -259,7 +344,8 @@ class Sandbox:
         token = install_operator_identity(self.server, chart_rbac_objects())  # the chart's ServiceAccount and rules
         operator_kubeconfig = self.server.write_kubeconfig(self.state_dir / "operator-kubeconfig", token=token)
         settings = self.operator_settings(operator_kubeconfig)
-        forced = ("KUBECONFIG", ENV_NODE_AGENT)  # what the sandbox itself decides: never the caller's leftovers
+        # what the sandbox itself decides: never the caller's leftovers
+        forced = ("KUBECONFIG", ENV_NODE_AGENT, *((ENV_PROMETHEUS_URL,) if self.prometheus is not None else ()))
         for name, value in settings.items():
             if name in forced or name in self.options.operator_env or name not in os.environ:
                 self._saved_env.setdefault(name, os.environ.get(name))
@@ -273,7 +359,9 @@ class Sandbox:
     def _write_state(self) -> None:
         assert self.server is not None
         state = {"pid": os.getpid(), "url": self.server.url, "kubeconfig": str(self.kubeconfig),
-                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 "dcgmExporters": {e.node: e.metrics_url for e in self.dcgm_exporters},
+                 "prometheus": self.prometheus.url if self.prometheus is not None else None}
         tmp = self.state_dir / f".{STATE_FILE}.tmp"
         tmp.write_text(json.dumps(state, indent=2) + "\n")
         tmp.replace(self.state_dir / STATE_FILE)
@@ -293,6 +381,12 @@ class Sandbox:
         for agent in self.node_agents:
             agent.stop()
         self.node_agents = []
+        if self.prometheus is not None:
+            self.prometheus.stop()
+            self.prometheus = None
+        for exporter in self.dcgm_exporters:
+            exporter.stop()
+        self.dcgm_exporters = []
         if self.kubelet is not None:
             self.kubelet.stop()
             self.kubelet = None
@@ -387,6 +481,9 @@ def up(options: SandboxOptions, *, out: Any = None) -> int:
             for agent in sandbox.node_agents:
                 print(f"  node agent: {agent.node} ({agent.gpus} simulated GPUs, every {agent.interval_seconds:g} s),"
                       f" metrics {agent.metrics_url}, log {agent.log_path}", file=out)
+            for exporter in sandbox.dcgm_exporters:
+                print(f"  DCGM exporter (simulated power): {exporter.node}, {exporter.metrics_url}", file=out)
+            print(f"  Prometheus: {sandbox.prometheus_note or '-'}", file=out)
             print("  point kubectl at it:", file=out)
             print(f"    export KUBECONFIG={sandbox.kubeconfig}", file=out)
             print("    kubectl apply -f workloads/examples/digits-ddp.yaml && kubectl get etj,pods", file=out)
@@ -456,6 +553,9 @@ def status(state_dir: Path) -> int:
         if tag.startswith(AGENT_TAG_PREFIX):
             print(f"node agent of {tag.removeprefix(AGENT_TAG_PREFIX)} (simulated GPUs): pids"
                   f" {', '.join(map(str, members))}")
+            continue
+        if tag == PROMETHEUS_TAG:
+            print(f"Prometheus (scraping the simulated DCGM exporters): pids {', '.join(map(str, members))}")
             continue
         namespace, name, _uid = [*tag.split("/"), "", "", ""][:3]
         print(f"pod {namespace}/{name}: pids {', '.join(map(str, members))}")
