@@ -96,8 +96,16 @@ def install_operator_identity(server: EmulatorServer, objects: Iterable[Mapping[
     """Create (or replace) the RBAC objects and the ServiceAccount; return a token of that ServiceAccount.
 
     ``objects`` may hold other kinds (a rendered chart): only ServiceAccounts and RBAC objects are loaded.
-    The token is the first ServiceAccount's (the one a ClusterRoleBinding names, for a rendered chart).
+    The token is the operator's: the ServiceAccount its Deployment runs as, when the objects hold the
+    Deployment (a rendered chart, which may also hold the node agent's binding), else the first ServiceAccount
+    a ClusterRoleBinding names.
     """
+    objects = list(objects)
+    operator_account: str | None = None
+    for obj in objects:
+        if obj.get("kind") == "Deployment":
+            pod_spec = ((obj.get("spec") or {}).get("template") or {}).get("spec") or {}
+            operator_account = pod_spec.get("serviceAccountName") or operator_account
     account: tuple[str, str] | None = None
     for obj in objects:
         plural = _KIND_PLURALS.get(str(obj.get("kind")))
@@ -112,10 +120,10 @@ def install_operator_identity(server: EmulatorServer, objects: Iterable[Mapping[
             server.replace(plural, namespace, meta["name"], {**obj, "metadata": existing["metadata"]})
         if plural == "clusterrolebindings" and account is None:
             for subject in obj.get("subjects") or []:
-                if subject.get("kind") == "ServiceAccount":
+                if subject.get("kind") == "ServiceAccount" and operator_account in (None, subject.get("name")):
                     account = (subject["namespace"], subject["name"])
     if account is None:
-        raise ValueError("no ClusterRoleBinding names a ServiceAccount")
+        raise ValueError("no ClusterRoleBinding names the operator's ServiceAccount")
     if server.get("serviceaccounts", account[0], account[1]) is None:
         server.create("serviceaccounts", {"metadata": {"name": account[1]}}, namespace=account[0])
     return server.service_account_token(*account)
