@@ -163,7 +163,8 @@ def _shown(value: str) -> str:
 def generated_env_names(spec: JobSpec) -> frozenset[str]:
     """The names of every variable the operator sets in the trainer container (the same for every pod)."""
     ctx = EnvContext(job_name="job", namespace="namespace", spec=spec, replica_index=0, gang_generation=0)
-    return frozenset(var["name"] for var in worker_env(ctx))
+    # ETJ_POWER_ENFORCER too: the operator alone says who enforces the caps (``_shape_trainer`` always drops it)
+    return frozenset(var["name"] for var in worker_env(ctx)) | {c.ENV_ETJ_POWER_ENFORCER}
 
 
 def env_overrides(spec: JobSpec) -> tuple[str, ...]:

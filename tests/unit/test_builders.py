@@ -273,3 +273,15 @@ def test_the_replaced_user_variables_are_named_and_are_exactly_the_ones_dropped(
     assert builders.env_overrides(with_checkpoint) == ("ETJ_CHECKPOINT_DIR", "MASTER_ADDR", "WORLD_SIZE")
     _, plain = make()
     assert builders.env_overrides(plain) == ()
+
+
+def test_a_template_that_names_the_power_enforcer_is_told_it_was_replaced():
+    """Only the operator says who enforces the caps: the template's ETJ_POWER_ENFORCER goes, and is named."""
+    template = job_manifest()["spec"]["template"]
+    template["spec"]["containers"][0]["env"] = [{"name": c.ENV_ETJ_POWER_ENFORCER, "value": c.POWER_ENFORCER_POD}]
+    job, spec = make(template=template, energy={"power": {"mode": "Fixed", "limitWatts": 300}})
+    assert builders.env_overrides(spec) == (c.ENV_ETJ_POWER_ENFORCER,)
+    without_agent = trainer(builders.build_worker_pod(job, spec, 0, 0))["env"]
+    assert c.ENV_ETJ_POWER_ENFORCER not in {v["name"] for v in without_agent}
+    with_agent = trainer(builders.build_worker_pod(job, spec, 0, 0, builders.PodOptions(node_agent=True)))["env"]
+    assert [v["value"] for v in with_agent if v["name"] == c.ENV_ETJ_POWER_ENFORCER] == [c.POWER_ENFORCER_AGENT]
