@@ -58,10 +58,13 @@ def integrate(
     *,
     source: str,
     intensity_grams_per_kwh: float | None = None,
-    limit_watts_per_gpu: float | None = None,
     settings: AccountingSettings | None = None,
 ) -> float:
-    """Add one cycle of ``samples`` (all of one job's GPUs) to ``state``; return the joules added."""
+    """Add one cycle of ``samples`` (all of one job's GPUs) to ``state``; return the joules added.
+
+    The history point of the cycle records the highest power limit the samples report (as measured by the
+    exporter; None when none reports one), never a limit asked for.
+    """
     settings = settings or AccountingSettings()
     added = 0.0
     cycle_watts = 0.0
@@ -107,7 +110,9 @@ def integrate(
     if newest is not None:
         state.last_sample_seconds = newest
         _forget_old_series(state, newest)
-        _record(state, newest, limit_watts_per_gpu)
+        limits = [x.power_limit_watts for x in samples if x.power_limit_watts is not None]
+        limits = [w for w in limits if math.isfinite(w)]
+        _record(state, newest, max(limits) if limits else None)
     return added
 
 

@@ -260,17 +260,11 @@ def _run_policies(
         if carbon.intensity_query is not None:
             intensity = telemetry.intensity_grams_per_kwh if telemetry else None
     gpu_count = obs.gpu_count
-    # The limits the GPUs report (read back by the node agent or dcgm-exporter): what the history records and
-    # what the cap is verified against, never the limit asked.
+    # The limits the GPUs report (read back by the node agent or dcgm-exporter): what the cap is verified
+    # against (and what integrate records in the history), never the limit asked.
     applied = [s.power_limit_watts for s in telemetry.samples if s.power_limit_watts is not None] if telemetry else []
     if telemetry is not None:
-        integrate(
-            energy,
-            telemetry.samples,
-            source=telemetry.source,
-            intensity_grams_per_kwh=intensity,
-            limit_watts_per_gpu=max(applied) if applied else None,
-        )
+        integrate(energy, telemetry.samples, source=telemetry.source, intensity_grams_per_kwh=intensity)
         gpus = {s.series for s in telemetry.samples}
         if gpus:
             gpu_count = len(gpus)

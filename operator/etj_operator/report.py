@@ -13,7 +13,7 @@ both read through the contract's records (:class:`~etj_contract.EnergySection`,
 * ``status.conditions``: Paused and Throttled with their lastTransitionTime;
 * ``spec`` for the GPU count (replicas x nprocPerNode) and the energy budget.
 
-The plot has two panels sharing a UTC time axis: job power with the power limit (per-GPU limit x GPUs),
+The plot has two panels sharing a UTC time axis: job power with the power limit the GPUs reported (x GPUs),
 stage and condition markers, a shaded span while the job is paused; and cumulative energy with the
 budget line. Data from the simulated GPU is labelled as such in the JSON and the plot title.
 

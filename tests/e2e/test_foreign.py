@@ -12,7 +12,6 @@ Nothing waits on wall time: every wait is for a condition, with a timeout.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,6 +26,8 @@ from etj_operator.sandbox.agents import node_gpu_limits, parse_metrics
 from etj_operator.sandbox.kubelet import tagged_processes
 from etj_operator.sandbox.sandbox import REPO_ROOT, Sandbox, SandboxOptions
 
+from emulated import wait_until
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 NS = "default"
@@ -36,13 +37,7 @@ BUDGET = 500.0
 
 
 def wait_for(predicate: Callable[[], Any], what: str, seconds: float = 120) -> Any:
-    deadline = time.monotonic() + seconds
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
+    return wait_until(predicate, seconds, what)  # the tests' one poll loop (tests/emulated.py)
 
 
 @pytest.fixture(scope="module")

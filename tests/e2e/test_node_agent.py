@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -28,6 +27,8 @@ from etj_operator.nodeagent.podresources import PodResourcesClient
 from etj_operator.sandbox.agents import NodeAgentProcess, node_gpu_limits
 from etj_operator.sandbox.kubelet import tagged_processes
 from etj_operator.sandbox.sandbox import REPO_ROOT, Sandbox, SandboxOptions
+
+from emulated import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -49,13 +50,7 @@ while True:
 
 
 def wait_for(predicate: Callable[[], object], what: str, seconds: float = 60) -> object:
-    deadline = time.monotonic() + seconds
-    while True:
-        value = predicate()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
+    return wait_until(predicate, seconds, what)  # the tests' one poll loop (tests/emulated.py)
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,10 @@ from etj_operator.energy import HISTORY_MAX_POINTS, AccountingSettings, EnergySt
 from etj_operator.telemetry.base import GpuSample
 
 
-def sample(t, mj=None, w=None, pod="job-worker-0", gpu="GPU-0", simulated=False):
-    return GpuSample("ns", pod, gpu, float(t), power_watts=w, energy_mj=mj, simulated=simulated)
+def sample(t, mj=None, w=None, pod="job-worker-0", gpu="GPU-0", simulated=False, limit=None):
+    return GpuSample(
+        "ns", pod, gpu, float(t), power_watts=w, energy_mj=mj, simulated=simulated, power_limit_watts=limit
+    )
 
 
 def test_counter_deltas_are_summed_per_gpu():
@@ -84,11 +86,14 @@ def test_simulated_readings_are_labelled():
 def test_history_is_bounded():
     s = EnergyState()
     for t in range(HISTORY_MAX_POINTS * 3):
-        integrate(s, [sample(t, t * 1000, 100)], source="Prometheus", limit_watts_per_gpu=250)
+        integrate(s, [sample(t, t * 1000, 100, limit=250.0), sample(t, t * 1000, 100, gpu="GPU-1", limit=300.0)],
+                  source="Prometheus")
     assert len(s.history) <= HISTORY_MAX_POINTS
     times = [p[0] for p in s.history]
     assert times == sorted(times) and times[-1] == HISTORY_MAX_POINTS * 3 - 1
-    assert s.history[-1][2] == 250
+    assert s.history[-1][2] == 300.0  # the highest limit the GPUs reported
+    integrate(s, [sample(HISTORY_MAX_POINTS * 3, 0, 100)], source="Prometheus")
+    assert s.history[-1][2] is None  # none reported: unknown, not the last one
 
 
 def test_garbage_status_is_tolerated():
