@@ -27,6 +27,7 @@ from typing import Any, Final
 from etj_contract._fields import FieldProblem, Fields, describe_value, set_fields, to_rfc3339
 
 __all__ = [
+    "DISPLAY_KEYS",
     "DRAIN_KEYS",
     "ENERGY",
     "ENERGY_KEYS",
@@ -38,6 +39,7 @@ __all__ = [
     "POLICY_KEYS",
     "SERIES_KEYS",
     "SIMULATED_SUFFIX",
+    "UNKNOWN",
     "Drain",
     "EnergySection",
     "PlacementSection",
@@ -66,7 +68,12 @@ ENERGY_KEYS: Final[Mapping[str, str]] = {
     "last_sample_seconds": "lastSampleTime",
     "series": "series",
     "history": "history",
+    "display": "display",
 }
+#: ``status.energy.display``: what ``kubectl get`` shows (strings; ``-`` when unknown, never 0).
+DISPLAY_KEYS: Final[Mapping[str, str]] = {"power": "power", "energy": "energy"}
+#: What the display shows for a figure nobody measured.
+UNKNOWN: Final = "-"
 #: ``status.energy.series.<key>``: attribute name -> key (short: one entry per pod and GPU).
 SERIES_KEYS: Final[Mapping[str, str]] = {
     "last_seen_seconds": "t",
@@ -174,7 +181,8 @@ class EnergySection:
     joules: float = 0.0
     grams_co2e: float = 0.0
     peak_watts: float = 0.0
-    current_watts: float = 0.0
+    #: The job's power in the last cycle; None when that cycle had no power reading (unknown, never 0).
+    current_watts: float | None = None
     covered_seconds: float = 0.0
     #: The newest reading integrated. Units: unix seconds (written as the RFC 3339 ``lastSampleTime``).
     last_sample_seconds: float | None = None
@@ -188,6 +196,15 @@ class EnergySection:
     problems: tuple[str, ...] = field(default=(), compare=False)
 
     @property
+    def measured(self) -> bool:
+        """Whether any reading was ever integrated (else every total is unknown, not 0).
+
+        A status that carries totals without ``lastSampleTime`` (written by hand, or by an older operator)
+        counts as measured: its totals are kept.
+        """
+        return self.last_sample_seconds is not None or self.joules > 0 or self.covered_seconds > 0
+
+    @property
     def kilowatt_hours(self) -> float:
         """Total energy in kWh."""
         return self.joules / JOULES_PER_KWH
@@ -198,24 +215,39 @@ class EnergySection:
         return self.joules / self.covered_seconds if self.covered_seconds > 0 else 0.0
 
     def to_status(self) -> dict[str, Any]:
-        """The ``status.energy`` object (totals rounded for display; the record keeps full precision)."""
+        """The ``status.energy`` object (totals rounded for display; the record keeps full precision).
+
+        Figures nobody measured are left out (a job without readings has no ``kilowattHours``; a cycle
+        without a power reading no ``currentWatts``), and ``display`` shows them as ``-``: unknown is
+        never written as 0.
+        """
         k = ENERGY_KEYS
-        return {
-            k["joules"]: round(self.joules, 6),
-            k["kilowatt_hours"]: round(self.kilowatt_hours, 9),
-            k["average_watts"]: round(self.average_watts, 2),
-            k["peak_watts"]: round(self.peak_watts, 2),
-            k["current_watts"]: round(self.current_watts, 2),
-            k["grams_co2e"]: round(self.grams_co2e, 9),
-            k["covered_seconds"]: round(self.covered_seconds, 3),
-            k["source"]: self.source + (SIMULATED_SUFFIX if self.simulated and self.source else ""),
-            k["simulated"]: self.simulated,
-            k["last_sample_seconds"]: None
-            if self.last_sample_seconds is None
-            else to_rfc3339(self.last_sample_seconds),
-            k["series"]: {key: entry.to_status() for key, entry in sorted(self.series.items())},
-            k["history"]: [list(point) for point in self.history],
-        }
+        out: dict[str, Any] = {}
+        if self.measured:
+            out[k["joules"]] = round(self.joules, 6)
+            out[k["kilowatt_hours"]] = round(self.kilowatt_hours, 9)
+            out[k["average_watts"]] = round(self.average_watts, 2)
+            out[k["peak_watts"]] = round(self.peak_watts, 2)
+            out[k["grams_co2e"]] = round(self.grams_co2e, 9)
+            out[k["covered_seconds"]] = round(self.covered_seconds, 3)
+        if self.current_watts is not None:
+            out[k["current_watts"]] = round(self.current_watts, 2)
+        out[k["source"]] = self.source + (SIMULATED_SUFFIX if self.simulated and self.source else "")
+        out[k["simulated"]] = self.simulated
+        out[k["last_sample_seconds"]] = (
+            None if self.last_sample_seconds is None else to_rfc3339(self.last_sample_seconds)
+        )
+        out[k["series"]] = {key: entry.to_status() for key, entry in sorted(self.series.items())}
+        out[k["history"]] = [list(point) for point in self.history]
+        out[k["display"]] = self.display()
+        return out
+
+    def display(self) -> dict[str, str]:
+        """``status.energy.display``: the power and energy as ``kubectl get`` shows them (``-``: unknown)."""
+        d = DISPLAY_KEYS
+        power = UNKNOWN if self.current_watts is None else f"{self.current_watts:.0f} W"
+        energy = UNKNOWN if not self.measured else f"{self.kilowatt_hours:.4g} kWh"
+        return {d["power"]: power, d["energy"]: energy}
 
     @classmethod
     def from_status(cls, raw: Any, path: str = f"status.{ENERGY}") -> EnergySection:
@@ -244,7 +276,7 @@ class EnergySection:
             joules=total("joules"),
             grams_co2e=total("grams_co2e"),
             peak_watts=total("peak_watts"),
-            current_watts=total("current_watts"),
+            current_watts=f.number(k["current_watts"], 0.0),
             covered_seconds=total("covered_seconds"),
             last_sample_seconds=_time_or_legacy_seconds(f, k["last_sample_seconds"]),
             source=source.removesuffix(SIMULATED_SUFFIX),

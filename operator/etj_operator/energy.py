@@ -105,6 +105,8 @@ def integrate(
     if have_power:
         state.current_watts = cycle_watts
         state.peak_watts = max(state.peak_watts, cycle_watts)
+    else:
+        state.current_watts = None  # no power reading this cycle: the job's power is unknown, not 0
     if samples:
         state.source = source
     if newest is not None:
@@ -161,6 +163,8 @@ def _forget_old_series(state: EnergyState, now: float) -> None:
 
 
 def _record(state: EnergyState, t: float, limit: float | None) -> None:
+    if state.current_watts is None:
+        return  # a point needs the job's power; a cycle without one leaves a gap in the history
     point: list[float | None] = [round(t, 3), round(state.current_watts, 2), limit, round(state.joules, 3)]
     if state.history and state.history[-1][0] == point[0]:
         state.history[-1] = point

@@ -335,6 +335,8 @@ def _throttle(i: PolicyInputs, out: PolicyOutcome) -> None:
     s = i.settings
     limit, reachable = throttle_limit(budget, i.gpu_count, s.gpu_min_limit_watts, s.gpu_max_limit_watts)
     watts = i.energy.current_watts
+    if watts is None:
+        return  # no power reading this cycle: nothing to decide on
     if current is None:
         if watts > budget:
             out.control = dataclasses.replace(out.control, power_limit_watts_per_gpu=limit)

@@ -11,7 +11,32 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Protocol
+
+
+class TelemetryCause(StrEnum):
+    """Why a job got the readings it got: the ``TelemetryAvailable`` condition's reason.
+
+    The values are API: users and alerts match on them (docs/telemetry.md lists them).
+    """
+
+    #: Readings arrived for the job's pods.
+    SAMPLES_RECEIVED = "SamplesReceived"
+    #: None of the job's pods runs, so there is nothing to read.
+    NO_RUNNING_PODS = "NoRunningPods"
+    #: The source failed as a whole (Prometheus unreachable, HTTP error, timeout, malformed answer).
+    QUERY_FAILED = "QueryFailed"
+    #: Prometheus answered, but with no GPU series for these pods.
+    NO_SERIES = "NoSeries"
+    #: Prometheus has GPU series, but none carries the pod/namespace labels the operator reads.
+    LABEL_MISMATCH = "LabelMismatch"
+    #: Series named the job's pods but were not theirs (another node, older than the pod, too many GPUs).
+    NOT_ATTRIBUTED = "SeriesNotAttributed"
+    #: Direct: the pods' /metrics could not be scraped.
+    SCRAPE_FAILED = "ScrapeFailed"
+    #: The job's spec names a Prometheus URL (or query) the operator's allowlist does not permit.
+    NOT_ALLOWED = "SourceNotAllowed"
 
 
 def rfc3339_seconds(text: str | None) -> float | None:
@@ -41,6 +66,9 @@ class PodTarget:
     uid: str = ""
     node: str | None = None
     start_time: str | None = None
+    #: The GPUs the pod requested (``nvidia.com/gpu``, limits or requests of its containers); None: unknown.
+    #: A source attributes no more GPU series than this to the pod.
+    gpus: int | None = None
 
     @property
     def start_seconds(self) -> float | None:
@@ -139,11 +167,22 @@ class TelemetryResult:
     #: pod's start): how many, and the last reason per ``"<namespace>/<pod>"``. Not an error.
     rejected: int = 0
     rejected_reasons: dict[str, str] = field(default_factory=dict)
+    #: Series not attributed, counted by kind of reason (``node``, ``before_start``, ``too_many_gpus``,
+    #: ``duplicate``...): the operator's ``etj_telemetry_rejected_series_total{reason}``.
+    rejected_by_kind: dict[str, int] = field(default_factory=dict)
+    #: When the source found no series for some targets: the label names the GPU series it saw carry
+    #: (to name a label mismatch), empty when it saw no GPU series at all.
+    labels_seen: tuple[str, ...] = ()
+    #: Set with ``error`` when the backend answered with an HTTP error: its status code (never its body).
+    status_code: int | None = None
+    #: The cause of ``error`` (QUERY_FAILED, NOT_ALLOWED, ...), None without an error.
+    error_cause: TelemetryCause | None = None
 
-    def reject(self, target: PodTarget, reason: str) -> None:
-        """Count a series that is not ``target``'s own."""
+    def reject(self, target: PodTarget, reason: str, kind: str = "other") -> None:
+        """Count a series that is not ``target``'s own (``kind`` names the reason for metrics)."""
         self.rejected += 1
         self.rejected_reasons[f"{target.namespace}/{target.pod}"] = reason
+        self.rejected_by_kind[kind] = self.rejected_by_kind.get(kind, 0) + 1
 
 
 class TelemetrySource(Protocol):
@@ -170,5 +209,8 @@ class JobTelemetry:
     source: str
     samples: list[GpuSample] = field(default_factory=list)
     ok: bool = False
+    #: The operator's own words on what went wrong (never a backend's response body); empty when ok.
     reason: str = ""
+    #: What ``reason`` is, as the condition's reason.
+    cause: TelemetryCause = TelemetryCause.SAMPLES_RECEIVED
     intensity_grams_per_kwh: float | None = None

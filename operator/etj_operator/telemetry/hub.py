@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from etj_operator.metrics import TELEMETRY_CYCLE_SECONDS, TELEMETRY_ERRORS, TELEMETRY_REQUESTS
-from etj_operator.telemetry.base import GpuSample, JobTelemetry, PodTarget, TelemetrySource
+from etj_operator.telemetry.base import GpuSample, JobTelemetry, PodTarget, TelemetryCause, TelemetrySource
 
 logger = logging.getLogger(__name__)
 
@@ -128,8 +128,10 @@ class TelemetryHub:
             delivery = JobTelemetry(self.cycle, now, skey[0], samples)
             if result.error:
                 delivery.reason = f"{skey[0]} unavailable: {result.error}"
+                delivery.cause = result.error_cause or TelemetryCause.QUERY_FAILED
             elif not reg.targets:
                 delivery.reason = "no running pods to read"
+                delivery.cause = TelemetryCause.NO_RUNNING_PODS
             elif not samples:
                 pods = [f"{t.namespace}/{t.pod}" for t in reg.targets]
                 errors = [result.pod_errors[p] for p in pods if p in result.pod_errors]
@@ -139,6 +141,17 @@ class TelemetryHub:
                     if p in result.rejected_reasons
                 ]
                 delivery.reason = f"no GPU readings for this job's pods{': ' + errors[0] if errors else ''}"
+                if any(p in result.pod_errors for p in pods):
+                    delivery.cause = TelemetryCause.SCRAPE_FAILED
+                elif any(p in result.rejected_reasons for p in pods):
+                    delivery.cause = TelemetryCause.NOT_ATTRIBUTED
+                elif result.labels_seen:
+                    delivery.cause = TelemetryCause.LABEL_MISMATCH
+                    delivery.reason += (
+                        "; the GPU series Prometheus has carry the labels " + ", ".join(result.labels_seen)
+                    )
+                else:
+                    delivery.cause = TelemetryCause.NO_SERIES
             delivery.ok = bool(samples)
             self._inbox[reg.key] = delivery
         return result.requests
