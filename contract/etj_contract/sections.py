@@ -245,8 +245,8 @@ class EnergySection:
     def display(self) -> dict[str, str]:
         """``status.energy.display``: the power and energy as ``kubectl get`` shows them (``-``: unknown)."""
         d = DISPLAY_KEYS
-        power = UNKNOWN if self.current_watts is None else f"{self.current_watts:.0f} W"
-        energy = UNKNOWN if not self.measured else f"{self.kilowatt_hours:.4g} kWh"
+        power = UNKNOWN if self.current_watts is None else f"{self.current_watts:.0f}W"
+        energy = UNKNOWN if not self.measured else f"{self.kilowatt_hours:.4g}kWh"
         return {d["power"]: power, d["energy"]: energy}
 
     @classmethod

@@ -33,6 +33,7 @@ from etj_contract import (
     POLICY,
     TERMINAL,
     WORKLOAD,
+    ConditionType,
     ControlSection,
     EnergySection,
     Phase,
@@ -287,6 +288,8 @@ def _run_policies(
             fresh_telemetry=telemetry is not None,
             telemetry_ok=telemetry.ok if telemetry else False,
             telemetry_reason=telemetry.reason if telemetry else "",
+            telemetry_cause=telemetry.cause if telemetry else "",
+            telemetry_lost_reason=_lost_reason(status),
             gpu_count=gpu_count or spec.world_size,
             intensity_grams_per_kwh=intensity,
             pods_exist=bool(live),
@@ -295,13 +298,21 @@ def _run_policies(
             settings=obs.settings,
         )
     )
-    if telemetry is not None or status.get(ENERGY) is not None:
-        status[ENERGY] = energy.to_status()
+    # Written from the first pass on: a job nobody has measured yet shows "-" (unknown), not nothing.
+    status[ENERGY] = energy.to_status()
     status[CONTROL] = outcome.control.to_status()
     status[POLICY] = outcome.policy.to_status()
     if not outcome.placement.empty:
         status[PLACEMENT] = outcome.placement.to_status()
     return outcome, gpu_count
+
+
+def _lost_reason(status: Mapping[str, Any]) -> str | None:
+    """The reason of the job's TelemetryAvailable condition when it is False (None: True or absent)."""
+    found = cond.find(list(status.get("conditions") or []), ConditionType.TELEMETRY_AVAILABLE)
+    if found is None or found.get("status") != "False":
+        return None
+    return str(found.get("reason") or "")
 
 
 def settle(plan: Plan, now: datetime, generation: int, report: WorkloadReport | None = None) -> None:

@@ -32,6 +32,7 @@ from etj_operator import contract as c
 from etj_operator.energy import EnergyState
 from etj_operator.lifecycle import Event
 from etj_operator.models import JobSpec
+from etj_operator.telemetry.base import TelemetryCause
 
 # Condition types owned by the policies.
 TELEMETRY_AVAILABLE: Final = ConditionType.TELEMETRY_AVAILABLE
@@ -83,6 +84,11 @@ class PolicyInputs:
     #: This job's GPUs had readings in the latest cycle; else why not.
     telemetry_ok: bool
     telemetry_reason: str = ""
+    #: What ``telemetry_reason`` is (the TelemetryAvailable condition's reason, a TelemetryCause value).
+    telemetry_cause: str = ""
+    #: The reason of the job's TelemetryAvailable condition as found when it is False (None: True or absent):
+    #: a Warning Event is sent when the telemetry is lost, or lost for another cause, not on every cycle.
+    telemetry_lost_reason: str | None = None
     gpu_count: int = 0
     intensity_grams_per_kwh: float | None = None
     pods_exist: bool = True
@@ -159,10 +165,19 @@ def _telemetry_condition(i: PolicyInputs, out: PolicyOutcome) -> None:
     if not i.fresh_telemetry:
         return
     if i.telemetry_ok:
-        out.conditions.append(ConditionChange(TELEMETRY_AVAILABLE, True, "SamplesReceived", "GPU readings arrive"))
+        out.conditions.append(
+            ConditionChange(TELEMETRY_AVAILABLE, True, TelemetryCause.SAMPLES_RECEIVED, "GPU readings arrive")
+        )
+        return
+    cause = i.telemetry_cause or TelemetryCause.NO_SERIES
+    reason = i.telemetry_reason or "no GPU readings for this job's pods"
+    if i.energy.measured:
+        message = f"{reason}; the job's power is unknown until readings return, energy so far is kept"
     else:
-        reason = i.telemetry_reason or "no GPU readings for this job's pods"
-        out.conditions.append(ConditionChange(TELEMETRY_AVAILABLE, False, "NoSamples", reason))
+        message = f"{reason}; the job's power and energy are unknown (no reading yet)"
+    out.conditions.append(ConditionChange(TELEMETRY_AVAILABLE, False, cause, message))
+    if i.telemetry_lost_reason != cause:
+        out.events.append(Event("Warning", "TelemetryUnavailable", f"{cause}: {message}"))
 
 
 # --- energy-fraction stages -----------------------------------------------------------------------------

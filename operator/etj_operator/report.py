@@ -202,26 +202,35 @@ def _history_summary(points: Sequence[HistoryPoint]) -> dict[str, Any]:
 def build_summary(job: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON summary of a job's energy (plain data, ready for ``json.dumps``)."""
     metadata, spec, status = _mapping(job.get("metadata")), _mapping(job.get("spec")), _mapping(job.get("status"))
-    # Energy is unknown (None), never 0, when the status has no energy section yet.
+    # Energy is unknown (None), never 0, when nothing was ever measured (no energy section, or one without
+    # a reading: the operator leaves the totals out until a reading arrives).
     energy = EnergySection.from_status(status[ENERGY]) if isinstance(status.get(ENERGY), Mapping) else None
+    measured = energy if energy is not None and energy.measured else None
     simulated = _is_simulated(energy)
     points = parse_history(energy.history if energy is not None else None)
-    kwh = energy.kilowatt_hours if energy is not None else None
+    kwh = measured.kilowatt_hours if measured is not None else None
     budget = _budget_kwh(spec)
     workload = WorkloadReport.from_status(status.get(WORKLOAD))
+    if measured is None:
+        label = "no data"
+    elif simulated:
+        label = "simulated GPU (not measured hardware)"
+    else:
+        label = "measured"
     return {
         "job": {"name": metadata.get("name"), "namespace": metadata.get("namespace"), "uid": metadata.get("uid")},
         "generatedAt": _iso(datetime.now(UTC).timestamp()),
         "simulated": simulated,
-        "dataLabel": "simulated GPU (not measured hardware)" if simulated else "measured",
+        "dataLabel": label,
         "phase": status.get("phase"),
         "gpus": _gpu_count(spec),
         "energy": {
-            "joules": energy.joules if energy is not None else None,
+            "joules": measured.joules if measured is not None else None,
             "kilowattHours": kwh,
-            "averageWatts": energy.average_watts if energy is not None else None,
-            "peakWatts": energy.peak_watts if energy is not None else None,
-            "gramsCO2e": energy.grams_co2e if energy is not None else None,
+            "averageWatts": measured.average_watts if measured is not None else None,
+            "peakWatts": measured.peak_watts if measured is not None else None,
+            "currentWatts": energy.current_watts if energy is not None else None,
+            "gramsCO2e": measured.grams_co2e if measured is not None else None,
             "source": energy.to_status()[ENERGY_KEYS["source"]] if energy is not None else None,
             "lastSampleTime": _iso(energy.last_sample_seconds) if energy is not None else None,
             "budgetKilowattHours": budget,
@@ -276,7 +285,7 @@ def plot_report(job: Mapping[str, Any], png_path: Path, summary: Mapping[str, An
         fig.suptitle(title, color="tab:red" if summary["simulated"] else "black")
         if not points:
             for ax in (ax_power, ax_energy):
-                ax.text(0.5, 0.5, "no samples recorded", ha="center", va="center", transform=ax.transAxes)
+                ax.text(0.5, 0.5, "no data: no samples recorded", ha="center", va="center", transform=ax.transAxes)
         else:
             times = [datetime.fromtimestamp(p.time_seconds, UTC) for p in points]
             ax_power.step(times, [p.job_watts for p in points], where="post", color="tab:blue", label="job power")
@@ -458,9 +467,10 @@ def run_report_command(
     totals = summary["energy"]
     label = " (SIMULATED)" if summary["simulated"] else ""
     kwh = totals.get("kilowattHours")
+    energy = f"{kwh} kWh" if kwh is not None else "energy unknown (no data)"
     print(
         f"{summary['job']['namespace']}/{summary['job']['name']}{label}: phase {summary.get('phase')}, "
-        f"{kwh if kwh is not None else 'n/a'} kWh, source {totals.get('source') or 'unknown'}"
+        f"{energy}, source {totals.get('source') or 'unknown'}"
     )
     print(f"wrote {json_path}")
     print(f"wrote {png_path}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -83,7 +84,10 @@ def test_apply_get_describe_logs_delete(sandbox, tmp_path):
     table = kubectl(sandbox, "get", "etj").stdout
     header = table.splitlines()[0].split()
     assert header == ["NAME", "PHASE", "REPLICAS", "POWER", "ENERGY", "STAGE", "AGE"]
-    assert table.splitlines()[1].split()[:3] == ["light", "Running", "2"]
+    row = table.splitlines()[1].split()
+    assert row[:3] == ["light", "Running", "2"]
+    # power and energy are a measurement with its unit, or "-" while unknown: never a bare 0
+    assert re.fullmatch(r"-|\d+W", row[3]) and re.fullmatch(r"-|[0-9.e+-]+kWh", row[4]), row
 
     pods = kubectl(sandbox, "get", "pods", "-o", "wide").stdout
     rows = {line.split()[0]: line.split() for line in pods.splitlines()[1:]}

@@ -209,3 +209,32 @@ def test_prometheus_outage_stops_decisions_then_recovers(cluster, exporter, prom
     assert any(x["type"] == "TelemetryAvailable" and x["status"] == "True" for x in status["conditions"])
     # the energy of the outage is not lost: the counters cover it
     assert status["energy"]["joules"] > joules_during
+
+
+def test_a_job_without_series_shows_unknown_energy_and_a_warning_naming_the_cause(cluster, exporter):
+    """Prometheus answers, but nothing exports these pods' GPUs: unknown ('-'), never 0, and the cause named."""
+    spec = {"energy": {"telemetry": {"source": "Prometheus", "intervalSeconds": 1}}}
+    cluster.apply(job_manifest("unseen", replicas=2, **spec))  # no exporter.add_pod: no series for its pods
+    cluster.wait_pods("unseen", 2)
+    cluster.set_phase("unseen", "Running")
+    status = wait_until(
+        lambda: (s := cluster.status("unseen"))
+        and any(x["type"] == "TelemetryAvailable" and x["status"] == "False" for x in s.get("conditions", []))
+        and s,
+        20,
+        "TelemetryAvailable=False",
+    )
+    verdict = next(x for x in status["conditions"] if x["type"] == "TelemetryAvailable")
+    assert verdict["reason"] == "NoSeries" and "unknown" in verdict["message"]
+    energy = status.get("energy") or {}
+    assert "kilowattHours" not in energy and "joules" not in energy and "currentWatts" not in energy
+    assert energy.get("display") == {"power": "-", "energy": "-"}
+
+    def warnings() -> list[dict]:
+        events = cluster.server.list("events", NS, field_selector="involvedObject.name=unseen")
+        return [e for e in events if e.get("reason") == "TelemetryUnavailable"]
+
+    warned = wait_until(warnings, 10, "the TelemetryUnavailable Warning")
+    assert warned[0]["type"] == "Warning" and warned[0]["message"].startswith("NoSeries:")
+    time.sleep(2)  # more cycles, same cause: no second Warning
+    assert len(warnings()) == 1 and warnings()[0].get("count", 1) == 1

@@ -78,6 +78,38 @@ def test_no_throttle_decision_on_stale_or_missing_telemetry():
     assert out.control == capped  # kept, not released on old data
 
 
+def test_lost_telemetry_names_its_cause_in_the_condition_and_warns_once_per_cause():
+    sp = spec()
+    lost = dict(telemetry_ok=False, telemetry_cause="NoSeries", telemetry_reason="no GPU readings for this job's pods")
+    out = decide(inputs(sp, EnergyState(), **lost))
+    found = cond(out, "TelemetryAvailable")
+    assert found.status is False and found.reason == "NoSeries"
+    assert "unknown (no reading yet)" in found.message
+    warnings = [e for e in out.events if e.type == "Warning"]
+    assert [(e.reason, e.message.split(":")[0]) for e in warnings] == [("TelemetryUnavailable", "NoSeries")]
+    # the same cause on the next cycles: the condition stays, no second Event
+    out = decide(inputs(sp, EnergyState(), telemetry_lost_reason="NoSeries", **lost))
+    assert cond(out, "TelemetryAvailable").reason == "NoSeries" and out.events == []
+    # another cause: warned again; energy measured before is said to be kept
+    out = decide(
+        inputs(sp, energy(kwh=0.5), telemetry_lost_reason="NoSeries", telemetry_ok=False, telemetry_cause="QueryFailed",
+               telemetry_reason="Prometheus unavailable: HTTP 503")
+    )
+    assert [e.reason for e in out.events] == ["TelemetryUnavailable"]
+    assert "energy so far is kept" in cond(out, "TelemetryAvailable").message
+    # back: True with the cause SamplesReceived, and no Warning
+    out = decide(inputs(sp, energy(watts=300), telemetry_lost_reason="QueryFailed"))
+    back = cond(out, "TelemetryAvailable")
+    assert back.status is True and back.reason == "SamplesReceived"
+    assert not [e for e in out.events if e.type == "Warning"]
+
+
+def test_a_cycle_without_power_readings_decides_no_throttle():
+    sp = spec(**BUDGET)
+    out = decide(inputs(sp, EnergyState(joules=10.0, current_watts=None)))
+    assert out.control.power_limit_watts_per_gpu is None and not out.throttled
+
+
 def test_budget_below_the_gpus_minimum_uses_the_minimum_and_says_so():
     sp = spec(energy={"power": {"budgetWatts": 500}})
     out = decide(inputs(sp, energy(watts=900)))

@@ -5,6 +5,7 @@ import json
 import pytest
 import yaml
 
+from etj_contract.sections import EnergySection
 from etj_operator.report import build_summary, parse_history, run_report_command, write_report
 
 T0 = 1_760_000_000.0  # unix seconds
@@ -140,6 +141,24 @@ def test_a_job_without_status_still_gets_a_report(tmp_path):
     assert summary["history"] == {"points": 0}
     assert summary["energy"]["joules"] is None and summary["stages"] == []
     assert png_path.stat().st_size > 0
+
+
+def test_a_job_whose_telemetry_never_answered_is_reported_as_no_data_not_zero(tmp_path, capsys):
+    job = synthetic_job(simulated=False)
+    # What the operator writes for a job that has run without a single reading: no totals, display "-".
+    job["status"]["energy"] = EnergySection(source="Prometheus").to_status()
+    assert "kilowattHours" not in job["status"]["energy"] and job["status"]["energy"]["display"] == {
+        "power": "-",
+        "energy": "-",
+    }
+    summary = build_summary(job)
+    assert summary["dataLabel"] == "no data"
+    assert summary["energy"]["kilowattHours"] is None and summary["energy"]["joules"] is None
+    assert summary["energy"]["currentWatts"] is None and summary["energy"]["budgetUsedFraction"] is None
+    manifest = tmp_path / "job.yaml"
+    manifest.write_text(yaml.safe_dump(job))
+    assert run_report_command("resnet", out_dir=str(tmp_path / "r"), from_file=str(manifest)) == 0
+    assert "energy unknown (no data)" in capsys.readouterr().out
 
 
 def test_malformed_history_points_are_skipped_and_sorted():

@@ -120,7 +120,7 @@ def _table(jobs: Sequence[Mapping[str, Any]], pods: Mapping[str, list[str]], ela
             str(status.get("phase") or "Pending"),
             ", ".join(pods.get(name, [])) or "-",
             _fmt(energy.current_watts if energy else None, ".0f"),
-            _fmt(energy.joules if energy else None, ".0f"),
+            _fmt(energy.joules if energy and energy.measured else None, ".0f"),
             _fmt(control.power_limit_watts_per_gpu),
             _agent_column(agent.get(name, ())),
             str(status.get("stage") or "-"),
@@ -257,7 +257,7 @@ def demo(
                         console.print(
                             f"{time.monotonic() - started:5.0f} s {job['metadata']['name']}: {st.get('phase')}"
                             f" step {_fmt(w.step)} power {_fmt(e.current_watts if e else None, '.0f')} W*"
-                            f" energy {_fmt(e.joules if e else None, '.0f')} J* limit"
+                            f" energy {_fmt(e.joules if e and e.measured else None, '.0f')} J* limit"
                             f" {_fmt(ctl.power_limit_watts_per_gpu)} W/GPU node agent"
                             f" {_agent_column(agent_view.get(job['metadata']['name'], ()))} W*"
                             f" stage {st.get('stage') or '-'}")
