@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from etj_operator import contract
-from etj_operator.models import InvalidSpecError, parse_spec
+from etj_operator import __version__
 
 
 def _operator(args: argparse.Namespace) -> int:
@@ -21,44 +21,54 @@ def _operator(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    """Check job manifests offline (e.g. in a GitOps pipeline) with the operator's own parser."""
-    import yaml
+    """Check manifests offline (e.g. in a GitOps pipeline) as the API server and the operator would."""
+    from etj_operator import validate
 
-    bad = 0
-    seen = 0
-    for file in args.files:
-        try:
-            documents = list(yaml.safe_load_all(Path(file).read_text()))
-        except (OSError, yaml.YAMLError) as e:
-            print(f"{file}: cannot read: {e}", file=sys.stderr)
-            bad += 1
-            continue
-        for doc in documents:
-            if not isinstance(doc, dict) or doc.get("kind") != contract.KIND:
-                continue
-            seen += 1
-            name = (doc.get("metadata") or {}).get("name", "?")
-            try:
-                parse_spec(doc.get("spec"), name)
-            except InvalidSpecError as e:
-                bad += 1
-                for problem in e.problems:
-                    print(f"{file}: {name}: {problem}")
-                continue
-            print(f"{file}: {name}: ok")
-    if seen == 0 and bad == 0:
-        print(f"no {contract.KIND} found in {', '.join(args.files)}", file=sys.stderr)
-        return 1
-    return 1 if bad else 0
+    if missing := missing_libraries(validate.VALIDATE_LIBRARIES):
+        print(f"etj validate: the emulator's libraries are not installed ({', '.join(missing)}): "
+              f"{extra_hint('validate')}", file=sys.stderr)
+        return validate.EXIT_USAGE
+    try:
+        validator = validate.Validator.from_path(args.crds)
+    except validate.ValidateError as e:
+        print(f"etj validate: {e}", file=sys.stderr)
+        return validate.EXIT_USAGE
+    report = validate.validate_sources(validator, args.files)
+    if args.output == "json":
+        json.dump(report.to_json(), sys.stdout, indent=2)
+        print()
+    else:
+        report.write_text(sys.stdout, sys.stderr)
+    return report.exit_code()
+
+
+#: The modules the sandbox runs on (the ``sandbox`` extra) and those its pods run the harness with (``workload``).
+SANDBOX_LIBRARIES = ("kmock", "jsonschema", "jsonpatch", "cel_expr_python", "rich")
+WORKLOAD_LIBRARIES = ("torch", "torchao", "sklearn", "numpy")
+
+
+def _needs(command: str, extras: dict[str, Sequence[str]]) -> bool:
+    """Whether the extras' libraries are installed; if not, one line says which extra to install."""
+    missing = {extra: names for extra, modules in extras.items() if (names := missing_libraries(modules))}
+    if not missing:
+        return True
+    libraries = ", ".join(name for names in missing.values() for name in names)
+    print(f"etj {command}: needs the {' and '.join(missing)} extra{'s' if len(missing) > 1 else ''} ({libraries}"
+          f" not installed): {extra_hint(*extras)}", file=sys.stderr)
+    return False
 
 
 def _demo(args: argparse.Namespace) -> int:
+    if not _needs("demo", {"sandbox": SANDBOX_LIBRARIES, "workload": WORKLOAD_LIBRARIES}):
+        return 1
     from etj_operator.sandbox.demo import run_demo
 
     return run_demo(Path(args.manifest) if args.manifest else None)
 
 
 def _sandbox(args: argparse.Namespace) -> int:
+    if args.action == "up" and not _needs("sandbox", {"sandbox": SANDBOX_LIBRARIES}):
+        return 1
     from etj_operator.sandbox import sandbox
 
     state_dir = Path(args.state_dir)
@@ -102,6 +112,7 @@ def _report(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The command line of ``etj``."""
     parser = argparse.ArgumentParser(prog="etj", description="EfficientTrainingJob operator and tools")
+    parser.add_argument("--version", action="version", version=f"etj {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     op = sub.add_parser("operator", help="run the operator (in a cluster: the container's entry point)")
@@ -110,12 +121,22 @@ def build_parser() -> argparse.ArgumentParser:
     op.add_argument("-v", "--verbose", action="store_true")
     op.set_defaults(func=_operator)
 
-    val = sub.add_parser("validate", help="check EfficientTrainingJob manifests offline")
-    val.add_argument("files", nargs="+")
+    val = sub.add_parser(
+        "validate", help="check manifests offline as the API server (schema, CEL) and the operator would",
+        description="Check EfficientTrainingJob manifests offline with the API server's decoding, schema and CEL"
+        " rules (the API emulator's own code) and the operator's parser; every problem at once, with its field."
+        " Documents of other API groups are skipped. Exit status: 0 every job valid; 1 a document invalid, or"
+        " none of the API group found; 2 a usage or I/O error (docs/gitops.md).")
+    val.add_argument("files", nargs="+", metavar="FILE",
+                     help="a manifest (multi-document YAML or JSON), a folder of them (searched recursively for"
+                     " *.yaml, *.yml, *.json), or - for standard input")
+    val.add_argument("-o", "--output", choices=("text", "json"), default="text", help="output format (default: text)")
+    val.add_argument("--crds", default=None, metavar="PATH",
+                     help="a CRD file or a folder of them to validate against (default: the CRDs of this release)")
     val.set_defaults(func=_validate)
 
     demo = sub.add_parser("demo", help="run the example job end to end in the sandbox (no cluster, no GPU)")
-    demo.add_argument("--manifest", help="job manifest (default: workloads/examples/digits-ddp.yaml)")
+    demo.add_argument("--manifest", help="job manifest (default: the packaged example digits-ddp.yaml)")
     demo.set_defaults(func=_demo)
 
     rep = sub.add_parser("report", help="write a job's energy report (<job>-report.json and <job>-report.png)")
@@ -137,23 +158,48 @@ def build_parser() -> argparse.ArgumentParser:
 #: The modules of the ``operator`` extra (pyproject.toml): a core install without them has no ``etj``.
 OPERATOR_LIBRARIES = ("kopf", "aiohttp", "kubernetes", "prometheus_api_client", "prometheus_client", "yaml")
 OPERATOR_EXTRA_HINT = "pip install 'efficient-training-operator[operator]'"
+#: Commands that need more than the operator extra, and the extras to name (each includes ``operator``).
+COMMAND_EXTRAS: dict[str, tuple[str, ...]] = {"validate": ("validate",), "demo": ("sandbox", "workload"),
+                                               "sandbox": ("sandbox",)}
+
+
+def extra_hint(*extras: str) -> str:
+    """The pip command that installs the project's ``extras``."""
+    return f"pip install 'efficient-training-operator[{','.join(extras)}]'"
+
+
+def missing_libraries(names: Sequence[str]) -> list[str]:
+    """Those of ``names`` (modules) that cannot be imported here (looked up, not imported)."""
+    missing = []
+    for name in names:
+        if name in sys.modules:
+            absent = sys.modules[name] is None
+        else:
+            try:
+                absent = importlib.util.find_spec(name) is None
+            except ModuleNotFoundError:  # a dotted name whose package is missing
+                absent = True
+        if absent:
+            missing.append(name)
+    return missing
 
 
 def missing_operator_libraries() -> list[str]:
     """The operator's libraries that cannot be imported here (looked up, not imported)."""
-    return [
-        name
-        for name in OPERATOR_LIBRARIES
-        if (sys.modules[name] is None if name in sys.modules else importlib.util.find_spec(name) is None)
-    ]
+    return missing_libraries(OPERATOR_LIBRARIES)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``etj`` command."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["--version"]:  # works in every install, with or without the operator's libraries
+        print(f"etj {__version__}")
+        return 0
     if missing := missing_operator_libraries():
-        print(f"etj: the operator's libraries are not installed ({', '.join(missing)}): {OPERATOR_EXTRA_HINT}",
-              file=sys.stderr)
+        command = COMMAND_EXTRAS.get(args_list[0]) if args_list else None
+        hint = extra_hint(*command) if command else OPERATOR_EXTRA_HINT
+        print(f"etj: the operator's libraries are not installed ({', '.join(missing)}): {hint}", file=sys.stderr)
         return 1
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(args_list)
     code: int = args.func(args)
     return code

@@ -16,6 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "efficient-training-operator"
 RELEASE = "etj"
 NAMESPACE = "etj-system"
+#: Where each release pushes its images (.github/workflows/release.yml, env REGISTRY): the chart's default.
+RELEASE_REGISTRY: str = yaml.safe_load((ROOT / ".github" / "workflows" / "release.yml").read_text())["env"]["REGISTRY"]
 
 
 def _profiles() -> dict[str, dict[str, Any]]:

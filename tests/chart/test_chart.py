@@ -15,6 +15,7 @@ from chart_support import (
     KUBE_VERSIONS,
     NAMESPACE,
     PROFILES,
+    RELEASE_REGISTRY,
     ROOT,
     chart_crds,
     find,
@@ -24,7 +25,7 @@ from chart_support import (
     rules_of,
 )
 
-from etj_operator import contract
+from etj_operator import __version__, contract
 from etj_operator.builders import JobRef, build_worker_pod
 from etj_operator.models import parse_spec
 
@@ -169,7 +170,7 @@ def test_operator_settings_flow_from_values_to_the_environment():
 
 def test_image_digest_wins_over_the_tag():
     (default,) = _deployment()["spec"]["template"]["spec"]["containers"]
-    assert default["image"] == "etj-operator:0.1.0"  # the chart's appVersion
+    assert default["image"] == f"{RELEASE_REGISTRY}/efficient-training-operator:{__version__}"  # the appVersion
     (pinned,) = _deployment(PROFILES["all-features"])["spec"]["template"]["spec"]["containers"]
     assert pinned["image"] == "registry.example.com/ml-platform/etj-operator@sha256:" + "0" * 64
 

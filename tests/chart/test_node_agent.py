@@ -10,9 +10,10 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from chart_support import KUBE_VERSIONS, NAMESPACE, PROFILES, find, kinds, render, rules_of
+from chart_support import KUBE_VERSIONS, NAMESPACE, PROFILES, RELEASE_REGISTRY, find, kinds, render, rules_of
 
 from etj_contract import agent as a
+from etj_operator import __version__
 from etj_operator import contract as c
 from etj_operator.config import OperatorConfig
 from etj_operator.errors import ApiStatusError
@@ -220,7 +221,8 @@ def test_the_probes_ask_for_what_the_agents_server_answers():
 
 def test_image_defaults_to_the_operators():
     (container,) = pod_spec()["containers"]
-    assert container["image"] == "etj-operator:0.1.0" and container["imagePullPolicy"] == "IfNotPresent"
+    assert container["image"] == f"{RELEASE_REGISTRY}/efficient-training-operator:{__version__}"
+    assert container["imagePullPolicy"] == "IfNotPresent"
     (pinned,) = pod_spec(PROFILES["all-features"])["containers"]
     assert pinned["image"] == "registry.example.com/ml-platform/etj-operator@sha256:" + "0" * 64
     own = {

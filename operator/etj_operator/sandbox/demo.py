@@ -32,6 +32,7 @@ from rich.text import Text
 from etj_contract import ENERGY, SIMULATED_SUFFIX, ConditionType, ControlSection, EnergySection, WorkloadReport
 from etj_contract import agent as a
 from etj_operator import contract as c
+from etj_operator.packagedata import data_path
 from etj_operator.sandbox.agents import AGENT_CAP_REASONS, AgentGpu, agent_gpus, node_gpu_limits
 from etj_operator.sandbox.sandbox import REPO_ROOT, Sandbox, SandboxOptions, crd_path
 
@@ -39,7 +40,7 @@ __all__ = ["DEFAULT_EXAMPLES", "DEFAULT_REPORT_DIR", "DEFAULT_STATE_DIR", "DemoR
 
 #: The demo's job: the harness example. ``etj demo --manifest workloads/examples/foreign-ddp.yaml`` runs the
 #: foreign program instead (measured through the node's DCGM exporter and Prometheus).
-DEFAULT_EXAMPLES = REPO_ROOT / "workloads" / "examples" / "digits-ddp.yaml"
+DEFAULT_EXAMPLES = data_path("examples", "digits-ddp.yaml")  # the packaged copy in a wheel
 #: The demo's sandbox state (logs, checkpoints): beside, not inside, a default `etj sandbox up` state.
 DEFAULT_STATE_DIR = Path(".etj-sandbox") / "demo"
 #: Where the reports go (JSON + PNG per job).

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 import yaml
 
 from etj_operator import contract
+from etj_operator.packagedata import data_path
 
 if TYPE_CHECKING:
     from etj_operator.sandbox.emulator import EmulatorServer
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 Json = dict[str, Any]
 
 REPO_ROOT: Final = pathlib.Path(__file__).resolve().parents[3]
-CHART_DIR: Final = REPO_ROOT / "charts" / "efficient-training-operator"
+CHART_DIR: Final = data_path("chart")  # the chart, or in a wheel the copy of its RBAC helpers
 #: The chart's names for ``helm install etj ... -n etj-system`` (what the docs install).
 OPERATOR_NAMESPACE: Final = "etj-system"
 OPERATOR_NAME: Final = "etj-efficient-training-operator"

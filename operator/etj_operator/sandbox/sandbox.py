@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from etj_operator.packagedata import data_path
 from etj_operator.sandbox.agents import AGENT_TAG_PREFIX, NodeAgentProcess
 from etj_operator.sandbox.dcgm import NodeDcgmExporter
 from etj_operator.sandbox.kubelet import KubeletConfig, ProcessKubelet, iter_pod_logs, kill_tagged, tagged_processes
@@ -88,12 +89,12 @@ class SandboxError(RuntimeError):
 
 
 def crd_path() -> Path:
-    """Where the CRDs are: $ETJ_CRD_PATH (a file or a folder), else the repository's crds/ folder.
+    """Where the CRDs are: $ETJ_CRD_PATH (a file or a folder), else the packaged CRDs (the repository's crds/).
 
     The sandbox loads every CRD there: the job's and its report's (the operator needs both).
     """
     override = os.environ.get("ETJ_CRD_PATH")
-    return Path(override) if override else REPO_ROOT / "crds"
+    return Path(override) if override else data_path("crds")
 
 
 @dataclass(frozen=True)
