@@ -70,7 +70,7 @@ def serve_exporter(jobs: int, pods: int, gpus: int, conn: Any) -> None:
 
 # --- the client ("operator") process -------------------------------------------------------------------
 def run_client(url: str, jobs: int, pods: int, gpus: int, cycles: int, interval_seconds: float) -> dict[str, Any]:
-    import prometheus_api_client  # noqa: F401  (the baseline includes the client library)
+    import requests as _http  # noqa: F401  (the baseline includes the HTTP client library)
 
     from etj_operator.telemetry.base import PodTarget
     from etj_operator.telemetry.prometheus import PrometheusTelemetry

@@ -74,6 +74,7 @@ __all__ = [
     "ROLE_WORKER",
     "SHORT_NAME",
     "SINGULAR",
+    "STATUS_LEADER_TERM",
     "TERMINAL_PHASES",
     "TRAINER_CONTAINER",
     "VERSION",
@@ -104,6 +105,9 @@ SHORT_NAME: Final = "etj"
 #: job); the job's ServiceAccount may patch only its status subresource (docs/security.md).
 REPORT_KIND: Final = "EfficientTrainingJobReport"
 REPORT_PLURAL: Final = "efficienttrainingjobreports"
+#: ``status.leaderTerm``: the leader-election term of the operator that last took the job over; every status
+#: write of the operator tests it, so an earlier leader's late write never lands (docs/reliability.md).
+STATUS_LEADER_TERM: Final = "leaderTerm"
 REPORT_SINGULAR: Final = "efficienttrainingjobreport"
 REPORT_SHORT_NAME: Final = "etjreport"
 

@@ -69,6 +69,8 @@ ENERGY_KEYS: Final[Mapping[str, str]] = {
     "series": "series",
     "history": "history",
     "display": "display",
+    "rejected_samples": "rejectedSamples",
+    "rejecting_since_seconds": "rejectingSinceTime",
 }
 #: ``status.energy.display``: what ``kubectl get`` shows (strings; ``-`` when unknown, never 0).
 DISPLAY_KEYS: Final[Mapping[str, str]] = {"power": "power", "energy": "energy"}
@@ -123,6 +125,9 @@ _LEGACY_PLACEMENT_TIME: Final = "lastTime"
 _MAX_NODE_NAME: Final = 253
 _MAX_REASON: Final = 1024
 _MAX_AVOIDED_NODES: Final = 1000
+#: Bounds of ``energy.rejectedSamples`` as read back (the operator writes a handful of short reasons).
+_MAX_REJECT_REASONS: Final = 32
+_MAX_REJECT_REASON_LENGTH: Final = 64
 
 
 # --- status.energy ---------------------------------------------------------------------------------------
@@ -192,6 +197,16 @@ class EnergySection:
     series: dict[str, SeriesEntry] = field(default_factory=dict)
     #: ``[unix_seconds, job_watts, per_gpu_limit_watts | None, cumulative_joules]``, bounded.
     history: list[list[float | None]] = field(default_factory=list)
+    #: Samples the accounting refused, by reason, since the account began (``rejectedSamples``; cumulative, never
+    #: reset). The reasons are ``etj_operator.energy.REJECT_REASONS``: ``invalid_timestamp``,
+    #: ``future_timestamp``, ``out_of_order``, ``invalid_value``, ``counter_decrease``, ``above_physical_bound``
+    #: (docs/energy.md says what each one means and what is kept instead).
+    rejected_samples: dict[str, int] = field(default_factory=dict)
+    #: The start of the current unbroken run of telemetry cycles that each refused at least one sample: the
+    #: time of the first cycle of the run. None when the latest cycle that brought samples refused none (a
+    #: cycle without samples changes nothing). ``now - rejecting_since_seconds`` is how long the job's telemetry
+    #: has been refused without a break. Units: unix seconds (written as the RFC 3339 ``rejectingSinceTime``).
+    rejecting_since_seconds: float | None = None
     #: What :meth:`from_status` dropped, each naming the field's path (not part of the status, nor of equality).
     problems: tuple[str, ...] = field(default=(), compare=False)
 
@@ -240,6 +255,10 @@ class EnergySection:
         out[k["series"]] = {key: entry.to_status() for key, entry in sorted(self.series.items())}
         out[k["history"]] = [list(point) for point in self.history]
         out[k["display"]] = self.display()
+        if self.rejected_samples:
+            out[k["rejected_samples"]] = dict(sorted(self.rejected_samples.items()))
+        if self.rejecting_since_seconds is not None:
+            out[k["rejecting_since_seconds"]] = to_rfc3339(self.rejecting_since_seconds)
         return out
 
     def display(self) -> dict[str, str]:
@@ -272,6 +291,7 @@ class EnergySection:
             else:
                 problems.append(FieldProblem(f"{path}.{k['history']}[{index}]", describe_value(point), "dropped"))
         source = f.string(k["source"], 256) or ""
+        rejected = _rejected_counts(f, k["rejected_samples"])
         return cls(
             joules=total("joules"),
             grams_co2e=total("grams_co2e"),
@@ -284,8 +304,34 @@ class EnergySection:
             simulated=bool(f.boolean(k["simulated"])) or source.endswith(SIMULATED_SUFFIX),
             series=series,
             history=history,
+            rejected_samples=rejected,
+            rejecting_since_seconds=f.time(k["rejecting_since_seconds"]),
             problems=tuple(problems),
         )
+
+
+def _rejected_counts(f: Fields, key: str) -> dict[str, int]:
+    """``rejectedSamples`` (reason -> count), never raising.
+
+    A reason that is not a short name, or a count that is not an integer >= 0, is dropped and named in the
+    problems; the other counts are kept.
+    """
+    counts: dict[str, int] = {}
+    raw = f.mapping(key) or {}
+    for index, (reason, count) in enumerate(raw.items()):
+        named = reason if isinstance(reason, str) and len(reason) <= _MAX_REJECT_REASON_LENGTH else "..."
+        path = f"{f.path}.{key}[{named}]"
+        if index >= _MAX_REJECT_REASONS:
+            found = f"more than {_MAX_REJECT_REASONS} reasons"
+            f.problems.append(FieldProblem(f"{f.path}.{key}", found, "the rest dropped"))
+            break
+        if not isinstance(reason, str) or not 0 < len(reason) <= _MAX_REJECT_REASON_LENGTH:
+            f.problems.append(FieldProblem(path, "a reason that is not a short name", "dropped"))
+        elif isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            f.problems.append(FieldProblem(path, f"expected an integer >= 0, found {describe_value(count)}", "dropped"))
+        else:
+            counts[reason] = count
+    return counts
 
 
 def _is_point(point: Any) -> bool:

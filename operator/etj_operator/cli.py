@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: The modules of the ``operator`` extra (pyproject.toml): a core install without them has no ``etj``.
-OPERATOR_LIBRARIES = ("kopf", "aiohttp", "kubernetes", "prometheus_api_client", "prometheus_client", "yaml")
+OPERATOR_LIBRARIES = ("kopf", "aiohttp", "kubernetes", "requests", "prometheus_client", "yaml")
 OPERATOR_EXTRA_HINT = "pip install 'efficient-training-operator[operator]'"
 #: Commands that need more than the operator extra, and the extras to name (each includes ``operator``).
 COMMAND_EXTRAS: dict[str, tuple[str, ...]] = {"validate": ("validate",), "demo": ("sandbox", "workload"),

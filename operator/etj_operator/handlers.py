@@ -16,7 +16,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, cast
 
 import kopf
@@ -24,17 +26,19 @@ import kopf
 from etj_operator import contract
 from etj_operator.config import OperatorConfig
 from etj_operator.events import EventPoster
-from etj_operator.kubeapi import KubeApi, load_connection
+from etj_operator.kubeapi import USER_AGENT, KubeApi, load_connection
+from etj_operator.leader import ElectionSettings, LeaderElector
 from etj_operator.metrics import serve
 from etj_operator.podwatch import PodInformer
 from etj_operator.policies import POWER_PRESSURE_ANNOTATION
+from etj_operator.readiness import serve_readiness
 from etj_operator.reconciler import JobReconciler
 from etj_operator.reportwatch import ReportInformer, all_set
 from etj_operator.supervisor import JobSupervisor, Wakers
 from etj_operator.telemetry.base import TelemetrySource
 from etj_operator.telemetry.direct import DirectTelemetry
 from etj_operator.telemetry.hub import TelemetryHub
-from etj_operator.telemetry.prometheus import PrometheusTelemetry
+from etj_operator.telemetry.prometheus import ClientSettings, PrometheusTelemetry
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +48,8 @@ REGISTRY = kopf.OperatorRegistry()
 
 #: The finalizer earlier versions of the operator put on every job (for their per-job Kopf daemons); never added now.
 LEGACY_FINALIZER = f"{contract.GROUP}/operator"
+#: The namespace of the pod's service account (mounted into every pod that automounts its token).
+SERVICE_ACCOUNT_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 #: How long a stopping operator lets each job loop finish the pass it is in before cancelling it.
 LOOP_STOP_GRACE_SECONDS = 10.0
 
@@ -120,13 +126,24 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.config = config
     memo.wakers = Wakers()  # per operator run: asyncio events must not outlive their event loop
     memo.api = KubeApi(load_connection(), max_connections=config.max_workers)
+    # With leader election, every write but the Lease's goes through the elector's fence (etj_operator.leader).
+    elector = LeaderElector(memo.api, election_settings(config)) if config.leader_election else None
+    memo.elector = elector
+    if elector is not None:
+        memo.api.fence = elector.check
+        memo.api.user_agent = f"{USER_AGENT} ({elector.settings.identity})"
     memo.pressured_nodes = set()
     memo.hub = TelemetryHub(lambda kind, url: make_source(config, kind, url), memo.wakers.wake)
     memo.events = EventPoster(
         memo.api, component=contract.MANAGED_BY, instance=settings.posting.reporting_instance or "local"
     )  # it yields to reconcile passes: its idle event is the supervisor's, set below
     memo.reconciler = JobReconciler(
-        memo.api, config, memo.events, hub=memo.hub, node_pressure=memo.pressured_nodes.__contains__
+        memo.api,
+        config,
+        memo.events,
+        hub=memo.hub,
+        node_pressure=memo.pressured_nodes.__contains__,
+        leader_term=None if elector is None else (lambda: elector.term if elector.valid() else None),
     )
     memo.pods = PodInformer(memo.api, getattr(memo, "namespaces", ()), memo.wakers.wake)
     memo.pods_task = asyncio.create_task(memo.pods.run(), name="etj-pod-informer")
@@ -145,8 +162,18 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         max_concurrent_passes=config.max_concurrent_reconciles,
         ready=memo.synced,
         reports=memo.reports,
+        leadership=elector,
     )
     memo.events.idle = memo.supervisor.idle
+    memo.election_stop = asyncio.Event()
+    if elector is not None:
+        # A standby campaigns with its informers synced and its job loops waiting: a failover is one lease.
+        memo.election_task = asyncio.create_task(
+            elector.run(memo.election_stop, on_stopped=memo.supervisor.step_down), name="etj-leader-election"
+        )
+    memo.readiness = await serve_readiness(
+        config.readiness_port, lambda: memo.synced.is_set() or (elector is not None and elector.valid())
+    )
     memo.telemetry_stop = asyncio.Event()
     memo.telemetry_task = asyncio.create_task(
         memo.hub.run_forever(config.telemetry_interval_seconds, memo.telemetry_stop), name="etj-telemetry"
@@ -154,14 +181,40 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     serve(config.metrics_port)
 
 
+def election_settings(config: OperatorConfig) -> ElectionSettings:
+    """The Lease's place and this process's identity.
+
+    From the settings, else the pod's own (downward API), else the service account's namespace and this
+    host's name and pid (a process started by hand).
+    """
+    namespace = config.leader_election_namespace
+    if not namespace:
+        try:
+            namespace = Path(SERVICE_ACCOUNT_NAMESPACE_FILE).read_text().strip()
+        except OSError:
+            namespace = "default"
+    identity = config.leader_election_identity or f"{socket.gethostname()}-{os.getpid()}"
+    return ElectionSettings(
+        namespace=namespace,
+        identity=identity,
+        name=config.leader_election_lease_name,
+        lease_duration_seconds=config.lease_duration_seconds,
+        renew_deadline_seconds=config.renew_deadline_seconds,
+        retry_period_seconds=config.retry_period_seconds,
+    )
+
+
 def make_source(config: OperatorConfig, kind: str, url: str) -> TelemetrySource:
     """A telemetry source for spec.energy.telemetry.source (and a Prometheus URL)."""
+    client = ClientSettings.from_config(config)  # credentials, TLS and headers (ETJ_PROMETHEUS_*)
     if kind == "Direct":
-        return DirectTelemetry(carbon_prometheus_url=url or None)
+        return DirectTelemetry(carbon_prometheus_url=url or None, prometheus_client=client)
     return PrometheusTelemetry(
         url or config.prometheus_url,
-        pod_label=config.prometheus_pod_label,
-        namespace_label=config.prometheus_namespace_label,
+        client=client,
+        # empty: every label scheme dcgm-exporter is seen with, resolved per series
+        pod_label=config.prometheus_pod_label or None,
+        namespace_label=config.prometheus_namespace_label or None,
         limit_metric=config.prometheus_limit_metric or None,
         extra_matchers=config.prometheus_extra_matchers,
         node_label=config.prometheus_node_label or None,
@@ -179,6 +232,13 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     events = getattr(memo, "events", None)
     if isinstance(events, EventPoster):
         await events.drain()
+    election_stop, election = getattr(memo, "election_stop", None), getattr(memo, "election_task", None)
+    if isinstance(election_stop, asyncio.Event) and isinstance(election, asyncio.Task):
+        election_stop.set()  # after the loops' last passes and the Events: then the Lease is released
+        await election
+    readiness = getattr(memo, "readiness", None)
+    if readiness is not None:
+        await readiness.cleanup()
     for name in ("pods_task", "reports_task", "synced_task"):
         informer_task = getattr(memo, name, None)
         if isinstance(informer_task, asyncio.Task):

@@ -265,7 +265,14 @@ def _run_policies(
     # against (and what integrate records in the history), never the limit asked.
     applied = [s.power_limit_watts for s in telemetry.samples if s.power_limit_watts is not None] if telemetry else []
     if telemetry is not None:
-        integrate(energy, telemetry.samples, source=telemetry.source, intensity_grams_per_kwh=intensity)
+        integrate(
+            energy,
+            telemetry.samples,
+            source=telemetry.source,
+            intensity_grams_per_kwh=intensity,
+            now_seconds=obs.now.timestamp(),  # samples stamped beyond it (plus a tolerance) are refused
+            settings=obs.settings.accounting,
+        )
         gpus = {s.series for s in telemetry.samples}
         if gpus:
             gpu_count = len(gpus)
@@ -290,6 +297,12 @@ def _run_policies(
             telemetry_reason=telemetry.reason if telemetry else "",
             telemetry_cause=telemetry.cause if telemetry else "",
             telemetry_lost_reason=_lost_reason(status),
+            intensity_refused=telemetry.intensity_refused if telemetry else "",
+            condition_reasons={
+                str(x.get("type")): str(x.get("reason") or "")
+                for x in status.get("conditions") or []
+                if isinstance(x, Mapping)
+            },
             gpu_count=gpu_count or spec.world_size,
             intensity_grams_per_kwh=intensity,
             pods_exist=bool(live),

@@ -34,6 +34,7 @@ from etj_operator.errors import (
     TransientApiError,
     error_for,
 )
+from etj_operator.leader import FENCED_WRITES, NotLeader
 from etj_operator.metrics import API_REQUESTS
 
 if TYPE_CHECKING:
@@ -88,6 +89,7 @@ RESOURCES: Final[Mapping[str, Resource]] = {
     "Node": Resource("v1", "nodes", namespaced=False),
     "Role": Resource("rbac.authorization.k8s.io/v1", "roles"),
     "RoleBinding": Resource("rbac.authorization.k8s.io/v1", "rolebindings"),
+    "Lease": Resource("coordination.k8s.io/v1", "leases"),
     contract.KIND: Resource(contract.API_VERSION, contract.PLURAL),
     contract.REPORT_KIND: Resource(contract.API_VERSION, contract.REPORT_PLURAL),
 }
@@ -191,6 +193,11 @@ class KubeApi:
         self.timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
+        #: Called before every request but reads and the Lease's own (raises to refuse it): the leader
+        #: election's fence (:meth:`etj_operator.leader.LeaderElector.check`); None: every write goes.
+        self.fence: Callable[[], None] | None = None
+        #: Sent with every request (audit logs tell replicas apart when it names the election identity).
+        self.user_agent = USER_AGENT
         #: (verb, resource) -> number of calls; read by tests that check RBAC coverage and request counts.
         self.calls: Counter[tuple[str, str]] = Counter()
 
@@ -206,7 +213,7 @@ class KubeApi:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.max_connections, ssl=self.connection.ssl),
                 timeout=self.timeout,
-                headers={"User-Agent": USER_AGENT, "Accept": "application/json"},
+                headers={"User-Agent": self.user_agent, "Accept": "application/json"},
                 json_serialize=json.dumps,
             )
         return self._session
@@ -259,6 +266,8 @@ class KubeApi:
         verb = about.verb
         if self._closed:
             raise about.error(TransientApiError, f"{method} {path}: the operator is stopping")
+        if self.fence is not None and method != "GET" and about.kind != "Lease":
+            self.fence()  # raises NotLeader: a process that does not lead sends no write (etj_operator.leader)
         try:
             async with self._open_session().request(
                 method,
@@ -370,7 +379,8 @@ class KubeApi:
     ) -> bool:
         """Delete an object (background propagation); False when it was already gone (404).
 
-        ``uid``: only that object (DeleteOptions preconditions; another object of the name answers 409).
+        ``uid``: only that object (DeleteOptions preconditions): another object of the name answers 409,
+        which is False too (the one asked for is gone; the new one of its name is not touched).
         """
         res = RESOURCES[kind]
         body: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
@@ -392,6 +402,10 @@ class KubeApi:
             )
         except NotFoundError:
             return False
+        except ConflictError:
+            if uid is None:
+                raise
+            return False
         return True
 
     async def patch_job_status(
@@ -402,6 +416,8 @@ class KubeApi:
         *,
         uid: str | None = None,
         status_exists: bool = True,
+        term: str | None = None,
+        stamp_resource_version: str | None = None,
     ) -> bool:
         """Write these keys of the job's status (a value of None removes its key); False when the job is gone.
 
@@ -414,6 +430,12 @@ class KubeApi:
         caller (False). Any other 422 (no ``/status`` after all, a removed key already gone) is tried once more
         with operations made for the status as read (still testing the UID); a second 422 is raised.
         Without ``uid``: a merge patch, as before (no precondition).
+
+        ``term`` (with leader election): the write is fenced by the leader's term. With
+        ``stamp_resource_version`` the term is written into ``status.leaderTerm`` on the job exactly as read
+        at that resourceVersion (a 409 if it changed since); without, the write tests that
+        ``status.leaderTerm`` still names this term, so a write of an earlier leader, which another leader
+        has since stamped the job over, never lands: :class:`~etj_operator.leader.NotLeader`.
         """
         res = RESOURCES[contract.KIND]
         path = res.path(namespace, name, "status")
@@ -432,11 +454,12 @@ class KubeApi:
                 name=name,
             )
 
+        fencing: dict[str, Any] = {"term": term, "stamp_resource_version": stamp_resource_version}
         try:
             if uid is None:
                 await send({"status": dict(status)}, MERGE_PATCH)
             else:
-                await send(status_operations(status, uid, status_exists), JSON_PATCH)
+                await send(status_operations(status, uid, status_exists, **fencing), JSON_PATCH)
             return True
         except NotFoundError:
             return False
@@ -449,14 +472,49 @@ class KubeApi:
                 logger.info("%s/%s: status not written, the job of uid %s is gone", namespace, name, uid)
                 return False
             stored = current.get("status")
+            found = stored.get(contract.STATUS_LEADER_TERM) if isinstance(stored, Mapping) else None
+            if term is not None and stamp_resource_version is None and found != term:
+                FENCED_WRITES.inc()
+                raise NotLeader(
+                    f"{namespace}/{name}: status written by leader term {found!r} since; not by {term!r}"
+                ) from e
             retry = status_operations(
-                status, uid, isinstance(stored, Mapping), present=set(stored) if isinstance(stored, Mapping) else None
+                status,
+                uid,
+                isinstance(stored, Mapping),
+                present=set(stored) if isinstance(stored, Mapping) else None,
+                **fencing,
             )
             try:
                 await send(retry, JSON_PATCH)
             except NotFoundError:
                 return False
         return True
+
+    # --- the Lease (leader election, etj_operator.leader.LeaseClient) -----------------------------------
+    async def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The Lease, or None."""
+        return await self.get("Lease", namespace, name)
+
+    async def create_lease(self, lease: Mapping[str, Any]) -> dict[str, Any]:
+        """Create the Lease; :class:`ConflictError` when it exists (another candidate created it first)."""
+        res = RESOURCES["Lease"]
+        meta = lease["metadata"]
+        answer = await self.request(
+            "create", "POST", res.plural, res.path(meta["namespace"]), body=dict(lease),
+            kind="Lease", namespace=meta["namespace"], name=meta["name"],
+        )
+        return answer if isinstance(answer, dict) else {}
+
+    async def replace_lease(self, lease: Mapping[str, Any]) -> dict[str, Any]:
+        """Replace the Lease (PUT; its resourceVersion makes it conditional: :class:`ConflictError` on a change)."""
+        res = RESOURCES["Lease"]
+        meta = lease["metadata"]
+        answer = await self.request(
+            "update", "PUT", res.plural, res.path(meta["namespace"], meta["name"]), body=dict(lease),
+            kind="Lease", namespace=meta["namespace"], name=meta["name"],
+        )
+        return answer if isinstance(answer, dict) else {}
 
     async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         """Read one object; None when it does not exist."""
@@ -471,7 +529,13 @@ class KubeApi:
 
 
 def status_operations(
-    status: Mapping[str, Any], uid: str, status_exists: bool, present: set[str] | None = None
+    status: Mapping[str, Any],
+    uid: str,
+    status_exists: bool,
+    present: set[str] | None = None,
+    *,
+    term: str | None = None,
+    stamp_resource_version: str | None = None,
 ) -> list[dict[str, Any]]:
     """The JSON patch that writes ``status``'s keys (None: remove) on the job of ``uid`` only.
 
@@ -479,13 +543,25 @@ def status_operations(
     existing member, and ``/status`` is there) and one ``remove`` per removed key (only those in ``present``
     when it is given: removing a missing member fails); else one ``add /status`` with every kept key. Values
     keep merge-patch meaning: a None inside a mapping drops that key (lists are written as they are).
+
+    With a leader ``term``: either a stamp (``stamp_resource_version``: a ``replace`` of
+    ``/metadata/resourceVersion``, which the server takes as a precondition, and ``status.leaderTerm`` set to
+    the term), or a ``test`` that ``/status/leaderTerm`` is the term.
     """
     operations: list[dict[str, Any]] = [{"op": "test", "path": "/metadata/uid", "value": uid}]
+    writes = dict(status)
+    if term is not None and stamp_resource_version is not None:
+        operations.append({"op": "replace", "path": "/metadata/resourceVersion", "value": stamp_resource_version})
+        writes[contract.STATUS_LEADER_TERM] = term
+    elif term is not None and status_exists:
+        operations.append({"op": "test", "path": "/status/" + contract.STATUS_LEADER_TERM, "value": term})
+    elif term is not None:
+        writes[contract.STATUS_LEADER_TERM] = term  # no status yet: nobody has stamped it
     if not status_exists:
-        whole = {key: _without_nulls(value) for key, value in status.items() if value is not None}
+        whole = {key: _without_nulls(value) for key, value in writes.items() if value is not None}
         operations.append({"op": "add", "path": "/status", "value": whole})
         return operations
-    for key, value in status.items():
+    for key, value in writes.items():
         pointer = "/status/" + str(key).replace("~", "~0").replace("/", "~1")
         if value is not None:
             operations.append({"op": "add", "path": pointer, "value": _without_nulls(value)})

@@ -40,6 +40,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from etj_contract import Phase
+from etj_contract.agent import RESOURCE_NVIDIA_GPU as GPU_RESOURCE
 from etj_operator import builders, contract
 from etj_operator import conditions as cond
 from etj_operator.envvars import worker_pod_name
@@ -78,6 +79,9 @@ class PodView:
     #: The spec's world the pod was made for (``field -> value`` pairs, sorted); empty: unknown (an older
     #: operator's pod), which counts as current.
     world: tuple[tuple[str, str], ...] = ()
+    #: GPUs the pod requested (``nvidia.com/gpu``, each container's limit, else its request, summed); None
+    #: when no container names the resource. A telemetry source counts no more GPU series for the pod.
+    gpus: int | None = None
 
     @classmethod
     def from_pod(
@@ -109,7 +113,35 @@ class PodView:
             world=tuple(sorted(builders.parse_world(annotations.get(world_annotation)).items()))
             if world_annotation
             else (),
+            gpus=requested_gpus(pod.get("spec") or {}),
         )
+
+
+def requested_gpus(spec: Mapping[str, Any]) -> int | None:
+    """The ``nvidia.com/gpu`` a pod spec's containers ask (limit, else request), summed; None when none names it.
+
+    Extended resources are not overcommitted: where both are set they are equal. A malformed quantity counts
+    as none asked by that container.
+    """
+    total: int | None = None
+    for container in spec.get("containers") or ():
+        if not isinstance(container, Mapping):
+            continue
+        resources = container.get("resources")
+        if not isinstance(resources, Mapping):
+            continue
+        limits, requests = resources.get("limits"), resources.get("requests")
+        raw = limits.get(GPU_RESOURCE) if isinstance(limits, Mapping) else None
+        if raw is None and isinstance(requests, Mapping):
+            raw = requests.get(GPU_RESOURCE)
+        if raw is None:
+            continue
+        try:
+            count = int(str(raw))
+        except ValueError:
+            count = 0
+        total = (total or 0) + max(count, 0)
+    return total
 
 
 def controller_uid(meta: Mapping[str, Any]) -> str | None:

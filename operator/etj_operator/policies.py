@@ -23,13 +23,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 from etj_contract import ConditionType, ControlSection, Drain, Phase, PlacementSection, PolicySection, WorkloadReport
 from etj_operator import contract as c
-from etj_operator.energy import EnergyState
+from etj_operator.energy import AccountingSettings, EnergyState
 from etj_operator.lifecycle import Event
 from etj_operator.models import JobSpec
 from etj_operator.telemetry.base import TelemetryCause
@@ -65,6 +65,8 @@ class PolicySettings:
     #: How long the GPUs' enforcer (the node agent, or the harness in the pod) may take to apply a new cap
     #: before the job says the cap is not enforced, with a Warning: an agent cycle and a scrape or two.
     cap_grace_seconds: float = 60.0
+    #: The energy accounting's bounds (ETJ_MAX_GPU_WATTS and neighbours), used where the pass integrates.
+    accounting: AccountingSettings = field(default_factory=AccountingSettings)
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,10 @@ class PolicyInputs:
     #: The reason of the job's TelemetryAvailable condition as found when it is False (None: True or absent):
     #: a Warning Event is sent when the telemetry is lost, or lost for another cause, not on every cycle.
     telemetry_lost_reason: str | None = None
+    #: Why the job's carbon-intensity query was not run (the operator does not allow it); "" otherwise.
+    intensity_refused: str = ""
+    #: The reason of each of the job's conditions as found (type -> reason): a Warning goes once per cause.
+    condition_reasons: Mapping[str, str] = field(default_factory=dict)
     gpu_count: int = 0
     intensity_grams_per_kwh: float | None = None
     pods_exist: bool = True
@@ -287,6 +293,11 @@ def _carbon(i: PolicyInputs, out: PolicyOutcome) -> None:
     since = out.policy.carbon_since_seconds or 0.0
     dwell_ok = i.now_seconds - since >= carbon.min_dwell_seconds
     intensity = i.intensity_grams_per_kwh
+    if i.intensity_refused and i.fresh_telemetry:
+        # the spec's query is not one the operator runs: say so (once as a Warning); no carbon decision
+        out.conditions.append(ConditionChange(PAUSED, paused, REASON_QUERY_NOT_ALLOWED, i.intensity_refused))
+        if i.condition_reasons.get(PAUSED) != REASON_QUERY_NOT_ALLOWED:
+            out.events.append(Event("Warning", REASON_QUERY_NOT_ALLOWED, i.intensity_refused))
     if intensity is None:
         if paused:
             out.hold = Phase.PAUSED
@@ -312,6 +323,10 @@ def _carbon(i: PolicyInputs, out: PolicyOutcome) -> None:
         out.events.append(Event("Normal", "Paused", message))
         out.decisions.append("pause")
         out.hold = Phase.PAUSED
+
+
+#: The Paused condition's reason (and the Warning Event's) while the spec's intensity query is refused.
+REASON_QUERY_NOT_ALLOWED: Final = "IntensityQueryNotAllowed"
 
 
 # --- reschedule on node power pressure ---------------------------------------------------------------------

@@ -52,8 +52,13 @@ class JobWriter(ObjectCreator, Protocol):
         *,
         uid: str | None = None,
         status_exists: bool = True,
+        term: str | None = None,
+        stamp_resource_version: str | None = None,
     ) -> bool:
-        """Write these status keys (None removes one) on the job of ``uid`` only; False when that job is gone."""
+        """Write these status keys (None removes one) on the job of ``uid`` only; False when that job is gone.
+
+        ``term``/``stamp_resource_version``: the leader fencing (see ``KubeApi.patch_job_status``).
+        """
         ...
 
 

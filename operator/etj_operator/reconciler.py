@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
-from etj_contract import CONTROL, ENERGY, ENERGY_KEYS, PLACEMENT, ControlSection, PlacementSection
+from etj_contract import PLACEMENT, PlacementSection
 from etj_operator import builders, contract
 from etj_operator import conditions as cond
 from etj_operator.config import OperatorConfig
+from etj_operator.energy import AccountingSettings
 from etj_operator.errors import ApiStatusError, JobGone, PermanentApiError
 from etj_operator.jobpass import (
     HELD_PHASES,
@@ -42,23 +43,21 @@ from etj_operator.jobpass import (
     decide_pass,
     split_by_owner,
 )
+from etj_operator.leader import NotLeader
 from etj_operator.lifecycle import Event, Plan, PodView, controller_uid, to_rfc3339
 from etj_operator.metrics import (
     GANG_RESTARTS,
-    JOB_CARBON_GRAMS,
-    JOB_ENERGY_JOULES,
-    JOB_POWER_LIMIT_WATTS,
-    JOB_POWER_WATTS,
     JOBS_BY_PHASE,
     POLICY_DECISIONS,
     RECONCILE_SECONDS,
+    export_job,
     forget_job,
 )
 from etj_operator.models import JobSpec
 from etj_operator.policies import PolicyOutcome, PolicySettings
 from etj_operator.ports import JobWriter
 from etj_operator.telemetry.base import JobTelemetry, PodTarget
-from etj_operator.telemetry.hub import JobRegistration, TelemetryHub
+from etj_operator.telemetry.hub import JobRegistration, SourceAccess, TelemetryHub
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +100,8 @@ class JobState:
     foreign_children: set[str] = field(default_factory=set)
     #: What the last parse of the job's report dropped (logged when it changes, not on every pass).
     report_problems: tuple[str, ...] = ()
+    #: The leader term this process stamped the job with (status.leaderTerm); its later writes test it.
+    stamped_term: str | None = None
 
 
 @dataclass
@@ -166,11 +167,15 @@ class JobReconciler:
         events: EventSink,
         hub: TelemetryHub | None = None,
         node_pressure: Callable[[str], bool] | None = None,
+        leader_term: Callable[[], str | None] | None = None,
     ) -> None:
         self.api = api
         self.config = config
         self.events = events
         self.hub = hub
+        #: With leader election: the term this process leads in (None: it does not lead). Every status write
+        #: is fenced by it (:meth:`_fencing`). None: no election, writes are not fenced.
+        self.leader_term = leader_term
         self.node_pressure = node_pressure or (lambda _node: False)
         self.phase_counter = PhaseCounter()
         self.policy_settings = PolicySettings(
@@ -178,6 +183,11 @@ class JobReconciler:
             gpu_max_limit_watts=config.gpu_max_limit_watts,
             checkpoint_timeout_seconds=config.checkpoint_timeout_seconds,
             cap_grace_seconds=config.cap_grace_seconds,
+            accounting=AccountingSettings(
+                max_gpu_watts=config.max_gpu_watts,
+                power_bound_tolerance=config.power_bound_tolerance,
+                future_tolerance_seconds=config.future_sample_tolerance_seconds,
+            ),
         )
 
     async def reconcile(
@@ -234,6 +244,7 @@ class JobReconciler:
                 state,
                 uid=uid or None,
                 status_exists=decided.status_exists,
+                body=body,
             )
             # The pass's Events (and decision counts) go out as soon as the decision is recorded, before any
             # pod is touched: a pod action that fails half-way must not lose them (JobCreated was lost when the
@@ -266,10 +277,10 @@ class JobReconciler:
         for event in plan.events:
             self.events(body, event)
             if event.reason == "GangRestarted":
-                GANG_RESTARTS.labels(namespace=namespace, job=name).inc()
+                GANG_RESTARTS.labels(namespace=namespace, job_name=name).inc()
         if outcome is not None:
             for decision in outcome.decisions:
-                POLICY_DECISIONS.labels(namespace=namespace, job=name, decision=decision).inc()
+                POLICY_DECISIONS.labels(namespace=namespace, job_name=name, decision=decision).inc()
 
     async def _apply_children_and_pods(
         self,
@@ -302,8 +313,10 @@ class JobReconciler:
         deletions = [n for n in plan.delete_pods if clock - state.deleting.get(n, -1e9) > IN_FLIGHT_EXPIRY_SECONDS]
         for pod_name in deletions:
             state.deleting[pod_name] = clock
+        # Only the pod the pass saw (its UID as a precondition): a late delete never hits a newer pod of its name.
+        uids = {p.name: p.uid for p in pods if p.uid}
         results = await asyncio.gather(
-            *(self.api.delete("Pod", job.namespace, n) for n in deletions), return_exceptions=True
+            *(self.api.delete("Pod", job.namespace, n, uid=uids.get(n)) for n in deletions), return_exceptions=True
         )
         _drop_failed(deletions, results, state.deleting)
         if spec is None or not plan.create_pods or not state.children_ensured:
@@ -366,6 +379,7 @@ class JobReconciler:
                 uid=p.uid,
                 node=p.node_name,
                 start_time=p.start_time,
+                gpus=p.gpus,  # no more GPU series count for the pod than it requested
             )
             for p in pods
             if not p.terminating and p.phase == "Running"
@@ -374,26 +388,30 @@ class JobReconciler:
             # Nothing runs, so there is nothing to read (and no TelemetryAvailable verdict to give).
             self.hub.unregister(key)
             return
+        intensity_query = carbon.intensity_query if carbon else None
+        access = SourceAccess.from_config(self.config)
         self.hub.register(
             JobRegistration(
                 key=key,
                 source=telemetry.source,
                 prometheus_url=telemetry.prometheus_url or self.config.prometheus_url,
                 targets=targets,
-                intensity_query=carbon.intensity_query if carbon else None,
+                intensity_query=intensity_query,
                 interval_seconds=float(telemetry.interval_seconds),
+                # a URL of the spec the operator's settings do not allow: never read (SourceNotAllowed); a query
+                # it does not allow: never run, while the GPUs are still read
+                refused=access.refusal(telemetry.prometheus_url, None),
+                intensity_refused=access.refusal(None, intensity_query),
             )
         )
 
     def _export(self, namespace: str, name: str, plan: Plan) -> None:
-        energy = plan.status.get(ENERGY) or {}
-        if energy:
-            k = ENERGY_KEYS
-            JOB_ENERGY_JOULES.labels(namespace=namespace, job=name).set(float(energy.get(k["joules"]) or 0))
-            JOB_POWER_WATTS.labels(namespace=namespace, job=name).set(float(energy.get(k["current_watts"]) or 0))
-            JOB_CARBON_GRAMS.labels(namespace=namespace, job=name).set(float(energy.get(k["grams_co2e"]) or 0))
-        limit = ControlSection.from_status(plan.status.get(CONTROL)).power_limit_watts_per_gpu
-        JOB_POWER_LIMIT_WATTS.labels(namespace=namespace, job=name).set(float(limit or 0))
+        """Expose the figures of the status just decided (energy, carbon, power, cap, rejected samples).
+
+        Read from the status (:func:`~etj_operator.metrics.export_job`): what was never measured (no
+        ``joules`` yet, no ``currentWatts`` this cycle, no cap) has no series, never a 0.
+        """
+        export_job(namespace, name, plan.status)
 
     async def _ensure_children(
         self, job: builders.JobRef, spec: JobSpec, *, replace_orphans: bool = True
@@ -508,6 +526,7 @@ class JobReconciler:
         )
         if updated == conditions:
             return False
+        fencing = self._fencing(body, state)
         try:
             written = await self.api.patch_job_status(
                 namespace,
@@ -515,6 +534,7 @@ class JobReconciler:
                 {"conditions": updated},
                 uid=str(meta.get("uid") or "") or None,
                 status_exists=isinstance(body.get("status"), Mapping) or state.owned is not None,
+                **fencing,
             )
             if not written:
                 return True  # the job is gone: nothing to show it on
@@ -523,7 +543,27 @@ class JobReconciler:
             return True
         status["conditions"] = updated
         state.owned = {k: status[k] for k in OWNED_KEYS if status.get(k) is not None}
+        state.stamped_term = fencing.get("term")
         return True
+
+    def _fencing(self, body: Mapping[str, Any], state: JobState) -> dict[str, Any]:
+        """The fencing arguments of a status write: none without election; else the term, and the stamp.
+
+        The first write of a term on a job stamps it (``status.leaderTerm``, conditional on the
+        resourceVersion the pass read); every later one tests the stamp (docs/reliability.md, "Failover").
+        """
+        if self.leader_term is None:
+            return {}
+        term = self.leader_term()
+        if term is None:
+            raise NotLeader("this operator does not lead: no status is written")
+        if state.stamped_term == term:
+            return {"term": term}
+        status = body.get("status")
+        if isinstance(status, Mapping) and status.get(contract.STATUS_LEADER_TERM) == term:
+            return {"term": term}  # stamped in this term already (by an earlier loop of this process)
+        version = (body.get("metadata") or {}).get("resourceVersion")
+        return {"term": term, "stamp_resource_version": str(version) if version else None}
 
     async def _write_status(
         self,
@@ -535,14 +575,26 @@ class JobReconciler:
         *,
         uid: str | None = None,
         status_exists: bool = True,
+        body: Mapping[str, Any] | None = None,
     ) -> None:
-        """Write the owned keys that changed, on the job of ``uid`` only (never on a new job of the name)."""
+        """Write the owned keys that changed, on the job of ``uid`` only (never on a new job of the name).
+
+        With leader election the first pass of a term writes even when nothing changed: it stamps the job.
+        """
         patch: dict[str, Any] = {}
         for key in OWNED_KEYS:
             if after.get(key) != before.get(key):
                 patch[key] = after.get(key)  # None removes the key
-        if patch and not await self.api.patch_job_status(
-            namespace, name, patch, uid=uid, status_exists=status_exists
-        ):
+        fencing = self._fencing(body, state) if body is not None else {}
+        try:
+            written = not (patch or "stamp_resource_version" in fencing) or await self.api.patch_job_status(
+                namespace, name, patch, uid=uid, status_exists=status_exists, **fencing
+            )
+        except NotLeader:
+            state.stamped_term = None  # another term stamped the job: stamp again (read anew) if still leading
+            raise
+        if not written:
             raise JobGone(f"{namespace}/{name}")
         state.owned = {k: after[k] for k in OWNED_KEYS if after.get(k) is not None}
+        if fencing:
+            state.stamped_term = fencing["term"]

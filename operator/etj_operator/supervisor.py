@@ -47,6 +47,7 @@ from typing import Any, Protocol
 
 from etj_operator.backoff import Backoff
 from etj_operator.errors import ApiStatusError, JobGone, PermanentApiError
+from etj_operator.leader import NotLeader
 from etj_operator.lifecycle import PodView
 from etj_operator.metrics import RECONCILE_ERRORS
 from etj_operator.ports import JobPasses
@@ -64,6 +65,19 @@ class PodIndex(Protocol):
         """The job's pods, or ``default``."""
 
 
+class Leadership(Protocol):
+    """Whether this process leads (:class:`~etj_operator.leader.LeaderElector`); only the leader makes passes."""
+
+    @property
+    def leading(self) -> asyncio.Event:
+        """Set while this process leads."""
+        ...
+
+    def valid(self) -> bool:
+        """Whether it leads and renewed in time (writes may go out now)."""
+        ...
+
+
 class ReportIndex(Protocol):
     """The jobs' reports (:class:`~etj_operator.reportwatch.ReportInformer`, or a stub in tests)."""
 
@@ -76,6 +90,8 @@ TRANSIENT_BACKOFF = Backoff(base_seconds=0.5, cap_seconds=30.0, jitter=0.5)
 #: Retries of a pass whose request the API server refused (403, 422): 2.5-5 s at first, doubling, at most
 #: 5 minutes apart. Retried at all because the cause may lie outside the job (RBAC, an admission policy).
 PERMANENT_BACKOFF = Backoff(base_seconds=5.0, cap_seconds=300.0, jitter=0.5)
+#: How often a standby's loop looks again whether this process leads (it also wakes when it becomes leader).
+STANDBY_POLL_SECONDS = 1.0
 #: Shortest requeue a plan may ask for (keeps a wrong plan from spinning the loop).
 MIN_REQUEUE_SECONDS = 0.05
 
@@ -134,8 +150,12 @@ class JobSupervisor:
         permanent_backoff: Backoff | None = None,
         clock: Callable[[], float] = time.monotonic,
         wait: Waiter | None = None,
+        leadership: Leadership | None = None,
     ) -> None:
         self.reconciler = reconciler
+        #: With leader election: loops make passes only while this process leads (a standby's loops wait,
+        #: with the informers warm); :meth:`step_down` cancels every pass at once. None: always leads.
+        self._leadership = leadership
         self.wakers = wakers
         self.interval_seconds = interval_seconds
         self.debounce_seconds = debounce_seconds
@@ -203,6 +223,15 @@ class JobSupervisor:
             self._stop_requested.add(key)
             self.wakers.wake(key)
 
+    def step_down(self) -> None:
+        """The process stopped leading: cancel every loop now (a pass in flight must not write on).
+
+        Each cancelled loop's job is started again at once as a waiting loop with a fresh state, which makes
+        its first pass when this process leads again (then from the job's status, as after a restart).
+        """
+        for task in list(self._tasks.values()):
+            task.cancel()
+
     @property
     def running(self) -> frozenset[Key]:
         """Keys of the jobs whose loop runs now."""
@@ -248,6 +277,10 @@ class JobSupervisor:
             if self._ready is not None and not self._ready.is_set():
                 await self._wait(self._ready, self._closing, math.inf)
             while not self._should_end(key):
+                if self._leadership is not None and not self._leadership.valid():
+                    # a standby (or a leader whose renewal is late): no pass until it leads
+                    await self._wait(self._leadership.leading, self._closing, STANDBY_POLL_SECONDS)
+                    continue
                 waker.clear()
                 body = self._body(key)
                 if body is None or is_terminating(body):
@@ -283,6 +316,10 @@ class JobSupervisor:
                 except JobGone:  # deleted under our feet (a missed DELETED event): create nothing more
                     self._bodies.pop(key, None)
                     return
+                except NotLeader as e:  # the leadership ended, or another term stamped the job: write nothing
+                    logger.info("pass of %s/%s stopped: %s", namespace, name, e)
+                    await self._wait(asyncio.Event(), self._closing, STANDBY_POLL_SECONDS)
+                    continue
                 except PermanentApiError as e:  # the reconciler has shown it on the job: retry slowly
                     RECONCILE_ERRORS.inc()
                     backoff, retry_after = self.permanent_backoff, e.retry_after_seconds

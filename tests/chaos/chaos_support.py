@@ -13,13 +13,20 @@ Not a test module. The pieces:
 * :class:`ChaosOperator`: the real operator, one incarnation at a time, either an ``OperatorThread``
   (stopped cleanly) or an :class:`operator_process.OperatorProcess` (killed with SIGKILL), restarted on a
   seeded schedule.
-* :func:`check_invariants`: terminal phases, no duplicate pods, no orphan or leftover pods, energy.
+* :class:`FailoverOperators`: two operator processes under leader election; each fault hits the leader
+  (SIGSTOP past its lease then SIGCONT, SIGKILL and a new standby, or its client cut off from the API
+  server by an emulator fault while the standby's is not).
+* :func:`check_invariants`: terminal phases, no duplicate pods, no orphan or leftover pods, energy, and
+  (:func:`doubled_events`) no Event posted twice.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import re
+import signal
 import threading
 import time
 from collections import Counter
@@ -30,8 +37,10 @@ from typing import Any
 from operator_process import OperatorProcess
 
 from etj_operator import contract as c
+from etj_operator.leader import LeaseRecord
 from etj_operator.runner import OperatorThread
 from etj_operator.sandbox.emulator import ApiError, EmulatorServer
+from etj_operator.sandbox.identities import OPERATOR_NAME, OPERATOR_NAMESPACE
 
 from emulated import NS, wait_until
 from jobs import job_manifest
@@ -393,8 +402,130 @@ class ChaosOperator:
         self.start(kind)
         return what
 
+    def tick(self) -> None:
+        """Nothing is pending between restarts of a single operator."""
+
     def close(self) -> None:
         self.stop(hard=False)
+
+
+#: Lease timings of the failover runs (seconds): short, so that a run sees many handovers.
+FAILOVER_LEASE = {
+    "ETJ_LEASE_DURATION_SECONDS": "3",
+    "ETJ_RENEW_DEADLINE_SECONDS": "2",
+    "ETJ_RETRY_PERIOD_SECONDS": "0.5",
+}
+FAILOVER_KINDS = ("sigstop", "sigkill", "cutoff")
+
+
+class FailoverOperators:
+    """Two operator processes with leader election; :meth:`restart` applies a seeded fault to the leader.
+
+    A paused leader is resumed, and a cut-off leader reconnected, a seeded 0.5-2 s after its lease ran out:
+    it comes back as a standby. A killed leader is replaced by a new standby process. One fault at a time:
+    the next waits until the previous one is undone and a live process holds the Lease.
+    """
+
+    def __init__(self, server: EmulatorServer, env: dict[str, str], log_dir: Path) -> None:
+        self.server = server
+        self.env = {
+            **env,
+            "ETJ_LEADER_ELECTION": "true",
+            "ETJ_LEADER_ELECTION_NAMESPACE": OPERATOR_NAMESPACE,
+            "ETJ_LEADER_ELECTION_LEASE_NAME": OPERATOR_NAME,
+            **FAILOVER_LEASE,
+        }
+        self.lease_seconds = float(FAILOVER_LEASE["ETJ_LEASE_DURATION_SECONDS"])
+        self.log_dir = log_dir
+        self.procs: dict[str, OperatorProcess] = {}
+        self.restarts: Counter[str] = Counter()
+        self._started = 0
+        #: identity -> (monotonic time to undo the fault, how to undo it)
+        self._pending: dict[str, tuple[float, Any]] = {}
+
+    def _start_one(self) -> str:
+        self._started += 1
+        identity = f"op-{self._started}"
+        env = {**self.env, "ETJ_LEADER_ELECTION_IDENTITY": identity}
+        self.procs[identity] = OperatorProcess(env, self.log_dir).start()
+        return identity
+
+    def start(self, kind: str = "process") -> None:
+        self._start_one()
+        self._start_one()
+
+    def leader(self) -> str | None:
+        lease = self.server.get("leases", OPERATOR_NAMESPACE, OPERATOR_NAME)
+        holder = LeaseRecord.from_lease(lease).holder if lease else ""
+        return holder if holder in self.procs and holder not in self._pending else None
+
+    def tick(self) -> None:
+        """Undo the faults whose time has come (the process rejoins as a standby)."""
+        now = time.monotonic()
+        for identity, (when, undo) in list(self._pending.items()):
+            if now >= when:
+                undo()
+                del self._pending[identity]
+
+    def settle(self) -> str:
+        """Undo every pending fault, then wait until a live process leads; its identity."""
+        for identity, (_, undo) in list(self._pending.items()):
+            undo()
+            del self._pending[identity]
+        return str(wait_until(self.leader, 4 * self.lease_seconds + 10, "a leader among the live operators"))
+
+    def restart(self, rng: random.Random, down_seconds: float) -> str:
+        leader = self.settle()
+        kind = rng.choice(FAILOVER_KINDS)
+        proc = self.procs[leader]
+        later = time.monotonic() + self.lease_seconds + rng.uniform(0.5, 2.0)
+        if kind == "sigkill":
+            proc.kill()
+            del self.procs[leader]
+            self._start_one()
+        elif kind == "sigstop":
+            assert proc.pid is not None
+            os.kill(proc.pid, signal.SIGSTOP)
+            pid = proc.pid
+            self._pending[leader] = (later, lambda: os.kill(pid, signal.SIGCONT))
+        else:
+            # every request of its own API client answered 503 (kopf's job watch, which names no identity,
+            # stays up): it cannot renew, steps down, and rejoins once the server answers again
+            fault = self.server.faults.add(status=503, times=None, user_agent_regex=re.escape(f"({leader})"))
+            self._pending[leader] = (later, lambda: self.server.faults.remove(fault))
+        self.restarts[kind] += 1
+        return kind
+
+    def close(self) -> None:
+        with contextlib.suppress(AssertionError):
+            self.settle()
+        for proc in self.procs.values():
+            proc.terminate()
+        self.procs.clear()
+
+
+def doubled_events(server: EmulatorServer, scripts: list[Lifecycle]) -> tuple[list[str], int]:
+    """Events posted more often than their decisions were made (JobCreated once, GangRestarted at most once
+    per restart), and how many jobs have no JobCreated at all.
+
+    An Event is advisory and posted after the decision is written, with the lowest priority: a leader
+    killed or cut off with Events still queued loses them (counted, not a failure); posting one twice is.
+    """
+    doubled = []
+    missing = 0
+    for s in scripts:
+        events = server.list("events", NS, field_selector=f"involvedObject.name={s.name}")
+        counts: Counter[str] = Counter()
+        for event in events:
+            counts[event.get("reason", "")] += int(event.get("count") or 1)
+        if counts["JobCreated"] > 1:
+            doubled.append(f"{s.name}: JobCreated x{counts['JobCreated']}")
+        missing += counts["JobCreated"] == 0
+        status = (server.get(c.PLURAL, NS, s.name) or {}).get("status") or {}
+        restarts = int(status.get("restarts") or 0)
+        if counts["GangRestarted"] > restarts:
+            doubled.append(f"{s.name}: GangRestarted x{counts['GangRestarted']} for {restarts} restarts")
+    return doubled, missing
 
 
 @dataclass
@@ -407,6 +538,11 @@ class Report:
     energy_errors: dict[str, float] = field(default_factory=dict)
     total_joules: float = 0.0
     total_truth: float = 0.0
+    doubled_events: list[str] = field(default_factory=list)
+    #: Jobs whose JobCreated Event was lost (queued in an operator that was killed or cut off).
+    missing_events: int = 0
+    #: Doubled Events fail the run (the failover runs); elsewhere they are only printed.
+    check_events: bool = False
 
     @property
     def max_energy_error(self) -> float:
@@ -417,7 +553,8 @@ class Report:
         return (
             f"chaos: lifecycles={self.lifecycles} restarts={dict(self.restarts)} duplicates={len(self.duplicates)} "
             f"orphans={len(self.orphans)} wrong={len(self.wrong)} energy_max_rel_error={self.max_energy_error:.5f} "
-            f"energy_total_rel_error={overall:.5f} joules={self.total_joules:.0f}"
+            f"energy_total_rel_error={overall:.5f} joules={self.total_joules:.0f} "
+            f"doubled_events={len(self.doubled_events)} lost_job_created_events={self.missing_events}"
         )
 
 
@@ -511,13 +648,16 @@ def run_chaos(
     scripts=None,
     restart_after_starts=None,
     hostile=None,
+    failover: bool = False,
 ) -> Report:
     rng = random.Random(seed)
     scripts = scripts or make_lifecycles(seed, count)
     count = len(scripts)
     creations = PodCreations(server)
-    operator = ChaosOperator(env, log_dir)
-    report = Report(lifecycles=count)
+    operator: ChaosOperator | FailoverOperators = (
+        FailoverOperators(server, env, log_dir) if failover else ChaosOperator(env, log_dir)
+    )
+    report = Report(lifecycles=count, check_events=failover)
     operator.start(rng.choice(["thread", "process"]))
     try:
         with ScriptedKubelet(server, exporter) as kubelet, hostile or contextlib.nullcontext():
@@ -547,6 +687,7 @@ def run_chaos(
                 if hostile is not None:
                     assert not hostile.breaches, hostile.breaches
                     assert not hostile.errors, hostile.errors
+                operator.tick()
                 if time.monotonic() > next_restart:
                     operator.restart(rng, down_seconds=rng.uniform(0.0, 1.0))
                     next_restart = time.monotonic() + rng.uniform(*restart_every)
@@ -559,12 +700,16 @@ def run_chaos(
             # one more hard restart with everything finished: nothing is created or deleted again
             before = len(creations.records)
             operator.restart(rng, down_seconds=0.0)
+            if isinstance(operator, FailoverOperators):
+                operator.settle()  # the fault undone and a leader again: it, too, must create nothing
+                time.sleep(operator.lease_seconds)
             wait_until(lambda: not leftover_pods(server, scripts), 20, "finished gangs cleaned up")
             time.sleep(1.0)
             assert len(creations.records) == before
             report.wrong = check_outcomes(server, scripts)
             report.duplicates = creations.duplicates()
             report.orphans = leftover_pods(server, scripts)
+            report.doubled_events, report.missing_events = doubled_events(server, scripts)
             assert not kubelet.energy_decreases, kubelet.energy_decreases
             if exporter is not None:
                 energy_errors(server, exporter, scripts, report)
@@ -585,6 +730,8 @@ def assert_clean(report: Report, minimum_restarts: int) -> None:
     assert report.wrong == []
     assert report.duplicates == {}
     assert report.orphans == []
+    if report.check_events:
+        assert report.doubled_events == [], report.doubled_events
     assert sum(report.restarts.values()) >= minimum_restarts
     if report.energy_errors:
         worst = max(report.energy_errors, key=report.energy_errors.get)

@@ -90,7 +90,9 @@ def _check_prometheus_operator_object(obj: dict[str, Any]) -> None:
         ({"watchNamespaces": ["Not_A_Namespace"]}, "watchNamespaces"),
         ({"telemetry": {"prometheusUrl": "prometheus:9090"}}, "prometheusUrl"),
         ({"metrics": {"port": 0}}, "port"),
-        ({"replicas": 2}, "replicas"),  # kopf runs standalone: there is no such knob
+        ({"replicas": 2}, "replicas"),  # the knob is replicaCount
+        ({"replicaCount": 0}, "replicaCount"),
+        ({"leaderElection": {"leaseSeconds": 15}}, "leaseSeconds"),
     ],
 )
 def test_values_schema_rejects_bad_values(values, complaint):
@@ -108,10 +110,12 @@ def _deployment(values: dict[str, Any] | None = None) -> dict[str, Any]:
     return find(render(values), "Deployment")
 
 
-def test_deployment_is_one_hardened_replica_with_liveness_and_metrics():
+def test_deployment_is_hardened_replicas_with_liveness_readiness_and_metrics():
     deployment = _deployment()
     spec = deployment["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    # two replicas under the Lease; a rolling update starts the new pod before the old one goes
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -125,11 +129,56 @@ def test_deployment_is_one_hardened_replica_with_liveness_and_metrics():
     assert args[0] == "operator"
     assert args[args.index("--liveness") + 1] == f"http://0.0.0.0:{ports['liveness']}/healthz"
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "liveness"}
-    env = {e["name"]: e["value"] for e in container["env"]}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "readiness"}
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["ETJ_METRICS_PORT"] == str(ports["metrics"]) == "8080"
+    assert env["ETJ_READINESS_PORT"] == str(ports["readiness"])
+    assert env["ETJ_LEADER_ELECTION"] == "true"
+    assert env["ETJ_LEADER_ELECTION_LEASE_NAME"] == deployment["metadata"]["name"]
+    downward = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"] if "valueFrom" in e}
+    assert downward == {
+        "ETJ_LEADER_ELECTION_IDENTITY": "metadata.name",
+        "ETJ_LEADER_ELECTION_NAMESPACE": "metadata.namespace",
+    }
     service = find(render(), "Service")
     assert service["spec"]["ports"][0]["targetPort"] == "metrics"
     assert service["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
+
+
+def test_leader_election_has_its_lease_rules_a_disruption_budget_and_a_way_back_to_one_replica():
+    objects = render()
+    role = find(objects, "Role", LEADER_ROLE)
+    assert role["metadata"]["namespace"] == NAMESPACE
+    rules = {(tuple(r["verbs"]), tuple(r.get("resourceNames", ()))) for r in role["rules"]}
+    assert rules == {(("create",), ()), (("get", "update"), ("etj-efficient-training-operator",))}
+    assert all(r["apiGroups"] == ["coordination.k8s.io"] and r["resources"] == ["leases"] for r in role["rules"])
+    binding = find(objects, "RoleBinding", LEADER_ROLE)
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    pdb = find(objects, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    pod_labels = _deployment()["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    # one replica without election: Recreate, no budget, no Lease rules, and no election variables
+    single = render({"replicaCount": 1, "leaderElection": {"enabled": False}})
+    deployment = find(single, "Deployment")
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert "PodDisruptionBudget" not in kinds(single)
+    assert not [o for o in single if o["kind"] == "Role" and o["metadata"]["name"].endswith("leader-election")]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert {e["name"]: e.get("value") for e in container["env"]}["ETJ_LEADER_ELECTION"] == "false"
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"replicaCount": 2, "leaderElection": {"enabled": False}}, "needs leaderElection.enabled"),
+        ({"leaderElection": {"leaseDurationSeconds": 10, "renewDeadlineSeconds": 10}}, "leaseDurationSeconds >"),
+        ({"leaderElection": {"renewDeadlineSeconds": 2, "retryPeriodSeconds": 2}}, "1.2 x retryPeriodSeconds"),
+    ],
+)
+def test_replicas_that_could_overlap_are_refused_at_render_time(values, complaint):
+    with pytest.raises(Exception, match=complaint):
+        render(values)
 
 
 def test_the_operator_cli_accepts_the_charts_arguments():
@@ -175,9 +224,15 @@ def test_image_digest_wins_over_the_tag():
     assert pinned["image"] == "registry.example.com/ml-platform/etj-operator@sha256:" + "0" * 64
 
 
+LEADER_ROLE = "etj-efficient-training-operator-leader-election"
+
+
 def test_cluster_wide_mode_has_one_cluster_role_and_no_role():
     objects = render()
-    assert "Role" not in kinds(objects)
+    # the one Role is the Lease's, in the operator's own namespace
+    assert [(o["metadata"]["name"], o["metadata"]["namespace"]) for o in objects if o["kind"] == "Role"] == [
+        (LEADER_ROLE, NAMESPACE)
+    ]
     binding = find(objects, "ClusterRoleBinding")
     account = find(objects, "ServiceAccount")
     assert binding["subjects"] == [
@@ -188,9 +243,10 @@ def test_cluster_wide_mode_has_one_cluster_role_and_no_role():
 
 def test_watch_namespace_mode_keeps_namespaced_rules_out_of_the_cluster_role():
     objects = render(PROFILES["namespaced"])
-    roles = [o for o in objects if o["kind"] == "Role"]
+    roles = [o for o in objects if o["kind"] == "Role" and o["metadata"]["name"] != LEADER_ROLE]
     assert [r["metadata"]["namespace"] for r in roles] == ["ml-training"]
-    assert [b["metadata"]["namespace"] for b in objects if b["kind"] == "RoleBinding"] == ["ml-training"]
+    bindings = [b for b in objects if b["kind"] == "RoleBinding" and b["metadata"]["name"] != LEADER_ROLE]
+    assert [b["metadata"]["namespace"] for b in bindings] == ["ml-training"]
     cluster_resources = {res for _, rule in rules_of(objects, "ClusterRole") for res in rule["resources"]}
     assert cluster_resources == {"customresourcedefinitions", "namespaces", "nodes"}
     args = find(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -234,7 +290,7 @@ def test_service_monitor_keeps_the_job_labels():
 def test_network_policy_opens_only_the_ports_the_operator_uses():
     policy = find(render(PROFILES["all-features"]), "NetworkPolicy")
     ingress_ports = sorted(p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"])
-    assert ingress_ports == ["liveness", "metrics"]
+    assert ingress_ports == ["liveness", "metrics", "readiness"]
     egress_ports = {p["port"] for rule in policy["spec"]["egress"] for p in rule.get("ports", [])}
     assert egress_ports == {53, 443, 6443, 9090, contract.DEFAULT_METRICS_PORT, 8443}
 

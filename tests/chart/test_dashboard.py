@@ -102,7 +102,7 @@ def queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
     ("expr", "names"),
     [
         ('sum by (phase) (etj_jobs{phase=~"Throttled|Paused"})', {"etj_jobs"}),
-        ('etj_job_energy_joules{namespace=~"$namespace"} / 3.6e6', {"etj_job_energy_joules"}),
+        ('etj_job_energy_joules_total{namespace=~"$namespace"} / 3.6e6', {"etj_job_energy_joules_total"}),
         (
             "histogram_quantile(0.99, sum by (le) (rate(etj_reconcile_duration_seconds_bucket[$__rate_interval])))",
             {"etj_reconcile_duration_seconds_bucket"},
@@ -135,7 +135,9 @@ def test_every_query_names_exported_metrics_only(path):
     assert unknown == [], "metrics nobody exports"
     # the views the dashboard exists for: energy per job, power vs. limit per GPU, phases, policy decisions
     assert {
-        "etj_job_energy_joules",
+        "etj_job_energy_joules_total",
+        "etj_job_carbon_grams_total",
+        "etj_telemetry_rejected_samples_total",
         "DCGM_FI_DEV_POWER_USAGE",
         "DCGM_FI_DEV_POWER_MGMT_LIMIT",
         "etj_jobs",
@@ -158,3 +160,42 @@ def test_every_panel_queries_the_selected_prometheus(path):
         assert panel["datasource"]["uid"] == "${datasource}"
         for target in panel["targets"]:
             assert target["datasource"]["uid"] == "${datasource}"
+
+
+def label_names_by_metric(expr: str) -> list[tuple[str, set[str]]]:
+    """(metric, label names matched or grouped by) for each selector of a metric with matchers, and each
+    ``by (...)`` of the expression (under the name ``by``)."""
+    e = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    found = [
+        (name, set(re.findall(r"([A-Za-z_]\w*)\s*(?:=~|!~|!=|=)", matchers)))
+        for name, matchers in re.findall(r"([A-Za-z_:][A-Za-z0-9_:]*)\s*\{([^{}]*)\}", e)
+    ]
+    found += [("by", {label.strip() for label in labels.split(",")}) for labels in re.findall(r"\bby\s*\(([^)]*)\)", e)]
+    return found
+
+
+def test_label_names_by_metric():
+    assert label_names_by_metric('sum by (namespace, job_name) (x_total{namespace=~"a", job_name="b"})') == [
+        ("x_total", {"namespace", "job_name"}),
+        ("by", {"namespace", "job_name"}),
+    ]
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_operator_metrics_are_selected_by_job_name_never_by_job(path):
+    """``job`` is Prometheus' scrape-job label: the operator names a job ``job_name`` (the harness's own gauges,
+    scraped from the workers, still carry ``job``)."""
+    dashboard = json.loads(path.read_text())
+    operator = operator_metric_names()
+    wrong = []
+    for where, expr in queries(dashboard):
+        names = template_query_names(expr) if where.startswith("variable") else metric_names(expr)
+        if not names or not names <= operator:
+            continue
+        for name, labels in label_names_by_metric(expr):
+            if "job" in labels:
+                wrong.append(f"{where}: {name} by/with job in {expr!r}")
+        grouped = re.fullmatch(r"\s*label_values\(.*,\s*(\w+)\s*\)\s*", expr)
+        if grouped and grouped.group(1) == "job":
+            wrong.append(f"{where}: label_values(..., job)")
+    assert wrong == []

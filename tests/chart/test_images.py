@@ -253,7 +253,7 @@ def test_each_image_installs_what_its_package_imports_and_nothing_of_the_other_s
 
 def test_etj_without_the_operator_extra_names_the_extra_in_one_line():
     """A core install (or the workload image) has `etj` but not the operator's libraries: one line, no traceback."""
-    hide = "import sys; sys.modules['kopf'] = None; sys.modules['prometheus_api_client'] = None; "
+    hide = "import sys; sys.modules['kopf'] = None; sys.modules['requests'] = None; "
     run = "import runpy; sys.argv = ['etj', '--help']; runpy.run_module('etj_operator', run_name='__main__')"
     result = subprocess.run(
         [sys.executable, "-c", hide + run], capture_output=True, text=True, timeout=60, check=False
@@ -261,7 +261,7 @@ def test_etj_without_the_operator_extra_names_the_extra_in_one_line():
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
-        "etj: the operator's libraries are not installed (kopf, prometheus_api_client): "
+        "etj: the operator's libraries are not installed (kopf, requests): "
         "pip install 'efficient-training-operator[operator]'"
     ]
 

@@ -24,6 +24,7 @@ from etj_operator import contract as c
 from etj_operator.handlers import LEGACY_FINALIZER
 from etj_operator.runner import OperatorThread
 from etj_operator.sandbox.emulator import EmulatorServer
+from etj_operator.sandbox.identities import OPERATOR_NAME, OPERATOR_NAMESPACE
 
 from emulated import (
     NS,
@@ -173,6 +174,16 @@ def server(monkeypatch):
 def test_chart_rbac_allows_exactly_what_the_operator_uses(server, watch_namespaces, tmp_path, monkeypatch):
     kubeconfig = operator_kubeconfig(server, tmp_path / "kubeconfig", watch_namespaces=watch_namespaces)
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    # leader election on, as the chart runs it (the Lease in the operator's namespace, under the release's name)
+    for key, value in {
+        "ETJ_LEADER_ELECTION": "true",
+        "ETJ_LEADER_ELECTION_NAMESPACE": OPERATOR_NAMESPACE,
+        "ETJ_LEADER_ELECTION_LEASE_NAME": OPERATOR_NAME,
+        "ETJ_LEASE_DURATION_SECONDS": "3",
+        "ETJ_RENEW_DEADLINE_SECONDS": "2",
+        "ETJ_RETRY_PERIOD_SECONDS": "0.5",
+    }.items():
+        monkeypatch.setenv(key, value)
     with OperatorThread(namespaces=watch_namespaces, quiet=True):
         job_roles = run_lifecycle(Cluster(server))
     assert operator_refusals(server) == []
@@ -186,6 +197,8 @@ def test_chart_rbac_allows_exactly_what_the_operator_uses(server, watch_namespac
         ("", "events", "create"),
         ("", "services", "delete"),  # OwnerReferencesPermissionEnforcement: an ownerRef needs delete on the child
         (c.GROUP, f"{c.PLURAL}/finalizers", "update"),  # ... and blockOwnerDeletion update on the job's finalizers
+        ("coordination.k8s.io", "leases", "create"),  # the Lease: taken, then renewed
+        ("coordination.k8s.io", "leases", "update"),
     } <= {(p.group, p.resource, p.verb) for p in used}
     # the test's own accessors run in-process and never show up as the operator's
     assert not any(p.verb == "create" and p.resource == c.PLURAL for p in used)

@@ -98,3 +98,37 @@ async def test_a_wrong_guess_about_the_status_is_mended_with_one_more_try(emulat
     # removing a key that is not there any more: one more try without it
     assert await api.patch_job_status(NS, "guess", {"restarts": None, "phase": "Pending"}, uid=uid)
     assert status_of(emulator, "guess") == {"phase": "Pending"}
+
+
+def resource_version(emulator: EmulatorServer, name: str) -> str:
+    return (emulator.get(c.PLURAL, NS, name) or {})["metadata"]["resourceVersion"]
+
+
+@pytest.mark.asyncio
+async def test_a_leader_fences_its_writes_and_an_earlier_leaders_write_never_lands(emulator, api):
+    """Leader election: the first write of a term stamps status.leaderTerm on the job as read (resourceVersion
+    precondition); later writes test the stamp, so once another term stamped the job the old leader's fail."""
+    from etj_operator.errors import ConflictError
+    from etj_operator.leader import NotLeader
+
+    uid = create_job(emulator, "fenced")
+    seen = resource_version(emulator, "fenced")
+    assert await api.patch_job_status(
+        NS, "fenced", {"phase": "Running"}, uid=uid, status_exists=False, term="1/op-a/t1", stamp_resource_version=seen
+    )
+    assert status_of(emulator, "fenced") == {"phase": "Running", c.STATUS_LEADER_TERM: "1/op-a/t1"}
+    assert await api.patch_job_status(NS, "fenced", {"restarts": 1}, uid=uid, term="1/op-a/t1")
+    # op-b takes over: a stamp made from a stale read is refused (409), from a fresh one it lands
+    with pytest.raises(ConflictError):
+        await api.patch_job_status(NS, "fenced", {}, uid=uid, term="2/op-b/t2", stamp_resource_version=seen)
+    assert await api.patch_job_status(
+        NS, "fenced", {}, uid=uid, term="2/op-b/t2", stamp_resource_version=resource_version(emulator, "fenced")
+    )
+    # op-a, paused across the takeover, resumes with a write computed earlier: refused, nothing changed
+    before = status_of(emulator, "fenced")
+    with pytest.raises(NotLeader, match="2/op-b/t2"):
+        await api.patch_job_status(NS, "fenced", {"restarts": 2, "phase": "Failed"}, uid=uid, term="1/op-a/t1")
+    assert status_of(emulator, "fenced") == before == {
+        "phase": "Running", "restarts": 1, c.STATUS_LEADER_TERM: "2/op-b/t2"
+    }
+    assert await api.patch_job_status(NS, "fenced", {"restarts": 2}, uid=uid, term="2/op-b/t2")

@@ -292,3 +292,16 @@ def test_stale_telemetry_keeps_the_last_verdict():
     out = decide(inputs(sp, energy(watts=1400), applied_limits_watts=CAPPED))
     out = decide(inputs(sp, energy(watts=1400), control=out.control, policy=out.policy, fresh_telemetry=False))
     assert out.throttled and cond(out, "PowerCapEnforced") is None
+
+
+def test_a_refused_intensity_query_is_shown_once_and_decides_no_pause():
+    sp = spec(energy={"carbon": {"intensityQuery": "grid", "maxGramsPerKWh": 300}})
+    refused = "spec.energy.carbon.intensityQuery is not allowed: ... no request was made"
+    out = decide(inputs(sp, energy(watts=100), intensity_refused=refused))
+    paused = cond(out, "Paused")
+    assert paused.status is False and paused.reason == "IntensityQueryNotAllowed" and paused.message == refused
+    assert [(e.type, e.reason) for e in out.events] == [("Warning", "IntensityQueryNotAllowed")]
+    assert not out.policy.carbon_paused and out.hold is None
+    again = decide(inputs(sp, energy(watts=100), intensity_refused=refused,
+                          condition_reasons={"Paused": "IntensityQueryNotAllowed"}))
+    assert cond(again, "Paused").reason == "IntensityQueryNotAllowed" and again.events == []

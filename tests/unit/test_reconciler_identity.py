@@ -49,6 +49,8 @@ class Api(JobWriter):
         *,
         uid: str | None = None,
         status_exists: bool = True,
+        term: str | None = None,
+        stamp_resource_version: str | None = None,
     ) -> bool:
         self.status_writes.append({"uid": uid, "status_exists": status_exists, "keys": sorted(status)})
         return True

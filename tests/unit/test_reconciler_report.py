@@ -34,6 +34,8 @@ class Api:
         *,
         uid: str | None = None,
         status_exists: bool = True,
+        term: str | None = None,
+        stamp_resource_version: str | None = None,
     ) -> bool:
         self.status_writes.append(dict(status))
         return True

@@ -1,6 +1,7 @@
 """Direct telemetry: parsing dcgm-exporter's format (and its variants) and scraping pods over HTTP."""
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -152,4 +153,26 @@ def test_samples_carry_the_pods_identity_and_none_from_before_the_pods_start():
     # the endpoint is the pod's own: its node is the pod's whatever the exporter calls its host
     assert (sample.gpu, sample.uid, sample.node, sample.pod_start_seconds) == ("GPU-new", "uid-b", "n1", 1_700_000_000)
     assert result.rejected == 1 and "older than the pod's start" in result.rejected_reasons["ml/j-worker-0"]
+    assert result.rejected_by_kind == {"before_start": 1}
     assert result.pod_errors == {}
+
+
+def test_a_pod_serving_more_gpus_than_it_requested_gets_the_first_ones_it_asked_for():
+    with DcgmExporter() as exporter:
+        uuids = exporter.add_pod("ml", "j-worker-0", gpus=8, watts=5_000_000.0)
+        target = PodTarget("ml", "j-worker-0", "j", "127.0.0.1", exporter.port, uid="uid-1", gpus=2)
+        first = asyncio.run(DirectTelemetry().collect([target]))
+        second = asyncio.run(DirectTelemetry().collect([target]))
+        unlimited = asyncio.run(DirectTelemetry().collect([dataclasses.replace(target, gpus=None)]))
+    assert [s.gpu for s in first.samples] == sorted(uuids)[:2] == [s.gpu for s in second.samples]
+    assert first.rejected_by_kind == {"too_many_gpus": 6}
+    assert "8 GPUs served by a pod that requested 2 nvidia.com/gpu" in first.rejected_reasons["ml/j-worker-0"]
+    assert len(unlimited.samples) == 8
+
+
+def test_an_unparseable_answer_is_named_without_quoting_it():
+    with FixedText('DCGM_FI_DEV_POWER_USAGE{gpu="0" 12 injected: trust me\n') as exporter:
+        target = PodTarget("ml", "w-0", "j", "127.0.0.1", exporter.port)
+        result = asyncio.run(DirectTelemetry().collect([target]))
+    error = result.pod_errors["ml/w-0"]
+    assert error.endswith("the answer is not in the Prometheus text format") and "trust me" not in error

@@ -6,8 +6,8 @@ import pytest
 from prometheus_server import free_port
 
 from etj_operator.energy import EnergyState, integrate
-from etj_operator.telemetry.base import PodTarget, rfc3339_seconds
-from etj_operator.telemetry.prometheus import PrometheusTelemetry
+from etj_operator.telemetry.base import PodTarget, TelemetryCause, rfc3339_seconds
+from etj_operator.telemetry.prometheus import PrometheusHTTPError, PrometheusTelemetry
 
 TARGETS = [PodTarget("ml", "a-worker-0", "a"), PodTarget("ml", "b-worker-0", "b")]
 
@@ -39,20 +39,48 @@ class Canned(PrometheusTelemetry):
         return []
 
 
-def test_one_aggregated_query_per_metric_filters_out_gpus_without_a_pod():
+def test_one_query_per_metric_reads_every_label_scheme_and_filters_out_gpus_without_a_pod():
     source = PrometheusTelemetry("http://p:9090/")
     assert source.url == "http://p:9090"
-    by = "max by (namespace, pod, UUID, gpu, Hostname, hostname, source)"
-    power = 'DCGM_FI_DEV_POWER_USAGE{pod!=""}'
-    energy = 'DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{pod!=""}'
+    assert source.schemes == (
+        ("exported_pod", "exported_namespace"),
+        ("pod_name", "pod_namespace"),
+        ("pod", "namespace"),
+    )
+    by = (
+        "max by (exported_namespace, exported_pod, pod_namespace, pod_name, namespace, pod,"
+        " UUID, gpu, Hostname, hostname, source, job, instance)"
+    )
+
+    def labelled(metric):
+        return [f'{metric}{{exported_pod!=""}}', f'{metric}{{pod_name!=""}}', f'{metric}{{pod!=""}}']
+
+    def unlabelled(metric):
+        sample = f'topk(1, {metric}{{exported_pod="",pod_name="",pod=""}})'
+        return f'label_replace({sample}, "etj_sample", "labels", "", "")'
+
+    def stamped(metric):
+        stamps = " or ".join(f"timestamp({s})" for s in labelled(metric))
+        return (
+            f"{by} ({' or '.join(labelled(metric))})"
+            # the series' scrape time comes back in the same query, marked by a label
+            f' or label_replace({by} ({stamps}), "etj_sample", "time", "", "")'
+            f" or {unlabelled(metric)}"
+        )
+
+    agent = (
+        'label_replace(max by (exported_namespace, exported_pod, pod_namespace, pod_name, namespace, pod, UUID, gpu,'
+        ' Hostname) (etj_node_agent_desired_power_limit_watts), "etj_sample", "agent", "", "")'
+    )
+    limit = "DCGM_FI_DEV_POWER_MGMT_LIMIT"
     assert [q.promql for q in source.queries] == [
-        # the series' scrape time comes back in the same query, marked by a label
-        f'{by} ({power}) or label_replace({by} (timestamp({power})), "etj_sample", "time", "", "")',
-        f'{by} ({energy}) or label_replace({by} (timestamp({energy})), "etj_sample", "time", "", "")',
-        f'{by} (DCGM_FI_DEV_POWER_MGMT_LIMIT{{pod!=""}})',
+        f"{stamped('DCGM_FI_DEV_POWER_USAGE')} or {agent}",
+        stamped("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION"),
+        f"{by} ({' or '.join(labelled(limit))}) or {unlabelled(limit)}",
     ]
     # without a node label the node check is off and the label leaves the aggregation
-    assert "Hostname" not in PrometheusTelemetry("http://p", node_label=None).queries[0].promql
+    assert "hostname" not in PrometheusTelemetry("http://p", node_label=None).queries[1].promql
+    assert "etj_node_agent" not in PrometheusTelemetry("http://p", agent_metric=None).queries[0].promql
 
 
 def test_the_counter_sample_is_stamped_with_its_scrape_time():
@@ -63,7 +91,7 @@ def test_the_counter_sample_is_stamped_with_its_scrape_time():
     assert sample.energy_mj == 5000.0 and sample.timestamp_seconds == 995.25
 
 
-def test_label_scheme_and_extra_matchers_shape_the_query():
+def test_a_configured_label_scheme_and_extra_matchers_shape_the_query():
     source = PrometheusTelemetry(
         "http://p",
         pod_label="exported_pod",
@@ -71,14 +99,26 @@ def test_label_scheme_and_extra_matchers_shape_the_query():
         limit_metric=None,
         extra_matchers='job="dcgm"',
     )
-    assert len(source.queries) == 2
+    assert source.schemes == (("exported_pod", "exported_namespace"),) and len(source.queries) == 2
     assert source.queries[0].promql.startswith(
-        "max by (exported_namespace, exported_pod, UUID, gpu, Hostname, hostname, source) "
-        '(DCGM_FI_DEV_POWER_USAGE{exported_pod!="",job="dcgm"})'
+        "max by (exported_namespace, exported_pod, UUID, gpu, Hostname, hostname, source, job, instance) "
+        '(DCGM_FI_DEV_POWER_USAGE{exported_pod!="",job="dcgm"}) or '
     )
+    assert 'topk(1, DCGM_FI_DEV_POWER_USAGE{exported_pod="",job="dcgm"})' in source.queries[0].promql
+    # a known scheme's pod label brings its namespace label
+    assert PrometheusTelemetry("http://p", pod_label="pod_name").schemes == (("pod_name", "pod_namespace"),)
 
 
-@pytest.mark.parametrize("bad", [{"pod_label": "pod-name"}, {"power_metric": "9bad"}, {"timeout_seconds": 0}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"pod_label": "pod-name", "namespace_label": "ns"},
+        {"pod_label": "k8s_pod"},  # not a known scheme: its namespace label must be named
+        {"namespace_label": "namespace"},
+        {"power_metric": "9bad"},
+        {"timeout_seconds": 0},
+    ],
+)
 def test_invalid_settings_are_refused(bad):
     with pytest.raises(ValueError):
         PrometheusTelemetry("http://p", **bad)
@@ -125,17 +165,23 @@ def test_no_targets_no_queries():
 
 
 def test_one_failed_query_fails_the_cycle_without_raising():
-    source = Canned({"TOTAL_ENERGY": RuntimeError("HTTP Status Code 503")})
+    source = Canned({"TOTAL_ENERGY": PrometheusHTTPError(503)})
     result = asyncio.run(source.collect(TARGETS))
     assert result.samples == [] and result.requests == 3
-    assert "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION" in result.error and "503" in result.error
+    assert result.error == (
+        "Prometheus at http://prometheus.invalid:9090 failed: DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION:"
+        " HTTP 503: Prometheus is unavailable"
+    )
+    assert (result.status_code, result.error_cause) == (503, TelemetryCause.QUERY_FAILED)
 
 
-def test_a_malformed_answer_is_an_error():
+def test_a_malformed_answer_is_an_error_that_quotes_nothing_of_it():
     result = asyncio.run(
         Canned({"POWER_USAGE": [{"metric": {"pod": "a-worker-0", "namespace": "ml"}}]}).collect(TARGETS)
     )
     assert result.samples == [] and "malformed" in result.error
+    quoted = asyncio.run(Canned({"POWER_USAGE": [series("a-worker-0", "0", "hunter2")]}).collect(TARGETS))
+    assert quoted.error == "Prometheus at http://prometheus.invalid:9090 gave a malformed answer (ValueError)"
 
 
 def test_an_unreachable_prometheus_is_an_error_result():
@@ -177,10 +223,11 @@ def test_operator_settings_shape_the_source():
     source = make_source(config, "Prometheus", "http://prom:9090")
     assert isinstance(source, PrometheusTelemetry)
     assert source.node_labels == ()  # the node check off
-    assert (source.pod_label, source.namespace_label, len(source.queries)) == ("exported_pod", "exported_namespace", 2)
+    assert (source.schemes, len(source.queries)) == ((("exported_pod", "exported_namespace"),), 2)
     assert all('job="dcgm"' in q.promql for q in source.queries)
     default = make_source(OperatorConfig.from_env({}), "Prometheus", "http://p")
     assert len(default.queries) == 3 and default.node_labels == ("Hostname", "hostname")
+    assert len(default.schemes) == 3  # every scheme, without configuration
     custom = make_source(OperatorConfig.from_env({"ETJ_PROMETHEUS_NODE_LABEL": "node"}), "Prometheus", "http://p")
     assert custom.node_labels == ("node",)
 

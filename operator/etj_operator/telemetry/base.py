@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import Final, Protocol
 
 
 class TelemetryCause(StrEnum):
@@ -106,6 +106,23 @@ def attribution_problem(target: PodTarget, *, node: str | None, timestamp_second
             "an earlier pod of that name"
         )
     return None
+
+
+#: Kinds of series not attributed to a pod (``TelemetryResult.rejected_by_kind``; the ``reason`` label of
+#: ``etj_telemetry_rejected_series_total``): from another node, sampled before the pod started, beyond the GPUs
+#: the pod requested, a second copy of a GPU already read, a GPU the node agent does not list as the pod's.
+REJECT_NODE: Final = "node"
+REJECT_BEFORE_START: Final = "before_start"
+REJECT_TOO_MANY_GPUS: Final = "too_many_gpus"
+REJECT_DUPLICATE: Final = "duplicate"
+REJECT_NOT_HELD: Final = "not_held"
+
+
+def attribution_kind(target: PodTarget, *, node: str | None) -> str:
+    """The kind of the problem :func:`attribution_problem` found: ``node``, else ``before_start``."""
+    if node and target.node and not same_node(node, target.node) and not same_node(node, target.pod):
+        return REJECT_NODE
+    return REJECT_BEFORE_START
 
 
 @dataclass(frozen=True)
@@ -214,3 +231,5 @@ class JobTelemetry:
     #: What ``reason`` is, as the condition's reason.
     cause: TelemetryCause = TelemetryCause.SAMPLES_RECEIVED
     intensity_grams_per_kwh: float | None = None
+    #: Why the job's carbon-intensity query was not run (the operator does not allow it); "" otherwise.
+    intensity_refused: str = ""

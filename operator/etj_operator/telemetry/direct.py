@@ -6,7 +6,8 @@ GPUs there under dcgm-exporter's names and units (W, mJ) with a ``source`` label
 ``simulated``); a dcgm-exporter sidecar in the pod would serve the same format. Every GPU series a pod
 serves is attributed to that pod (its UID and node): the endpoint belongs to it, so the node is the pod's
 by construction. A sample stamped before the pod's ``status.startTime`` is still not counted
-(:func:`~etj_operator.telemetry.base.attribution_problem`).
+(:func:`~etj_operator.telemetry.base.attribution_problem`), nor, since the pod serves what it likes, more
+GPUs than it requested (``PodTarget.gpus``; the first ones by GPU name count, the same ones every cycle).
 
 A pod that cannot be read (no IP yet, refused, timed out, HTTP error, unparseable text) is reported in
 ``TelemetryResult.pod_errors`` under ``"<namespace>/<pod>"``; the other pods' samples still come back.
@@ -26,7 +27,14 @@ from typing import TYPE_CHECKING
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from etj_operator.telemetry.base import GpuSample, PodTarget, TelemetryResult, attribution_problem
+from etj_operator.telemetry.base import (
+    REJECT_BEFORE_START,
+    REJECT_TOO_MANY_GPUS,
+    GpuSample,
+    PodTarget,
+    TelemetryResult,
+    attribution_problem,
+)
 from etj_operator.telemetry.prometheus import (
     DEFAULT_ENERGY_METRIC,
     DEFAULT_LIMIT_METRIC,
@@ -35,7 +43,7 @@ from etj_operator.telemetry.prometheus import (
 )
 
 if TYPE_CHECKING:
-    from etj_operator.telemetry.prometheus import PrometheusTelemetry
+    from etj_operator.telemetry.prometheus import ClientSettings, PrometheusTelemetry
 
 __all__ = ["DirectTelemetry", "parse_dcgm_text"]
 
@@ -132,11 +140,13 @@ class DirectTelemetry:
         fallback_gpu_label: str = "gpu",
         own_pod_label: str | None = None,
         carbon_prometheus_url: str | None = None,
+        prometheus_client: ClientSettings | None = None,
     ) -> None:
         """Configure the scrapes.
 
         ``own_pod_label`` keeps only series whose label of that name is the target pod (see
-        :func:`parse_dcgm_text`); ``carbon_prometheus_url`` enables :meth:`query_scalar` through Prometheus.
+        :func:`parse_dcgm_text`); ``carbon_prometheus_url`` enables :meth:`query_scalar` through Prometheus,
+        reached with ``prometheus_client``'s credentials.
         """
         if timeout_seconds <= 0:
             raise ValueError("timeout_seconds must be positive")
@@ -155,7 +165,7 @@ class DirectTelemetry:
         if carbon_prometheus_url:
             from etj_operator.telemetry.prometheus import PrometheusTelemetry
 
-            self._carbon = PrometheusTelemetry(carbon_prometheus_url, limit_metric=None)
+            self._carbon = PrometheusTelemetry(carbon_prometheus_url, limit_metric=None, client=prometheus_client)
 
     def url_of(self, target: PodTarget) -> str:
         """The metrics URL of a target (IPv6 addresses bracketed)."""
@@ -176,13 +186,26 @@ class DirectTelemetry:
             result.requests += scraped
             if error is not None:
                 result.pod_errors[f"{target.namespace}/{target.pod}"] = error
+            kept: list[GpuSample] = []
             for sample in samples:
                 # the endpoint is the pod's own, so the node is the pod's; the time may still predate the pod
                 problem = attribution_problem(target, node=None, timestamp_seconds=sample.timestamp_seconds)
                 if problem is None:
-                    result.samples.append(sample)
+                    kept.append(sample)
                 else:
-                    result.reject(target, problem)
+                    result.reject(target, problem, REJECT_BEFORE_START)
+            if target.gpus is not None and len(kept) > target.gpus:
+                # the pod serves what it likes: no more GPUs than it requested, the same ones every cycle
+                kept.sort(key=lambda s: s.gpu)
+                names = ", ".join(s.gpu for s in kept[: target.gpus]) or "none"
+                for _ in kept[target.gpus :]:
+                    result.reject(
+                        target,
+                        f"{len(kept)} GPUs served by a pod that requested {target.gpus} nvidia.com/gpu: kept {names}",
+                        REJECT_TOO_MANY_GPUS,
+                    )
+                kept = kept[: target.gpus]
+            result.samples.extend(kept)
         if result.rejected:
             log.debug("Direct: %d GPU series not attributed: %s", result.rejected, result.rejected_reasons)
         return result
@@ -220,8 +243,9 @@ class DirectTelemetry:
                 node=target.node,
                 pod_start_seconds=target.start_seconds,
             )
-        except ValueError as e:
-            return 1, [], f"GET {url}: unparseable metrics: {e}"
+        except ValueError:
+            # not the parser's message: it quotes the offending line, and the pod wrote that line
+            return 1, [], f"GET {url}: the answer is not in the Prometheus text format"
         if not samples:
             return 1, [], f"GET {url}: no GPU series"
         return 1, samples, None

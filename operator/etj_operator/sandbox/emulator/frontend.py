@@ -96,7 +96,7 @@ class HttpFrontend:
         try:
             if self.access is not None:  # authentication and authorization come first, as on a real server
                 self.access.check_request(raw)
-            fault = self.emulator.faults.take(raw.method, raw.path_qs)
+            fault = self.emulator.faults.take(raw.method, raw.path_qs, raw.headers.get("User-Agent", ""))
             if fault is not None:
                 record.fault = True
                 if fault.delay_seconds > 0:

@@ -43,13 +43,17 @@ class Fault:
     delay_seconds: float = 0.0
     reason: str | None = None
     message: str | None = None
+    #: Only requests whose User-Agent this searches (None: any client): one client cut off, the others not.
+    user_agent_regex: re.Pattern[str] | None = None
     hits: int = 0
 
-    def matches(self, method: str, path_qs: str) -> bool:
+    def matches(self, method: str, path_qs: str, user_agent: str = "") -> bool:
         """Whether this fault applies to a request (and has uses left)."""
         if self.times is not None and self.hits >= self.times:
             return False
         if self.method is not None and self.method.upper() != method.upper():
+            return False
+        if self.user_agent_regex is not None and self.user_agent_regex.search(user_agent) is None:
             return False
         return self.path_regex is None or self.path_regex.search(path_qs) is not None
 
@@ -78,13 +82,15 @@ class FaultInjector:
         self, *, method: str | None = None, path_regex: str | re.Pattern[str] | None = None,
         status: int | None = 500, times: int | None = 1, delay_seconds: float = 0.0,
         reason: str | None = None, message: str | None = None,
+        user_agent_regex: str | None = None,
     ) -> Fault:
         """Inject a fault for the next ``times`` matching requests (``None``: until removed)."""
         if status is None and delay_seconds <= 0:
             raise ValueError("a fault needs an error status or a delay")
         pattern = re.compile(path_regex) if isinstance(path_regex, str) else path_regex
         fault = Fault(method=method, path_regex=pattern, status=status, times=times,
-                      delay_seconds=delay_seconds, reason=reason, message=message)
+                      delay_seconds=delay_seconds, reason=reason, message=message,
+                      user_agent_regex=re.compile(user_agent_regex) if user_agent_regex else None)
         with self._lock:
             self._faults.append(fault)
         return fault
@@ -106,11 +112,11 @@ class FaultInjector:
         with self._lock:
             return [f for f in self._faults if f.times is None or f.hits < f.times]
 
-    def take(self, method: str, path_qs: str) -> Fault | None:
+    def take(self, method: str, path_qs: str, user_agent: str = "") -> Fault | None:
         """Find the first fault matching a request and count one use of it."""
         with self._lock:
             for fault in self._faults:
-                if fault.matches(method, path_qs):
+                if fault.matches(method, path_qs, user_agent):
                     fault.hits += 1
                     return fault
         return None
