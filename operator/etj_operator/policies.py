@@ -25,12 +25,13 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Final
 
 from etj_contract import ConditionType, ControlSection, Drain, Phase, PlacementSection, PolicySection, WorkloadReport
 from etj_operator import contract as c
 from etj_operator.energy import AccountingSettings, EnergyState
-from etj_operator.lifecycle import Event
+from etj_operator.lifecycle import Event, to_rfc3339
 from etj_operator.models import JobSpec
 from etj_operator.telemetry.base import TelemetryCause
 
@@ -167,8 +168,26 @@ def decide(inputs: PolicyInputs) -> PolicyOutcome:
 
 
 # --- telemetry ------------------------------------------------------------------------------------------
+#: Refused samples are shown on the job once they have gone on this long (one lagging scrape is no news).
+REJECTIONS_PERSIST_SECONDS: Final = 60.0
+#: The TelemetryAvailable reason (condition True) while readings arrive but some are refused for that long.
+SAMPLES_REJECTED: Final = "SamplesRejected"
+
+
 def _telemetry_condition(i: PolicyInputs, out: PolicyOutcome) -> None:
     if not i.fresh_telemetry:
+        return
+    since = i.energy.rejecting_since_seconds
+    if i.telemetry_ok and since is not None and i.now_seconds - since >= REJECTIONS_PERSIST_SECONDS:
+        counts = ", ".join(f"{reason} {count}" for reason, count in sorted(i.energy.rejected_samples.items()))
+        started = to_rfc3339(datetime.fromtimestamp(since, UTC))
+        message = (
+            f"GPU readings arrive, but some are refused since {started} ({counts} in all, "
+            "status.energy.rejectedSamples): only readings within the physical bound are counted"
+        )
+        out.conditions.append(ConditionChange(TELEMETRY_AVAILABLE, True, SAMPLES_REJECTED, message))
+        if i.condition_reasons.get(TELEMETRY_AVAILABLE) != SAMPLES_REJECTED:
+            out.events.append(Event("Warning", "TelemetryRejected", message))
         return
     if i.telemetry_ok:
         out.conditions.append(

@@ -305,3 +305,20 @@ def test_a_refused_intensity_query_is_shown_once_and_decides_no_pause():
     again = decide(inputs(sp, energy(watts=100), intensity_refused=refused,
                           condition_reasons={"Paused": "IntensityQueryNotAllowed"}))
     assert cond(again, "Paused").reason == "IntensityQueryNotAllowed" and again.events == []
+
+
+def test_refusals_that_persist_are_shown_on_the_condition_and_warned_once():
+    sp = spec()
+    refusing = EnergyState(joules=50.0, current_watts=300.0, rejected_samples={"counter_decrease": 4},
+                           rejecting_since_seconds=1000.0 - 30)
+    out = decide(inputs(sp, refusing))
+    assert cond(out, "TelemetryAvailable").reason == "SamplesReceived"  # 30 s: not yet news
+    refusing.rejecting_since_seconds = 1000.0 - 61
+    out = decide(inputs(sp, refusing))
+    shown = cond(out, "TelemetryAvailable")
+    assert shown.status is True and shown.reason == "SamplesRejected" and "counter_decrease 4" in shown.message
+    assert [(e.type, e.reason) for e in out.events] == [("Warning", "TelemetryRejected")]
+    again = decide(inputs(sp, refusing, condition_reasons={"TelemetryAvailable": "SamplesRejected"}))
+    assert cond(again, "TelemetryAvailable").reason == "SamplesRejected" and again.events == []
+    refusing.rejecting_since_seconds = None  # a cycle refused nothing
+    assert cond(decide(inputs(sp, refusing)), "TelemetryAvailable").reason == "SamplesReceived"
