@@ -278,8 +278,12 @@ class JobSupervisor:
                 await self._wait(self._ready, self._closing, math.inf)
             while not self._should_end(key):
                 if self._leadership is not None and not self._leadership.valid():
-                    # a standby (or a leader whose renewal is late): no pass until it leads
-                    await self._wait(self._leadership.leading, self._closing, STANDBY_POLL_SECONDS)
+                    # A standby waits to lead; a leader whose renewal is late (its step-down is near: the
+                    # elector clears ``leading`` when the renewal returns) waits a poll, not on ``leading``,
+                    # which is still set and would return at once.
+                    late = self._leadership.leading.is_set()
+                    await self._wait(asyncio.Event() if late else self._leadership.leading, self._closing,
+                                     STANDBY_POLL_SECONDS)
                     continue
                 waker.clear()
                 body = self._body(key)

@@ -403,3 +403,49 @@ async def test_a_job_replaced_by_one_of_another_uid_gets_a_new_loop_with_a_fresh
     assert reconciler.forgotten == [KEY]  # the u1 loop ended (its telemetry and series dropped) ...
     assert KEY in supervisor.running  # ... and u2's loop runs
     await supervisor.close()
+
+
+class Leadership:
+    """A stand-in elector: ``leading`` as the elector sets it, ``ok`` for whether writes may go out."""
+
+    def __init__(self) -> None:
+        self.leading = asyncio.Event()
+        self.ok = False
+
+    def valid(self) -> bool:
+        return self.ok and self.leading.is_set()
+
+
+@pytest.mark.asyncio
+async def test_a_standby_makes_no_pass_until_it_leads_and_a_late_leader_polls_instead_of_spinning():
+    reconciler = FakeReconciler()
+    leadership = Leadership()
+    waits: list[tuple[bool, float]] = []  # (the event waited on was set already: a busy loop, seconds)
+
+    async def wait(waker: asyncio.Event, closing: asyncio.Event, seconds: float) -> None:
+        waits.append((waker.is_set(), seconds))
+        futures = {asyncio.ensure_future(waker.wait()), asyncio.ensure_future(closing.wait())}
+        await asyncio.wait(futures, timeout=0.01, return_when=asyncio.FIRST_COMPLETED)  # time "passes" at once
+        for future in futures:
+            future.cancel()
+
+    supervisor = make(reconciler, wait=wait, leadership=leadership)
+    supervisor.observe(job())
+    await until(lambda: len(waits) >= 3)
+    assert reconciler.passes == []  # a standby waits, makes no pass
+    leadership.ok = True
+    leadership.leading.set()
+    await until(lambda: len(reconciler.passes) >= 1)
+    # the renewal is late: leading is still set, writes may not go out: polls, no pass, no busy loop
+    leadership.ok = False
+    await asyncio.sleep(0.05)
+    passes, late_from = len(reconciler.passes), len(waits)
+    await until(lambda: len(waits) >= late_from + 3)
+    assert len(reconciler.passes) == passes
+    late = waits[late_from:]
+    assert all(not already and seconds == pytest.approx(1.0) for already, seconds in late), late
+    # the step-down cancels the loop; the job gets a waiting loop again
+    leadership.leading.clear()
+    supervisor.step_down()
+    await until(lambda: KEY in supervisor.running)
+    await supervisor.close(0.1)
