@@ -328,7 +328,15 @@ class LeaderElector:
         if stop.is_set():
             return False
         while self.valid():
-            if await self.try_acquire_or_renew() and self.holder == s.identity:
+            assert self._renewed_at is not None
+            # An attempt may take no longer than what is left of the deadline (client-go gives each its own
+            # timeout too): a renewal hanging on a dead connection must not keep this process "leading".
+            left = self._renewed_at + s.renew_deadline_seconds - self._clock()
+            try:
+                renewed = await asyncio.wait_for(self.try_acquire_or_renew(), timeout=max(left, 0.001))
+            except TimeoutError:
+                renewed = False
+            if renewed and self.holder == s.identity:
                 return True
             if not self.valid():
                 break

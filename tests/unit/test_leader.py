@@ -4,6 +4,7 @@ resourceVersions as the API server does (a write with a stale one is a 409)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 from datetime import UTC, datetime, timedelta
 
@@ -241,3 +242,41 @@ def test_settings_that_would_let_two_leaders_overlap_are_refused(kw, words):
     base = {"namespace": "ns", "identity": "me"} | kw
     with pytest.raises(ValueError, match=words):
         ElectionSettings(**base)
+
+
+def test_a_renewal_that_hangs_ends_the_leadership_at_the_renew_deadline():
+    """A renewal request on a dead connection does not keep the process leading until its HTTP timeout."""
+    store = LeaseStore()
+    fast = ElectionSettings(namespace="etj-system", identity="op-a", lease_duration_seconds=0.6,
+                            renew_deadline_seconds=0.3, retry_period_seconds=0.05)
+    client = store.client("op-a")
+    hang = asyncio.Event()
+
+    async def replace_hanging(lease):
+        if hang.is_set():
+            await asyncio.Event().wait()  # never answers
+        return await Client.replace_lease(client, lease)
+
+    client.replace_lease = replace_hanging
+    a = LeaderElector(client, fast)
+    log: list[str] = []
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(a.run(stop, lambda: log.append("started"), lambda: log.append("stopped")))
+        for _ in range(2000):
+            if "started" in log:
+                break
+            await asyncio.sleep(0.005)
+        hang.set()
+        for _ in range(2000):  # stepped down by the deadline, not after the (endless) request
+            if "stopped" in log:
+                break
+            await asyncio.sleep(0.005)
+        assert log == ["started", "stopped"] and not a.valid()
+        stop.set()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    run(scenario())
