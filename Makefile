@@ -48,6 +48,7 @@ bench: install
 	$(PY) bench/telemetry_scale.py
 	$(PY) bench/api_client.py
 	$(PY) bench/operator_scale.py
+	$(PY) bench/power_optimizer.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

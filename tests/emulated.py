@@ -23,14 +23,20 @@ OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_NAME}"
 RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
 
 
-def chart_rbac(watch_namespaces: Iterable[str] = ()) -> list[dict[str, Any]]:
-    """The chart's ServiceAccount and RBAC objects, rendered with the Helm engine (tests/chart/chart_support)."""
+def chart_rbac(watch_namespaces: Iterable[str] = (), *, kueue: bool = False) -> list[dict[str, Any]]:
+    """The chart's ServiceAccount and RBAC objects, rendered with the Helm engine (tests/chart/chart_support).
+
+    ``kueue``: with ``kueue.enabled`` (the operator as Kueue's integration).
+    """
     chart_tests = str(ROOT / "tests" / "chart")
     if chart_tests not in sys.path:
         sys.path.insert(0, chart_tests)
     from chart_support import render
 
-    return [o for o in render({"watchNamespaces": list(watch_namespaces)}) if o["kind"] in RBAC_KINDS]
+    values: dict[str, Any] = {"watchNamespaces": list(watch_namespaces)}
+    if kueue:
+        values["kueue"] = {"enabled": True}
+    return [o for o in render(values) if o["kind"] in RBAC_KINDS]
 
 
 def rbac_server(**options: Any) -> EmulatorServer:
@@ -45,9 +51,12 @@ def operator_kubeconfig(
     *,
     watch_namespaces: Iterable[str] = (),
     objects: list[dict[str, Any]] | None = None,
+    kueue: bool = False,
 ) -> Path:
     """Load the chart's RBAC (or ``objects``) into the server; a kubeconfig with the chart's ServiceAccount token."""
-    token = install_operator_identity(server, objects if objects is not None else chart_rbac(watch_namespaces))
+    if objects is None:
+        objects = chart_rbac(watch_namespaces, kueue=kueue)
+    token = install_operator_identity(server, objects)
     return server.write_kubeconfig(path, token=token)
 
 

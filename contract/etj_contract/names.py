@@ -124,7 +124,7 @@ ANNOTATION_GANG_GENERATION: Final = f"{GROUP}/gang-generation"
 #: pods' world and env: replicas, nprocPerNode, elastic, template, checkpoint, power, compression). A pod of
 #: another world is replaced with its whole gang; a pod without it (an older operator's) counts as current.
 ANNOTATION_WORLD: Final = f"{GROUP}/world"
-#: Kueue's queue label passes through from the job to its pods.
+#: Kueue's queue label, on the job (never on its pods: etj_operator.kueue).
 LABEL_KUEUE_QUEUE: Final = "kueue.x-k8s.io/queue-name"
 
 TRAINER_CONTAINER: Final = "trainer"

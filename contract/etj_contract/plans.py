@@ -155,11 +155,11 @@ class AutoPowerDefaults:
 
     #: Weight of energy against time in the cost ``eta*E + (1-eta)*P_max*T`` (1 = energy only).
     eta: float = 0.5
-    #: Unmeasured steps at each candidate limit before measuring (the clock settles).
+    #: Unmeasured steps before profiling (more while the step time still speeds up), up to 2 after a limit change.
     warmup_steps: int = 5
-    #: Measured steps at each candidate limit.
+    #: The least measured steps at a limit (in windows of half of it); noisy step times get more.
     profile_steps: int = 10
-    #: Distance between two candidate limits (W).
+    #: The grid the limits are searched on (W); a final fine step refines the choice to 1 W.
     step_watts: int = 25
     #: Optional: step time at most this factor of the step time at the maximum limit; None: no constraint.
     max_slowdown: float | None = None

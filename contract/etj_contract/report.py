@@ -72,6 +72,14 @@ CHECKPOINT_PATH: Final = "path"
 CHECKPOINT_TIME: Final = "time"
 PROFILE_CHOSEN_WATTS: Final = "chosenWatts"
 PROFILE_CANDIDATES: Final = "candidates"
+#: powerProfile's other keys: attribute name -> camelCase key (the choice without the cap, why, how long it took).
+_PROFILE_KEYS: Final[Mapping[str, str]] = {
+    "uncapped_watts": "uncappedWatts",
+    "reason": "reason",
+    "profile_steps": "profileSteps",
+    "slowdown": "slowdown",
+    "slowdown_margin": "slowdownMargin",
+}
 #: stages[] items: attribute name -> camelCase key, in the order the harness writes them.
 STAGE_KEYS: Final[Mapping[str, str]] = {
     "name": "name",
@@ -223,10 +231,21 @@ class ProfileCandidate:
 
 @dataclass(frozen=True)
 class PowerProfile:
-    """The Auto power mode's profile: the limit chosen (None while profiling) and the candidates measured."""
+    """The Auto power mode's profile: the limit chosen (None while profiling) and the candidates measured.
+
+    ``uncapped_watts``: the limit the job would pick without the operator's cap (absent: not known while the
+    cap binds); ``reason``: why the choice (optimum, bound, flat, fallback, cap); ``profile_steps``: steps
+    spent profiling so far; ``slowdown`` and ``slowdown_margin``: the chosen limit's measured step time over
+    the uncapped one, and the half-width of that ratio's confidence interval.
+    """
 
     chosen_watts: int | None = None
     candidates: tuple[ProfileCandidate, ...] | None = None
+    uncapped_watts: int | None = None
+    reason: str | None = None
+    profile_steps: int | None = None
+    slowdown: float | None = None
+    slowdown_margin: float | None = None
 
     @classmethod
     def _read(cls, raw: Any, path: str, problems: list[str]) -> PowerProfile:
@@ -241,15 +260,22 @@ class PowerProfile:
                     candidates.append(ProfileCandidate._read(item, where, problems))
                 else:
                     problems.append(FieldProblem(where, f"expected an object, found {describe_value(item)}", "dropped"))
+        k = _PROFILE_KEYS
         return cls(
             chosen_watts=f.integer(PROFILE_CHOSEN_WATTS),
             candidates=None if candidates is None else tuple(candidates),
+            uncapped_watts=f.integer(k["uncapped_watts"]),
+            reason=f.string(k["reason"]),
+            profile_steps=f.integer(k["profile_steps"]),
+            slowdown=f.number(k["slowdown"], 0.0),
+            slowdown_margin=f.number(k["slowdown_margin"], 0.0),
         )
 
     def to_status(self) -> dict[str, Any]:
         """The camelCase dict (set fields only)."""
         candidates = None if self.candidates is None else [c.to_status() for c in self.candidates]
-        return _set({PROFILE_CHOSEN_WATTS: self.chosen_watts, PROFILE_CANDIDATES: candidates})
+        more = {key: getattr(self, attr) for attr, key in _PROFILE_KEYS.items()}
+        return _set({PROFILE_CHOSEN_WATTS: self.chosen_watts, PROFILE_CANDIDATES: candidates, **more})
 
 
 # --- the report ----------------------------------------------------------------------------------------------

@@ -11,6 +11,8 @@ operator reports those as a ``StatusRepaired`` Warning and writes the repaired s
 * :class:`PolicySection` (``status.policy``, with the :class:`Drain` in progress): the policies' hysteresis and
   hold state, so that a restarted operator continues the same decision.
 * :class:`PlacementSection` (``status.placement``): nodes the job avoids after power pressure.
+* :class:`KueueSection` (``status.kueue``): the job's place in Kueue, when the operator is Kueue's integration
+  (``ETJ_KUEUE``): its queue, its Workload and that Workload's admission.
 
 Times follow one rule: a field named ``...Time`` holds an RFC 3339 timestamp (Kubernetes' convention), a field
 named ``...UnixSeconds`` holds seconds since the epoch. A status written before that rule (``carbonSince``,
@@ -33,6 +35,8 @@ __all__ = [
     "ENERGY_KEYS",
     "HISTORY_POINT_LENGTH",
     "JOULES_PER_KWH",
+    "KUEUE",
+    "KUEUE_KEYS",
     "PLACEMENT",
     "PLACEMENT_KEYS",
     "POLICY",
@@ -42,6 +46,7 @@ __all__ = [
     "UNKNOWN",
     "Drain",
     "EnergySection",
+    "KueueSection",
     "PlacementSection",
     "PolicySection",
     "SeriesEntry",
@@ -53,6 +58,7 @@ JOULES_PER_KWH: Final = 3.6e6
 ENERGY: Final = "energy"
 POLICY: Final = "policy"
 PLACEMENT: Final = "placement"
+KUEUE: Final = "kueue"
 
 #: ``status.energy``: attribute name -> camelCase key.
 ENERGY_KEYS: Final[Mapping[str, str]] = {
@@ -117,6 +123,19 @@ PLACEMENT_KEYS: Final[Mapping[str, str]] = {
     "last_reason": "lastReason",
     "last_reschedule_seconds": "lastRescheduleTime",
 }
+#: ``status.kueue``: attribute name -> camelCase key.
+KUEUE_KEYS: Final[Mapping[str, str]] = {
+    "queue_name": "queueName",
+    "workload_name": "workloadName",
+    "admitted": "admitted",
+    "cluster_queue": "clusterQueue",
+    "flavors": "flavors",
+    "pod_count": "podCount",
+    "reason": "reason",
+    "message": "message",
+    "requeues": "requeues",
+    "draining": "draining",
+}
 #: Keys of a status written before the time rule: read, never written.
 _LEGACY_CARBON_SINCE: Final = "carbonSince"
 _LEGACY_DRAIN_SINCE: Final = "since"
@@ -128,6 +147,10 @@ _MAX_AVOIDED_NODES: Final = 1000
 #: Bounds of ``energy.rejectedSamples`` as read back (the operator writes a handful of short reasons).
 _MAX_REJECT_REASONS: Final = 32
 _MAX_REJECT_REASON_LENGTH: Final = 64
+#: Bounds of ``status.kueue`` as read back: Kubernetes object names, a condition message, a few flavors.
+_MAX_OBJECT_NAME: Final = 253
+_MAX_MESSAGE: Final = 32768
+_MAX_FLAVORS: Final = 16
 
 
 # --- status.energy ---------------------------------------------------------------------------------------
@@ -523,3 +546,84 @@ class PlacementSection:
     def empty(self) -> bool:
         """Nothing was ever rescheduled (no section is written)."""
         return self == PlacementSection()
+
+
+# --- status.kueue ------------------------------------------------------------------------------------------
+@dataclass
+class KueueSection:
+    """The job's place in Kueue (``status.kueue``): queue, Workload and admission, as the operator last saw them.
+
+    Written only while the operator is Kueue's integration for the job (``ETJ_KUEUE`` and the job's
+    ``kueue.x-k8s.io/queue-name`` label). ``reason`` and ``message`` are Kueue's (the Workload's QuotaReserved,
+    Admitted or Evicted condition) or the operator's own (``WorkloadCreated``, ``WorkloadOutdated`` ...).
+    """
+
+    #: The LocalQueue the job names.
+    queue_name: str = ""
+    #: The job's Workload (``kueue.x-k8s.io/v1beta2``, in the job's namespace), once it exists.
+    workload_name: str | None = None
+    #: The Workload holds an admission (quota reserved, admission checks ready) and is not evicted.
+    admitted: bool = False
+    #: The ClusterQueue that admitted it (while admitted).
+    cluster_queue: str | None = None
+    #: Resource name -> the ResourceFlavor assigned to it (while admitted).
+    flavors: dict[str, str] = field(default_factory=dict)
+    #: Pods admitted (fewer than ``spec.replicas`` under partial admission of an elastic job).
+    pod_count: int | None = None
+    reason: str | None = None
+    message: str | None = None
+    #: Times the job was evicted by Kueue and queued again (preemption and the like).
+    requeues: int = 0
+    #: Evicted, and a checkpoint is asked for before the pods stop (``spec.checkpoint``; see ``policy.drain``).
+    draining: bool = False
+    problems: tuple[str, ...] = field(default=(), compare=False)
+
+    @classmethod
+    def from_status(cls, raw: Any, path: str = f"status.{KUEUE}") -> KueueSection:
+        """Parse ``status.kueue``; never raises (see the module)."""
+        problems: list[str] = []
+        f = Fields(raw, path, problems)
+        k = KUEUE_KEYS
+        flavors: dict[str, str] = {}
+        raw_flavors = f.mapping(k["flavors"]) or {}
+        for index, (resource, flavor) in enumerate(raw_flavors.items()):
+            where = f"{path}.{k['flavors']}"
+            if index >= _MAX_FLAVORS:
+                problems.append(FieldProblem(where, f"more than {_MAX_FLAVORS} resources", "the rest dropped"))
+                break
+            ok = isinstance(resource, str) and isinstance(flavor, str)
+            if ok and 0 < len(resource) <= _MAX_OBJECT_NAME and 0 < len(flavor) <= _MAX_OBJECT_NAME:
+                flavors[resource] = flavor
+            else:
+                problems.append(FieldProblem(f"{where}[{resource}]", describe_value(flavor), "dropped"))
+        return cls(
+            queue_name=f.string(k["queue_name"], _MAX_OBJECT_NAME) or "",
+            workload_name=f.string(k["workload_name"], _MAX_OBJECT_NAME),
+            admitted=bool(f.boolean(k["admitted"])),
+            cluster_queue=f.string(k["cluster_queue"], _MAX_OBJECT_NAME),
+            flavors=flavors,
+            pod_count=f.integer(k["pod_count"]),
+            reason=f.string(k["reason"], _MAX_REASON),
+            message=f.string(k["message"], _MAX_MESSAGE),
+            requeues=f.integer(k["requeues"]) or 0,
+            draining=bool(f.boolean(k["draining"])),
+            problems=tuple(problems),
+        )
+
+    def to_status(self) -> dict[str, Any]:
+        """The camelCase dict of the fields that are set (``queueName`` and ``admitted`` always)."""
+        k = KUEUE_KEYS
+        return set_fields(
+            {
+                k["queue_name"]: self.queue_name,
+                k["workload_name"]: self.workload_name,
+                k["admitted"]: self.admitted,
+                k["cluster_queue"]: self.cluster_queue,
+                k["flavors"]: dict(sorted(self.flavors.items())) or None,
+                k["pod_count"]: self.pod_count,
+                k["reason"]: self.reason,
+                k["message"]: self.message,
+                k["requeues"]: self.requeues or None,
+                k["draining"]: self.draining or None,
+            }
+        )

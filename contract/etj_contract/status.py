@@ -23,6 +23,8 @@ class Phase(enum.StrEnum):
     RESCHEDULING = "Rescheduling"
     PAUSED = "Paused"
     SUSPENDED = "Suspended"
+    #: Waiting for Kueue: the job's Workload is not admitted (yet, or again after an eviction); no pod runs.
+    QUEUED = "Queued"
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
 
@@ -51,6 +53,9 @@ class ConditionType(enum.StrEnum):
     API_REQUEST_REFUSED = "ApiRequestRefused"
     #: True while pods the job does not own (an older job's of the same name, orphans) hold its pods' names.
     POD_NAME_TAKEN = "PodNameTaken"
+    #: With the operator as Kueue's integration (ETJ_KUEUE): True while the job's Workload is not admitted, with
+    #: Kueue's reason and message; False once it is (reason ``Admitted``).
+    QUEUED = "Queued"
     # the energy policies' (etj_operator.policies)
     TELEMETRY_AVAILABLE = "TelemetryAvailable"
     THROTTLED = "Throttled"

@@ -64,6 +64,9 @@ elseif phase == "Suspended" then
 elseif phase == "Paused" then
   hs.status = "Suspended"
   hs.message = "Paused by an energy policy; resumes from the last checkpoint"
+elseif phase == "Queued" then
+  hs.status = "Suspended"
+  hs.message = condition_message("Queued", "Waiting for Kueue to admit the job's Workload")
 elseif phase == "Pending" then
   hs.status = "Progressing"
   hs.message = "Waiting for the worker pods to run"

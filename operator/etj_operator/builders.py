@@ -384,9 +384,8 @@ def build_worker_pod(
     labels = {**(tmeta.get("labels") or {}), **child_labels(job)}
     labels[c.LABEL_REPLICA_INDEX] = str(index)
     labels[c.LABEL_ROLE] = c.ROLE_WORKER
-    queue = job.labels.get(c.LABEL_KUEUE_QUEUE)
-    if queue:
-        labels[c.LABEL_KUEUE_QUEUE] = queue
+    # The job's kueue.x-k8s.io/queue-name label is not copied: on a pod it would make Kueue's pod integration
+    # admit the pods one by one; the job is queued as a whole through its Workload (etj_operator.kueue).
     annotations = {
         **(tmeta.get("annotations") or {}),
         c.ANNOTATION_GANG_GENERATION: str(gang_generation),

@@ -74,7 +74,7 @@ def _sandbox(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir)
     if args.action == "up":
         options = sandbox.SandboxOptions(state_dir=state_dir, host=args.host, port=args.port,
-                                         max_grace_seconds=args.grace)
+                                         max_grace_seconds=args.grace, kueue=args.kueue)
         return sandbox.up(options)
     if args.action == "down":
         return sandbox.down(state_dir)
@@ -95,6 +95,10 @@ def _add_sandbox_parser(sub: Any) -> None:
     sb_up.add_argument("--host", default="127.0.0.1")
     sb_up.add_argument("--port", type=int, default=DEFAULT_PORT, help="API port (0: a free one; default %(default)s)")
     sb_up.add_argument("--grace", type=float, default=30.0, help="cap of pods' termination grace period (s)")
+    sb_up.add_argument("--kueue", action="store_true",
+                       help="queue jobs through Kueue's Workloads: the operator as Kueue's integration (ETJ_KUEUE)"
+                            " and a stand-in for Kueue's admission (not Kueue) with one flavor and the node's GPUs"
+                            " as quota (docs/kueue.md)")
     actions.add_parser("down", parents=[common], help="stop the sandbox of the state directory")
     actions.add_parser("status", parents=[common], help="show whether a sandbox runs, and its pods' processes")
     sb_logs = actions.add_parser("logs", parents=[common], help="print a pod's log")

@@ -30,6 +30,8 @@ INVALID: Final = ConditionType.INVALID
 API_REQUEST_REFUSED: Final = ConditionType.API_REQUEST_REFUSED
 #: True while pods of another job (an older job of the same name, or orphans) hold the gang's names: it waits.
 POD_NAME_TAKEN: Final = ConditionType.POD_NAME_TAKEN
+#: With the operator as Kueue's integration: True while the job's Workload is not admitted (etj_operator.kueue).
+QUEUED: Final = ConditionType.QUEUED
 CONDITION_TYPES: Final = (
     CREATED,
     RUNNING,
@@ -40,6 +42,7 @@ CONDITION_TYPES: Final = (
     INVALID,
     API_REQUEST_REFUSED,
     POD_NAME_TAKEN,
+    QUEUED,
 )
 
 _EXCLUSIVE: Final[dict[str, str]] = {RUNNING: RESTARTING, RESTARTING: RUNNING}
@@ -67,6 +70,8 @@ REASON_POD_NAME_TAKEN: Final = "PodNameTaken"
 REASON_POD_NAMES_FREE: Final = "PodNamesFree"
 #: Warning Event: a child (ServiceAccount, Role, RoleBinding, Service) of another owner holds the child's name.
 REASON_CHILD_NAME_TAKEN: Final = "ChildNameTaken"
+#: Running/Restarting False while the job waits for Kueue's admission (phase Queued).
+REASON_QUEUED: Final = "Queued"
 #: Warning Event: the template's trainer sets variables the operator generates; the operator's values win.
 REASON_ENV_OVERRIDDEN: Final = "EnvOverridden"
 

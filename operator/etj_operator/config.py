@@ -147,6 +147,11 @@ class OperatorConfig:
     max_gpu_watts: float = 1200.0
     power_bound_tolerance: float = 0.25
     future_sample_tolerance_seconds: float = 30.0
+    #: The operator is Kueue's job integration for EfficientTrainingJob (docs/kueue.md; the chart's
+    #: ``kueue.enabled``): a job labelled kueue.x-k8s.io/queue-name gets a Workload (kueue.x-k8s.io/v1beta2) and
+    #: no pod before Kueue admits it. Off by default; on, the job loops wait for the first listing of Workloads
+    #: and ResourceFlavors, so Kueue's CRDs must be installed.
+    kueue: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -230,6 +235,7 @@ class OperatorConfig:
             future_sample_tolerance_seconds=number(
                 "ETJ_FUTURE_SAMPLE_TOLERANCE_SECONDS", cls.future_sample_tolerance_seconds
             ),
+            kueue=flag("ETJ_KUEUE", cls.kueue),
         )
 
 

@@ -27,12 +27,13 @@ from etj_operator import contract
 from etj_operator.config import OperatorConfig
 from etj_operator.events import EventPoster
 from etj_operator.kubeapi import USER_AGENT, KubeApi, load_connection
+from etj_operator.kueuewatch import KueueInformers
 from etj_operator.leader import ElectionSettings, LeaderElector
 from etj_operator.metrics import serve
 from etj_operator.podwatch import PodInformer
 from etj_operator.policies import POWER_PRESSURE_ANNOTATION
 from etj_operator.readiness import serve_readiness
-from etj_operator.reconciler import JobReconciler
+from etj_operator.reconciler import JobReconciler, KueueAccess
 from etj_operator.reportwatch import ReportInformer, all_set
 from etj_operator.supervisor import JobSupervisor, Wakers
 from etj_operator.telemetry.base import TelemetrySource
@@ -137,6 +138,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.events = EventPoster(
         memo.api, component=contract.MANAGED_BY, instance=settings.posting.reporting_instance or "local"
     )  # it yields to reconcile passes: its idle event is the supervisor's, set below
+    # With ETJ_KUEUE the operator is Kueue's integration (etj_operator.kueue): Workloads and flavors are followed.
+    memo.kueue = KueueInformers(memo.api, getattr(memo, "namespaces", ()), memo.wakers.wake) if config.kueue else None
     memo.reconciler = JobReconciler(
         memo.api,
         config,
@@ -144,15 +147,18 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         hub=memo.hub,
         node_pressure=memo.pressured_nodes.__contains__,
         leader_term=None if elector is None else (lambda: elector.term if elector.valid() else None),
+        kueue=None if memo.kueue is None else KueueAccess(memo.kueue, memo.api),
     )
     memo.pods = PodInformer(memo.api, getattr(memo, "namespaces", ()), memo.wakers.wake)
     memo.pods_task = asyncio.create_task(memo.pods.run(), name="etj-pod-informer")
     memo.reports = ReportInformer(memo.api, getattr(memo, "namespaces", ()), memo.wakers.wake)
     memo.reports_task = asyncio.create_task(memo.reports.run(), name="etj-report-informer")
-    memo.synced = asyncio.Event()  # no job loop makes a pass before both informers have listed everything
-    memo.synced_task = asyncio.create_task(
-        all_set(memo.synced, memo.pods.synced, memo.reports.synced), name="etj-informers-synced"
-    )
+    memo.synced = asyncio.Event()  # no job loop makes a pass before every informer has listed everything
+    listed = [memo.pods.synced, memo.reports.synced]
+    if memo.kueue is not None:
+        memo.kueue_task = asyncio.create_task(memo.kueue.run(), name="etj-kueue-informers")
+        listed.append(memo.kueue.synced)
+    memo.synced_task = asyncio.create_task(all_set(memo.synced, *listed), name="etj-informers-synced")
     memo.supervisor = JobSupervisor(
         memo.reconciler,
         memo.wakers,
@@ -239,7 +245,7 @@ async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     readiness = getattr(memo, "readiness", None)
     if readiness is not None:
         await readiness.cleanup()
-    for name in ("pods_task", "reports_task", "synced_task"):
+    for name in ("pods_task", "reports_task", "kueue_task", "synced_task"):
         informer_task = getattr(memo, name, None)
         if isinstance(informer_task, asyncio.Task):
             informer_task.cancel()

@@ -29,6 +29,7 @@ from etj_contract import (
     CONTROL,
     ENERGY,
     ENERGY_KEYS,
+    KUEUE,
     PLACEMENT,
     POLICY,
     TERMINAL,
@@ -41,6 +42,7 @@ from etj_contract import (
     PolicySection,
     WorkloadReport,
 )
+from etj_operator import builders, kueue
 from etj_operator import conditions as cond
 from etj_operator.energy import integrate
 from etj_operator.lifecycle import Event, Observation, Plan, PodView, reconcile, to_rfc3339
@@ -75,9 +77,10 @@ OWNED_KEYS: Final = (
     PLACEMENT,
     "stage",
     WORKLOAD,
+    KUEUE,
 )
 #: Phases in which no pod runs: nothing to read telemetry from.
-HELD_PHASES: Final = (Phase.SUSPENDED, Phase.PAUSED, *TERMINAL)
+HELD_PHASES: Final = (Phase.SUSPENDED, Phase.PAUSED, Phase.QUEUED, *TERMINAL)
 #: Warning Event reason: a malformed status value was replaced (etj_operator.status_repair).
 REASON_STATUS_REPAIRED: Final = "StatusRepaired"
 #: Phases in which every pod of the gang runs (a reschedule is over).
@@ -105,6 +108,9 @@ class PassObservation:
     pressured_nodes: frozenset[str] = frozenset()
     #: GPUs seen in the job's last telemetry cycle (the throttle divides the budget among them); 0: unknown.
     gpu_count: int = 0
+    #: The job in Kueue (its Workload, the flavors), when the operator is Kueue's integration (ETJ_KUEUE); None:
+    #: it is not (etj_operator.kueue).
+    kueue: kueue.KueueView | None = None
 
 
 @dataclass
@@ -127,6 +133,8 @@ class PassResult:
     gpu_count: int
     #: Whether the job has a status object at all (the first write creates it).
     status_exists: bool
+    #: Kueue's step (with ETJ_KUEUE): what to write to the job's Workload, how its pods are placed.
+    kueue: kueue.KueueStep | None = None
 
 
 def split_by_owner(pods: Sequence[PodView], uid: str) -> tuple[list[PodView], list[PodView]]:
@@ -188,6 +196,24 @@ def decide_pass(obs: PassObservation) -> PassResult:
                 to_rfc3339(obs.now),
                 generation,
             )
+    # Kueue's gate (etj_operator.kueue): no pod before the job's Workload is admitted; then as many as admitted.
+    step: kueue.KueueStep | None = None
+    if obs.kueue is not None and spec is not None and status.get("phase") not in TERMINAL:
+        step = kueue.decide(
+            obs.kueue,
+            builders.JobRef.from_body(body),
+            spec,
+            status,
+            pods,
+            now=obs.now,
+            generation=generation,
+            report=report,
+            checkpoint_timeout_seconds=obs.settings.checkpoint_timeout_seconds,
+        )
+        if step.replicas is not None:
+            spec = dataclasses.replace(spec, replicas=step.replicas)
+    hold = Phase.QUEUED if step is not None and step.queued else (outcome.hold if outcome else None)
+    fail = outcome.fail if outcome is not None and outcome.fail is not None else (step.fail if step else None)
     placement = PlacementSection.from_status(status.get(PLACEMENT))
     plan = reconcile(
         Observation(
@@ -198,8 +224,8 @@ def decide_pass(obs: PassObservation) -> PassResult:
             status=status,
             pods=pods,
             now=obs.now,
-            hold=outcome.hold if outcome else None,
-            fail=outcome.fail if outcome else None,
+            hold=hold,
+            fail=fail,
             recreate=outcome.recreate_pods if outcome else False,
             throttled=outcome.throttled if outcome else False,
             rescheduling=placement.rescheduling,
@@ -211,6 +237,14 @@ def decide_pass(obs: PassObservation) -> PassResult:
         plan.events.append(Event("Warning", REASON_STATUS_REPAIRED, message))
     if outcome is not None:
         plan.events.extend(outcome.events)
+    if step is not None and step.managed and step.placement is None and plan.create_pods:
+        # never a pod without an admission (while an evicted job drains, the lifecycle may not replace a pod)
+        plan.status["replicaStatuses"]["Worker"]["pending"] -= len(plan.create_pods)
+        plan.create_pods = []
+    if obs.kueue is not None:
+        step = step or kueue.KueueStep()  # a finished job (or an invalid spec): its Workload is marked Finished
+        plan.events.extend(step.events)
+        kueue.after_lifecycle(obs.kueue, step, plan.status, obs.now)
     settle(plan, obs.now, generation, report)
     return PassResult(
         plan=plan,
@@ -223,6 +257,7 @@ def decide_pass(obs: PassObservation) -> PassResult:
         report_problems=report.problems,
         gpu_count=gpu_count,
         status_exists=status_exists,
+        kueue=step,
     )
 
 

@@ -38,7 +38,7 @@ from etj_operator.leader import FENCED_WRITES, NotLeader
 from etj_operator.metrics import API_REQUESTS
 
 if TYPE_CHECKING:
-    from etj_operator.ports import JobWriter, ObjectCreator
+    from etj_operator.ports import JobWriter, ObjectCreator, WorkloadWriter
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,11 @@ RESOURCES: Final[Mapping[str, Resource]] = {
     "Lease": Resource("coordination.k8s.io/v1", "leases"),
     contract.KIND: Resource(contract.API_VERSION, contract.PLURAL),
     contract.REPORT_KIND: Resource(contract.API_VERSION, contract.REPORT_PLURAL),
+    # Kueue (ETJ_KUEUE; etj_operator.kueue): the jobs' Workloads, the flavors they are admitted to, priority classes.
+    "Workload": Resource("kueue.x-k8s.io/v1beta2", "workloads"),
+    "ResourceFlavor": Resource("kueue.x-k8s.io/v1beta2", "resourceflavors", namespaced=False),
+    "WorkloadPriorityClass": Resource("kueue.x-k8s.io/v1beta2", "workloadpriorityclasses", namespaced=False),
+    "PriorityClass": Resource("scheduling.k8s.io/v1", "priorityclasses", namespaced=False),
 }
 
 
@@ -491,6 +496,33 @@ class KubeApi:
                 return False
         return True
 
+    async def patch_status(
+        self, kind: str, namespace: str | None, name: str, status: Mapping[str, Any], *, resource_version: str
+    ) -> bool:
+        """Merge-patch an object's status subresource, only as it was at ``resource_version``.
+
+        False when it changed since (409) or is gone (404): the caller decides again from what it sees next. A merge
+        patch replaces lists whole (a Workload's conditions are sent complete), hence the precondition.
+        """
+        res = RESOURCES[kind]
+        body = {"metadata": {"resourceVersion": resource_version}, "status": dict(status)}
+        try:
+            await self.request(
+                "patch",
+                "PATCH",
+                f"{res.plural}/status",
+                res.path(namespace, name, "status"),
+                body=body,
+                content_type=MERGE_PATCH,
+                decode=False,
+                kind=kind,
+                namespace=namespace,
+                name=name,
+            )
+        except (NotFoundError, ConflictError):
+            return False
+        return True
+
     # --- the Lease (leader election, etj_operator.leader.LeaseClient) -----------------------------------
     async def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The Lease, or None."""
@@ -580,6 +612,7 @@ def _without_nulls(value: Any) -> Any:
 if TYPE_CHECKING:  # KubeApi is the writer the reconciler and the Event poster take (etj_operator.ports): mypy checks
     _JOB_WRITER: type[JobWriter] = KubeApi  # that it satisfies both protocols structurally, at no runtime cost.
     _OBJECT_CREATOR: type[ObjectCreator] = KubeApi
+    _WORKLOAD_WRITER: type[WorkloadWriter] = KubeApi
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,7 @@ FAILED: Final = Phase.FAILED
 PAUSED: Final = Phase.PAUSED
 THROTTLED: Final = Phase.THROTTLED
 RESCHEDULING: Final = Phase.RESCHEDULING
+QUEUED: Final = Phase.QUEUED
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,8 @@ class Observation:
     status: Mapping[str, Any]
     pods: Sequence[PodView]
     now: datetime
-    #: From the energy policies: keep the pods deleted and show this phase (Paused | Suspended).
+    #: From the energy policies: keep the pods deleted and show this phase (Paused | Suspended); from Kueue
+    #: (etj_operator.kueue): Queued, while the job's Workload is not admitted.
     hold: str | None = None
     #: From the energy policies: finish the job as Failed with (reason, message).
     fail: tuple[str, str] | None = None
@@ -306,6 +308,8 @@ def reconcile(obs: Observation) -> Plan:
         return b.plan
     if obs.hold is not None:
         b.delete(b.obs.pods)
+        if obs.hold == QUEUED:
+            _queued(b)
         b.phase(obs.hold)
         return b.plan
     if obs.recreate:
@@ -362,6 +366,18 @@ def _suspend(b: _Builder) -> None:
     # Kueue semantics: a suspended job's clock stops; activeDeadlineSeconds counts again from the resume.
     b.status.pop("startTime", None)
     b.phase(SUSPENDED, Event("Normal", cond.REASON_SUSPENDED, message))
+
+
+def _queued(b: _Builder) -> None:
+    """Waiting for Kueue's admission: as for a suspended job, the clock stops and nothing runs or restarts.
+
+    ``activeDeadlineSeconds`` counts again from the next start (Kueue's semantics for a job it suspends); the
+    Queued condition itself, with Kueue's reason and message, is set by :mod:`etj_operator.kueue`.
+    """
+    b.status.pop("startTime", None)
+    for ctype in (cond.RUNNING, cond.RESTARTING):
+        if cond.is_true(b.conditions, ctype):
+            b.condition(ctype, False, cond.REASON_QUEUED, "the job's Workload is not admitted: its pods are deleted")
 
 
 def _deadline_passed(b: _Builder, spec: JobSpec) -> bool:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # types only: this module imports nothing of the operator at 
     from etj_operator.telemetry.base import JobTelemetry
     from etj_operator.telemetry.hub import TelemetryHub
 
-__all__ = ["JobPasses", "JobWriter", "ObjectCreator"]
+__all__ = ["JobPasses", "JobWriter", "ObjectCreator", "WorkloadWriter"]
 
 
 @runtime_checkable
@@ -59,6 +59,17 @@ class JobWriter(ObjectCreator, Protocol):
 
         ``term``/``stamp_resource_version``: the leader fencing (see ``KubeApi.patch_job_status``).
         """
+        ...
+
+
+@runtime_checkable
+class WorkloadWriter(JobWriter, Protocol):
+    """The reconciler's calls with ETJ_KUEUE: a JobWriter's, and the Workload's status (etj_operator.kueue)."""
+
+    async def patch_status(
+        self, kind: str, namespace: str | None, name: str, status: Mapping[str, Any], *, resource_version: str
+    ) -> bool:
+        """Merge-patch the object's status as it was at ``resource_version``; False when it changed since or is gone."""
         ...
 
 

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
 from etj_contract import PLACEMENT, PlacementSection
-from etj_operator import builders, contract
+from etj_operator import builders, contract, kueue
 from etj_operator import conditions as cond
 from etj_operator.config import OperatorConfig
 from etj_operator.energy import AccountingSettings
@@ -53,9 +53,9 @@ from etj_operator.metrics import (
     export_job,
     forget_job,
 )
-from etj_operator.models import JobSpec
+from etj_operator.models import InvalidSpecError, JobSpec, parse_spec
 from etj_operator.policies import PolicyOutcome, PolicySettings
-from etj_operator.ports import JobWriter
+from etj_operator.ports import JobWriter, WorkloadWriter
 from etj_operator.telemetry.base import JobTelemetry, PodTarget
 from etj_operator.telemetry.hub import JobRegistration, SourceAccess, TelemetryHub
 
@@ -68,6 +68,8 @@ __all__ = [
     "EventSink",
     "JobReconciler",
     "JobState",
+    "KueueAccess",
+    "KueueIndex",
     "pod_view",
     "split_by_owner",
 ]
@@ -80,6 +82,24 @@ class EventSink(Protocol):
 
     def __call__(self, body: Mapping[str, Any], event: Event) -> None:
         """Record ``event`` on the object ``body``."""
+
+
+class KueueIndex(Protocol):
+    """Kueue's objects as the informers see them (:class:`~etj_operator.kueuewatch.KueueInformers`)."""
+
+    def workload(self, key: tuple[str, str], job_uid: str | None, /) -> Mapping[str, Any] | None:
+        """The job's own Workload (its controller is ``job_uid``), or None."""
+
+    def all_flavors(self) -> Mapping[str, Mapping[str, Any]]:
+        """The ResourceFlavors by name."""
+
+
+@dataclass(frozen=True)
+class KueueAccess:
+    """With ETJ_KUEUE: where the reconciler reads Kueue's objects, and the writer of the jobs' Workloads."""
+
+    index: KueueIndex
+    api: WorkloadWriter
 
 
 @dataclass
@@ -168,8 +188,11 @@ class JobReconciler:
         hub: TelemetryHub | None = None,
         node_pressure: Callable[[str], bool] | None = None,
         leader_term: Callable[[], str | None] | None = None,
+        kueue: KueueAccess | None = None,
     ) -> None:
         self.api = api
+        #: With ETJ_KUEUE: the operator is Kueue's integration for jobs that name a queue (etj_operator.kueue).
+        self.kueue = kueue
         self.config = config
         self.events = events
         self.hub = hub
@@ -211,6 +234,7 @@ class JobReconciler:
         uid = str(meta.get("uid") or "")
         pods = list(pods)
         nodes = {p.node_name for p in pods if p.node_name and not p.terminating}
+        view = await self._kueue_view(body, namespace, name, uid) if self.kueue is not None else None
         decided = decide_pass(
             PassObservation(
                 body=body,
@@ -222,6 +246,7 @@ class JobReconciler:
                 telemetry=telemetry,
                 pressured_nodes=frozenset(node for node in nodes if self.node_pressure(node)),
                 gpu_count=state.gpu_count,
+                kueue=view,
             )
         )
         plan, outcome, spec = decided.plan, decided.outcome, decided.spec
@@ -252,8 +277,11 @@ class JobReconciler:
             # written status and so does not derive the same transition again. A failed status write posts
             # nothing: the retry derives the transition anew and posts it then.
             self._record_decisions(body, plan, outcome)
+            if decided.kueue is not None:
+                await self._write_workload(namespace, decided.kueue.writes)
             await self._apply_children_and_pods(
-                builders.JobRef.from_body(body), spec, plan, pods, state, body=body, foreign=foreign
+                builders.JobRef.from_body(body), spec, plan, pods, state, body=body, foreign=foreign,
+                kueue_step=decided.kueue,
             )
         except PermanentApiError as refused:
             # Shown on the job in this very pass; the supervisor then retries the pass slowly.
@@ -269,6 +297,56 @@ class JobReconciler:
             self.phase_counter.set((namespace, name), plan.status.get("phase"))
         RECONCILE_SECONDS.observe(time.perf_counter() - started)
         return plan
+
+    async def _kueue_view(self, body: Mapping[str, Any], namespace: str, name: str, uid: str) -> kueue.KueueView | None:
+        """The job in Kueue, from the informers: its Workload and the flavors; None when Kueue has nothing of it.
+
+        The one read: the priority class the job names, only when its Workload is to be made (once per Workload).
+        """
+        assert self.kueue is not None
+        labels = (body.get("metadata") or {}).get("labels") or {}
+        queue = kueue.queue_name(labels)
+        workload = self.kueue.index.workload((namespace, name), uid or None)
+        if not queue and workload is None:
+            return None
+        priority: kueue.Priority | None = None
+        problem = ""
+        if queue and workload is None:
+            try:
+                spec: JobSpec | None = parse_spec(body.get("spec"), name)
+            except InvalidSpecError:
+                spec = None
+            ref = kueue.priority_class_of(labels, spec) if spec is not None and not spec.suspend else None
+            if ref is not None:
+                try:
+                    found = kueue.priority_from(ref, await self.api.get(ref.kind, None, ref.name))
+                except ApiStatusError as e:
+                    found = f"{ref.kind} {ref.name!r} could not be read: {e}"
+                if isinstance(found, str):
+                    problem = found
+                else:
+                    priority = found
+        return kueue.KueueView(
+            queue_name=queue,
+            workload=workload,
+            flavors=self.kueue.index.all_flavors(),
+            priority=priority,
+            priority_problem=problem,
+        )
+
+    async def _write_workload(self, namespace: str, writes: kueue.WorkloadWrites) -> None:
+        """Write the job's Workload as the pass decided (after the job's status, before any pod)."""
+        if writes.empty or self.kueue is None:
+            return
+        api = self.kueue.api
+        if writes.delete is not None:
+            name, uid = writes.delete
+            await api.delete(kueue.WORKLOAD_KIND, namespace, name, uid=uid or None)
+        if writes.create is not None:
+            await api.create(writes.create)  # 409: it exists (the informer shows it on a later pass)
+        if writes.status is not None:
+            name, version, status = writes.status
+            await api.patch_status(kueue.WORKLOAD_KIND, namespace, name, status, resource_version=version)
 
     def _record_decisions(self, body: Mapping[str, Any], plan: Plan, outcome: PolicyOutcome | None) -> None:
         """Post the plan's Events and count its gang restarts and policy decisions (once per decision)."""
@@ -292,6 +370,7 @@ class JobReconciler:
         *,
         body: Mapping[str, Any] | None = None,
         foreign: list[PodView] | None = None,
+        kueue_step: kueue.KueueStep | None = None,
     ) -> None:
         """Create the children once, then the plan's pod deletions and creations, never one twice in flight.
 
@@ -327,6 +406,8 @@ class JobReconciler:
         manifests = []
         for index in plan.create_pods:
             manifest = builders.build_worker_pod(job, spec, index, generation, options, directive)
+            if kueue_step is not None and kueue_step.managed:
+                kueue.shape_pod(manifest, kueue_step.placement)  # the admission's flavors; no pod-integration label
             pod_name = manifest["metadata"]["name"]
             if clock - state.creating.get(pod_name, -1e9) > IN_FLIGHT_EXPIRY_SECONDS:
                 state.creating[pod_name] = clock

@@ -24,12 +24,14 @@ from typing import Any, Final
 from etj_contract import (
     CONTROL,
     ENERGY,
+    KUEUE,
     PLACEMENT,
     POLICY,
     ConditionType,
     ControlSection,
     EnergySection,
     FieldProblem,
+    KueueSection,
     Phase,
     PlacementSection,
     PolicySection,
@@ -98,6 +100,7 @@ SECTIONS: Final[dict[str, Callable[[Any], Any]]] = {
     POLICY: PolicySection.from_status,
     PLACEMENT: PlacementSection.from_status,
     ENERGY: EnergySection.from_status,
+    KUEUE: KueueSection.from_status,
 }
 #: Top-level objects whose inner shape the operator does not decide from (rebuilt every pass).
 OPAQUE_MAPS: Final = ("replicaStatuses", "workload")

@@ -202,7 +202,11 @@ IMAGES = [
         target="workload",
         packages=("etj_contract", "etj_workload"),
         never_runs=(),
-        optional={},
+        # the framework callbacks run in the user's image: the integrations extra on top of this one
+        optional={
+            "transformers": "etj_workload.integrations.hf: the integrations extra (docs/bring-your-own-training.md)",
+            "pytorch_lightning": "etj_workload.integrations.lightning: the integrations extra",
+        },
         # kubernetes too: its client (37) requires aiohttp; the control channel speaks HTTP itself (kubeclient.py).
         forbidden=frozenset({"kopf", "aiohttp", "kubernetes", "prometheus-api-client", "rich"}),
     ),

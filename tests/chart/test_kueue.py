@@ -1,52 +1,69 @@
-"""Kueue fit (docs/kueue.md), through the real operator against the API emulator: a job created suspended makes no
-pods; admission (suspend false plus the node selector and tolerations Kueue injects into the template) makes pods
-that carry them and the queue-name label; suspending again deletes the pods, as Kueue's preemption expects."""
+"""The chart's Kueue value (docs/kueue.md): off by default; on, the operator is told (ETJ_KUEUE) and gets the rules of
+Kueue's job integration, in the ClusterRole or, with watchNamespaces, the namespaced ones in each namespace's Role.
+That these rules are exactly what the operator uses is checked in test_rbac.py (with Kueue on); the integration
+itself in tests/kueue/."""
 
 from __future__ import annotations
 
 import pytest
+from chart_support import find, render, rules_of
 
-from etj_operator import contract as c
-from etj_operator.runner import OperatorThread
+from etj_operator.config import OperatorConfig
+from etj_operator.sandbox import identities
 
-from emulated import NS, Cluster, operator_kubeconfig, rbac_server, wait_until
-from jobs import job_manifest
-
-FLAVOR_SELECTOR = {"cloud.example.com/gpu-pool": "h100-spot"}
-FLAVOR_TOLERATION = {"key": "spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
-
-
-@pytest.fixture
-def cluster(tmp_path, monkeypatch):
-    with rbac_server() as server:  # the operator as the chart's ServiceAccount, under the chart's rules
-        monkeypatch.setenv("KUBECONFIG", str(operator_kubeconfig(server, tmp_path / "kubeconfig")))
-        monkeypatch.setenv("ETJ_RECONCILE_INTERVAL_SECONDS", "0.5")
-        monkeypatch.setenv("ETJ_METRICS_PORT", "0")
-        with OperatorThread(quiet=True):
-            yield Cluster(server)
+KUEUE_GROUPS = {"kueue.x-k8s.io", "scheduling.k8s.io"}
+NAMESPACED = {("kueue.x-k8s.io", "workloads"): ["list", "watch", "create", "delete"],
+              ("kueue.x-k8s.io", "workloads/status"): ["patch"]}
+CLUSTER = {("kueue.x-k8s.io", "resourceflavors"): ["list", "watch"],
+           ("kueue.x-k8s.io", "workloadpriorityclasses"): ["get"],
+           ("scheduling.k8s.io", "priorityclasses"): ["get"]}
 
 
-def test_a_queued_job_waits_suspended_and_runs_where_kueue_admits_it(cluster):
-    body = job_manifest("queued", replicas=2, suspend=True)
-    body["metadata"]["labels"] = {c.LABEL_KUEUE_QUEUE: "team-a"}
-    cluster.apply(body)
-    cluster.wait_phase("queued", "Suspended")
-    assert cluster.pods("queued") == []
+def _env(values):
+    (container,) = find(render(values), "Deployment")["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e.get("value") for e in container["env"]}
 
-    # admission, as Kueue's job reconciler does it: the flavor's node selector and tolerations, then unsuspend
-    template = cluster.job("queued")["spec"]["template"]
-    template["spec"]["nodeSelector"] = FLAVOR_SELECTOR
-    template["spec"]["tolerations"] = [FLAVOR_TOLERATION]
-    cluster.server.patch(c.PLURAL, NS, "queued", {"spec": {"suspend": False, "template": template}})
-    pods = cluster.wait_pods("queued", 2)
-    for pod in pods:
-        assert pod["spec"]["nodeSelector"] == FLAVOR_SELECTOR
-        # the flavor's toleration first; then the API server's default not-ready/unreachable ones
-        assert pod["spec"]["tolerations"][0] == FLAVOR_TOLERATION
-        assert pod["metadata"]["labels"][c.LABEL_KUEUE_QUEUE] == "team-a"
 
-    # preemption: Kueue suspends the job again; every pod goes, and the job reports Suspended
-    cluster.server.patch(c.PLURAL, NS, "queued", {"spec": {"suspend": True}})
-    cluster.wait_phase("queued", "Suspended")
-    wait_until(lambda: not cluster.live_pods("queued"), what="pods deleted on suspend")
-    assert cluster.job("queued")["spec"]["template"]["spec"]["nodeSelector"] == FLAVOR_SELECTOR  # spec untouched
+def _kueue_rules(objects, kind):
+    found = {}
+    for namespace, rule in rules_of(objects, kind):
+        for group in rule["apiGroups"]:
+            if group in KUEUE_GROUPS:
+                for resource in rule["resources"]:
+                    found[(namespace, group, resource)] = rule["verbs"]
+    return found
+
+
+def test_kueue_is_off_by_default_and_grants_nothing_of_it():
+    assert _env({})["ETJ_KUEUE"] == "false"
+    assert OperatorConfig.from_env({"ETJ_KUEUE": "false"}).kueue is False
+    objects = render({})
+    assert _kueue_rules(objects, "ClusterRole") == {} and _kueue_rules(objects, "Role") == {}
+
+
+def test_kueue_enabled_tells_the_operator_and_grants_the_integrations_rules():
+    values = {"kueue": {"enabled": True}}
+    env = _env(values)
+    assert env["ETJ_KUEUE"] == "true"
+    assert OperatorConfig.from_env(env).kueue is True
+    rules = _kueue_rules(render(values), "ClusterRole")
+    assert rules == {(None, g, r): v for (g, r), v in {**CLUSTER, **NAMESPACED}.items()}
+
+
+def test_with_watch_namespaces_the_workload_rules_are_namespaced_and_the_reads_of_cluster_objects_are_not():
+    values = {"kueue": {"enabled": True}, "watchNamespaces": ["ml-a", "ml-b"]}
+    objects = render(values)
+    assert _kueue_rules(objects, "ClusterRole") == {(None, g, r): v for (g, r), v in CLUSTER.items()}
+    namespaced = {(ns, g, r): v for ns in ("ml-a", "ml-b") for (g, r), v in NAMESPACED.items()}
+    assert _kueue_rules(objects, "Role") == namespaced
+
+
+def test_the_sandbox_reading_of_the_kueue_rules_equals_what_helm_renders():
+    rendered = find(render({"kueue": {"enabled": True}}), "ClusterRole")
+    read = {o["kind"]: o for o in identities.chart_rbac_objects(kueue=True)}
+    assert read["ClusterRole"]["rules"] == rendered["rules"]
+
+
+def test_a_malformed_setting_is_named():
+    with pytest.raises(ValueError, match="ETJ_KUEUE"):
+        OperatorConfig.from_env({"ETJ_KUEUE": "sometimes"})

@@ -21,10 +21,12 @@ import pytest
 from chart_support import render, rules_of
 
 from etj_operator import contract as c
+from etj_operator import kueue
 from etj_operator.handlers import LEGACY_FINALIZER
 from etj_operator.runner import OperatorThread
 from etj_operator.sandbox.emulator import EmulatorServer
 from etj_operator.sandbox.identities import OPERATOR_NAME, OPERATOR_NAMESPACE
+from etj_operator.sandbox.kueue_standin import QueueSetup, StandInKueue
 
 from emulated import (
     NS,
@@ -162,6 +164,42 @@ Returns the job Roles.
     return roles
 
 
+def run_kueue_lifecycle(cluster: Cluster, standin: StandInKueue) -> None:
+    """With Kueue on: queued jobs of both priority kinds admitted, run and finished; one suspended (its Workload
+    deleted). The stand-in for Kueue's admission (not Kueue) admits by quota."""
+    standin.add_queue(QueueSetup(quota={"nvidia.com/gpu": 2}))
+    cluster.server.create("workloadpriorityclasses.kueue.x-k8s.io", {"metadata": {"name": "urgent"}, "value": 10})
+    cluster.server.create("priorityclasses", {"metadata": {"name": "gold"}, "value": 5})
+    with standin:
+        labelled = job_manifest("rbac-queued", replicas=1)
+        labelled["metadata"]["labels"] = {c.LABEL_KUEUE_QUEUE: "team-a", kueue.LABEL_PRIORITY_CLASS: "urgent"}
+        template = job_manifest("rbac-classy")["spec"]["template"]
+        template["spec"]["priorityClassName"] = "gold"
+        classy = job_manifest("rbac-classy", replicas=1, template=template)
+        classy["metadata"]["labels"] = {c.LABEL_KUEUE_QUEUE: "team-a"}
+        for body in (labelled, classy):
+            for key in ("uid", "generation"):
+                body["metadata"].pop(key, None)
+            cluster.apply(body)
+        for name in ("rbac-queued", "rbac-classy"):
+            cluster.wait_pods(name, 1)
+        cluster.set_phase("rbac-queued", "Succeeded")
+        cluster.wait_phase("rbac-queued", "Succeeded")
+
+        def finished() -> bool:
+            job = cluster.job("rbac-queued") or {"metadata": {"uid": ""}}
+            wl = cluster.server.get("workloads.kueue.x-k8s.io", NS, kueue.workload_name("rbac-queued",
+                                                                                       job["metadata"]["uid"]))
+            return any(x["type"] == "Finished" for x in ((wl or {}).get("status") or {}).get("conditions") or [])
+
+        wait_until(finished, what="the finished job's Workload marked Finished")
+        cluster.server.patch(c.PLURAL, NS, "rbac-classy", {"spec": {"suspend": True}})
+        wait_until(lambda: not cluster.server.list("workloads.kueue.x-k8s.io", NS,
+                                                   label_selector=f"{c.LABEL_JOB_NAME}=rbac-classy"),
+                   what="the suspended job's Workload deleted")
+    assert standin.violations == []
+
+
 @pytest.fixture
 def server(monkeypatch):
     with rbac_server() as srv:
@@ -170,10 +208,16 @@ def server(monkeypatch):
         yield srv
 
 
-@pytest.mark.parametrize("watch_namespaces", [[], [NS]], ids=["cluster-wide", "watch-namespaces"])
-def test_chart_rbac_allows_exactly_what_the_operator_uses(server, watch_namespaces, tmp_path, monkeypatch):
-    kubeconfig = operator_kubeconfig(server, tmp_path / "kubeconfig", watch_namespaces=watch_namespaces)
+@pytest.mark.parametrize(
+    ("watch_namespaces", "with_kueue"),
+    [([], False), ([NS], False), ([], True), ([NS], True)],
+    ids=["cluster-wide", "watch-namespaces", "cluster-wide-kueue", "watch-namespaces-kueue"],
+)
+def test_chart_rbac_allows_exactly_what_the_operator_uses(server, watch_namespaces, with_kueue, tmp_path, monkeypatch):
+    kubeconfig = operator_kubeconfig(server, tmp_path / "kubeconfig", watch_namespaces=watch_namespaces,
+                                     kueue=with_kueue)
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    monkeypatch.setenv("ETJ_KUEUE", "true" if with_kueue else "false")
     # leader election on, as the chart runs it (the Lease in the operator's namespace, under the release's name)
     for key, value in {
         "ETJ_LEADER_ELECTION": "true",
@@ -184,8 +228,12 @@ def test_chart_rbac_allows_exactly_what_the_operator_uses(server, watch_namespac
         "ETJ_RETRY_PERIOD_SECONDS": "0.5",
     }.items():
         monkeypatch.setenv(key, value)
+    # the operator's informers list Kueue's objects from its start: the CRDs come first
+    standin = StandInKueue(server, interval_seconds=0.05).install() if with_kueue else None
     with OperatorThread(namespaces=watch_namespaces, quiet=True):
         job_roles = run_lifecycle(Cluster(server))
+        if standin is not None:
+            run_kueue_lifecycle(Cluster(server), standin)
     assert operator_refusals(server) == []
     used = operator_requests(server)
     # the log holds the operator's requests, not only kopf's watches: the lifecycle really went through
@@ -210,7 +258,7 @@ def test_chart_rbac_allows_exactly_what_the_operator_uses(server, watch_namespac
     assert Permission(c.GROUP, f"{c.REPORT_PLURAL}/status", "patch", NS) in pods_may
     assert not [p for p in pods_may if p.resource == f"{c.PLURAL}/status"], pods_may
 
-    objects = render({"watchNamespaces": watch_namespaces})
+    objects = render({"watchNamespaces": watch_namespaces, "kueue": {"enabled": with_kueue}})
     missing = sorted(p for p in used | delegated if not allowed(objects, p))
     assert missing == [], f"the chart's RBAC does not allow: {missing}"
 
@@ -219,7 +267,8 @@ def test_chart_rbac_allows_exactly_what_the_operator_uses(server, watch_namespac
     assert unused == [], f"the chart grants verbs the operator never uses: {unused}"
 
     if watch_namespaces:  # namespaced work stays out of the ClusterRole
-        cluster_scoped = {"customresourcedefinitions", "namespaces", "nodes"}
+        cluster_scoped = {"customresourcedefinitions", "namespaces", "nodes", "resourceflavors",
+                          "workloadpriorityclasses", "priorityclasses"}
         for _, rule in rules_of(objects, "ClusterRole"):
             assert set(rule["resources"]) <= cluster_scoped, rule
 

@@ -27,7 +27,7 @@ from etj_contract import sections as s
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = (ROOT / "operator" / "etj_operator", ROOT / "workloads" / "etj_workload")
 
-SECTIONS = frozenset({c.CONTROL, c.WORKLOAD, s.ENERGY, s.POLICY, s.PLACEMENT})
+SECTIONS = frozenset({c.CONTROL, c.WORKLOAD, s.ENERGY, s.POLICY, s.PLACEMENT, s.KUEUE})
 NESTED_KEYS = frozenset(
     {
         *(getattr(c, name) for name in c.names.__all__ if name.startswith(("CONTROL_", "WORKLOAD_"))),
@@ -44,6 +44,7 @@ NESTED_KEYS = frozenset(
         *s.POLICY_KEYS.values(),
         *s.DRAIN_KEYS.values(),
         *s.PLACEMENT_KEYS.values(),
+        *s.KUEUE_KEYS.values(),
         # keys of a status written before the time rule, read by the records only
         "carbonSince",
         "lastTime",
@@ -77,6 +78,11 @@ GENERIC = frozenset(
         "acknowledged",
         "candidates",
         "kilowattHours",  # also spec.energy.energyBudget.kilowattHours
+        "message",  # also every condition's
+        "admitted",
+        "flavors",
+        "clusterQueue",  # also a Workload's status.admission
+        "queueName",  # also a Workload's spec
     }
 )
 #: Receivers that hold another format which reuses the status' names on purpose, per module ("{" stands for
@@ -87,7 +93,9 @@ OTHER_FORMATS = {
     "workloads/etj_workload/gpu.py": ("{",),
 }
 #: Words that, in a receiver's text, say it holds a status section.
-SECTION_WORDS = ("energy", "control", "policy", "placement", "workload", "drain", "series", "stage", "checkpoint")
+SECTION_WORDS = (
+    "energy", "control", "policy", "placement", "workload", "drain", "series", "stage", "checkpoint", "section",
+)
 
 
 def _modules() -> Iterator[Path]:

@@ -80,8 +80,10 @@ def operator_release(kube_config: str) -> Iterator[dict[str, Any]]:
 
 def digits_job() -> dict[str, Any]:
     """workloads/examples/digits-ddp.yaml, in the test namespace, on the e2e workload image, without GPU requests."""
-    job = copy.deepcopy(yaml.safe_load((ROOT / "workloads" / "examples" / "digits-ddp.yaml").read_text()))
+    docs = yaml.safe_load_all((ROOT / "workloads" / "examples" / "digits-ddp.yaml").read_text())
+    job = copy.deepcopy(next(d for d in docs if d["kind"] == c.KIND))
     job["metadata"]["namespace"] = JOB_NAMESPACE
+    job["spec"]["checkpoint"]["volume"] = {"emptyDir": {}}  # kind's storage class has no ReadWriteMany claims
     repository, tag = _image("ETJ_E2E_WORKLOAD_IMAGE", "etj-workload:e2e")
     for container in job["spec"]["template"]["spec"]["containers"]:
         if container["name"] == c.TRAINER_CONTAINER:

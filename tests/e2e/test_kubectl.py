@@ -44,9 +44,10 @@ def kubectl(sandbox, *args, stdin: str | None = None, check: bool = True) -> sub
 
 def light_job(name: str) -> dict:
     """The example with its trainer replaced by a short program that prints and waits (no torch)."""
-    job = copy.deepcopy(yaml.safe_load(EXAMPLE.read_text()))
+    job = copy.deepcopy(next(d for d in yaml.safe_load_all(EXAMPLE.read_text()) if d["kind"] == "EfficientTrainingJob"))
     job["metadata"]["name"] = name
     del job["spec"]["compression"]
+    job["spec"]["checkpoint"]["volume"] = {"emptyDir": {}}  # the example's claim is not created here
     trainer = job["spec"]["template"]["spec"]["containers"][0]
     trainer["command"] = [sys.executable, "-c", "import os, time; print('trainer at', os.environ['MASTER_ADDR'],"
                           " flush=True); time.sleep(120)"]

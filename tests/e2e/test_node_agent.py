@@ -70,9 +70,10 @@ def agent(sandbox: Sandbox) -> NodeAgentProcess:
 
 
 def fixed_job(sandbox: Sandbox, name: str, watts: int) -> dict:
-    job = copy.deepcopy(yaml.safe_load(EXAMPLE.read_text()))
+    job = copy.deepcopy(next(d for d in yaml.safe_load_all(EXAMPLE.read_text()) if d["kind"] == c.KIND))
     job["metadata"]["name"] = name
     del job["spec"]["compression"]
+    job["spec"]["checkpoint"]["volume"] = {"emptyDir": {}}  # the example's claim is not created here
     job["spec"]["energy"]["power"] = {"mode": "Fixed", "limitWatts": watts}
     return sandbox.api.create(c.PLURAL, job, namespace=NS)
 

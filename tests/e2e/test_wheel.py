@@ -125,12 +125,14 @@ def test_etj_validate_from_the_wheel(full):
     (full.cwd / "job.yaml").write_text(job)
     result = full.run("etj", "validate", "job.yaml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout == "job.yaml:7: EfficientTrainingJob default/digits-ddp: valid\n"
+    assert result.stdout == ("job.yaml:13: PersistentVolumeClaim digits-ddp-checkpoints: skipped (not a kind of"
+                             " efficienttraining.dev)\njob.yaml:24: EfficientTrainingJob default/digits-ddp: valid\n")
     typo = job.replace("  replicas: 2", "  replicass: 2")
     assert typo != job
     result = full.run("etj", "validate", "-o", "json", "-", stdin=typo)
     assert result.returncode == 1, result.stdout + result.stderr
-    (document,) = json.loads(result.stdout)["documents"]
+    claim, document = json.loads(result.stdout)["documents"]
+    assert (claim["kind"], claim["verdict"]) == ("PersistentVolumeClaim", "skipped")
     assert [(p["stage"], p["field"]) for p in document["problems"]] == [("decoding", "spec.replicass")]
 
 

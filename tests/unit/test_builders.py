@@ -83,7 +83,8 @@ def test_worker_pod_shape():
     assert meta["name"] == "digits-worker-1"
     assert meta["labels"][c.LABEL_REPLICA_INDEX] == "1"
     assert meta["labels"][c.LABEL_ROLE] == c.ROLE_WORKER
-    assert meta["labels"][c.LABEL_KUEUE_QUEUE] == "team-a"
+    # the job's queue label stays on the job: on a pod it would make Kueue's pod integration admit pods one by one
+    assert c.LABEL_KUEUE_QUEUE not in meta["labels"]
     assert meta["annotations"][c.ANNOTATION_GANG_GENERATION] == "2"
     assert pod["spec"]["restartPolicy"] == "Never"
     assert pod["spec"]["hostname"] == "digits-worker-1"

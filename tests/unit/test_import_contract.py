@@ -38,6 +38,7 @@ PURE_MODULES = frozenset(
         "etj_operator.energy",
         "etj_operator.envvars",
         "etj_operator.jobpass",
+        "etj_operator.kueue",
         "etj_operator.lifecycle",
         "etj_operator.models",
         "etj_operator.nodeagent",  # the package's __init__ (a docstring)

@@ -39,7 +39,8 @@ def test_the_default_images_are_the_releases():
     assert values["image"]["tag"] == "" and values["image"]["digest"] == ""  # the tag defaults to appVersion
     helpers = (CHART / "templates" / "_helpers.tpl").read_text()
     assert "(default .Chart.AppVersion .Values.image.tag)" in helpers
-    example = yaml.safe_load((ROOT / "workloads" / "examples" / "digits-ddp.yaml").read_text())
+    docs = yaml.safe_load_all((ROOT / "workloads" / "examples" / "digits-ddp.yaml").read_text())
+    example = next(d for d in docs if d["kind"] == "EfficientTrainingJob")
     (trainer,) = example["spec"]["template"]["spec"]["containers"]
     assert trainer["image"] == f"{REGISTRY}/etj-workload:{__version__}"
     readme = (ROOT / "README.md").read_text()  # the install section names this release's artifacts

@@ -67,8 +67,8 @@ def test_resumed_training_matches_an_uninterrupted_run(launch: Any, tmp_path: Pa
     assert first["status"]["stopReason"] == "StepLimit" and first["status"]["checkpoint"]["step"] == 50
     second = assert_ok(launch(args, env={**env, "ETJ_CHECKPOINT_DIR": str(parts)}))
     assert [s["name"] for s in second["status"]["stages"]] == ["p"]  # restored, not applied again
-    a = torch.load(whole / "model-final.pt", weights_only=False)
-    b = torch.load(parts / "model-final.pt", weights_only=False)
+    a = torch.load(whole / "model-final.pt", weights_only=True)
+    b = torch.load(parts / "model-final.pt", weights_only=True)
     assert a.keys() == b.keys()
     for key in a:
         assert torch.allclose(a[key], b[key], atol=1e-6), key

@@ -79,12 +79,35 @@ class PowerCallback(Callback):
     callback at train end), so no callback can leave a GPU capped.
     """
 
+    def __init__(self) -> None:
+        self._stages_kept = 0
+
     def on_train_begin(self, harness: Harness) -> None:
         """Apply the first limit (Fixed) or start profiling (Auto)."""
+        self._stages_kept = len(harness.compression.kept)
         harness.power.train_begin()
 
+    def on_epoch_begin(self, harness: Harness, epoch: int) -> None:
+        """An epoch boundary: the open measurement window is cancelled (data workers restart)."""
+        harness.power.interrupt()
+
+    def on_evaluate(self, harness: Harness, accuracy: float) -> None:
+        """An evaluation ran between steps: the open window is cancelled and the limit settles again."""
+        harness.power.interrupt()
+
+    def on_step_begin(self, harness: Harness, step: int) -> None:
+        """Note the energy counter: a measurement window counts the steps' energy only."""
+        harness.power.step_begin()
+
     def on_step_end(self, harness: Harness, step: int) -> None:
-        """Advance the profiler by the step's device time (a collective while Auto profiles)."""
+        """Advance the profiler by the step's device time (a collective at each window's end while Auto runs).
+
+        A compression stage kept since the last step (by any callback) changed the workload: Auto profiles again.
+        """
+        kept = len(harness.compression.kept)
+        if kept != self._stages_kept:
+            self._stages_kept = kept
+            harness.power.workload_changed()
         harness.power.step_end(harness.step_device_seconds)
 
 
@@ -140,10 +163,14 @@ class CheckpointCallback(Callback):
             harness.save_checkpoint()
 
     def on_train_end(self, harness: Harness) -> None:
-        """When training ran to its end: save, and export the final model next to the checkpoints."""
-        if harness.completed and harness.env.checkpoint_dir:
+        """When training ran to its end (or a kept quantize stage ended it): save, export the final model."""
+        if not harness.env.checkpoint_dir:
+            return
+        if harness.completed:
             harness.save_checkpoint()
             self.export(harness)
+        elif harness.stop_reason == "Quantized":
+            self.export(harness)  # the quantized model is the final one; its checkpoint was saved with the stage
 
     @staticmethod
     def export(harness: Harness) -> None:

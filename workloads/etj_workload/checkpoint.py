@@ -5,16 +5,21 @@ global step), every rank's RNG states, and the harness's own state (compression 
 power choice, the last acknowledged checkpoint request). Files are ``ckpt-<step>.pt``; the newest
 complete one wins, the older ones beyond ``keep`` are deleted. A crash mid-write leaves at most a
 ``.tmp`` file, which loading ignores.
+
+Everything in a checkpoint is a tensor or plain Python data (numpy's RNG state is kept as a tensor and
+numbers), so it loads with ``torch.load(weights_only=True)``, which unpickles nothing else. Checkpoints of
+harness versions before that hold numpy's state as an array: loading allows numpy's array types too.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import random
 import re
 import tempfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -40,9 +45,12 @@ class Checkpoint:
 
 def capture_rng() -> dict[str, Any]:
     """Return this process's RNG states (python, numpy, torch CPU and CUDA)."""
+    name, key, pos, has_gauss, gauss = cast(tuple[str, Any, int, int, float], np.random.get_state(legacy=True))
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        # numpy's MT19937 state as a tensor and numbers: a checkpoint holds no numpy object (weights_only loads)
+        "numpy": {"bit_generator": str(name), "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -53,7 +61,12 @@ def capture_rng() -> dict[str, Any]:
 def restore_rng(state: dict[str, Any]) -> None:
     """Restore :func:`capture_rng`'s states."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    saved = state["numpy"]
+    if isinstance(saved, dict):
+        key = saved["key"].numpy().astype(np.uint32)
+        np.random.set_state((saved["bit_generator"], key, saved["pos"], saved["has_gauss"], saved["gauss"]))
+    else:  # an older checkpoint: numpy's own tuple
+        np.random.set_state(saved)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -99,7 +112,17 @@ def latest_checkpoint(directory: str | None) -> str | None:
     return os.path.join(directory, names[-1]) if names else None
 
 
+#: What an older checkpoint's numpy RNG state (an array) needs beyond weights_only's defaults.
+_NUMPY_ARRAY_GLOBALS: list[Any] = [
+    importlib.import_module("numpy._core.multiarray")._reconstruct,
+    np.ndarray,
+    np.dtype,
+    type(np.dtype(np.uint32)),
+]
+
+
 def load_checkpoint(path: str) -> Checkpoint:
-    """Read a checkpoint written by :func:`save_checkpoint` (trusted: it holds RNG states, not just tensors)."""
-    data = torch.load(path, map_location="cpu", weights_only=False)
+    """Read a checkpoint written by :func:`save_checkpoint` with ``torch.load(weights_only=True)``."""
+    with torch.serialization.safe_globals(_NUMPY_ARRAY_GLOBALS):
+        data = torch.load(path, map_location="cpu", weights_only=True)
     return Checkpoint(**data)

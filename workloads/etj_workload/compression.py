@@ -64,11 +64,29 @@ def apply_prune(model: nn.Module, spec: PruneSpec) -> list[str]:
     if spec.method == "lnStructured":
         modules = modules[:-1]
     for _, module in modules:
+        order = list(module._parameters)
         if spec.method == "l1Unstructured":
             prune.l1_unstructured(module, "weight", amount=spec.amount)  # type: ignore[no-untyped-call]
         else:
             prune.ln_structured(module, "weight", amount=spec.amount, n=2, dim=0)  # type: ignore[no-untyped-call]
+        _keep_parameter_order(module, order, "weight", "weight_orig")
     return [n for n, _ in modules]
+
+
+def _keep_parameter_order(module: nn.Module, before: list[str], old: str, new: str) -> None:
+    """Put parameter ``new`` where ``old`` was among the module's parameters (torch appends it).
+
+    Pruning renames ``weight`` to ``weight_orig`` (and undoing it back); with the position kept,
+    ``model.parameters()`` lists the same tensors in the same order whether the model is pruned or not, so an
+    optimizer built on a model whose pruning was re-created (a framework resuming makes its optimizer after
+    that) lines up, index by index, with the state saved from one built before the pruning.
+    """
+    params = module._parameters
+    if old not in before or new not in params:
+        return
+    rank = {(new if name == old else name): i for i, name in enumerate(before)}
+    for name, param in sorted([(n, params.pop(n)) for n in list(params)], key=lambda np: rank.get(np[0], len(rank))):
+        params[name] = param
 
 
 def _make_permanent(model: nn.Module) -> None:
@@ -139,6 +157,9 @@ def quantized_copy(model: nn.Module) -> nn.Module:
 
     Convolutions stay in float: torchao's int8 weight-only config targets linear layers.
     """
+    from etj_workload.thirdparty import import_torchao
+
+    import_torchao()  # once, without its known import-time notices (etj_workload.thirdparty)
     from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
     quantized = _copy(model).eval()
@@ -167,7 +188,9 @@ def restore_snapshot(model: nn.Module, saved: _Snapshot) -> None:
     """
     for name, module in _weighted_modules(model):
         if prune.is_pruned(module) and name not in saved.pruned:
+            order = list(module._parameters)
             prune.remove(module, "weight")  # type: ignore[no-untyped-call]
+            _keep_parameter_order(module, order, "weight_orig", "weight")
     with torch.no_grad():
         for key, tensor in model.state_dict().items():
             tensor.copy_(saved.state[key])

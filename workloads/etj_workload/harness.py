@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -58,7 +58,7 @@ from etj_workload.metrics import MetricsServer, MetricsSnapshot
 from etj_workload.power import PowerController
 from etj_workload.power_model import H100_SXM, SimulatedPowerModel
 
-__all__ = ["EXIT_OK", "EXIT_SIGTERM", "Callback", "Harness", "Position"]
+__all__ = ["EXIT_OK", "EXIT_SIGTERM", "Callback", "CheckpointStore", "Harness", "Position", "Resumed"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,35 @@ class Position:
     epoch: int
     batch_in_epoch: int
     step: int
+
+
+@dataclass(frozen=True)
+class Resumed:
+    """What a :class:`CheckpointStore` resumed from: the harness's part of the checkpoint and the position."""
+
+    path: str
+    harness: dict[str, Any]
+    """:meth:`Harness.harness_state` as it was saved."""
+    position: Position
+
+
+class CheckpointStore(Protocol):
+    """Checkpoints that a training framework writes and loads itself (``etj_workload.integrations``).
+
+    Without a store the harness writes its own ``ckpt-<step>.pt`` files (model, optimizer, RNG states and
+    its own state) and loads them at :meth:`Harness.train_begin`. With one, the framework owns the model's,
+    the optimizer's and the loop's state, and the harness only hands it the moments to save (epoch ends,
+    the operator's requests, stops, SIGTERM) and its own state (:meth:`Harness.harness_state`) to keep.
+    """
+
+    def save(self, harness: Harness) -> None:
+        """Save now or at the framework's next save point (a collective: every rank calls it at the same step).
+
+        Once the checkpoint is written, call :meth:`Harness.checkpoint_saved` with its path (rank 0).
+        """
+
+    def resume(self, harness: Harness) -> Resumed | None:
+        """Return what the framework resumed from (called at :meth:`Harness.train_begin`), or None."""
 
 
 def _simulated_gpu_options() -> dict[str, Any]:
@@ -109,6 +138,7 @@ class Harness:
         callbacks: Sequence[Callback] = (),
         stop_after_steps: int | None = None,
         install_signal_handlers: bool = True,
+        checkpoint_store: CheckpointStore | None = None,
     ) -> None:
         self.env = env or HarnessEnv.from_env()
         self.model = model
@@ -121,6 +151,8 @@ class Harness:
         self.callbacks: list[Callback] = [*subsystem_callbacks(), *callbacks]
         self.stop_after_steps = stop_after_steps
         self._install_signal_handlers = install_signal_handlers
+        #: Where checkpoints go when a framework owns them (None: the harness's own files).
+        self.checkpoint_store = checkpoint_store
         if dist_ops is None:
             dist_ops = (
                 TorchDistOps()
@@ -376,25 +408,47 @@ class Harness:
             self._last_loss = float(self._loss_sum.item()) / self._loss_count
         self._loss_sum, self._loss_count = None, 0
 
+    def harness_state(self) -> dict[str, Any]:
+        """The harness's own part of a checkpoint: stages kept, the Auto choice, the last request acknowledged.
+
+        Plain data (lists, dicts, numbers, strings): a :class:`CheckpointStore` may keep it as JSON.
+        """
+        return {
+            "compression": self.compression.state_dict(),
+            "power": self.power.state_dict(),
+            "acknowledged_checkpoint": self.acknowledged_checkpoint,
+            "accuracy": self.accuracy,
+        }
+
+    def checkpoint_saved(self, path: str) -> None:
+        """A checkpoint of the current step was written to ``path``: report it (``status.workload.checkpoint``)."""
+        self.last_checkpoint = {
+            "acknowledged": self.acknowledged_checkpoint,
+            "step": self.step,
+            "epoch": self.epoch,
+            "path": path,
+            "time": utc_now_iso(),
+        }
+        self._publish(urgent=True)
+
     def save_checkpoint(self, acknowledge: int | None = None) -> None:
-        """Save on rank 0 with every rank's RNG state (collective: all ranks call it at the same step)."""
-        rngs = self.dist.all_gather_object(ckpt.capture_rng())
+        """Save on rank 0 with every rank's RNG state (collective: all ranks call it at the same step).
+
+        With a :attr:`checkpoint_store`, the framework saves instead (see :class:`CheckpointStore`).
+        """
         if acknowledge is not None:
             self.acknowledged_checkpoint = max(self.acknowledged_checkpoint, acknowledge)
-        if not self.env.checkpoint_dir:
+        if not self.env.checkpoint_dir:  # the same on every rank (one pod template)
             if acknowledge is not None:
                 log.warning("checkpoint %d requested but ETJ_CHECKPOINT_DIR is unset; acknowledging", acknowledge)
                 self.last_checkpoint = {"acknowledged": self.acknowledged_checkpoint, "time": utc_now_iso()}
                 self._publish(urgent=True)
             return
-        path = None
+        if self.checkpoint_store is not None:
+            self.checkpoint_store.save(self)
+            return
+        rngs = self.dist.all_gather_object(ckpt.capture_rng())
         if self.rank == 0:
-            harness_state = {
-                "compression": self.compression.state_dict(),
-                "power": self.power.state_dict(),
-                "acknowledged_checkpoint": self.acknowledged_checkpoint,
-                "accuracy": self.accuracy,
-            }
             checkpoint = ckpt.Checkpoint(
                 model=self.module.state_dict(),
                 optimizer=self.optimizer.state_dict() if self.optimizer is not None else None,
@@ -402,20 +456,18 @@ class Harness:
                 batch_in_epoch=self.batch_in_epoch,
                 step=self.step,
                 rng=rngs,
-                harness=harness_state,
+                harness=self.harness_state(),
             )
-            path = ckpt.save_checkpoint(self.env.checkpoint_dir, checkpoint)
-            self.last_checkpoint = {
-                "acknowledged": self.acknowledged_checkpoint,
-                "step": self.step,
-                "epoch": self.epoch,
-                "path": path,
-                "time": utc_now_iso(),
-            }
-            self._publish(urgent=True)
+            self.checkpoint_saved(ckpt.save_checkpoint(self.env.checkpoint_dir, checkpoint))
         self.dist.barrier()
 
     def _resume(self) -> None:
+        if self.checkpoint_store is not None:
+            resumed = self.checkpoint_store.resume(self)
+            if resumed is not None:
+                # the framework loaded the model (its store re-created the pruning structure before that)
+                self._restore(resumed.path, resumed.harness, resumed.position)
+            return
         path = ckpt.latest_checkpoint(self.env.checkpoint_dir)
         if path is None:
             return
@@ -424,10 +476,6 @@ class Harness:
         self.module.load_state_dict(state.model)
         if self.optimizer is not None and state.optimizer is not None:
             self.optimizer.load_state_dict(state.optimizer)
-        self.compression.requantize(self.module)
-        self.power.load_state_dict(state.harness.get("power", {}))
-        self.acknowledged_checkpoint = int(state.harness.get("acknowledged_checkpoint", 0))
-        self.accuracy = state.harness.get("accuracy")
         if len(state.rng) == self.dist.world_size:
             ckpt.restore_rng(state.rng[self.rank])
         else:
@@ -436,21 +484,29 @@ class Harness:
                 len(state.rng),
                 self.dist.world_size,
             )
-        self.step = state.step
-        epoch, batch = state.epoch, state.batch_in_epoch
-        if batch >= self.steps_per_epoch:
+        self._restore(path, state.harness, Position(state.epoch, state.batch_in_epoch, state.step))
+
+    def _restore(self, path: str, harness_state: dict[str, Any], position: Position) -> None:
+        """After the model's state is loaded: the harness's own state and the position."""
+        self.compression.requantize(self.module)
+        self.power.load_state_dict(harness_state.get("power", {}))
+        self.acknowledged_checkpoint = int(harness_state.get("acknowledged_checkpoint", 0))
+        self.accuracy = harness_state.get("accuracy")
+        self.step = position.step
+        epoch, batch = position.epoch, position.batch_in_epoch
+        if self.steps_per_epoch > 0 and batch >= self.steps_per_epoch:
             epoch, batch = epoch + 1, 0
         self.epoch, self.batch_in_epoch = epoch, batch
         self._resume_skip = (epoch, batch)
         self.last_checkpoint = {
             "acknowledged": self.acknowledged_checkpoint,
-            "step": state.step,
-            "epoch": state.epoch,
+            "step": position.step,
+            "epoch": position.epoch,
             "path": path,
         }
         if self.compression.guard_stopped or self.compression.quantized is not None:
             self.stop("AccuracyGuard" if self.compression.guard_stopped else "Quantized")
-        log.info("resumed from %s at epoch %d, batch %d, step %d", path, epoch, batch, state.step)
+        log.info("resumed from %s at epoch %d, batch %d, step %d", path, epoch, batch, position.step)
 
     def metrics_snapshot(self) -> MetricsSnapshot:
         """What the metrics endpoint serves now: this node's GPUs and the job's progress."""

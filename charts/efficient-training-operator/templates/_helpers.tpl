@@ -110,6 +110,42 @@ Namespaced rules: what the operator does inside the namespaces it watches.
 {{- end }}
 
 {{/*
+Kueue (kueue.enabled, ETJ_KUEUE; docs/kueue.md): the operator is Kueue's job integration for its jobs.
+
+Namespaced rules.
+  - workloads: the Workload informer lists and watches them; the operator creates each queued job's Workload (owned
+    by the job) and deletes it when it is outdated, the job is suspended or names no queue any more (delete is also
+    what OwnerReferencesPermissionEnforcement checks when the Workload's ownerReference is set).
+  - workloads/status: Finished when the job ends, PodsReady, and the admission cleared after an eviction.
+*/}}
+{{- define "etj.rbac.kueueNamespacedRules" -}}
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads"]
+  verbs: ["list", "watch", "create", "delete"]
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloads/status"]
+  verbs: ["patch"]
+{{- end }}
+
+{{/*
+Kueue, cluster-scoped rules.
+  - resourceflavors: the flavor informer (an admission's flavors give the pods' node selectors and tolerations).
+  - workloadpriorityclasses, priorityclasses: read once per Workload, for the priority of the class the job names
+    (label kueue.x-k8s.io/priority-class, or the template's priorityClassName).
+*/}}
+{{- define "etj.rbac.kueueClusterRules" -}}
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["resourceflavors"]
+  verbs: ["list", "watch"]
+- apiGroups: ["kueue.x-k8s.io"]
+  resources: ["workloadpriorityclasses"]
+  verbs: ["get"]
+- apiGroups: ["scheduling.k8s.io"]
+  resources: ["priorityclasses"]
+  verbs: ["get"]
+{{- end }}
+
+{{/*
 Cluster-scoped rules.
   - customresourcedefinitions: kopf lists and watches CRDs to find the resources it serves.
   - namespaces: kopf lists and watches namespaces when it watches named namespaces only.

@@ -59,22 +59,31 @@ def _define(text: str, name: str) -> str:
     return body
 
 
-def chart_rules(chart_dir: pathlib.Path = CHART_DIR) -> list[Json]:
-    """The rules of the chart's ClusterRole for a cluster-wide install (``watchNamespaces`` empty)."""
+def chart_rules(chart_dir: pathlib.Path = CHART_DIR, *, kueue: bool = False) -> list[Json]:
+    """The rules of the chart's ClusterRole for a cluster-wide install (``watchNamespaces`` empty).
+
+    ``kueue``: with ``kueue.enabled`` (the operator as Kueue's integration, docs/kueue.md).
+    """
     text = (chart_dir / "templates" / "_helpers.tpl").read_text()
     rules: list[Json] = []
-    for name in ("etj.rbac.clusterRules", "etj.rbac.namespacedRules"):
-        rules += yaml.safe_load(_define(text, name)) or []
+    names = ["etj.rbac.clusterRules", "etj.rbac.namespacedRules"]
+    if kueue:
+        names += ["etj.rbac.kueueClusterRules", "etj.rbac.kueueNamespacedRules"]
+    for define in names:
+        rules += yaml.safe_load(_define(text, define)) or []
     return rules
 
 
 def chart_rbac_objects(chart_dir: pathlib.Path = CHART_DIR, *, namespace: str = OPERATOR_NAMESPACE,
-                       name: str = OPERATOR_NAME) -> list[Json]:
-    """The ServiceAccount, ClusterRole and ClusterRoleBinding a default ``helm install`` creates."""
+                       name: str = OPERATOR_NAME, kueue: bool = False) -> list[Json]:
+    """The ServiceAccount, ClusterRole and ClusterRoleBinding a default ``helm install`` creates.
+
+    ``kueue``: as with ``kueue.enabled``.
+    """
     return [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": namespace}},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": name},
-         "rules": chart_rules(chart_dir)},
+         "rules": chart_rules(chart_dir, kueue=kueue)},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": name},
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
          "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]},

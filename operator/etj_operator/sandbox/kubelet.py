@@ -15,10 +15,16 @@ There are no images, containers or network namespaces here, so the kubelet appro
   each pod's container ports named ``rendezvous`` get a free host port, and the rewrite applies it to the
   ports that go with a rewritten name (``MASTER_PORT``/``PET_MASTER_PORT`` beside ``MASTER_ADDR``/
   ``PET_MASTER_ADDR``, the port of a ``host:port`` value). Several jobs can then run at once.
-* **Volumes.** ``emptyDir`` mounts become a per-pod directory, ``persistentVolumeClaim`` mounts a
-  per-claim directory, ``hostPath`` a directory under the state dir (the host path itself is never used);
-  env values and ``workingDir`` under a mount path are rewritten to the host directory (e.g.
-  ``ETJ_CHECKPOINT_DIR=/checkpoints``). A ``projected`` volume (the API server adds the ServiceAccount's
+* **Volumes.** There are no mount namespaces: a volume is a directory (or a file) of this machine, and env
+  values, ``workingDir`` and the words of ``command``/``args`` under a mount path (a whole word, or the value
+  of a ``--flag=PATH`` word) are rewritten to it (e.g. ``ETJ_CHECKPOINT_DIR=/checkpoints``,
+  ``python /workspace/train.py``); ``subPath`` selects a path inside the volume. ``emptyDir`` is a per-pod
+  directory. ``persistentVolumeClaim`` is a directory per claim object (by its UID, kept across pods until the
+  sandbox restarts; a re-created claim starts empty, as a new dynamically provisioned volume does); a pod whose
+  claim does not exist stays Pending until it does. ``hostPath`` is the path itself, this machine being the
+  sandbox's one node, checked by its ``type`` as a kubelet does (``Directory`` and ``File`` must exist,
+  ``DirectoryOrCreate``/``FileOrCreate`` are created, no type: created as a directory when missing); a failed
+  check keeps the pod Pending. A ``projected`` volume (the API server adds the ServiceAccount's
   ``kube-api-access-*`` one to every pod) gets the pod's token and namespace files, as a kubelet writes them
   (no ``ca.crt``: the sandbox serves plain HTTP). A ``configMap`` volume gets the ConfigMap's keys as files
   (``items`` select and rename keys), written when the pod starts (later changes are not synced); a pod
@@ -373,7 +379,7 @@ class _PodRun:
     #: The node GPUs (UUIDs) each container holds, and whether they were given back.
     gpus: dict[str, tuple[str, ...]] = field(default_factory=dict)
     gpus_released: bool = False
-    #: What keeps the pod from starting (a missing ConfigMap), as last logged.
+    #: What keeps the pod from starting (a volume that cannot be set up yet), as last logged.
     waiting_for: str = ""
 
     @property
@@ -385,7 +391,11 @@ class _Unresolved(Exception):
     """A name in the pod's env points at a pod that has no address yet."""
 
 
-class _MissingConfigMap(Exception):
+class _MountFailed(Exception):
+    """A volume cannot be set up yet: the pod stays Pending (a node leaves it in ContainerCreating)."""
+
+
+class _MissingConfigMap(_MountFailed):
     """A configMap volume names a ConfigMap that does not exist (and is not optional)."""
 
 
@@ -949,18 +959,53 @@ class ProcessKubelet:
             path.write_bytes(files[key])
             path.chmod(mode & 0o777)
 
-    def _config_maps_ready(self, run: _PodRun, pod: Json) -> bool:
-        """Whether every configMap volume the pod mounts can be written (else the pod stays Pending, said once)."""
+    def _volumes_ready(self, run: _PodRun, pod: Json) -> bool:
+        """Whether every volume the pod mounts can be set up (else the pod stays Pending, said once)."""
         container = _main_container(pod.get("spec") or {}) or {}
         try:
             self._mounts(run, pod, container)
-        except _MissingConfigMap as e:
+        except _MountFailed as e:
             if run.waiting_for != str(e):
                 run.waiting_for = str(e)
-                log.warning("pod %s/%s: MountVolume.SetUp failed: %s (the pod stays Pending until it exists)",
+                log.warning("pod %s/%s: MountVolume.SetUp failed: %s (the pod stays Pending until it can be)",
                             run.namespace, run.name, e)
             return False
         return True
+
+    def _claim(self, run: _PodRun, volume: Json) -> Path:
+        """A persistentVolumeClaim's directory: one per claim object (its UID), so a re-created claim is empty."""
+        claim = str((volume["persistentVolumeClaim"] or {}).get("claimName") or volume["name"])
+        found = [c for c in self.api.list("persistentvolumeclaims", namespace=run.namespace)
+                 if (c.get("metadata") or {}).get("name") == claim]
+        if not found:
+            raise _MountFailed(f'persistentvolumeclaim "{claim}" not found')
+        uid = str((found[0].get("metadata") or {}).get("uid") or "")
+        host = self.state_dir / "volumes" / run.namespace / f"pvc-{claim}-{uid[:8]}"
+        host.mkdir(parents=True, exist_ok=True)
+        return host
+
+    @staticmethod
+    def _host_path(source: Json) -> Path:
+        """A hostPath volume as a kubelet sets it up on its node (this machine): the path, checked by its type."""
+        path, kind = Path(str(source.get("path") or "")), str(source.get("type") or "")
+        if not path.is_absolute():
+            raise _MountFailed(f"hostPath {str(path)!r} is not an absolute path")
+        checks = {"": None, "Directory": Path.is_dir, "DirectoryOrCreate": Path.is_dir, "File": Path.is_file,
+                  "FileOrCreate": Path.is_file, "Socket": Path.is_socket, "CharDevice": Path.is_char_device,
+                  "BlockDevice": Path.is_block_device}
+        if kind not in checks:
+            raise _MountFailed(f"hostPath {path}: unknown type {kind!r}")
+        try:
+            if not path.exists() and kind in ("", "DirectoryOrCreate"):  # no type: the runtime makes a directory
+                path.mkdir(mode=0o755, parents=True)
+            elif not path.exists() and kind == "FileOrCreate":
+                path.touch(mode=0o644)  # its directory must exist, as on a node
+        except OSError as e:
+            raise _MountFailed(f"hostPath {path}: {e.strerror}") from e
+        check = checks[kind]
+        if check is not None and not check(path):
+            raise _MountFailed(f"hostPath type check failed: {path} is not a {kind.removesuffix('OrCreate')}")
+        return path
 
     def _mounts(self, run: _PodRun, pod: Json, container: Json) -> list[tuple[str, Path]]:
         volumes = {v.get("name"): v for v in (pod.get("spec") or {}).get("volumes") or []}
@@ -970,25 +1015,31 @@ class ProcessKubelet:
             path = mount.get("mountPath")
             if volume is None or not path:
                 continue
+            own = run.pod_dir / "volumes" / str(volume["name"])
             if "emptyDir" in volume:
-                host = run.pod_dir / "volumes" / str(volume["name"])
+                host = own
+                host.mkdir(parents=True, exist_ok=True)
             elif "persistentVolumeClaim" in volume:
-                claim = (volume["persistentVolumeClaim"] or {}).get("claimName", volume["name"])
-                host = self.state_dir / "volumes" / run.namespace / f"pvc-{claim}"
+                host = self._claim(run, volume)
             elif "projected" in volume:
-                host = run.pod_dir / "volumes" / str(volume["name"])
+                host = own
                 self._projected(run, pod, volume, host)
             elif "configMap" in volume:
-                host = run.pod_dir / "volumes" / str(volume["name"])
+                host = own
                 self._config_map(run, volume, host)
             elif "hostPath" in volume:
-                safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str((volume["hostPath"] or {}).get("path", "")).strip("/"))
-                host = self.state_dir / "volumes" / "hostpath" / (safe or "root")
+                host = self._host_path(volume["hostPath"] or {})
             else:
                 log.warning("pod %s/%s: volume %s: this type is not mounted in the sandbox",
                             run.namespace, run.name, volume.get("name"))
                 continue
-            host.mkdir(parents=True, exist_ok=True)
+            sub = str(mount.get("subPath") or "")
+            if sub:
+                if Path(sub).is_absolute() or ".." in Path(sub).parts:
+                    raise _MountFailed(f"subPath {sub!r} must be a relative path without '..'")
+                host = host / sub
+                if not host.exists():  # a kubelet makes a missing subPath a directory
+                    host.mkdir(parents=True, exist_ok=True)
             mounts.append((str(path).rstrip("/") or "/", host))
         return sorted(mounts, key=lambda m: -len(m[0]))
 
@@ -997,7 +1048,7 @@ class ProcessKubelet:
         if container is None:
             self._fail(run, 128, "StartError", "the pod has no containers")
             return
-        if not self._config_maps_ready(run, pod):
+        if not self._volumes_ready(run, pod):
             return  # looked at again on the next sync
         try:
             env = self.pod_environment(run, pod, container)
@@ -1007,11 +1058,11 @@ class ProcessKubelet:
             log.warning("pod %s/%s: %s has no address; starting anyway", run.namespace, run.name, e)
             env = self.pod_environment(run, pod, container, strict=False)
         words = (container.get("command") or []) + (container.get("args") or [])
-        argv = [expand_references(str(a), env) for a in words]
         if not container.get("command"):
             self._fail(run, 128, "StartError", "the sandbox runs no images: the container needs a command")
             return
         mounts = self._mounts(run, pod, container)
+        argv = [_rewrite_argument(expand_references(str(a), env), mounts) for a in words]
         workdir = Path(_rewrite_paths(container["workingDir"], mounts)) if container.get("workingDir") else None
         cwd = workdir if workdir is not None and workdir.is_dir() else run.pod_dir / "work"
         cwd.mkdir(parents=True, exist_ok=True)
@@ -1108,6 +1159,17 @@ def _rewrite_paths(value: str, mounts: Sequence[tuple[str, Path]]) -> str:
         if value == mount_path or value.startswith(mount_path.rstrip("/") + "/"):
             return str(host) + value[len(mount_path):]
     return value
+
+
+def _rewrite_argument(word: str, mounts: Sequence[tuple[str, Path]]) -> str:
+    """A command word under a mount path, whole (``/workspace/train.py``) or as ``--flag=/workspace/x``."""
+    rewritten = _rewrite_paths(word, mounts)
+    if rewritten != word:
+        return rewritten
+    flag, equals, value = word.partition("=")
+    if equals and flag.startswith("-") and value.startswith("/"):
+        return f"{flag}={_rewrite_paths(value, mounts)}"
+    return word
 
 
 def _address_to_int(address: str) -> int:

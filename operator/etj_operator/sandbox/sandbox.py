@@ -12,8 +12,12 @@ state directory (default ``.etj-sandbox/``) holds:
 * ``pods/<namespace>/<pod>/<uid>/``: each pod's log (``trainer.log``), working dir and emptyDir volumes;
 * ``nodes/<node>/``: the node's simulated GPUs (``gpus.json``), its PodResources socket
   (``pod-resources/kubelet.sock``) and its agent's log (``node-agent.log``);
-* ``volumes/``: persistentVolumeClaim and hostPath stand-ins; ``shim/``: the pods' ``sitecustomize``;
+* ``volumes/``: persistentVolumeClaim volumes (one per claim object); ``shim/``: the pods' ``sitecustomize``;
 * ``prometheus/``: the sandbox's Prometheus (config, TSDB, log), when it runs.
+
+With ``kueue`` (``etj sandbox up --kueue``), the API also serves Kueue's CRDs, a stand-in for Kueue's admission
+(:mod:`etj_operator.sandbox.kueue_standin`, not Kueue) admits Workloads of the LocalQueue :data:`KUEUE_QUEUE`
+(namespace ``default``) by the node's GPUs as quota, and the operator is Kueue's integration (``ETJ_KUEUE``).
 
 Every process a pod starts, every node agent and the Prometheus process carry the state directory in its environment, so
 ``down``, Ctrl-C, SIGTERM and a later ``up`` after a crash find and stop all of them
@@ -47,6 +51,7 @@ from etj_operator.sandbox.prometheus import INSTALL_HINT, PROMETHEUS_TAG, Sandbo
 if TYPE_CHECKING:
     from etj_operator.runner import OperatorThread
     from etj_operator.sandbox.emulator import EmulatorServer, KubeApiEmulator
+    from etj_operator.sandbox.kueue_standin import StandInKueue
 
 __all__ = [
     "DEFAULT_PORT",
@@ -82,6 +87,12 @@ OPERATOR_ENV_DEFAULTS: Mapping[str, str] = {
 ENV_NODE_AGENT = "ETJ_NODE_AGENT"
 #: The operator's default Prometheus: the sandbox's own, when it runs.
 ENV_PROMETHEUS_URL = "ETJ_PROMETHEUS_URL"
+#: The operator as Kueue's integration (``kueue``).
+ENV_KUEUE = "ETJ_KUEUE"
+#: With ``kueue``: the LocalQueue jobs name (``kueue.x-k8s.io/queue-name``), its ClusterQueue and its one flavor.
+KUEUE_QUEUE = "team-a"
+KUEUE_CLUSTER_QUEUE = "sandbox"
+KUEUE_FLAVOR = "sandbox-gpu"
 
 
 class SandboxError(RuntimeError):
@@ -130,6 +141,9 @@ class SandboxOptions:
     prometheus: bool = True
     #: Its scrape interval (s).
     prometheus_scrape_interval_seconds: float = 1.0
+    #: Queue jobs through Kueue: Kueue's CRDs, the stand-in admission (one flavor, the node's GPUs as quota) and
+    #: the operator as Kueue's integration (``ETJ_KUEUE=1``).
+    kueue: bool = False
 
 
 def read_state(state_dir: Path) -> dict[str, Any] | None:
@@ -171,6 +185,8 @@ class Sandbox:
         #: The sandbox's Prometheus, while it runs (None: off, or no binary; :attr:`prometheus_note` says why).
         self.prometheus: SandboxPrometheus | None = None
         self.prometheus_note = ""
+        #: The stand-in for Kueue's admission, while it runs (``kueue``).
+        self.kueue: StandInKueue | None = None
         self._agent_kubeconfig: Path | None = None
         self.kubeconfig = self.state_dir / "kubeconfig"
         self._saved_env: dict[str, str | None] = {}
@@ -237,6 +253,8 @@ class Sandbox:
             self._start_prometheus()
             if self.options.node_agent and self.options.gpus_per_node > 0:
                 self._start_node_agents()
+            if self.options.kueue:
+                self._start_kueue()
             if self.options.operator:
                 self._start_operator()
             for agent in self.node_agents:
@@ -282,6 +300,19 @@ class Sandbox:
             raise SandboxError(f"cannot start Prometheus ({binary}): {e}") from e
         self.prometheus_note = (f"{self.prometheus.url}, scraping the node DCGM exporters every"
                                 f" {self.options.prometheus_scrape_interval_seconds:g} s")
+
+    def _start_kueue(self) -> None:
+        """Serve Kueue's CRDs, make the sandbox's queue (one flavor, the node's GPUs) and run the stand-in."""
+        from etj_operator.sandbox.kueue_standin import QueueSetup, StandInKueue
+
+        assert self.server is not None and self.kubelet is not None
+        standin = StandInKueue(self.server, interval_seconds=0.2).install()
+        standin.add_queue(QueueSetup(
+            flavor=KUEUE_FLAVOR, node_labels={"kubernetes.io/hostname": self.kubelet.config.node_name},
+            cluster_queue=KUEUE_CLUSTER_QUEUE, local_queue=KUEUE_QUEUE, namespace="default",
+            quota={"nvidia.com/gpu": max(self.options.gpus_per_node, 0)},
+        ))
+        self.kueue = standin.start()
 
     def _start_node_agents(self) -> None:
         """Start the node's agent as a process, with its own ServiceAccount (waited for in :meth:`start`)."""
@@ -333,7 +364,7 @@ class Sandbox:
         runs_agent = self.options.node_agent and self.options.gpus_per_node > 0
         prometheus = {ENV_PROMETHEUS_URL: self.prometheus.url} if self.prometheus is not None else {}
         return {**OPERATOR_ENV_DEFAULTS, ENV_NODE_AGENT: "1" if runs_agent else "0", **self.options.operator_env,
-                **prometheus, "KUBECONFIG": str(kubeconfig)}
+                **prometheus, ENV_KUEUE: "1" if self.options.kueue else "0", "KUBECONFIG": str(kubeconfig)}
 
     def _start_operator(self) -> None:
         import kubernetes
@@ -342,11 +373,13 @@ class Sandbox:
         from etj_operator.sandbox.identities import chart_rbac_objects, install_operator_identity
 
         assert self.server is not None
-        token = install_operator_identity(self.server, chart_rbac_objects())  # the chart's ServiceAccount and rules
+        # the chart's ServiceAccount and rules (with kueue.enabled when the sandbox queues through Kueue)
+        token = install_operator_identity(self.server, chart_rbac_objects(kueue=self.options.kueue))
         operator_kubeconfig = self.server.write_kubeconfig(self.state_dir / "operator-kubeconfig", token=token)
         settings = self.operator_settings(operator_kubeconfig)
         # what the sandbox itself decides: never the caller's leftovers
-        forced = ("KUBECONFIG", ENV_NODE_AGENT, *((ENV_PROMETHEUS_URL,) if self.prometheus is not None else ()))
+        forced = ("KUBECONFIG", ENV_NODE_AGENT, ENV_KUEUE,
+                  *((ENV_PROMETHEUS_URL,) if self.prometheus is not None else ()))
         for name, value in settings.items():
             if name in forced or name in self.options.operator_env or name not in os.environ:
                 self._saved_env.setdefault(name, os.environ.get(name))
@@ -379,6 +412,9 @@ class Sandbox:
             except TimeoutError as e:
                 log.warning("%s", e)
             self.operator = None
+        if self.kueue is not None:
+            self.kueue.stop()
+            self.kueue = None
         for agent in self.node_agents:
             agent.stop()
         self.node_agents = []
@@ -485,6 +521,12 @@ def up(options: SandboxOptions, *, out: Any = None) -> int:
             for exporter in sandbox.dcgm_exporters:
                 print(f"  DCGM exporter (simulated power): {exporter.node}, {exporter.metrics_url}", file=out)
             print(f"  Prometheus: {sandbox.prometheus_note or '-'}", file=out)
+            if sandbox.kueue is not None:
+                print(f"  Kueue:      a stand-in for Kueue's admission (not Kueue): LocalQueue {KUEUE_QUEUE} in"
+                      f" default -> ClusterQueue {KUEUE_CLUSTER_QUEUE}, flavor {KUEUE_FLAVOR},"
+                      f" {options.gpus_per_node} nvidia.com/gpu; label a job kueue.x-k8s.io/queue-name={KUEUE_QUEUE}"
+                      " and watch `kubectl get etj,workloads`; preempt one with `kubectl annotate workload NAME"
+                      " sandbox.efficienttraining.dev/preempt=now`", file=out)
             print("  point kubectl at it:", file=out)
             print(f"    export KUBECONFIG={sandbox.kubeconfig}", file=out)
             print("    kubectl apply -f workloads/examples/digits-ddp.yaml && kubectl get etj,pods", file=out)

@@ -87,6 +87,7 @@ BUILTIN_RESOURCES: Final[tuple[ResourceType, ...]] = (
     _builtin("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",
              namespaced=False, short=("crd", "crds"), subresources=("status",)),
     _builtin("coordination.k8s.io", "v1", "leases", "Lease"),
+    _builtin("scheduling.k8s.io", "v1", "priorityclasses", "PriorityClass", namespaced=False, short=("pc",)),
     # Answered from the caller's identity (rbac.AccessControl), never stored: create only, as on a real server.
     ResourceType(group="authorization.k8s.io", version="v1", plural="selfsubjectaccessreviews",
                  kind="SelfSubjectAccessReview", namespaced=False, singular="selfsubjectaccessreview",
