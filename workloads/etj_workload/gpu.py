@@ -319,6 +319,9 @@ class SimulatedGpu(Gpu):
     default). The file is looked at once per ``node_poll_seconds`` at most (a ``stat``, and a read only when
     it changed); an unreadable file, or one without this GPU, counts as no node limit (logged once). The
     pod never writes the node's file: like a pod without ``CAP_SYS_ADMIN``, it cannot cap node hardware.
+
+    With ``settle_steps`` a new limit takes that many steps to take effect (the steps run at the limit before
+    it): a card whose power controller settles slowly, for the profiler's tests and benches.
     """
 
     source: GpuSource = "simulated"
@@ -336,8 +339,12 @@ class SimulatedGpu(Gpu):
         node_poll_seconds: float = NODE_POLL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        settle_steps: int = 0,
     ) -> None:
         self.index = index
+        self.settle_steps = settle_steps
+        self._settling_from_mw: int | None = None
+        self._settling_left = 0
         self.model = model
         self.sleep_slowdown = sleep_slowdown
         self.fixed_step_seconds = fixed_step_seconds
@@ -477,6 +484,9 @@ class SimulatedGpu(Gpu):
             raise GpuInvalidArgumentError(
                 f"power limit {limit_mw} mW outside the simulated GPU's constraints [{low}, {high}] mW"
             )
+        if self.settle_steps > 0 and int(limit_mw) != self._limit_mw:
+            self._settling_from_mw = self._effective_mw() if self._settling_left == 0 else self._settling_from_mw
+            self._settling_left = self.settle_steps
         self._limit_mw = int(limit_mw)
         self._write_state(self._effective_mw())
 
@@ -489,6 +499,9 @@ class SimulatedGpu(Gpu):
         """Account one step's modelled time and energy; sleep the slowdown if configured."""
         full_clock_seconds = self.fixed_step_seconds if self.fixed_step_seconds is not None else measured_seconds
         limit_watts = self._limit_watts()
+        if self._settling_left > 0 and self._settling_from_mw is not None:
+            limit_watts = self._settling_from_mw / 1000.0  # the new limit has not taken effect yet
+            self._settling_left -= 1
         modelled_seconds = power_model.step_seconds(self.model, limit_watts, full_clock_seconds)
         slowdown_seconds = modelled_seconds - full_clock_seconds
         if self.sleep_slowdown and slowdown_seconds > 0:

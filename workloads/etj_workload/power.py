@@ -6,6 +6,16 @@ an injected function (so all ranks see the same job-wide figures and choose the 
 sets limits. The limit in force is always ``min(target, operator cap)`` clamped to the device's
 constraints, where the target is the Fixed limit, the Auto candidate or choice, or the default.
 
+A window measures training only: its energy is the counter's increase from each step's begin to its end
+(evaluation, checkpoints and stages between steps are left out), its time the steps' device time; an
+epoch boundary or an evaluation cancels the open window and the limit settles again.
+
+Auto and the throttle. Auto's choice is the limit it would pick without the cap (``maxSlowdown`` is relative
+to the uncapped speed); the cap only bounds it: ``min(choice, cap)``, so a cap that comes and goes leaves
+the choice as it was. A cap that arrives while profiling, or is lifted when the choice was limited by it (or
+the uncapped speed was never measured), profiles again, keeping what was measured. A compression stage that
+changes the model, or a monitored step time that drifts, profiles again from scratch.
+
 With ``ETJ_POWER_ENFORCER=agent`` the node agent sets the Fixed limit and the throttle on the node's GPUs
 (docs/node-agent.md), and the pod has no SYS_ADMIN: outside Auto mode the controller then sets no limit and
 only reports the one in force. Auto mode still sets its candidates and its choice itself.
@@ -23,7 +33,7 @@ from etj_workload import profiler
 from etj_workload.config import PowerEnforcer, PowerPolicy, parse_power_enforcer
 from etj_workload.gpu import Gpu, GpuError, GpuPermissionError
 
-__all__ = ["PowerController", "WindowReducer"]
+__all__ = ["PowerController", "WindowReducer", "auto_plan"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +43,51 @@ WindowReducer = Callable[[float, float], tuple[float, float]]
 
 def _local_reducer(joules: float, seconds: float) -> tuple[float, float]:
     return joules, seconds
+
+
+def auto_plan(
+    policy: PowerPolicy,
+    *,
+    min_watts: float,
+    max_watts: float,
+    world_size: int = 1,
+    cap_watts: int | None = None,
+    known: tuple[profiler.LimitStats, ...] = (),
+    horizon_steps: int | None = None,
+) -> profiler.ProfilePlan:
+    """The profiler's plan for this device from the spec's ``auto`` settings (docs/harness.md lists the mapping).
+
+    ``warmupSteps``: unmeasured steps before the first window and after every limit change (at most 2 of
+    them after a change: a power limit takes effect within milliseconds, and a limit that settles slower is
+    caught by the trend test); ``profileSteps``: the least measured steps per limit (windows of half of it),
+    the most being 4x (6x at the top limit) when the noise asks for more; ``stepWatts``: the search grid, with
+    a final fine step at 1 W.
+    """
+    auto = policy.auto
+    low = int(min_watts + 0.999999)
+    device_top = int(max_watts)
+    top = device_top if cap_watts is None else max(low, min(device_top, int(cap_watts)))
+    window = max(1, auto.profile_steps // 2)
+    return profiler.ProfilePlan(
+        min_watts=low,
+        max_watts=top,
+        eta=auto.eta,
+        max_power_watts=max_watts * world_size,
+        max_slowdown=auto.max_slowdown,
+        uncapped_watts=device_top,
+        resolution_watts=auto.step_watts,
+        fine_watts=1,
+        wait_steps=auto.warmup_steps,
+        settle_steps=min(auto.warmup_steps, 2),
+        window_steps=window,
+        min_steps=auto.profile_steps,
+        max_steps=4 * auto.profile_steps,
+        baseline_max_steps=6 * auto.profile_steps,
+        bound_max_steps=2 * auto.profile_steps,
+        recheck_steps=3 * auto.profile_steps,
+        known=known,
+        horizon_steps=horizon_steps,
+    )
 
 
 class PowerController:
@@ -47,8 +102,11 @@ class PowerController:
         reducer: WindowReducer = _local_reducer,
         sync: Callable[[], None] | None = None,
         enforcer: PowerEnforcer | None = None,
+        horizon_steps: int | None = None,
     ) -> None:
         self.gpu = gpu
+        #: The job's expected length in steps, if known (the slowdown bound then covers profiling too).
+        self.horizon_steps = horizon_steps
         self.policy = policy
         #: Who sets Fixed limits and the throttle (``ETJ_POWER_ENFORCER``, read from the environment when None).
         self.enforcer: PowerEnforcer = (
@@ -79,10 +137,22 @@ class PowerController:
         self.state: profiler.ProfilerState | None = None
         self.plan: profiler.ProfilePlan | None = None
         self.chosen_watts: int | None = None
+        #: The limit Auto would pick without the cap (None: not known, e.g. capped since profiling started).
+        self.uncapped_watts: int | None = None
+        self.decision: profiler.Decision | None = None
+        #: The top limit the choice was made under (a cap's, or the device's maximum).
+        self.decided_under_watts: int | None = None
+        #: Profiling steps spent over the job (every profile, re-profiles included).
+        self.profile_steps_total = 0
+        self.profiles = 0
+        self._steps_done = 0
         self.limits_unavailable = False
-        self._window_energy_start_mj = 0
+        self._window_open = False
+        self._window_joules = 0.0
         self._window_seconds = 0.0
         self._window_steps = 0
+        self._step_energy_start_mj: int | None = None
+        self._last_mark_mj = 0
         self._applied_mw: int | None = None
 
     # --- lifecycle --------------------------------------------------------------------------------
@@ -92,23 +162,41 @@ class PowerController:
             self.target_watts = float(self.policy.limit_watts)
         elif self.policy.mode == "Auto":
             if self.chosen_watts is not None:
+                self.plan = self._plan()
+                if self.decided_under_watts is None:
+                    known = self.uncapped_watts is not None
+                    self.decided_under_watts = self.plan.max_watts if known else self.chosen_watts
                 self.target_watts = float(self.chosen_watts)
-                self.state = profiler.Decided(self.chosen_watts)
+                self.state = profiler.Decided(
+                    self.chosen_watts, decision=self.decision, steps_left=self.plan.monitor_steps
+                )
+                self._open_window()
             else:
                 self._start_profiling()
         self._apply()
 
-    def _start_profiling(self) -> None:
-        auto = self.policy.auto
-        high = self.max_watts if self.cap_watts is None else max(self.min_watts, min(self.max_watts, self.cap_watts))
-        self.plan = profiler.ProfilePlan(
-            candidates_watts=profiler.candidate_limits_watts(self.min_watts, high, auto.step_watts),
-            warmup_steps=auto.warmup_steps,
-            profile_steps=auto.profile_steps,
-            eta=auto.eta,
-            max_power_watts=self.max_watts * self.world_size,
-            max_slowdown=auto.max_slowdown,
+    def _plan(self, known: tuple[profiler.LimitStats, ...] = ()) -> profiler.ProfilePlan:
+        return auto_plan(
+            self.policy,
+            min_watts=self.min_watts,
+            max_watts=self.max_watts,
+            world_size=self.world_size,
+            cap_watts=self.cap_watts,
+            known=known,
+            horizon_steps=None if self.horizon_steps is None else max(1, self.horizon_steps - self._steps_done),
         )
+
+    def _kept_measurements(self) -> tuple[profiler.LimitStats, ...]:
+        """What was measured so far (this profile's and the ones it kept), for a profile that goes on."""
+        if self.state is None or self.plan is None:
+            return ()
+        mine = self.state.k.stats
+        return (*mine, *(s for s in self.plan.known if all(m.watts != s.watts for m in mine)))
+
+    def _start_profiling(self, known: tuple[profiler.LimitStats, ...] = ()) -> None:
+        self.plan = self._plan(known)
+        self.chosen_watts = None
+        self.profiles += 1
         self._perform(profiler.start(self.plan))
 
     @property
@@ -116,56 +204,136 @@ class PowerController:
         """Whether the Auto profiler is still measuring candidates."""
         return self.state is not None and not isinstance(self.state, profiler.Decided)
 
+    def step_begin(self) -> None:
+        """A step starts: note the energy counter when a window is open (the window counts steps only)."""
+        if self._window_open:
+            self._step_energy_start_mj = self.gpu.energy_mj()
+
+    def _capped_below_choice(self) -> bool:
+        """Whether the operator's cap holds the GPU under the chosen limit (monitoring the choice pauses)."""
+        return (
+            isinstance(self.state, profiler.Decided)
+            and self.cap_watts is not None
+            and self.cap_watts < self.state.chosen_watts
+        )
+
     def step_end(self, device_seconds: float) -> None:
         """Advance the profiler by one finished step of ``device_seconds`` (call on every rank)."""
-        if self.plan is None or self.state is None or isinstance(self.state, profiler.Decided):
+        if self.plan is None or self.state is None:
             return
-        if isinstance(self.state, profiler.Measuring):
+        if self._capped_below_choice():
+            self._window_open = False  # the cap's steps say nothing about the choice: no drift, no tuning
+            self._steps_done += 1
+            return
+        if isinstance(self.state, profiler.Measuring | profiler.Decided) and self._window_open:
+            now_mj = self.gpu.energy_mj()
+            # The counter at the step's begin; without a step_begin (a caller that has none), at the last step's end.
+            start_mj = self._step_energy_start_mj if self._step_energy_start_mj is not None else self._last_mark_mj
+            self._last_mark_mj = now_mj
+            self._window_joules += (now_mj - start_mj) / 1000.0
             self._window_seconds += device_seconds
             self._window_steps += 1
-        window = None
+            self._step_energy_start_mj = None
         if profiler.needs_window(self.state):
             self._sync()
-            joules = (self.gpu.energy_mj() - self._window_energy_start_mj) / 1000.0
-            joules_sum, seconds_max = self._reducer(joules, self._window_seconds)
-            assert isinstance(self.state, profiler.Measuring)
-            window = profiler.Measurement(
-                watts=self.plan.candidates_watts[self.state.index],
-                joules_per_step=joules_sum / self._window_steps,
-                seconds_per_step=seconds_max / self._window_steps,
-            )
-        self._perform(profiler.step_end(self.plan, self.state, window))
+            joules_sum, seconds_max = self._reducer(self._window_joules, self._window_seconds)
+            steps = max(1, self._window_steps)
+            if isinstance(self.state, profiler.Measuring):
+                watts = self.state.watts
+            elif isinstance(self.state, profiler.Decided):
+                watts = self.plan.top if self.state.rechecking else self.state.chosen_watts
+            else:  # pragma: no cover - needs_window is true for these two only
+                watts = self.plan.top
+            window = profiler.Measurement(watts, joules_sum / steps, seconds_max / steps, steps)
+            self._window_open = False
+            transition = profiler.step_end(self.plan, self.state, window, device_seconds)
+        else:
+            transition = profiler.step_end(self.plan, self.state, seconds=device_seconds)
+        self._steps_done += 1
+        if not isinstance(self.state, profiler.Decided) or self.state.rechecking:
+            self.profile_steps_total += 1
+        self._perform(transition)
+
+    def interrupt(self) -> None:
+        """Evaluation or an epoch boundary: cancel the open window (every rank calls it at the same point)."""
+        if self.plan is None or self.state is None:
+            return
+        self._window_open = False
+        self._perform(profiler.interrupt(self.plan, self.state))
+
+    def workload_changed(self) -> None:
+        """The model changed (a compression stage): profile again from scratch (Auto only)."""
+        if self.policy.mode != "Auto" or self.state is None:
+            return
+        log.info("the workload changed; Auto profiles again")
+        self.uncapped_watts = None
+        self._start_profiling()
+        self._apply()
+
+    def _open_window(self) -> None:
+        self._sync()
+        self._last_mark_mj = self.gpu.energy_mj()
+        self._window_open = True
+        self._window_joules = 0.0
+        self._window_seconds = 0.0
+        self._window_steps = 0
+        self._step_energy_start_mj = None
 
     def _perform(self, transition: profiler.Transition) -> None:
         self.state = transition.state
+        if transition.reprofile:
+            log.info("the step time at %s W drifted; Auto profiles again", self.chosen_watts)
+            self.uncapped_watts = None
+            self._start_profiling()
+            return
         if transition.set_limit_watts is not None:
             self.target_watts = float(transition.set_limit_watts)
             self._apply()
-        if isinstance(self.state, profiler.Decided):
+        if isinstance(self.state, profiler.Decided) and self.chosen_watts != self.state.chosen_watts:
+            first = self.chosen_watts is None
             self.chosen_watts = self.state.chosen_watts
-            log.info("Auto power limit chosen: %d W", self.chosen_watts)
+            self.decision = self.state.decision
+            self.uncapped_watts = self.decision.uncapped_watts if self.decision is not None else self.chosen_watts
+            if first:
+                self.decided_under_watts = self.plan.max_watts if self.plan is not None else None
+                log.info(
+                    "Auto power limit chosen: %d W (%s; without the cap: %s)",
+                    self.chosen_watts,
+                    self.decision.reason if self.decision else "resumed",
+                    "unknown" if self.uncapped_watts is None else f"{self.uncapped_watts} W",
+                )
+            else:
+                log.info("Auto power limit tuned to %d W (the monitored slowdown)", self.chosen_watts)
         if transition.open_window:
-            self._sync()
-            self._window_energy_start_mj = self.gpu.energy_mj()
-            self._window_seconds = 0.0
-            self._window_steps = 0
+            self._open_window()
 
     def set_cap(self, cap_watts: int | None) -> None:
         """Obey the operator's job-wide throttle (status.control.powerLimitWattsPerGPU); None lifts it.
 
-        A cap that arrives while Auto is profiling restarts profiling over the candidates under the cap.
+        While profiling, a cap below the current top, or a lifted one, profiles again over the limits now
+        allowed, keeping what was measured. Once decided, the choice stays and the cap bounds it; a lifted cap
+        profiles again only where the choice was limited by it (the uncapped choice is unknown).
         """
         if cap_watts == self.cap_watts:
             return
+        previous = self.cap_watts
+        was_capped = self._capped_below_choice()
         self.cap_watts = cap_watts
-        if (
-            self.profiling
-            and cap_watts is not None
-            and self.plan is not None
-            and cap_watts < self.plan.candidates_watts[0]
-        ):
-            log.info("power cap %d W arrived while profiling; profiling again under the cap", cap_watts)
-            self._start_profiling()
+        if was_capped and not self._capped_below_choice() and self.plan is not None and self.state is not None:
+            self._perform(profiler.interrupt(self.plan, self.state))  # monitoring resumes with a fresh window
+        if self.policy.mode == "Auto" and self.plan is not None and self.state is not None:
+            new_top = self._plan().max_watts
+            if self.profiling and new_top != self.plan.max_watts:
+                log.info("power cap %s W (was %s) while profiling; profiling again, keeping the measurements",
+                         cap_watts, previous)
+                self._start_profiling(self._kept_measurements())
+            elif (
+                not self.profiling
+                and self.uncapped_watts is None
+                and new_top > (self.decided_under_watts or self.plan.max_watts)
+            ):
+                log.info("power cap lifted to %s W; profiling the limits it allows again", cap_watts)
+                self._start_profiling(self._kept_measurements())
         self._apply()
 
     def effective_limit_watts(self) -> float | None:
@@ -212,25 +380,42 @@ class PowerController:
         """Return the report's powerProfile (the contract's record, camelCase), or None outside Auto mode."""
         if self.plan is None or self.state is None:
             return None
-        done = self.state.measurements if isinstance(self.state, profiler.Decided) else self.state.done
+        plan, d = self.plan, self.decision
+        stats = [s for s in self._kept_measurements() if s.windows]
         return contract.PowerProfile(
             chosen_watts=self.chosen_watts,  # None while profiling (left out of the status)
             candidates=tuple(
                 contract.ProfileCandidate(
-                    watts=m.watts,
-                    joules_per_step=round(m.joules_per_step, 6),
-                    seconds_per_step=round(m.seconds_per_step, 6),
-                    cost=round(profiler.limit_cost(m, self.plan.eta, self.plan.max_power_watts), 6),
+                    watts=s.watts,
+                    joules_per_step=round(s.joules, 6),
+                    seconds_per_step=round(s.seconds, 6),
+                    cost=round(profiler.limit_cost(s.measurement(), plan.eta, plan.max_power_watts), 6),
                 )
-                for m in done
+                for s in sorted(stats, key=lambda s: -s.watts)[: contract.MAX_CANDIDATES]
             ),
+            uncapped_watts=self.uncapped_watts if self.chosen_watts is not None else None,
+            reason=d.reason if d is not None and self.chosen_watts is not None else None,
+            profile_steps=self.profile_steps_total,
+            slowdown=d.slowdown if d is not None and self.chosen_watts is not None else None,
+            slowdown_margin=d.slowdown_margin if d is not None and self.chosen_watts is not None else None,
         ).to_status()
 
     def state_dict(self) -> dict[str, Any]:
-        """Return what a checkpoint keeps: the Auto choice, so a resumed job does not profile again."""
-        return {"chosen_watts": self.chosen_watts}
+        """Return what a checkpoint keeps: the Auto choice, the uncapped one and the top it was made under.
+
+        A resumed job does not profile again; a choice the cap limited profiles again once the cap lifts.
+        """
+        return {
+            "chosen_watts": self.chosen_watts,
+            "uncapped_watts": self.uncapped_watts,
+            "decided_under_watts": self.decided_under_watts,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (call before :meth:`train_begin`)."""
         chosen = state.get("chosen_watts")
         self.chosen_watts = int(chosen) if chosen is not None else None
+        uncapped = state.get("uncapped_watts", chosen)
+        self.uncapped_watts = int(uncapped) if uncapped is not None else None
+        under = state.get("decided_under_watts")
+        self.decided_under_watts = int(under) if under is not None else None
