@@ -391,10 +391,12 @@ def settle(plan: Plan, now: datetime, generation: int, report: WorkloadReport | 
             )
     if phase in TERMINAL:
         # Nothing runs any more: no power draw, and no cap in force (the harness restored its GPUs' limits).
+        # Known, not unknown: a finished job draws 0 W (and kubectl's display says so, not the last reading).
         energy = status.get(ENERGY)
-        current = ENERGY_KEYS["current_watts"]
-        if isinstance(energy, Mapping) and energy.get(current):
-            status[ENERGY] = {**energy, current: 0.0}
+        if isinstance(energy, Mapping) and energy.get(ENERGY_KEYS["current_watts"]) != 0:
+            section = EnergySection.from_status(energy)
+            section.current_watts = 0.0
+            status[ENERGY] = section.to_status()
         control = ControlSection.from_status(status.get(CONTROL))
         if control.power_limit_watts_per_gpu is not None:
             status[CONTROL] = dataclasses.replace(control, power_limit_watts_per_gpu=None).to_status()

@@ -17,7 +17,7 @@ import pytest
 from etj_contract import ControlSection, PlacementSection, PolicySection
 from etj_operator import conditions as cond
 from etj_operator.jobpass import OWNED_KEYS, PassObservation, PassResult, decide_pass
-from etj_operator.lifecycle import PodView
+from etj_operator.lifecycle import Plan, PodView
 from etj_operator.telemetry.base import GpuSample, JobTelemetry
 
 from jobs import job_manifest
@@ -251,7 +251,8 @@ SCENARIOS: dict[str, tuple[dict[str, Any], list[Step]]] = {
             Step(at=10, telemetry=cycle(10, 400), limit=250),
             Step(at=20, pods=pods("Succeeded"), report={"stages": [{"name": "prune", "applied": True}]},
                  phase="Succeeded", limit=None, conditions={"Succeeded": True},
-                 check=lambda r: r.plan.status["energy"]["currentWatts"] == 0.0 and r.plan.status["stage"] == "prune"),
+                 check=lambda r: r.plan.status["energy"]["currentWatts"] == 0.0 and r.plan.status["stage"] == "prune"
+                 and r.plan.status["energy"]["display"]["power"] == "0W"),  # kubectl shows 0 W, not the last draw
             # a finished job decides nothing more: no policy runs, nothing is created
             Step(at=30, pods=pods("Succeeded"), telemetry=cycle(30, 400), phase="Succeeded", limit=None,
                  creates=False, check=lambda r: r.outcome is None),
@@ -305,3 +306,15 @@ def test_a_status_written_before_the_time_rule_is_read_and_written_anew() -> Non
     assert placement(result).last_reschedule_seconds == T0.timestamp() - 100
     assert status["placement"]["lastRescheduleTime"] == "2026-12-01T11:58:20.000000Z"
     assert status["energy"]["lastSampleTime"] == "2026-12-01T11:59:55.000000Z"
+
+
+@pytest.mark.parametrize("last_watts", [400.0, None])
+def test_a_finished_job_shows_0_w_in_its_status_and_kubectls_display(last_watts):
+    from etj_contract.sections import EnergySection
+    from etj_operator.jobpass import settle
+
+    plan = Plan(status={"phase": "Succeeded",
+                        "energy": EnergySection(joules=10.0, current_watts=last_watts, last_sample_seconds=1.0)
+                        .to_status()})
+    settle(plan, datetime.now(UTC), 1)
+    assert plan.status["energy"]["currentWatts"] == 0.0 and plan.status["energy"]["display"]["power"] == "0W"
