@@ -279,10 +279,10 @@ def _known_job_deleted(namespace: str | None, name: str, type: str | None, memo:
 
 
 @kopf.on.event(contract.GROUP, contract.VERSION, contract.PLURAL, when=_known_job_deleted, registry=REGISTRY)
-async def job_deleted(namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
-    """Stop the loop of a deleted job (Kopf does not call indexing functions for deletions)."""
+async def job_deleted(namespace: str | None, name: str, uid: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """Stop the loop of a deleted job (Kopf does not call indexing functions for deletions), by its UID."""
     supervisor: JobSupervisor = memo.supervisor
-    supervisor.gone((namespace or "", name))
+    supervisor.gone((namespace or "", name), uid or None)
 
 
 @kopf.on.event("nodes", registry=REGISTRY)

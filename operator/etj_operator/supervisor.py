@@ -167,7 +167,8 @@ class JobSupervisor:
         self._tasks: dict[Key, asyncio.Task[None]] = {}
         self._stop_requested: set[Key] = set()
         #: Jobs whose loop ended for good while the object still exists (TTL deletion sent): not restarted.
-        self._finished: set[Key] = set()
+        #: (by key, the UID of the job that finished: a new job of the name is not that job)
+        self._finished: dict[Key, str | None] = {}
         self._closing = asyncio.Event()
         #: Set when the pod index holds every existing pod; no loop makes a pass before (no duplicates).
         self._ready = ready
@@ -204,15 +205,28 @@ class JobSupervisor:
         """Whether the job has a body, a loop or a finished mark here (a DELETED event then matters)."""
         return key in self._bodies or key in self._tasks or key in self._finished
 
-    def gone(self, key: Key) -> None:
-        """The job was deleted: forget it and stop its loop."""
+    def gone(self, key: Key, uid: str | None = None) -> None:
+        """The job of ``uid`` was deleted: forget it and stop its loop.
+
+        A DELETED event can come after the ADDED event of a new job of the same name (Kopf hands deletions to
+        an event handler, additions to the indexing hook that calls :meth:`observe`): when the job kept here
+        has another UID, that newer job stays, with its loop (an older loop still running ends on its own
+        when it sees the UID change).
+        """
+        body = self._bodies.get(key)
+        if uid is not None and body is not None and _uid(body) not in (None, uid):
+            return
         self._bodies.pop(key, None)
-        self._finished.discard(key)
+        self._finished.pop(key, None)
         self.stop(key)
 
     def ensure(self, key: Key) -> None:
         """Start the job's loop unless it runs (or ended for good, or the operator is stopping)."""
-        if key in self._tasks or key in self._finished or self._closing.is_set():
+        body = self._bodies.get(key)
+        if key in self._finished and (body is None or _uid(body) == self._finished[key]):
+            return  # that job's loop ended for good (TTL deletion sent)
+        self._finished.pop(key, None)  # a new job of the name
+        if key in self._tasks or self._closing.is_set():
             return
         self._stop_requested.discard(key)
         self._tasks[key] = asyncio.create_task(self._loop(key), name=f"etj-job-{key[0]}/{key[1]}")
@@ -312,7 +326,7 @@ class JobSupervisor:
                         if self._active_passes == 0:
                             self.idle.set()
                     if plan.delete_job:
-                        self._finished.add(key)
+                        self._finished[key] = _uid(body)
                         return
                     if plan.requeue_after_seconds is not None:
                         delay = max(MIN_REQUEUE_SECONDS, min(delay, plan.requeue_after_seconds))

@@ -449,3 +449,43 @@ async def test_a_standby_makes_no_pass_until_it_leads_and_a_late_leader_polls_in
     supervisor.step_down()
     await until(lambda: KEY in supervisor.running)
     await supervisor.close(0.1)
+
+
+@pytest.mark.asyncio
+async def test_a_late_deleted_event_of_an_older_job_does_not_stop_the_new_job_of_its_name():
+    """Kopf hands DELETED to an event handler and ADDED to the indexing hook: the old job's DELETED may come
+    after the new job's ADDED. The new job keeps its body and gets its loop."""
+    reconciler = FakeReconciler()
+    supervisor = make(reconciler)
+    supervisor.observe(job(uid="u1"))
+    await until(lambda: len(reconciler.passes) >= 1)
+    supervisor.observe(job(uid="u2"))  # re-applied: the ADDED of u2 came first
+    supervisor.gone(KEY, "u1")  # ... then the DELETED of u1
+    await until(lambda: any(b["metadata"]["uid"] == "u2" for b, _ in reconciler.passes))
+    assert KEY in supervisor.running and supervisor.knows(KEY)
+    supervisor.gone(KEY, "u2")  # its own deletion stops it
+    await until(lambda: KEY not in supervisor.running)
+    await supervisor.close(0.1)
+
+
+@pytest.mark.asyncio
+async def test_a_new_job_of_the_name_of_a_job_ended_by_its_ttl_gets_a_loop_before_the_old_ones_deleted_event():
+    ended = {"done": False}
+
+    def outcome(n: int) -> Plan:
+        if not ended["done"]:
+            ended["done"] = True
+            return Plan(status={}, delete_job=True)  # u1's TTL: the loop ends for good
+        return Plan(status={})
+
+    reconciler = FakeReconciler(outcome)
+    supervisor = make(reconciler)
+    supervisor.observe(job(uid="u1"))
+    await until(lambda: ended["done"] and KEY not in supervisor.running)
+    supervisor.observe(job(uid="u1"))  # an event of the deleted job itself: no new loop
+    await asyncio.sleep(0.01)
+    assert KEY not in supervisor.running
+    supervisor.observe(job(uid="u2"))  # applied again before u1's DELETED event arrived
+    await until(lambda: KEY in supervisor.running)
+    await until(lambda: any(b["metadata"]["uid"] == "u2" for b, _ in reconciler.passes))
+    await supervisor.close(0.1)
