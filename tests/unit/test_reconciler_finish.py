@@ -15,6 +15,8 @@ def test_finished_job_clears_current_power_and_the_cap():
     }
     plan = Plan(status=status)
     settle(plan, datetime.now(UTC), 1)
-    assert plan.status["energy"] == {"joules": 10.0, "currentWatts": 0.0}
+    energy = plan.status["energy"]
+    # the account is kept; nothing runs, so its power is 0 W, in the status and in kubectl's display
+    assert energy["joules"] == 10.0 and energy["currentWatts"] == 0.0 and energy["display"]["power"] == "0W"
     # the cap is gone (absent, as the contract's record writes an unset field), the request number stays
     assert plan.status["control"] == {c.CONTROL_CHECKPOINT_REQUESTED: 2}
