@@ -51,6 +51,7 @@ __all__ = [
     "ENV_PET_RDZV_ID",
     "ENV_RANK",
     "ENV_WORLD_SIZE",
+    "FORECAST",
     "GROUP",
     "KIND",
     "LABEL_JOB_NAME",
@@ -81,14 +82,17 @@ __all__ = [
     "WORKLOAD",
     "WORKLOAD_ACCURACY",
     "WORKLOAD_CHECKPOINT",
+    "WORKLOAD_COMMUNICATION",
     "WORKLOAD_EPOCH",
     "WORKLOAD_GPU_SOURCE",
     "WORKLOAD_LOSS",
     "WORKLOAD_POWER_LIMIT_WATTS",
     "WORKLOAD_POWER_PROFILE",
     "WORKLOAD_SAMPLES_PER_SECOND",
+    "WORKLOAD_SAMPLES_PER_STEP",
     "WORKLOAD_STAGES",
     "WORKLOAD_STEP",
+    "WORKLOAD_STEPS_TOTAL",
     "WORKLOAD_STOP_REASON",
     "WORKLOAD_UPDATED",
 ]
@@ -197,6 +201,17 @@ WORKLOAD_POWER_LIMIT_WATTS: Final = "powerLimitWatts"
 WORKLOAD_CHECKPOINT: Final = "checkpoint"  # {acknowledged, step, epoch, path, time}
 WORKLOAD_STAGES: Final = "stages"  # list of per-stage results
 WORKLOAD_UPDATED: Final = "updateTime"
+#: The global steps the whole job plans (epochs x steps per epoch, or the framework's max_steps); absent when
+#: the training program does not say (the forecast is then unknown).
+WORKLOAD_STEPS_TOTAL: Final = "stepsTotal"
+#: Samples one global step processes (the global batch: per-rank batch x world size).
+WORKLOAD_SAMPLES_PER_STEP: Final = "samplesPerStep"
+#: Rank 0's timing of gradient communication (etj_contract.report.CommunicationStats).
+WORKLOAD_COMMUNICATION: Final = "communication"
+
+# --- status.forecast (operator) -------------------------------------------------------------------
+#: Time and energy to completion (docs/energy.md, "Forecast").
+FORECAST: Final = "forecast"
 
 # --- phases (the values of etj_contract.status.Phase, as plain strings) -------------------------
 #: Every value of the CRD's status.phase enum, in the CRD's order.

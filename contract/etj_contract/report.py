@@ -34,6 +34,7 @@ __all__ = [
     "CHECKPOINT_PATH",
     "CHECKPOINT_STEP",
     "CHECKPOINT_TIME",
+    "COMMUNICATION_KEYS",
     "MAX_CANDIDATES",
     "MAX_NAME_LENGTH",
     "MAX_PATH_LENGTH",
@@ -42,7 +43,10 @@ __all__ = [
     "PROFILE_CANDIDATES",
     "PROFILE_CHOSEN_WATTS",
     "STAGE_KEYS",
+    "STAGE_PARAM_RATIO",
+    "STAGE_SIZE_RATIO",
     "CheckpointAck",
+    "CommunicationStats",
     "ControlSection",
     "FieldProblem",
     "PowerProfile",
@@ -88,6 +92,7 @@ STAGE_KEYS: Final[Mapping[str, str]] = {
     "step": "step",
     "epoch": "epoch",
     "params_total": "paramsTotal",
+    "params_nonzero_before": "paramsNonzeroBefore",
     "params_nonzero": "paramsNonzero",
     "size_bytes_before": "sizeBytesBefore",
     "size_bytes_after": "sizeBytesAfter",
@@ -97,6 +102,21 @@ STAGE_KEYS: Final[Mapping[str, str]] = {
     "accuracy_before": "accuracyBefore",
     "accuracy_after": "accuracyAfter",
     "time": "time",
+}
+#: stages[] keys the record derives (written by :meth:`StageResult.to_status`, recomputed on reading, never
+#: taken from the input): N1/N2, the non-zero parameters before over after, and the serialized size before over
+#: after.
+STAGE_PARAM_RATIO: Final = "paramRatio"
+STAGE_SIZE_RATIO: Final = "sizeRatio"
+#: communication's keys: attribute name -> camelCase key.
+COMMUNICATION_KEYS: Final[Mapping[str, str]] = {
+    "steps": "steps",
+    "step_seconds": "stepSeconds",
+    "comm_seconds": "commSeconds",
+    "bytes_sent": "bytesSent",
+    "world_size": "worldSize",
+    "backend": "backend",
+    "since": "since",
 }
 _CANDIDATE_KEYS: Final[Mapping[str, str]] = {
     "watts": "watts",
@@ -152,6 +172,9 @@ class StageResult:
     step: int | None = None
     epoch: int | None = None
     params_total: int | None = None
+    #: N1: the model's non-zero parameters before the stage.
+    params_nonzero_before: int | None = None
+    #: N2: the non-zero parameters after it.
     params_nonzero: int | None = None
     size_bytes_before: int | None = None
     size_bytes_after: int | None = None
@@ -167,6 +190,16 @@ class StageResult:
     def kept(self) -> bool:
         """Applied and not rolled back (the Stage column shows the last one kept)."""
         return bool(self.applied) and not self.rolled_back
+
+    @property
+    def param_ratio(self) -> float | None:
+        """N1/N2: non-zero parameters before over after (None: either unknown, or N2 is 0)."""
+        return _ratio(self.params_nonzero_before, self.params_nonzero)
+
+    @property
+    def size_ratio(self) -> float | None:
+        """Serialized size before over after (None: either unknown, or the size after is 0)."""
+        return _ratio(self.size_bytes_before, self.size_bytes_after)
 
     @classmethod
     def _read(cls, raw: Any, path: str, problems: list[str]) -> StageResult | None:
@@ -187,6 +220,7 @@ class StageResult:
             step=f.integer(k["step"]),
             epoch=f.integer(k["epoch"]),
             params_total=f.integer(k["params_total"]),
+            params_nonzero_before=f.integer(k["params_nonzero_before"]),
             params_nonzero=f.integer(k["params_nonzero"]),
             size_bytes_before=f.integer(k["size_bytes_before"]),
             size_bytes_after=f.integer(k["size_bytes_after"]),
@@ -199,8 +233,64 @@ class StageResult:
         )
 
     def to_status(self) -> dict[str, Any]:
+        """The camelCase dict (set fields only), with the derived ratios (rounded to 4 decimals) when known."""
+        out = _set({key: getattr(self, attr) for attr, key in STAGE_KEYS.items()})
+        for key, ratio in ((STAGE_PARAM_RATIO, self.param_ratio), (STAGE_SIZE_RATIO, self.size_ratio)):
+            if ratio is not None:
+                out[key] = round(ratio, 4)
+        return out
+
+
+def _ratio(before: int | None, after: int | None) -> float | None:
+    if before is None or after is None or after <= 0:
+        return None
+    return before / after
+
+
+# --- status.workload.communication ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CommunicationStats:
+    """Rank 0's timing of gradient communication, cumulative since ``since`` (the harness process's start).
+
+    ``steps``: training steps timed; ``step_seconds``: their wall time; ``comm_seconds``: the time within them
+    that gradient communication was in flight (overlapping buckets counted once); ``bytes_sent``: the bytes all
+    ranks sent for it (estimated from the gradient buckets and the collective's algorithm); ``world_size``: the
+    ranks; ``backend``: the process group's backend (nccl, gloo). The workload's word: the operator attributes
+    energy by it (docs/energy.md), never decides a policy from it.
+    """
+
+    steps: int | None = None
+    step_seconds: float | None = None
+    comm_seconds: float | None = None
+    bytes_sent: int | None = None
+    world_size: int | None = None
+    backend: str | None = None
+    since: str | None = None
+
+    @property
+    def fraction(self) -> float | None:
+        """The share of step time with communication in flight, 0..1 (None: nothing timed yet)."""
+        if self.step_seconds is None or self.comm_seconds is None or self.step_seconds <= 0:
+            return None
+        return min(1.0, self.comm_seconds / self.step_seconds)
+
+    @classmethod
+    def _read(cls, raw: Any, path: str, problems: list[str]) -> CommunicationStats:
+        f = _Fields(raw, path, problems)
+        k = COMMUNICATION_KEYS
+        return cls(
+            steps=f.integer(k["steps"]),
+            step_seconds=f.number(k["step_seconds"], 0.0),
+            comm_seconds=f.number(k["comm_seconds"], 0.0),
+            bytes_sent=f.integer(k["bytes_sent"]),
+            world_size=f.integer(k["world_size"], 1),
+            backend=f.string(k["backend"]),
+            since=f.string(k["since"]),
+        )
+
+    def to_status(self) -> dict[str, Any]:
         """The camelCase dict (set fields only)."""
-        return _set({key: getattr(self, attr) for attr, key in STAGE_KEYS.items()})
+        return _set({key: getattr(self, attr) for attr, key in COMMUNICATION_KEYS.items()})
 
 
 # --- status.workload.powerProfile ----------------------------------------------------------------------------
@@ -299,6 +389,11 @@ class WorkloadReport:
     stages: tuple[StageResult, ...] | None = None
     stop_reason: str | None = None
     update_time: str | None = None
+    #: The global steps the whole job plans (None: the program does not say).
+    steps_total: int | None = None
+    #: Samples per global step (the global batch).
+    samples_per_step: int | None = None
+    communication: CommunicationStats | None = None
     #: What :meth:`from_status` dropped, each naming the field's path (not part of the status, nor of equality).
     problems: tuple[str, ...] = field(default=(), compare=False)
 
@@ -309,6 +404,7 @@ class WorkloadReport:
         f = _Fields(status, path, problems)
         profile = f.mapping(n.WORKLOAD_POWER_PROFILE)
         checkpoint = f.mapping(n.WORKLOAD_CHECKPOINT)
+        communication = f.mapping(n.WORKLOAD_COMMUNICATION)
         items = f.items(n.WORKLOAD_STAGES, MAX_STAGES)
         stages = None
         if items is not None:
@@ -331,6 +427,11 @@ class WorkloadReport:
             stages=stages,
             stop_reason=f.string(n.WORKLOAD_STOP_REASON),
             update_time=f.string(n.WORKLOAD_UPDATED),
+            steps_total=f.integer(n.WORKLOAD_STEPS_TOTAL),
+            samples_per_step=f.integer(n.WORKLOAD_SAMPLES_PER_STEP, 1),
+            communication=None
+            if communication is None
+            else CommunicationStats._read(communication, f"{path}.{n.WORKLOAD_COMMUNICATION}", problems),
             problems=tuple(problems),
         )
 
@@ -350,6 +451,9 @@ class WorkloadReport:
                 n.WORKLOAD_STAGES: None if self.stages is None else [s.to_status() for s in self.stages],
                 n.WORKLOAD_STOP_REASON: self.stop_reason,
                 n.WORKLOAD_UPDATED: self.update_time,
+                n.WORKLOAD_STEPS_TOTAL: self.steps_total,
+                n.WORKLOAD_SAMPLES_PER_STEP: self.samples_per_step,
+                n.WORKLOAD_COMMUNICATION: None if self.communication is None else self.communication.to_status(),
             }
         )
 

@@ -52,6 +52,7 @@ FULL: dict[str, Any] = {
             "step": 80,
             "epoch": 2,
             "paramsTotal": 1000,
+            "paramsNonzeroBefore": 1000,
             "paramsNonzero": 500,
             "sizeBytesBefore": 4000,
             "sizeBytesAfter": 2100,
@@ -60,11 +61,24 @@ FULL: dict[str, Any] = {
             "serializedFormat": "torch.save(state_dict)+zlib9",
             "accuracyBefore": 0.97,
             "accuracyAfter": 0.965,
+            "paramRatio": 2.0,
+            "sizeRatio": 1.9048,
         },
         {"name": "int8", "applied": False, "rolledBack": True, "step": 110, "epoch": 3},
     ],
     "stopReason": "StopRequested",
     "updateTime": "2026-01-01T00:00:05Z",
+    "stepsTotal": 400,
+    "samplesPerStep": 256,
+    "communication": {
+        "steps": 120,
+        "stepSeconds": 2.4,
+        "commSeconds": 0.6,
+        "bytesSent": 123456789,
+        "worldSize": 2,
+        "backend": "gloo",
+        "since": "2026-01-01T00:00:00Z",
+    },
 }
 
 
@@ -110,12 +124,12 @@ def test_the_harness_writes_what_the_contract_reads() -> None:
     from etj_workload import compression
 
     stage = compression.StageResult(
-        "prune-50", True, False, 10, 1, 100, 50, 400, 210, 409, 409, 0.9, 0.89, "2026-12-01T10:00:00Z"
+        "prune-50", True, False, 10, 1, 100, 50, 400, 210, 409, 409, 0.9, 0.89, "2026-12-01T10:00:00Z", 100
     )
     parsed = WorkloadReport.from_status({names.WORKLOAD_STAGES: [stage.to_status()]})
     assert parsed.problems == ()
     assert parsed.to_status()[names.WORKLOAD_STAGES] == [stage.to_status()]
-    assert list(stage.to_status()) == list(r.STAGE_KEYS.values())
+    assert list(stage.to_status()) == [*r.STAGE_KEYS.values(), r.STAGE_PARAM_RATIO, r.STAGE_SIZE_RATIO]
 
 
 @pytest.mark.parametrize(
@@ -285,7 +299,9 @@ def test_the_crd_declares_every_field_the_contract_writes_and_bounds_it(report_c
     for key in ("gpuSource", "stopReason", "updateTime"):
         assert props[key]["maxLength"] == r.MAX_TEXT_LENGTH, key
     assert props["checkpoint"]["properties"]["time"]["maxLength"] == r.MAX_TEXT_LENGTH
-    assert set(props["stages"]["items"]["properties"]) == set(r.STAGE_KEYS.values())
+    derived = {r.STAGE_PARAM_RATIO, r.STAGE_SIZE_RATIO}
+    assert set(props["stages"]["items"]["properties"]) == set(r.STAGE_KEYS.values()) | derived
+    assert set(props["communication"]["properties"]) == set(r.COMMUNICATION_KEYS.values())
     for key in ("epoch", "step"):
         assert props[key]["minimum"] == 0
     assert (props["accuracy"]["minimum"], props["accuracy"]["maximum"]) == (0, 1)
@@ -310,3 +326,24 @@ def test_stage_result_kept() -> None:
     assert StageResult("a", applied=True).kept
     assert not StageResult("a", applied=True, rolled_back=True).kept
     assert not StageResult("a").kept
+
+
+def test_stage_ratios_are_derived_from_the_counts_never_read() -> None:
+    raw = {"name": "p", "paramsNonzeroBefore": 900, "paramsNonzero": 300, "sizeBytesBefore": 10, "sizeBytesAfter": 4}
+    stage = WorkloadReport.from_status({"stages": [{**raw, "paramRatio": 99.0, "sizeRatio": 99.0}]}).stages
+    assert stage is not None
+    assert stage[0].param_ratio == 3.0 and stage[0].size_ratio == 2.5
+    out = stage[0].to_status()
+    assert out["paramRatio"] == 3.0 and out["sizeRatio"] == 2.5
+    # an unknown or zero denominator gives no ratio rather than a division by zero
+    assert StageResult(name="q", params_nonzero_before=5, params_nonzero=0).param_ratio is None
+    assert "paramRatio" not in StageResult(name="q", params_nonzero=5).to_status()
+
+
+def test_communication_fraction_is_bounded_and_unknown_before_any_step() -> None:
+    assert r.CommunicationStats().fraction is None
+    assert r.CommunicationStats(step_seconds=2.0, comm_seconds=0.5).fraction == 0.25
+    assert r.CommunicationStats(step_seconds=1.0, comm_seconds=3.0).fraction == 1.0
+    bad = WorkloadReport.from_status({"communication": {"stepSeconds": -1, "worldSize": 0, "bytesSent": "x"}})
+    assert bad.communication == r.CommunicationStats()
+    assert len(bad.problems) == 3

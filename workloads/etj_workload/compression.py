@@ -215,6 +215,8 @@ class StageResult:
     accuracy_after: float
     #: When the stage was applied or rolled back (RFC 3339); None in a checkpoint of an older harness.
     time: str | None = None
+    #: N1: the non-zero parameters before the stage (None in a checkpoint of an older harness).
+    params_nonzero_before: int | None = None
 
     def to_status(self) -> dict[str, Any]:
         """Return the camelCase dict for status.workload.stages (the contract's record writes it)."""
@@ -225,6 +227,7 @@ class StageResult:
             step=self.step,
             epoch=self.epoch,
             params_total=self.params_total,
+            params_nonzero_before=self.params_nonzero_before,
             params_nonzero=self.params_nonzero,
             size_bytes_before=self.size_bytes_before,
             size_bytes_after=self.size_bytes_after,
@@ -275,6 +278,7 @@ class CompressionManager:
         model.eval()
         accuracy_before = self.evaluate(self.quantized or model)
         size_before = serialized_size(self.quantized or model)
+        _, nonzero_before = count_parameters(self.quantized or model)
         saved = snapshot(model)
         quantized: nn.Module | None = None
         if stage.prune is not None:
@@ -318,6 +322,7 @@ class CompressionManager:
             accuracy_before=accuracy_before,
             accuracy_after=accuracy_after,
             time=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            params_nonzero_before=nonzero_before,
         )
         self.results.append(result)
         return result
