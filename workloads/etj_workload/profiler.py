@@ -10,8 +10,9 @@ What it does, in order (docs/harness.md, "Power control", has the spec's setting
    bound; without one the baseline only places the search). Its power is the workload's full-clock draw:
    limits above it do not bind and are never searched.
 3. **Search** ``[min_watts, top]`` on a ``resolution_watts`` grid: golden-section search on the cost
-   ``eta*E + (1-eta)*P_max*T``, each comparison measured until decided at ``compare_confidence`` or known to be
-   level within ``level_tolerance``; or, with ``max_slowdown``, bisection for the lowest limit within the
+   ``eta*E + (1-eta)*P_max*T``, each comparison measured until decided at ``compare_confidence`` (against the
+   noise's upper bound at that confidence) or known to be level within ``level_tolerance``; or, with
+   ``max_slowdown``, bisection for the lowest limit within the
    bound, a limit ruled out only when it is over the bound by more than its noise margin. Then the **final
    fine step** at ``fine_watts``. Every limit gets ``settle_steps`` unmeasured steps after it is set.
 4. **Baseline re-check** (with ``max_slowdown``): the top limit again; a baseline that moved restarts.
@@ -19,8 +20,9 @@ What it does, in order (docs/harness.md, "Power control", has the spec's setting
    cost within the bound (the bound's crossing interpolated); a flat cost picks the fastest level limit, data
    that are not unimodal the best measured one.
 6. **Monitor** the choice in windows of ``monitor_steps`` (:func:`_monitor`): drift asks for a re-profile;
-   with ``max_slowdown`` the monitored windows, after baseline re-checks where there is noise, tune the
-   choice toward the bound.
+   with ``max_slowdown`` the monitored windows, after baseline re-checks where there is noise (as long as the
+   baseline's error would cost more than ``tune_precision``: :func:`_recheck_length`), tune the choice toward
+   the bound by the point estimate of its ratio.
 
 **Noise.** A window is one sample; the noise of a window mean is estimated from the spread of the windows of
 every limit measured so far (pooled, relative: step-time noise is a property of the job, not of the limit)
@@ -201,7 +203,12 @@ class ProfilePlan:
     bound_max_steps: int = 20
     """The most steps a limit gets in the bisection for the slowdown bound (the tuning refines the choice)."""
     recheck_steps: int = 30
-    """Measured steps of each baseline re-check before a tuning look (with noise; 0: none)."""
+    """The least measured steps of a baseline re-check before a tuning look (with noise; 0: none)."""
+    recheck_max_steps: int | None = None
+    """The most measured steps of one baseline re-check (None: 4x ``recheck_steps``)."""
+    tune_precision: float = 0.0125
+    """The cost error, relative, that the baseline's noise may cause in a tuned choice (at
+    ``compare_confidence``): a re-check measures the top limit long enough for it (:func:`_recheck_length`)."""
     drift_threshold: float = 0.10
     monitor_steps: int = 50
     known: tuple[LimitStats, ...] = ()
@@ -371,6 +378,8 @@ class Decided:
     away: int = 0
     settle_left: int = 0
     recheck_from: int = 0
+    visited: tuple[LimitStats, ...] = ()
+    """The monitored windows of the limits chosen before a tuning move (the slope's best data)."""
 
     @property
     def measurements(self) -> tuple[Measurement, ...]:
@@ -707,6 +716,19 @@ def _place(plan: ProfilePlan, a: int, b: int, keep: int | None, side: str) -> in
     return w
 
 
+def _sigma_upper_factor(confidence: float, dof: int) -> float:
+    """The one-sided upper confidence bound of a noise estimated with ``dof`` degrees of freedom, over the estimate.
+
+    ``sqrt(dof / chi2_{1-confidence}(dof))``, the chi-square quantile by Wilson and Hilferty's approximation.
+    """
+    if dof < 1:
+        return math.inf
+    z = NormalDist().inv_cdf(confidence)
+    a = 2.0 / (9.0 * dof)
+    lower = dof * max(1e-6, 1.0 - a - z * math.sqrt(a)) ** 3
+    return math.sqrt(dof / lower)
+
+
 def _compare(plan: ProfilePlan, k: Knowledge, sc: LimitStats, sd: LimitStats) -> Literal["c", "d", "level", "open"]:
     """Which of two limits costs less: decided at ``compare_confidence``, level within ``level_tolerance``."""
     fc, fd = _cost(plan, sc), _cost(plan, sd)
@@ -719,7 +741,9 @@ def _compare(plan: ProfilePlan, k: Knowledge, sc: LimitStats, sd: LimitStats) ->
         return "open"
     q = t_quantile(plan.compare_confidence, dof)
     half = q * sigma * math.sqrt(fc * fc / sc.steps + fd * fd / sd.steps)
-    if abs(fc - fd) > half:
+    # A verdict drops one side of the bracket for good: it must hold for a noise estimate from few windows
+    # that came out low by chance too (the noise's upper bound at the same confidence).
+    if abs(fc - fd) > half * _sigma_upper_factor(plan.compare_confidence, dof):
         return "c" if fc < fd else "d"
     if half <= plan.level_tolerance * max(fc, fd):
         return "level"
@@ -993,7 +1017,7 @@ def _finish(plan: ProfilePlan, k: Knowledge) -> Transition:
     return Transition(state, set_limit_watts=decision.chosen_watts, close_window=True, open_window=True)
 
 
-def _add_window(plan: ProfilePlan, k: Knowledge, window: Measurement) -> Knowledge:
+def _add_window(plan: ProfilePlan, k: Knowledge, window: Measurement, trend: bool = True) -> Knowledge:
     """Keep ``window`` at its limit; drop the oldest windows while the kept ones show a trend."""
     old = k.get(window.watts) or LimitStats(window.watts)
     if window.seconds_per_step > 0 and old.dropped < 3:
@@ -1005,7 +1029,7 @@ def _add_window(plan: ProfilePlan, k: Knowledge, window: Measurement) -> Knowled
             # yet (it is settling). A window's power is an energy over a time that share the step's noise.
             return k.put(replace(old, dropped=old.dropped + 1))
     s = replace(old, windows=(*old.windows, window))
-    while len(s.windows) >= 2 and _trend(plan, k, s):
+    while trend and len(s.windows) >= 2 and _trend(plan, k, s):
         s = replace(s, windows=s.windows[1:], dropped=s.dropped + 1)
     return k.put(s)
 
@@ -1097,10 +1121,10 @@ def _monitor(plan: ProfilePlan, state: Decided, window: Measurement | None, seco
     ``drift_threshold`` (and its noise), twice in a row, asks for a re-profile. **Tuning** (with
     ``max_slowdown``): the monitored windows are free measurements of the chosen limit, so after
     :data:`TUNE_AFTER_STEPS` of them its ratio to the baseline is known far better than profiling knew it.
-    With noise, the baseline is re-checked first (``recheck_steps`` at the top limit, pooled with the
-    first baseline unless it moved, which re-profiles); then the limit moves by the fine steps that the
-    measured slope of the ratio says bring it to the bound (the bound for the rest of the job, when the
-    horizon is known), when the data say it is off the bound.
+    With noise, the baseline is re-checked first (at the top limit for :func:`_recheck_length` steps, pooled
+    with the first baseline unless it moved, which re-profiles); then the limit moves by the fine steps that
+    the point estimate of the ratio and its measured slope say bring it to the bound (the bound for the rest
+    of the job, when the horizon is known), at most two grid steps either way.
     """
     current = plan.top if state.away else state.chosen_watts
     k = replace(state.k, steps=state.k.steps + 1)
@@ -1144,13 +1168,56 @@ def _monitor(plan: ProfilePlan, state: Decided, window: Measurement | None, seco
         if base is not None and base.windows and _margin(plan, k, base.steps) > plan.baseline_precision / 2:
             away = replace(
                 nxt,
-                away=plan.recheck_steps,
+                away=_recheck_length(plan, nxt, base),
                 settle_left=plan.settle_steps,
                 steps_left=0 if plan.settle_steps else plan.window_steps,
                 recheck_from=len(base.windows) if base is not None else 0,
             )
             return Transition(away, set_limit_watts=plan.top, open_window=plan.settle_steps == 0)
     return _after_tune(plan, nxt, _tune(plan, nxt))
+
+
+def _cost_per_ratio(plan: ProfilePlan, here: LimitStats, ratio: float, slope: float) -> float:
+    """How much the cost changes, relative, per unit of step-time ratio, moving the limit near ``here``.
+
+    Under a binding limit the power drawn scales with the limit, so ``d ln P / dW = 1 / W``; the time's change
+    is the ratio's, ``slope`` per watt. Kept within [0.5, 4] (a slope measured in noise can be far off).
+    """
+    watts, power = float(max(1, here.watts)), here.watts_drawn
+    if power <= 0 or slope <= 0:
+        return 1.0
+    energy = plan.eta * power
+    per_watt = energy / watts / (energy + (1.0 - plan.eta) * plan.max_power_watts) - slope / ratio
+    return min(4.0, max(0.5, abs(per_watt) / slope))
+
+
+def _recheck_length(plan: ProfilePlan, state: Decided, base: LimitStats) -> int:
+    """Measured steps of a baseline re-check at a tuning look.
+
+    A tuned choice is the limit whose ratio to the baseline meets the bound, so the baseline's own noise moves
+    it: a relative error ``e`` in the baseline's step time costs about ``S * e`` in the cost, with ``S``
+    (:func:`_cost_per_ratio`) large where the slowdown curve is shallow near the bound (a memory-bound job:
+    many watts per percent of slowdown). The re-check runs until the baseline's error, at
+    ``compare_confidence``, costs at most ``tune_precision``: at least ``recheck_steps`` at the first look and
+    ``min_steps`` later (a check that the uncapped speed has not moved), at most ``recheck_max_steps``.
+    """
+    least = plan.recheck_steps if state.tunes == 0 else max(plan.min_steps, plan.window_steps)
+    most = plan.recheck_max_steps if plan.recheck_max_steps is not None else 4 * plan.recheck_steps
+    here, k = state.here, state.k
+    sigma, dof = noise(_all_stats(plan, k))
+    if here is None or not here.windows or base.seconds <= 0 or math.isinf(sigma) or dof < 1:
+        return max(least, min(most, plan.recheck_steps))
+    ratio = here.seconds / base.seconds
+    # The shallower the slope, the longer the re-check: its lower bound (a slope from few profiled steps can
+    # come out steep by chance and cut the re-check short).
+    slope = _local_slope(plan, k, state.chosen_watts, here, state.visited, plan.compare_confidence)
+    if slope is None:
+        return least
+    factor = _cost_per_ratio(plan, here, ratio, slope)
+    q = t_quantile(plan.compare_confidence, dof)
+    needed = math.ceil((factor * q * sigma * ratio / plan.tune_precision) ** 2) - base.steps
+    steps = min(most, max(least, needed))
+    return int(math.ceil(steps / plan.window_steps) * plan.window_steps)
 
 
 def _tune_due(plan: ProfilePlan, state: Decided) -> bool:
@@ -1173,8 +1240,12 @@ def _after_tune(plan: ProfilePlan, before: Decided, tuned: Decided) -> Transitio
 
 
 def _recheck_window(plan: ProfilePlan, state: Decided, window: Measurement) -> Transition:
-    """A window of the baseline re-check: pool it; at the re-check's end go back to the choice and tune."""
-    k = _add_window(plan, state.k, window)
+    """A window of the baseline re-check: pool it; at the re-check's end go back to the choice and tune.
+
+    No trend drops windows here: the re-check is compared with the baseline before it, and dropping the old
+    windows of a baseline that moved would hide the move.
+    """
+    k = _add_window(plan, state.k, window, trend=False)
     left = state.away - window.steps
     if left > 0:
         return Transition(replace(state, k=k, away=left, steps_left=plan.window_steps), open_window=True)
@@ -1190,22 +1261,41 @@ def _recheck_window(plan: ProfilePlan, state: Decided, window: Measurement) -> T
     return _after_tune(plan, state, _tune(plan, back))
 
 
-def _local_slope(plan: ProfilePlan, k: Knowledge, watts: int, ratio: float) -> float | None:
+#: The profiled limits within this many grid steps of the choice enter the slope of the ratio (a wide span: each
+#: of them has few steps, and the slope over one grid step is mostly noise).
+SLOPE_SPAN_STEPS: Final = 8
+
+
+def _local_slope(
+    plan: ProfilePlan,
+    k: Knowledge,
+    watts: int,
+    here: LimitStats,
+    visited: Sequence[LimitStats] = (),
+    low_confidence: float | None = None,
+) -> float | None:
     """How much the step-time ratio falls per watt around ``watts`` (> 0), from the limits measured near it.
 
-    A weighted least-squares line through the measured ratios within three grid steps (the monitored ratio
-    at ``watts`` included, with its steps); None when the data show no fall.
+    A least-squares line through the ratios, each weighted by its steps (the variance of a mean is the step's
+    over its steps): the profiled limits within :data:`SLOPE_SPAN_STEPS` grid steps, the limits chosen before
+    (``visited``: their monitored windows) and the monitored windows at ``watts`` (``here``). None when the data
+    show no fall. With ``low_confidence``: the slope's lower bound at that (two-sided) confidence, at least a
+    quarter of the estimate.
     """
     ref, _ = _reference(plan, k)
-    if ref is None or ref.seconds <= 0:
+    if ref is None or ref.seconds <= 0 or here.seconds <= 0:
         return None
-    span = 3 * plan.resolution_watts
+    span = SLOPE_SPAN_STEPS * plan.resolution_watts
+    chosen = {s.watts for s in visited if s.windows} | {watts}
     points = [
         (float(s.watts), s.seconds / ref.seconds, float(s.steps))
         for s in k.stats
-        if s.windows and s.watts != watts and abs(s.watts - watts) <= span and s.watts != ref.watts
+        if s.windows and s.watts not in chosen and abs(s.watts - watts) <= span and s.watts != ref.watts
     ]
-    points.append((float(watts), ratio, float(plan.max_steps)))
+    points += [
+        (float(s.watts), s.seconds / ref.seconds, float(s.steps)) for s in visited if s.windows and s.watts != watts
+    ]
+    points.append((float(watts), here.seconds / ref.seconds, float(here.steps)))
     if len({p[0] for p in points}) < 2:
         return None
     total = sum(p[2] for p in points)
@@ -1215,6 +1305,13 @@ def _local_slope(plan: ProfilePlan, k: Knowledge, watts: int, ratio: float) -> f
     sxy = sum(p[2] * (p[0] - mx) * (p[1] - my) for p in points)
     if sxx <= 0 or sxy >= 0:
         return None
+    if low_confidence is not None:
+        # The slope's lower confidence bound (a ratio of one step has the variance sigma**2 * ratio**2).
+        sigma, dof = noise(_all_stats(plan, k))
+        if math.isinf(sigma) or dof < 1:
+            return None
+        spread = t_quantile(low_confidence, dof) * sigma * my / math.sqrt(sxx)
+        return max(-sxy / sxx - spread, -sxy / sxx / 4)
     return -sxy / sxx
 
 
@@ -1239,18 +1336,15 @@ def _tune(plan: ProfilePlan, state: Decided) -> Decided:
     if ref is None or not ref.windows or reference != "uncapped" or bound is None or state.chosen_watts == plan.top:
         return done
     ratio = here.seconds / ref.seconds
-    slope = _local_slope(plan, k, state.chosen_watts, ratio)
+    slope = _local_slope(plan, k, state.chosen_watts, here, state.visited)
     if slope is None:
         return done
-    sigma, dof = noise(_all_stats(plan, k))
-    if not math.isinf(sigma) and dof >= 1:
-        spread = t_quantile(plan.compare_confidence, dof) * sigma * math.sqrt(1 / here.steps + 1 / ref.steps)
-        if abs(ratio - bound) <= ratio * spread:
-            return replace(state, tunes=state.tunes + 1)  # at the bound as far as the data can tell
+    # The point estimate decides (it is unbiased; a dead band around the bound would keep every choice that
+    # profiling left off it by less than the noise, always on the same side).
     wanted = state.chosen_watts + (ratio - bound) / slope
     grid = plan.fine_watts
     target = int(min(plan.min_watts + math.ceil((wanted - plan.min_watts) / grid) * grid, plan.top))
-    down, up = plan.resolution_watts, 2 * plan.resolution_watts
+    down = up = 2 * plan.resolution_watts
     target = min(max(target, state.chosen_watts - down, plan.min_watts), state.chosen_watts + up, plan.top)
     if abs(target - state.chosen_watts) < plan.fine_watts:
         return replace(state, tunes=state.tunes + 1)
@@ -1264,7 +1358,8 @@ def _tune(plan: ProfilePlan, state: Decided) -> Decided:
             slowdown=round(ratio + (state.chosen_watts - target) * slope, 6),
             slowdown_margin=None if math.isinf(margin) else round(margin, 6),
         )
-    return replace(state, chosen_watts=target, decision=decision, here=None, tunes=state.tunes + 1)
+    visited = (*(v for v in state.visited if v.watts != here.watts), here)
+    return replace(state, chosen_watts=target, decision=decision, here=None, tunes=state.tunes + 1, visited=visited)
 
 
 def interrupt(plan: ProfilePlan, state: ProfilerState) -> Transition:
