@@ -66,6 +66,7 @@ __all__ = [
     "POD_RESOURCES_LIST_METHOD",
     "POD_RESOURCES_SERVICE",
     "REASONS",
+    "REASON_AUTO_CANDIDATE",
     "REASON_CEILING_LIFTED",
     "REASON_INPUTS_EXPIRED",
     "REASON_INPUTS_PENDING",
@@ -172,6 +173,9 @@ REASON_JOB_LIMIT_CLAMPED: Final = "JobLimitClamped"
 REASON_JOB_CEILING: Final = "JobCeiling"
 #: Auto mode without a cap: the pod's harness sets the limit; the agent leaves it while the pod holds the GPU.
 REASON_POD_MANAGED: Final = "PodManaged"
+#: Auto mode through the agent: the limit the operator answered to the harness's request
+#: (``status.control.autoLimitWattsPerGPU``), clamped to the card's range.
+REASON_AUTO_CANDIDATE: Final = "AutoCandidate"
 #: Auto mode, the operator's cap lifted: the agent gives back the limit it had lowered (the pod's own choice).
 REASON_CEILING_LIFTED: Final = "CeilingLifted"
 REASON_NOT_HELD: Final = "NotHeld"
@@ -190,6 +194,8 @@ REASONS: Final[tuple[str, ...]] = (
     REASON_JOB_LIMIT_CLAMPED,
     REASON_JOB_CEILING,
     REASON_POD_MANAGED,
+    REASON_AUTO_CANDIDATE,
+    REASON_CEILING_LIFTED,
     REASON_NOT_HELD,
     REASON_UNMANAGED_POD,
     REASON_POD_UNKNOWN,

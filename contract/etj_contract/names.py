@@ -19,6 +19,8 @@ __all__ = [
     "ANNOTATION_WORLD",
     "API_VERSION",
     "CONTROL",
+    "CONTROL_AUTO_LIMIT_WATTS_PER_GPU",
+    "CONTROL_AUTO_REQUEST_SEQ",
     "CONTROL_CHECKPOINT_REQUESTED",
     "CONTROL_ENERGY_FRACTION",
     "CONTROL_POWER_LIMIT_WATTS_PER_GPU",
@@ -187,6 +189,11 @@ CONTROL_STOP_REQUESTED: Final = "stopRequested"
 CONTROL_STAGE_REQUESTED: Final = "stageRequested"
 #: Fraction of the job's energy budget used so far (0..1), for energyFraction triggers.
 CONTROL_ENERGY_FRACTION: Final = "energyFraction"
+#: Mode Auto with the node agent: the operator's answer to the harness's candidate limit
+#: (status.workload.powerProfile.requestedWatts, clamped into the allowed range and under the throttle), which
+#: the agent applies to the job's GPUs; and the request number it answers (powerProfile.requestSeq).
+CONTROL_AUTO_LIMIT_WATTS_PER_GPU: Final = "autoLimitWattsPerGPU"
+CONTROL_AUTO_REQUEST_SEQ: Final = "autoRequestSeq"
 
 # --- status.workload (workload -> operator) ------------------------------------------------------
 WORKLOAD: Final = "workload"

@@ -38,10 +38,13 @@ __all__ = [
     "MAX_CANDIDATES",
     "MAX_NAME_LENGTH",
     "MAX_PATH_LENGTH",
+    "MAX_REQUESTED_WATTS",
     "MAX_STAGES",
     "MAX_TEXT_LENGTH",
     "PROFILE_CANDIDATES",
     "PROFILE_CHOSEN_WATTS",
+    "PROFILE_REQUESTED_WATTS",
+    "PROFILE_REQUEST_SEQ",
     "STAGE_KEYS",
     "STAGE_PARAM_RATIO",
     "STAGE_SIZE_RATIO",
@@ -67,6 +70,8 @@ MAX_PATH_LENGTH: Final = 4096
 MAX_STAGES: Final = COMPRESSION_BOUNDS.max_stages
 #: powerProfile.candidates[]: candidate limits of the Auto profile (stepWatts >= 5 W over a GPU's range).
 MAX_CANDIDATES: Final = 512
+#: powerProfile.requestedWatts: the most a request may ask (far above any GPU's range; the operator clamps).
+MAX_REQUESTED_WATTS: Final = 10_000
 
 # --- keys of the nested objects ------------------------------------------------------------------------------
 CHECKPOINT_ACKNOWLEDGED: Final = "acknowledged"
@@ -76,6 +81,9 @@ CHECKPOINT_PATH: Final = "path"
 CHECKPOINT_TIME: Final = "time"
 PROFILE_CHOSEN_WATTS: Final = "chosenWatts"
 PROFILE_CANDIDATES: Final = "candidates"
+#: Mode Auto with the node agent: the candidate limit the harness asks for (W per GPU), and its request number.
+PROFILE_REQUESTED_WATTS: Final = "requestedWatts"
+PROFILE_REQUEST_SEQ: Final = "requestSeq"
 #: powerProfile's other keys: attribute name -> camelCase key (the choice without the cap, why, how long it took).
 _PROFILE_KEYS: Final[Mapping[str, str]] = {
     "uncapped_watts": "uncappedWatts",
@@ -327,6 +335,11 @@ class PowerProfile:
     cap binds); ``reason``: why the choice (optimum, bound, flat, fallback, cap); ``profile_steps``: steps
     spent profiling so far; ``slowdown`` and ``slowdown_margin``: the chosen limit's measured step time over
     the uncapped one, and the half-width of that ratio's confidence interval.
+
+    ``requested_watts`` and ``request_seq`` (mode Auto with the node agent, ``ETJ_POWER_ENFORCER=agent``): the
+    per-GPU limit the harness asks for, which the operator clamps and answers in ``status.control``
+    (:attr:`ControlSection.auto_limit_watts_per_gpu`), and the request's number (one more per new request).
+    Advice, never trusted: a value above :data:`MAX_REQUESTED_WATTS` is dropped here, the operator clamps the rest.
     """
 
     chosen_watts: int | None = None
@@ -336,6 +349,8 @@ class PowerProfile:
     profile_steps: int | None = None
     slowdown: float | None = None
     slowdown_margin: float | None = None
+    requested_watts: int | None = None
+    request_seq: int | None = None
 
     @classmethod
     def _read(cls, raw: Any, path: str, problems: list[str]) -> PowerProfile:
@@ -351,6 +366,11 @@ class PowerProfile:
                 else:
                     problems.append(FieldProblem(where, f"expected an object, found {describe_value(item)}", "dropped"))
         k = _PROFILE_KEYS
+        requested = f.integer(PROFILE_REQUESTED_WATTS)
+        if requested is not None and requested > MAX_REQUESTED_WATTS:
+            found = f"expected an integer <= {MAX_REQUESTED_WATTS}, found {describe_value(requested)}"
+            problems.append(FieldProblem(f"{path}.{PROFILE_REQUESTED_WATTS}", found, "dropped"))
+            requested = None
         return cls(
             chosen_watts=f.integer(PROFILE_CHOSEN_WATTS),
             candidates=None if candidates is None else tuple(candidates),
@@ -359,13 +379,23 @@ class PowerProfile:
             profile_steps=f.integer(k["profile_steps"]),
             slowdown=f.number(k["slowdown"], 0.0),
             slowdown_margin=f.number(k["slowdown_margin"], 0.0),
+            requested_watts=requested,
+            request_seq=f.integer(PROFILE_REQUEST_SEQ),
         )
 
     def to_status(self) -> dict[str, Any]:
         """The camelCase dict (set fields only)."""
         candidates = None if self.candidates is None else [c.to_status() for c in self.candidates]
         more = {key: getattr(self, attr) for attr, key in _PROFILE_KEYS.items()}
-        return _set({PROFILE_CHOSEN_WATTS: self.chosen_watts, PROFILE_CANDIDATES: candidates, **more})
+        return _set(
+            {
+                PROFILE_CHOSEN_WATTS: self.chosen_watts,
+                PROFILE_CANDIDATES: candidates,
+                **more,
+                PROFILE_REQUESTED_WATTS: self.requested_watts,
+                PROFILE_REQUEST_SEQ: self.request_seq,
+            }
+        )
 
 
 # --- the report ----------------------------------------------------------------------------------------------
@@ -472,13 +502,20 @@ class WorkloadReport:
 # --- status.control ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ControlSection:
-    """The operator's ``status.control``, as the harness obeys it (absent fields are None/0/False)."""
+    """The operator's ``status.control``, as the harness obeys it (absent fields are None/0/False).
+
+    ``auto_limit_watts_per_gpu`` and ``auto_request_seq`` (mode Auto with the node agent): the limit the node
+    agent applies to the job's GPUs, the operator's answer to the harness's ``powerProfile.requestedWatts``
+    (clamped into the allowed range, never above the throttle), and the ``requestSeq`` it answers.
+    """
 
     power_limit_watts_per_gpu: int | None = None
     checkpoint_requested: int = 0
     stop_requested: bool = False
     stage_requested: str | None = None
     energy_fraction: float | None = None
+    auto_limit_watts_per_gpu: int | None = None
+    auto_request_seq: int = 0
     #: What :meth:`from_status` dropped, each naming the field's path (not part of the status, nor of equality).
     problems: tuple[str, ...] = field(default=(), compare=False)
 
@@ -488,12 +525,15 @@ class ControlSection:
         problems: list[str] = []
         f = _Fields(control, path, problems)
         limit = f.number(n.CONTROL_POWER_LIMIT_WATTS_PER_GPU, 0.0)
+        auto = f.number(n.CONTROL_AUTO_LIMIT_WATTS_PER_GPU, 0.0)
         return cls(
             power_limit_watts_per_gpu=None if limit is None else int(limit),
             checkpoint_requested=f.integer(n.CONTROL_CHECKPOINT_REQUESTED) or 0,
             stop_requested=bool(f.boolean(n.CONTROL_STOP_REQUESTED)),
             stage_requested=f.string(n.CONTROL_STAGE_REQUESTED, MAX_NAME_LENGTH) or None,
             energy_fraction=f.number(n.CONTROL_ENERGY_FRACTION, 0.0),
+            auto_limit_watts_per_gpu=None if auto is None else int(auto),
+            auto_request_seq=f.integer(n.CONTROL_AUTO_REQUEST_SEQ) or 0,
             problems=tuple(problems),
         )
 
@@ -506,5 +546,7 @@ class ControlSection:
                 n.CONTROL_STOP_REQUESTED: self.stop_requested or None,
                 n.CONTROL_STAGE_REQUESTED: self.stage_requested,
                 n.CONTROL_ENERGY_FRACTION: self.energy_fraction,
+                n.CONTROL_AUTO_LIMIT_WATTS_PER_GPU: self.auto_limit_watts_per_gpu,
+                n.CONTROL_AUTO_REQUEST_SEQ: self.auto_request_seq or None,
             }
         )

@@ -349,18 +349,19 @@ class PodOptions:
 
     control_poll_steps: int = 10
     gpu_backend: str = "auto"
-    #: The node agent runs on the GPU nodes (``OperatorConfig.node_agent``): it enforces Fixed limits and the
-    #: throttle, so only Auto pods get SYS_ADMIN (:meth:`agent_enforces`).
+    #: The node agent runs on the GPU nodes (``OperatorConfig.node_agent``): it enforces every limit (Fixed, the
+    #: throttle, Auto's candidates as the operator answers them), so no pod gets SYS_ADMIN (:meth:`agent_enforces`).
     node_agent: bool = False
 
     def agent_enforces(self, spec: JobSpec) -> bool:
         """Whether the node agent, not the pod's harness, sets this job's GPU power limits.
 
-        True with the agent for every mode but Auto: the agent applies a Fixed ``limitWatts`` and the operator's
-        throttle (a budget) itself. Auto's candidate limits are picked and set inside the pod until the agent has
-        a pod-local channel for them (docs/node-agent.md), so an Auto pod still needs SYS_ADMIN.
+        True with the agent, in every mode: the agent applies a Fixed ``limitWatts``, the operator's throttle (a
+        budget), and in mode Auto the candidate the harness asks for in its report, as the operator answers it in
+        ``status.control.autoLimitWattsPerGPU`` (docs/node-agent.md). The pod then needs no capability. Without
+        the agent the harness sets the limits through NVML in the pod, which needs SYS_ADMIN.
         """
-        return self.node_agent and spec.energy.power.mode != "Auto"
+        return self.node_agent
 
 
 def build_worker_pod(
@@ -425,7 +426,7 @@ def build_worker_pod(
 
 def _shape_trainer(container: dict[str, Any], ctx: EnvContext, spec: JobSpec, options: PodOptions) -> None:
     generated = worker_env(ctx)
-    if options.node_agent:  # the harness then sets no limit in Fixed mode or for the throttle: it only reports
+    if options.node_agent:  # the harness then sets no limit: it reports, and in Auto mode asks in its report
         generated.append({"name": c.ENV_ETJ_POWER_ENFORCER, "value": c.POWER_ENFORCER_AGENT})
     ours = {v["name"] for v in generated} | {c.ENV_ETJ_POWER_ENFORCER}  # the template never decides who enforces
     user_env = [v for v in container.get("env") or [] if v.get("name") not in ours]
@@ -438,7 +439,7 @@ def _shape_trainer(container: dict[str, Any], ctx: EnvContext, spec: JobSpec, op
 
     if spec.energy.power.managed and not options.agent_enforces(spec):
         # NVML's nvmlDeviceSetPowerManagementLimit needs CAP_SYS_ADMIN inside the container; with the node agent
-        # only Auto mode sets limits from inside the pod.
+        # no pod sets a limit (the explicit fallback without it: the in-pod NVML path).
         sc = container.setdefault("securityContext", {})
         caps = sc.setdefault("capabilities", {})
         add = list(caps.get("add") or [])

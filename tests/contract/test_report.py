@@ -40,6 +40,8 @@ FULL: dict[str, Any] = {
             {"watts": 300, "joulesPerStep": 1.5, "secondsPerStep": 0.02, "cost": 0.75},
             {"watts": 250, "joulesPerStep": 1.2, "secondsPerStep": 0.021, "cost": 0.7},
         ],
+        "requestedWatts": 250,
+        "requestSeq": 7,
     },
     "checkpoint": {
         "acknowledged": 2, "step": 100, "epoch": 2, "path": "/ckpt/step-100.pt", "time": "2026-01-01T00:00:00Z"
@@ -97,7 +99,8 @@ def test_a_full_report_round_trips_exactly() -> None:
     assert report.last_kept_stage == "prune-50"
     assert report.checkpoint == CheckpointAck(2, 100, 2, "/ckpt/step-100.pt", "2026-01-01T00:00:00Z")
     assert report.power_profile == PowerProfile(
-        250, (ProfileCandidate(300, 1.5, 0.02, 0.75), ProfileCandidate(250, 1.2, 0.021, 0.7))
+        250, (ProfileCandidate(300, 1.5, 0.02, 0.75), ProfileCandidate(250, 1.2, 0.021, 0.7)),
+        requested_watts=250, request_seq=7,
     )
 
 
@@ -214,9 +217,11 @@ def test_the_control_section_round_trips_with_the_operators_keys() -> None:
         names.CONTROL_STOP_REQUESTED: True,
         names.CONTROL_STAGE_REQUESTED: "int8",
         names.CONTROL_ENERGY_FRACTION: 0.4,
+        names.CONTROL_AUTO_LIMIT_WATTS_PER_GPU: 250,
+        names.CONTROL_AUTO_REQUEST_SEQ: 3,
     }
     control = ControlSection.from_status(raw)
-    assert control == ControlSection(300, 2, True, "int8", 0.4) and control.problems == ()
+    assert control == ControlSection(300, 2, True, "int8", 0.4, 250, 3) and control.problems == ()
     assert control.to_status() == raw
     assert ControlSection().to_status() == {}
     # the operator writes None to clear a cap: absent
@@ -294,6 +299,9 @@ def test_the_crd_declares_every_field_the_contract_writes_and_bounds_it(report_c
     props = status["properties"]
     assert props["stages"]["maxItems"] == r.MAX_STAGES
     assert props["powerProfile"]["properties"]["candidates"]["maxItems"] == r.MAX_CANDIDATES
+    requested = props["powerProfile"]["properties"][r.PROFILE_REQUESTED_WATTS]
+    assert (requested["minimum"], requested["maximum"]) == (0, r.MAX_REQUESTED_WATTS)
+    assert props["powerProfile"]["properties"][r.PROFILE_REQUEST_SEQ]["minimum"] == 0
     assert props["checkpoint"]["properties"]["path"]["maxLength"] == r.MAX_PATH_LENGTH
     assert props["stages"]["items"]["properties"]["name"]["maxLength"] == r.MAX_NAME_LENGTH
     for key in ("gpuSource", "stopReason", "updateTime"):
@@ -311,14 +319,17 @@ def test_the_crds_bounds_are_the_contracts(report_crd: dict[str, Any]) -> None:
     """A value just past a CRD bound is dropped by the contract too; one just inside is kept."""
     inside = {"step": 0, "gpuSource": "x" * r.MAX_TEXT_LENGTH,
               "stages": [{"name": "n" * r.MAX_NAME_LENGTH}] * r.MAX_STAGES,
-              "checkpoint": {"path": "/" * r.MAX_PATH_LENGTH}, "accuracy": 1.0}
+              "checkpoint": {"path": "/" * r.MAX_PATH_LENGTH}, "accuracy": 1.0,
+              "powerProfile": {"requestedWatts": r.MAX_REQUESTED_WATTS, "requestSeq": 0}}
     assert WorkloadReport.from_status(inside).problems == ()
     outside = {"step": -1, "gpuSource": "x" * (r.MAX_TEXT_LENGTH + 1),
                "stages": [{"name": "n" * (r.MAX_NAME_LENGTH + 1)}] + [{"name": "s"}] * r.MAX_STAGES,
-               "checkpoint": {"path": "/" * (r.MAX_PATH_LENGTH + 1)}, "accuracy": 1.0001}
+               "checkpoint": {"path": "/" * (r.MAX_PATH_LENGTH + 1)}, "accuracy": 1.0001,
+               "powerProfile": {"requestedWatts": r.MAX_REQUESTED_WATTS + 1, "requestSeq": -1}}
     problems = WorkloadReport.from_status(outside).problems
     for path in ("status.step", "status.gpuSource", "status.stages:", "status.stages[0].name",
-                 "status.checkpoint.path", "status.accuracy"):
+                 "status.checkpoint.path", "status.accuracy", "status.powerProfile.requestedWatts",
+                 "status.powerProfile.requestSeq"):
         assert any(p.startswith(path) for p in problems), (path, problems)
 
 

@@ -78,13 +78,17 @@ class FakeAllocations:
 
 
 def job(name: str, uid: str, *, mode: str = "Fixed", limit: int | None = 300, cap: int | None = None,
-        phase: str = "Running", namespace: str = NS) -> dict[str, Any]:
+        phase: str = "Running", namespace: str = NS, auto: int | None = None, seq: int = 1) -> dict[str, Any]:
+    """A job object; ``auto``: the operator's answer to an Auto request (status.control.autoLimitWattsPerGPU)."""
     power: dict[str, Any] = {"mode": mode}
     if mode == "Fixed" and limit is not None:
         power["limitWatts"] = limit
     status: dict[str, Any] = {"phase": phase}
     if cap is not None:
         status[n.CONTROL] = {n.CONTROL_POWER_LIMIT_WATTS_PER_GPU: cap}
+    if auto is not None:
+        status.setdefault(n.CONTROL, {}).update({n.CONTROL_AUTO_LIMIT_WATTS_PER_GPU: auto,
+                                                n.CONTROL_AUTO_REQUEST_SEQ: seq})
     return {
         "apiVersion": n.API_VERSION,
         "kind": n.KIND,
@@ -95,14 +99,18 @@ def job(name: str, uid: str, *, mode: str = "Fixed", limit: int | None = 300, ca
 
 
 def pod(name: str, uid: str, owner: dict[str, Any] | None, *, node: str = NODE, phase: str = "Running",
-        namespace: str = NS) -> dict[str, Any]:
+        namespace: str = NS, own_limits: bool = False) -> dict[str, Any]:
+    """A pod object; ``own_limits``: its trainer has SYS_ADMIN (built for the in-pod NVML path)."""
     meta: dict[str, Any] = {"name": name, "namespace": namespace, "uid": uid, "labels": {n.LABEL_ROLE: "worker"}}
     if owner is not None:
         om = owner["metadata"]
         meta["ownerReferences"] = [{"apiVersion": owner.get("apiVersion", n.API_VERSION),
                                     "kind": owner.get("kind", n.KIND), "name": om["name"], "uid": om["uid"],
                                     "controller": True, "blockOwnerDeletion": True}]
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": {"nodeName": node},
+    trainer: dict[str, Any] = {"name": "trainer", "image": "example.org/train:1"}
+    if own_limits:
+        trainer["securityContext"] = {"capabilities": {"add": ["SYS_ADMIN"]}}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": {"nodeName": node, "containers": [trainer]},
             "status": {"phase": phase}}
 
 

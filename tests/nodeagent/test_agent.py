@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 import pytest
-from agentkit import NODE, FakeAllocations, FakeClock, FakeCluster, holds, job, pod
+from agentkit import NODE, NS, FakeAllocations, FakeClock, FakeCluster, holds, job, pod
 from prometheus_client.parser import text_string_to_metric_families
 
 from etj_contract import agent as a
@@ -283,9 +283,9 @@ def test_a_job_read_failing_keeps_its_last_intent_for_the_grace(gpus, kubelet, c
     assert limits(gpus) == [DEFAULT] * 4
 
 
-def test_auto_pods_choose_their_limit_and_the_operators_cap_is_a_ceiling(gpus, kubelet, cluster, clock):
+def test_in_pod_auto_pods_choose_their_limit_and_the_operators_cap_is_a_ceiling(gpus, kubelet, cluster, clock):
     auto = cluster.add_job(job("auto", "uid-auto", mode="Auto", limit=None))
-    cluster.add_pod(pod("auto-worker-0", "pod-a", auto))
+    cluster.add_pod(pod("auto-worker-0", "pod-a", auto, own_limits=True))
     kubelet.table = [holds("auto-worker-0", U[0], U[1])]
     devices = gpus.inventory().devices
     gpus.set_limit(devices[0], 450_000)  # the harness's Auto choice
@@ -310,7 +310,7 @@ def test_auto_pods_choose_their_limit_and_the_operators_cap_is_a_ceiling(gpus, k
 
 def test_a_lifted_ceiling_leaves_a_limit_the_pod_set_since(gpus, kubelet, cluster, clock):
     auto = cluster.add_job(job("auto", "uid-auto", mode="Auto", limit=None))
-    cluster.add_pod(pod("auto-worker-0", "pod-a", auto))
+    cluster.add_pod(pod("auto-worker-0", "pod-a", auto, own_limits=True))
     kubelet.table = [holds("auto-worker-0", U[0])]
     auto["status"][n.CONTROL] = {n.CONTROL_POWER_LIMIT_WATTS_PER_GPU: 500}
     agent = make_agent(gpus, kubelet, cluster, clock)
@@ -322,15 +322,57 @@ def test_a_lifted_ceiling_leaves_a_limit_the_pod_set_since(gpus, kubelet, cluste
     assert limits(gpus)[0] == 400_000
 
 
-def test_stopping_resets_every_gpu_but_those_auto_pods_manage(gpus, kubelet, cluster, clock, resnet):
+def test_stopping_resets_every_gpu_but_those_in_pod_auto_pods_manage(gpus, kubelet, cluster, clock, resnet):
     auto = cluster.add_job(job("auto", "uid-auto", mode="Auto", limit=None))
-    cluster.add_pod(pod("auto-worker-0", "pod-a", auto))
+    cluster.add_pod(pod("auto-worker-0", "pod-a", auto, own_limits=True))
     kubelet.table = [*kubelet.table, holds("auto-worker-0", U[3])]
     gpus.set_limit(gpus.inventory().devices[3], 450_000)
     agent = make_agent(gpus, kubelet, cluster, clock)
     run_until(agent, cycles=3)
     assert agent.snapshot.cycles == 3
     assert limits(gpus) == [DEFAULT, DEFAULT, DEFAULT, 450_000]
+
+
+def test_auto_through_the_agent_applies_the_answer_to_the_jobs_gpus_only(gpus, kubelet, cluster, clock):
+    auto = cluster.add_job(job("auto", "uid-auto", mode="Auto", limit=None))
+    other = cluster.add_job(job("other", "uid-other", mode="Auto", limit=None, auto=250))
+    cluster.add_pod(pod("auto-worker-0", "pod-a", auto))
+    cluster.add_pod(pod("other-worker-0", "pod-o", other))
+    kubelet.table = [holds("auto-worker-0", U[0], U[1]), holds("other-worker-0", U[2])]
+    agent = make_agent(gpus, kubelet, cluster, clock)
+    cycle(agent, clock)
+    assert limits(gpus) == [DEFAULT, DEFAULT, 250_000, DEFAULT]  # no request yet: the default
+    auto["status"][n.CONTROL] = {n.CONTROL_AUTO_LIMIT_WATTS_PER_GPU: 400, n.CONTROL_AUTO_REQUEST_SEQ: 2}
+    cycle(agent, clock)
+    assert limits(gpus) == [400_000, 400_000, 250_000, DEFAULT]  # the other job's GPU is untouched
+    desired = {lb[a.LABEL_UUID]: (lb[a.LABEL_REASON], lb[a.LABEL_JOB_UID], v)
+               for lb, v in samples(agent.metrics_text, a.METRIC_AGENT_DESIRED_LIMIT)}
+    assert desired[U[0]] == (a.REASON_AUTO_CANDIDATE, "uid-auto", 400.0)
+    assert desired[U[2]] == (a.REASON_AUTO_CANDIDATE, "uid-other", 250.0)
+    # a throttle arrives before the operator answers again: never above it
+    auto["status"][n.CONTROL][n.CONTROL_POWER_LIMIT_WATTS_PER_GPU] = 300
+    cycle(agent, clock)
+    assert limits(gpus)[:2] == [300_000, 300_000]
+
+
+def test_an_agent_restart_reapplies_the_auto_answer_and_a_finished_job_gets_the_default(gpus, kubelet, cluster,
+                                                                                        clock):
+    auto = cluster.add_job(job("auto", "uid-auto", mode="Auto", limit=None, auto=350))
+    cluster.add_pod(pod("auto-worker-0", "pod-a", auto))
+    kubelet.table = [holds("auto-worker-0", U[0])]
+    run_until(make_agent(gpus, kubelet, cluster, clock), cycles=1)
+    assert limits(gpus)[0] == DEFAULT  # an agent that stops puts an agent-enforced Auto GPU back
+    agent = make_agent(gpus, kubelet, cluster, clock)
+    cycle(agent, clock)
+    assert limits(gpus)[0] == 350_000  # the next agent applies it again from the job alone
+    auto["status"]["phase"] = "Succeeded"
+    cycle(agent, clock)
+    assert limits(gpus)[0] == DEFAULT
+    auto["status"]["phase"] = "Running"
+    cycle(agent, clock)
+    del cluster.jobs[(NS, "auto")]
+    cycle(agent, clock)
+    assert limits(gpus)[0] == DEFAULT
 
 
 def test_keep_limits_on_exit_leaves_them(gpus, kubelet, cluster, clock, resnet):

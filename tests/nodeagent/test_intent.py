@@ -29,6 +29,37 @@ def test_job_intent(obj, watts, pod_managed):
     assert (intent.uid, intent.watts, intent.pod_managed, intent.problems) == ("u", watts, pod_managed, ())
 
 
+@pytest.mark.parametrize(
+    ("obj", "auto_watts", "problem"),
+    [
+        (job("j", "u", mode="Auto", limit=None, auto=350), 350, False),
+        (job("j", "u", mode="Auto", limit=None, auto=350, cap=300), 300, False),  # never above the cap
+        (job("j", "u", mode="Auto", limit=None, auto=0), None, True),  # no limit: dropped and named
+        (job("j", "u", mode="Auto", limit=None, auto=350, phase="Succeeded"), None, False),
+        (job("j", "u", limit=300, auto=350), None, False),  # only mode Auto reads the answer
+    ],
+)
+def test_the_auto_answer(obj, auto_watts, problem):
+    intent = job_intent(obj)
+    assert intent.auto_watts == auto_watts
+    assert bool(intent.problems) == problem
+
+
+def test_pod_info_says_whether_the_pod_may_set_limits_itself():
+    owner = job("resnet", "uid-a")
+    assert pod_info(pod("w-0", "p", owner, own_limits=True)).sets_own_limits
+    assert not pod_info(pod("w-0", "p", owner)).sets_own_limits
+    privileged = pod("w-0", "p", owner)
+    privileged["spec"]["containers"].append({"name": "side", "securityContext": {"privileged": True}})
+    assert pod_info(privileged).sets_own_limits
+    prefixed = pod("w-0", "p", owner)
+    prefixed["spec"]["containers"][0]["securityContext"] = {"capabilities": {"add": ["CAP_SYS_ADMIN"]}}
+    assert pod_info(prefixed).sets_own_limits
+    odd = pod("w-0", "p", owner)
+    odd["spec"]["containers"] = [{"securityContext": {"capabilities": {"add": "SYS_ADMIN"}}}, "junk"]
+    assert not pod_info(odd).sets_own_limits  # a malformed spec grants nothing
+
+
 def test_a_job_without_energy_section_asks_nothing():
     assert job_intent({"metadata": {"uid": "u"}, "spec": {}}) == JobIntent("u")
     assert job_intent({}) == JobIntent("")

@@ -22,6 +22,8 @@ JOB_D = job("huge", "uid-d", limit=900)  # over its 700 W maximum
 JOB_E = job("free", "uid-e", mode="Unmanaged", limit=None)  # asks nothing
 JOB_AUTO = job("auto", "uid-auto", mode="Auto", limit=None)
 JOB_AUTO_CAPPED = job("auto-capped", "uid-auto2", mode="Auto", limit=None, cap=400)
+JOB_AUTO_ASKED = job("auto-asked", "uid-auto3", mode="Auto", limit=None, auto=350)
+JOB_AUTO_LOW = job("auto-low", "uid-auto4", mode="Auto", limit=None, auto=150)  # under the card's minimum
 OTHER_OWNER = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "web-7d4", "uid": "uid-rs"}}
 
 
@@ -123,9 +125,43 @@ CASES = [
         {0: default(a.REASON_UNMANAGED_POD)},
     ),
     Case(
-        "Auto: the pod's harness owns the limit, the operator's cap is a ceiling",
+        "Auto through the agent: the operator's answer on the job's GPUs only; without one the cap, or the default",
+        [holds("auto-asked-0", "GPU-0", "GPU-1"), holds("auto-capped-0", "GPU-2"), holds("auto-0", "GPU-3")],
+        pods_of(pod("auto-asked-0", "p1", JOB_AUTO_ASKED), pod("auto-capped-0", "p2", JOB_AUTO_CAPPED),
+                pod("auto-0", "p3", JOB_AUTO)),
+        intents_of(JOB_AUTO_ASKED, JOB_AUTO_CAPPED, JOB_AUTO),
+        {0: ("set", 350_000, a.REASON_AUTO_CANDIDATE, "uid-auto3"),
+         1: ("set", 350_000, a.REASON_AUTO_CANDIDATE, "uid-auto3"),
+         2: ("set", 400_000, a.REASON_JOB_LIMIT, "uid-auto2"),
+         3: default(a.REASON_NO_LIMIT_ASKED, "uid-auto")},
+    ),
+    Case(
+        "Auto through the agent: an answer under the card's range is clamped to it",
+        [holds("auto-low-0", "GPU-0")],
+        pods_of(pod("auto-low-0", "p1", JOB_AUTO_LOW)),
+        intents_of(JOB_AUTO_LOW),
+        {0: ("set", 200_000, a.REASON_AUTO_CANDIDATE, "uid-auto4")},
+    ),
+    Case(
+        "an Auto job's answer never reaches a GPU its pods do not hold, nor another job's",
+        [holds("auto-asked-0", "GPU-0"), holds("resnet-0", "GPU-1"), holds("auto-0", "GPU-2")],
+        pods_of(pod("auto-asked-0", "p1", JOB_AUTO_ASKED), pod("resnet-0", "p2", JOB_A), pod("auto-0", "p3", JOB_AUTO)),
+        intents_of(JOB_AUTO_ASKED, JOB_A, JOB_AUTO),
+        {0: ("set", 350_000, a.REASON_AUTO_CANDIDATE, "uid-auto3"), 1: ("set", 300_000, a.REASON_JOB_LIMIT, "uid-a"),
+         2: default(a.REASON_NO_LIMIT_ASKED, "uid-auto"), 3: default(a.REASON_NOT_HELD)},
+    ),
+    Case(
+        "a GPU shared by an agent-enforced Auto pod and an in-pod one gets the default",
+        [holds("auto-asked-0", "GPU-0::1"), holds("auto-asked-1", "GPU-0::2")],
+        pods_of(pod("auto-asked-0", "p1", JOB_AUTO_ASKED), pod("auto-asked-1", "p2", JOB_AUTO_ASKED, own_limits=True)),
+        intents_of(JOB_AUTO_ASKED),
+        {0: default(a.REASON_SHARED)},
+    ),
+    Case(
+        "Auto in the pod (SYS_ADMIN): the pod's harness owns the limit, the operator's cap is a ceiling",
         [holds("auto-0", "GPU-0"), holds("auto-capped-0", "GPU-1")],
-        pods_of(pod("auto-0", "p1", JOB_AUTO), pod("auto-capped-0", "p2", JOB_AUTO_CAPPED)),
+        pods_of(pod("auto-0", "p1", JOB_AUTO, own_limits=True), pod("auto-capped-0", "p2", JOB_AUTO_CAPPED,
+                                                                       own_limits=True)),
         intents_of(JOB_AUTO, JOB_AUTO_CAPPED),
         {0: ("leave", None, a.REASON_POD_MANAGED, "uid-auto"),
          1: ("ceiling", 400_000, a.REASON_JOB_CEILING, "uid-auto2")},

@@ -4,8 +4,9 @@ The builders are checked across spec variants (every power mode, a power budget 
 with their own security settings and a sidecar) and with the node agent on and off (``OperatorConfig.node_agent``,
 the chart's ``nodeAgent.enabled``): the operator's pod differs from the user's template in privileges by exactly
 nothing, or by SYS_ADMIN in the trainer's capabilities.add. Without the agent that is every power-managed job
-(Fixed, Auto, a budget); with it only Auto (its harness still picks and sets the limits in the pod), while Fixed,
-budget and Unmanaged pods carry no capability and fit the Pod Security ``baseline`` level (docs/security.md).
+(Fixed, Auto, a budget); with it none: every mode's limits are the agent's (Auto's harness asks for its candidates
+in its report), so every pod carries no capability, needs no root and fits the Pod Security ``baseline`` level
+(docs/security.md).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ POWER = {
     "auto-budget": {"mode": "Auto", "budgetWatts": 1200},
 }
 MANAGED = {"budget-only", "fixed", "auto", "fixed-budget", "auto-budget"}
-#: With the node agent, the pods whose harness still sets limits (Auto: no pod-local channel to the agent yet).
-SETS_LIMITS_WITH_AGENT = {"auto", "auto-budget"}
+#: With the node agent, the pods whose harness sets limits itself: none (Auto asks the agent through its report).
+SETS_LIMITS_WITH_AGENT: set[str] = set()
 AGENT = {"off": builders.PodOptions(), "on": builders.PodOptions(node_agent=True)}
 
 TEMPLATES = {
@@ -112,7 +113,6 @@ def test_the_sys_admin_table():
     }
     assert {key for key, sys_admin in table.items() if sys_admin} == {
         ("budget-only", "off"), ("fixed", "off"), ("auto", "off"), ("fixed-budget", "off"), ("auto-budget", "off"),
-        ("auto", "on"), ("auto-budget", "on"),
     }
 
 
@@ -136,14 +136,21 @@ def baseline_violations(pod):
     return found
 
 
-@pytest.mark.parametrize("power", sorted(set(POWER) - SETS_LIMITS_WITH_AGENT))
-def test_with_the_agent_fixed_budget_and_unmanaged_pods_fit_baseline_and_need_no_root(power):
-    _, pods = build(POWER[power], TEMPLATES["hardened"], options=AGENT["on"])
+@pytest.mark.parametrize(("power", "template"), list(itertools.product(sorted(POWER), ("plain", "hardened"))))
+def test_with_the_agent_every_power_modes_pods_fit_baseline_and_need_no_root(power, template):
+    """Every mode, Auto included: no SYS_ADMIN, no root asked, the template's non-root settings kept as they are."""
+    assert set(POWER) >= {"absent", "unmanaged", "fixed", "auto", "budget-only", "fixed-budget", "auto-budget"}
+    _, pods = build(POWER[power], TEMPLATES[template], options=AGENT["on"])
     for pod in pods:
+        assert pod["spec"].get("securityContext") is None  # nothing at the pod's level either
         assert baseline_violations(pod) == []
+        for c in pod["spec"]["containers"]:
+            sc = c.get("securityContext") or {}
+            assert "SYS_ADMIN" not in str(sc.get("capabilities")), c["name"]
+            assert sc.get("runAsUser") != 0 and sc.get("privileged") is not True, c["name"]
         trainer = container(pod["spec"], "trainer")
-        # the template's non-root settings are kept and nothing needs them undone: no capability to be root for
-        assert trainer["securityContext"] == TEMPLATES["hardened"]["securityContext"]
+        # nothing needs the template's settings undone: no capability to be root for
+        assert trainer.get("securityContext") == TEMPLATES[template].get("securityContext")
         env = {v["name"]: v.get("value") for v in trainer["env"]}
         assert env[contract.ENV_ETJ_POWER_ENFORCER] == contract.POWER_ENFORCER_AGENT  # the harness sets no limit
 
@@ -157,10 +164,10 @@ def test_without_the_agent_power_managed_pods_are_outside_baseline(power):
     assert contract.ENV_ETJ_POWER_ENFORCER not in env  # unset: the harness sets the limits (pods as before)
 
 
-def test_auto_keeps_sys_admin_with_the_agent_and_is_told_the_agent_is_there():
+def test_auto_with_the_agent_has_no_sys_admin_and_is_told_the_agent_is_there():
     _, pods = build(POWER["auto"], {}, options=AGENT["on"])
     trainer = container(pods[0]["spec"], "trainer")
-    assert trainer["securityContext"]["capabilities"]["add"] == ["SYS_ADMIN"]
+    assert "securityContext" not in trainer  # its harness asks for candidates in its report; the agent sets them
     env = {v["name"]: v.get("value") for v in trainer["env"]}
     assert env[contract.ENV_ETJ_POWER_ENFORCER] == contract.POWER_ENFORCER_AGENT
 

@@ -236,7 +236,7 @@ def test_permission_error_keeps_training_uncapped() -> None:
     gpu.restore_power_limit.assert_not_called()  # nothing was ever applied
 
 
-# ----- the node agent enforces Fixed limits and the throttle (ETJ_POWER_ENFORCER=agent) --------------------------
+# ----- the node agent enforces every limit (ETJ_POWER_ENFORCER=agent) ---------------------------------------------
 
 
 class RecordingNvmlGpu(SimulatedGpu):
@@ -271,15 +271,15 @@ def test_with_the_agent_the_harness_sets_no_limit_and_reports_the_one_in_force(p
         assert controller.effective_limit_watts() == 300.0  # what the agent is asked for, still known
 
 
-def test_with_the_agent_auto_mode_still_sets_its_candidates() -> None:
+def test_with_the_agent_auto_mode_sets_nothing_either_it_asks() -> None:
     gpu = RecordingNvmlGpu()
     policy = PowerPolicy(mode="Auto", auto=AutoPolicy(eta=0.5, warmup_steps=0, profile_steps=1, step_watts=250))
     controller = PowerController(gpu, policy, enforcer="agent")
     controller.train_begin()
     run_steps(controller, gpu, 4)
-    assert controller.sets_limits and gpu.sets  # no pod-local channel to the agent yet: the pod keeps SYS_ADMIN
     controller.set_cap(300)
-    assert gpu.power_limit_mw() <= 300_000
+    assert not controller.sets_limits and gpu.sets == []  # test_power_agent.py: the request and its read-back
+    assert controller.requested_watts == 300
 
 
 def test_with_the_agent_a_simulated_gpu_is_not_set_by_the_harness_either() -> None:

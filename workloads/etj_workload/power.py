@@ -16,15 +16,24 @@ the choice as it was. A cap that arrives while profiling, or is lifted when the 
 the uncapped speed was never measured), profiles again, keeping what was measured. A compression stage that
 changes the model, or a monitored step time that drifts, profiles again from scratch.
 
-With ``ETJ_POWER_ENFORCER=agent`` the node agent sets the Fixed limit and the throttle on the node's GPUs
-(docs/node-agent.md), and the pod has no SYS_ADMIN: outside Auto mode the controller then sets no limit and
-only reports the one in force. Auto mode still sets its candidates and its choice itself.
+With ``ETJ_POWER_ENFORCER=agent`` the node agent sets every limit on the node's GPUs (docs/node-agent.md) and
+the pod has no SYS_ADMIN: the controller sets no limit. Outside Auto mode it only reports the one in force. In
+Auto mode it *asks* for each limit (a candidate, the choice, a re-check) in its report: ``powerProfile
+.requestedWatts`` with a new ``requestSeq``, published at once through :attr:`PowerController.on_request`. The
+operator clamps the request into ``status.control.autoLimitWattsPerGPU`` and the agent applies it. Meanwhile
+training goes on but no window counts: the profiler is not advanced, and a window due opens only once every
+rank's GPU reads back the limit asked (within :data:`CONFIRM_TOLERANCE_MW`; reading a limit needs no privilege,
+and a simulated node GPU reads the node's). The ranks agree on that through the window reducer (one small
+all-reduce per step while they wait). If the GPUs do not show it within ``request_timeout_seconds``, Auto gives
+up: it stops profiling, asks for the last limit the GPUs confirmed (or for nothing: the agent's default) and
+reports ``reason: fallback``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,12 +42,21 @@ from etj_workload import profiler
 from etj_workload.config import PowerEnforcer, PowerPolicy, parse_power_enforcer
 from etj_workload.gpu import Gpu, GpuError, GpuPermissionError
 
-__all__ = ["PowerController", "WindowReducer", "auto_plan"]
+__all__ = ["CONFIRM_TOLERANCE_MW", "REQUEST_TIMEOUT_SECONDS", "PowerController", "WindowReducer", "auto_plan"]
 
 log = logging.getLogger(__name__)
 
 #: Reduce one rank's window (joules, seconds) to the job's: (sum of joules, max of seconds).
 WindowReducer = Callable[[float, float], tuple[float, float]]
+
+#: Mode Auto with the node agent: how long a requested limit may take to show on the GPUs before Auto gives up
+#: (one report round trip, the operator's pass and one agent cycle take seconds; this leaves room for a
+#: backed-off patch and an agent that retries). Units: s.
+REQUEST_TIMEOUT_SECONDS = 120.0
+#: A limit read back within this of the one asked counts as applied (the agent works in mW). Units: mW.
+CONFIRM_TOLERANCE_MW = 1000
+#: powerProfile.reason when Auto gave up waiting for the agent.
+FALLBACK_REASON = "fallback"
 
 
 def _local_reducer(joules: float, seconds: float) -> tuple[float, float]:
@@ -103,6 +121,8 @@ class PowerController:
         sync: Callable[[], None] | None = None,
         enforcer: PowerEnforcer | None = None,
         horizon_steps: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        request_timeout_seconds: float = REQUEST_TIMEOUT_SECONDS,
     ) -> None:
         self.gpu = gpu
         #: The job's expected length in steps, if known (the slowdown bound then covers profiling too).
@@ -112,19 +132,38 @@ class PowerController:
         self.enforcer: PowerEnforcer = (
             parse_power_enforcer(os.environ.get(contract.ENV_ETJ_POWER_ENFORCER)) if enforcer is None else enforcer
         )
-        #: Whether this controller sets limits at all: not where the node agent enforces them (every mode but
-        #: Auto), on any backend. A simulated node GPU then gets its cap from the agent's simulated backend.
-        self.sets_limits = not (self.enforcer == "agent" and policy.mode != "Auto")
-        if not self.sets_limits and (policy.mode == "Fixed" or policy.budget_watts is not None):
+        #: Whether this controller sets limits at all: not where the node agent enforces them, in any mode, on
+        #: any backend. A simulated node GPU then gets its cap from the agent's simulated backend.
+        self.sets_limits = self.enforcer != "agent"
+        #: Mode Auto with the agent: the limits are asked for in the report and confirmed on the GPU.
+        self.asks_agent = self.enforcer == "agent" and policy.mode == "Auto"
+        if self.asks_agent:
+            log.info(
+                "Auto power mode through the node agent (%s=agent): each limit is asked for in the report and "
+                "counted once the GPU reports it (giving up after %g s)",
+                contract.ENV_ETJ_POWER_ENFORCER, request_timeout_seconds,
+            )
+        elif not self.sets_limits and (policy.mode == "Fixed" or policy.budget_watts is not None):
             log.info(
                 "power limits are the node agent's (%s=agent): the harness sets none and reports the limit in force",
                 contract.ENV_ETJ_POWER_ENFORCER,
             )
-        elif self.enforcer == "agent" and policy.mode == "Auto":
-            log.info(
-                "Auto power mode: the harness sets its candidate limits itself (the node agent has no "
-                "pod-local channel yet), so this pod needs SYS_ADMIN"
-            )
+        self._clock = clock
+        self.request_timeout_seconds = request_timeout_seconds
+        #: Called when a new request is made (the harness publishes its report at once); None: the next publish.
+        self.on_request: Callable[[], None] | None = None
+        #: The limit asked for (W per GPU; None: none), its number, and when it was asked (the clock's seconds).
+        self.requested_watts: int | None = None
+        self.request_seq = 0
+        self._requested_at = 0.0
+        #: Whether a request waits for the GPUs to show it (no window counts meanwhile).
+        self.awaiting_limit = False
+        self._open_on_confirm = False
+        #: The last limit every rank's GPU reported as asked. Units: W.
+        self.confirmed_watts: int | None = None
+        #: Auto gave up on the agent (a request not shown in time): no more profiling, no more requests.
+        self.fallback = False
+        self._fallback_stats: tuple[profiler.LimitStats, ...] = ()
         self.world_size = world_size
         self._reducer = reducer
         self._sync = sync or (lambda: None)
@@ -221,6 +260,12 @@ class PowerController:
         """Advance the profiler by one finished step of ``device_seconds`` (call on every rank)."""
         if self.plan is None or self.state is None:
             return
+        if self.awaiting_limit:  # the step ran under a limit not confirmed: it advances nothing
+            self._steps_done += 1
+            if not isinstance(self.state, profiler.Decided) or self.state.rechecking:
+                self.profile_steps_total += 1
+            self._await_limit()
+            return
         if self._capped_below_choice():
             self._window_open = False  # the cap's steps say nothing about the choice: no drift, no tuning
             self._steps_done += 1
@@ -259,6 +304,7 @@ class PowerController:
         if self.plan is None or self.state is None:
             return
         self._window_open = False
+        self._open_on_confirm = False
         self._perform(profiler.interrupt(self.plan, self.state))
 
     def workload_changed(self) -> None:
@@ -305,7 +351,10 @@ class PowerController:
             else:
                 log.info("Auto power limit tuned to %d W (the monitored slowdown)", self.chosen_watts)
         if transition.open_window:
-            self._open_window()
+            if self.awaiting_limit:
+                self._open_on_confirm = True  # opens once the GPUs show the limit asked
+            else:
+                self._open_window()
 
     def set_cap(self, cap_watts: int | None) -> None:
         """Obey the operator's job-wide throttle (status.control.powerLimitWattsPerGPU); None lifts it.
@@ -345,8 +394,74 @@ class PowerController:
             return None
         return min(max(float(target), self.min_watts), self.max_watts)
 
+    def _request(self, limit_watts: float | None) -> None:
+        """Ask the node agent for ``limit_watts`` through the report (mode Auto with the agent)."""
+        if limit_watts is None or self.fallback:
+            return
+        watts = round(limit_watts)
+        if watts == self.requested_watts:
+            return
+        self.request_seq += 1
+        self.requested_watts = watts
+        self._requested_at = self._clock()
+        self.awaiting_limit = True
+        if self._window_open:  # a window measures one limit: it opens again once the new one shows
+            self._window_open = False
+            self._open_on_confirm = True
+        log.info("asking the node agent for %d W per GPU (request %d)", watts, self.request_seq)
+        if self.on_request is not None:
+            self.on_request()
+
+    def _gpu_shows_request(self) -> bool:
+        if self.requested_watts is None:
+            return True
+        try:
+            limit_mw = self.gpu.power_limit_mw()
+        except GpuError as e:
+            log.debug("cannot read the power limit: %s", e)
+            return False
+        return abs(limit_mw - self.requested_watts * 1000) <= CONFIRM_TOLERANCE_MW
+
+    def _await_limit(self) -> None:
+        """At a step's end while a request waits: every rank's GPU shows it (go on), or the time is up (give up).
+
+        A collective: every rank is waiting at the same steps (they ask at the same steps), and the reducer
+        makes them agree: the ranks not shown yet are summed, the time waited is the longest.
+        """
+        waited = max(0.0, self._clock() - self._requested_at)
+        pending, waited = self._reducer(0.0 if self._gpu_shows_request() else 1.0, waited)
+        if pending < 0.5:
+            self.awaiting_limit = False
+            self.confirmed_watts = self.requested_watts
+            log.info("the GPUs show %s W (request %d) after %.1f s", self.requested_watts, self.request_seq, waited)
+            if self._open_on_confirm:
+                self._open_on_confirm = False
+                self._open_window()
+            return
+        if waited > self.request_timeout_seconds:
+            self._give_up(waited)
+
+    def _give_up(self, waited: float) -> None:
+        """The GPUs did not show the limit asked in time: stop profiling, keep the last confirmed limit."""
+        asked = self.requested_watts
+        self._fallback_stats = self._kept_measurements()
+        self.fallback = True
+        self.awaiting_limit = self._open_on_confirm = self._window_open = False
+        self.state = None  # the profiler stops: no window, no candidate, no re-profile
+        kept = self.confirmed_watts
+        self.requested_watts = kept
+        self.target_watts = None if kept is None else float(kept)
+        log.warning(
+            "the GPUs did not show %s W (request %d) within %.0f s (is the node agent running on this node?); "
+            "Auto stops profiling and keeps %s",
+            asked, self.request_seq, waited, "no limit (the default)" if kept is None else f"{kept} W",
+        )
+
     def _apply(self) -> None:
         limit_watts = self.effective_limit_watts()
+        if self.asks_agent:
+            self._request(limit_watts)
+            return
         if limit_watts is None or self.limits_unavailable or not self.sets_limits:
             return
         limit_mw = round(limit_watts * 1000)
@@ -362,7 +477,14 @@ class PowerController:
             log.warning("setting the power limit to %d mW failed: %s", limit_mw, e)
 
     def restore(self) -> None:
-        """Put the default limit back (idempotent; safe from signal handlers and finally blocks)."""
+        """Put the default limit back (idempotent; safe from signal handlers and finally blocks).
+
+        With the agent in Auto mode: withdraw the request (the report then asks nothing; the agent gives the
+        GPUs their default once the job ends or the operator's answer is cleared).
+        """
+        if self.asks_agent:
+            self.requested_watts = None
+            self.awaiting_limit = False
         if self._applied_mw is None:
             return
         try:
@@ -378,26 +500,49 @@ class PowerController:
 
     def profile_report(self) -> dict[str, Any] | None:
         """Return the report's powerProfile (the contract's record, camelCase), or None outside Auto mode."""
+        if self.fallback and self.plan is not None:
+            return self._fallback_report(self.plan)
         if self.plan is None or self.state is None:
             return None
         plan, d = self.plan, self.decision
-        stats = [s for s in self._kept_measurements() if s.windows]
         return contract.PowerProfile(
             chosen_watts=self.chosen_watts,  # None while profiling (left out of the status)
-            candidates=tuple(
-                contract.ProfileCandidate(
-                    watts=s.watts,
-                    joules_per_step=round(s.joules, 6),
-                    seconds_per_step=round(s.seconds, 6),
-                    cost=round(profiler.limit_cost(s.measurement(), plan.eta, plan.max_power_watts), 6),
-                )
-                for s in sorted(stats, key=lambda s: -s.watts)[: contract.MAX_CANDIDATES]
-            ),
+            candidates=self._candidates(plan, self._kept_measurements()),
             uncapped_watts=self.uncapped_watts if self.chosen_watts is not None else None,
             reason=d.reason if d is not None and self.chosen_watts is not None else None,
             profile_steps=self.profile_steps_total,
             slowdown=d.slowdown if d is not None and self.chosen_watts is not None else None,
             slowdown_margin=d.slowdown_margin if d is not None and self.chosen_watts is not None else None,
+            **self._request_fields(),
+        ).to_status()
+
+    def _request_fields(self) -> dict[str, Any]:
+        if not self.asks_agent or self.requested_watts is None:
+            return {}
+        return {"requested_watts": self.requested_watts, "request_seq": self.request_seq}
+
+    @staticmethod
+    def _candidates(
+        plan: profiler.ProfilePlan, stats: tuple[profiler.LimitStats, ...]
+    ) -> tuple[contract.ProfileCandidate, ...]:
+        return tuple(
+            contract.ProfileCandidate(
+                watts=s.watts,
+                joules_per_step=round(s.joules, 6),
+                seconds_per_step=round(s.seconds, 6),
+                cost=round(profiler.limit_cost(s.measurement(), plan.eta, plan.max_power_watts), 6),
+            )
+            for s in sorted((s for s in stats if s.windows), key=lambda s: -s.watts)[: contract.MAX_CANDIDATES]
+        )
+
+    def _fallback_report(self, plan: profiler.ProfilePlan) -> dict[str, Any]:
+        """Auto gave up on the agent: the limit kept (the last the GPUs showed), what was measured, and why."""
+        return contract.PowerProfile(
+            chosen_watts=self.confirmed_watts,
+            candidates=self._candidates(plan, self._fallback_stats),
+            reason=FALLBACK_REASON,
+            profile_steps=self.profile_steps_total,
+            **self._request_fields(),
         ).to_status()
 
     def state_dict(self) -> dict[str, Any]:

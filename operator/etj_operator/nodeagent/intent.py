@@ -5,7 +5,10 @@ A job's intent is the per-GPU limit its pods' GPUs should have:
 * mode Fixed: ``spec.energy.power.limitWatts``, lowered to the operator's cap when there is one
   (``status.control.powerLimitWattsPerGPU``: the throttle);
 * mode Unmanaged: the operator's cap, or nothing;
-* mode Auto: the pod's harness picks the limit (:attr:`JobIntent.pod_managed`), the operator's cap is a ceiling;
+* mode Auto (:attr:`JobIntent.pod_managed`): the harness picks each candidate and asks for it in its report;
+  the operator answers the clamped value (``status.control.autoLimitWattsPerGPU``: :attr:`JobIntent.auto_watts`,
+  never above the cap), which the agent applies; the operator's cap applies while there is no answer. A pod that
+  can set limits itself (SYS_ADMIN: built for the in-pod path) keeps them, under the cap as a ceiling;
 * a finished job (a terminal phase) asks nothing.
 
 The spec is read with the contract's :class:`~etj_contract.plans.PowerPolicy` (the CRD's bounds), the control
@@ -59,8 +62,17 @@ def job_intent(job: Mapping[str, Any]) -> JobIntent:
         # An unreadable spec: only the operator's own cap (it has checked the spec) is applied.
         return JobIntent(uid, cap, source=cap_source if cap is not None else "", problems=tuple(problems))
     if policy.mode == "Auto":
-        return JobIntent(uid, cap, pod_managed=True, source="Auto" + (f", {cap_source}" if cap else ""),
-                         problems=tuple(problems))
+        auto = control.auto_limit_watts_per_gpu
+        if auto is not None and auto <= 0:
+            problems.append(f"status.{n.CONTROL}.{n.CONTROL_AUTO_LIMIT_WATTS_PER_GPU}: {auto} is no limit; dropped")
+            auto = None
+        if auto is not None and cap is not None and auto > cap:
+            auto = cap  # the operator never answers above its cap; a status edited by hand gets the cap
+        source = "Auto" + (f", {cap_source}" if cap else "")
+        if auto is not None:
+            seq = control.auto_request_seq
+            source += f", status.{n.CONTROL}.{n.CONTROL_AUTO_LIMIT_WATTS_PER_GPU} {auto} W (request {seq})"
+        return JobIntent(uid, cap, pod_managed=True, auto_watts=auto, source=source, problems=tuple(problems))
     if policy.mode == "Fixed" and policy.limit_watts is not None:
         fixed = policy.limit_watts
         if cap is not None and cap < fixed:
@@ -77,6 +89,7 @@ def pod_info(pod: Mapping[str, Any]) -> PodInfo | None:
             and namespace):
         return None
     labels = {str(k): str(v) for k, v in _mapping(meta.get("labels")).items() if isinstance(v, str)}
+    sets_own_limits = _may_set_limits(_mapping(pod.get("spec")))
     phase = _mapping(pod.get("status")).get("phase")
     job_uid = job_name = None
     owners = meta.get("ownerReferences")
@@ -89,4 +102,18 @@ def pod_info(pod: Mapping[str, Any]) -> PodInfo | None:
                 and isinstance(owner_name, str) and owner_name):
             job_uid, job_name = owner_uid, owner_name
         break  # one controller at most
-    return PodInfo(uid, namespace, name, phase if isinstance(phase, str) else "", labels, job_uid, job_name)
+    return PodInfo(uid, namespace, name, phase if isinstance(phase, str) else "", labels, job_uid, job_name,
+                   sets_own_limits)
+
+
+def _may_set_limits(spec: Mapping[str, Any]) -> bool:
+    """Whether a container of the pod may set GPU limits through NVML: privileged, or SYS_ADMIN added."""
+    containers = spec.get("containers")
+    for container in containers if isinstance(containers, list) else []:
+        context = _mapping(_mapping(container).get("securityContext"))
+        if context.get("privileged") is True:
+            return True
+        added = _mapping(context.get("capabilities")).get("add")
+        if isinstance(added, list) and any(str(cap).upper().removeprefix("CAP_") == "SYS_ADMIN" for cap in added):
+            return True
+    return False

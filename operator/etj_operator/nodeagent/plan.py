@@ -6,8 +6,12 @@ UID. Each GPU gets one :class:`~etj_operator.nodeagent.records.Decision`:
 
 * held by pods of one job that asks a limit: that limit, clamped to the card's constraints (``JobLimit``, or
   ``JobLimitClamped`` when the constraints changed it);
-* held by pods of one Auto job: ``leave`` (``PodManaged``: the pod's harness picks the limit), or, with an
-  operator cap, ``ceiling`` (``JobCeiling``: only a limit above the cap is lowered to it);
+* held by pods of one Auto job, pods without the privilege to set limits (the agent enforces): the operator's
+  answer to the harness's request (``AutoCandidate``), else the operator's cap (``JobLimit``), else the
+  default (``NoLimitAsked``);
+* held by pods of one Auto job that set their own limits (SYS_ADMIN, the in-pod path): ``leave``
+  (``PodManaged``), or, with an operator cap, ``ceiling`` (``JobCeiling``: only a limit above the cap is
+  lowered to it);
 * anything else goes back to the card's default limit: not held (``NotHeld``), held by a pod the API does not
   show (``PodUnknown``), by a finished pod (``PodFinished``), by a pod no EfficientTrainingJob controls
   (``UnmanagedPod``), by a pod whose job is gone, a re-created job of the same name included, as jobs are known
@@ -96,6 +100,12 @@ def _holder_verdict(
     if isinstance(intent, Unavailable):
         verdict = _unavailable(intent)
         return _Verdict(verdict.action, None, verdict.reason, pod.job_uid), pod
+    if intent.pod_managed and not pod.sets_own_limits:
+        if intent.auto_watts is not None:
+            return _Verdict("set", intent.auto_watts, a.REASON_AUTO_CANDIDATE, pod.job_uid), pod
+        if intent.watts is None:
+            return _Verdict(_DEFAULT, None, a.REASON_NO_LIMIT_ASKED, pod.job_uid), pod
+        return _Verdict("set", intent.watts, a.REASON_JOB_LIMIT, pod.job_uid), pod
     if intent.pod_managed:
         if intent.watts is None:
             return _Verdict("leave", None, a.REASON_POD_MANAGED, pod.job_uid), pod
@@ -115,7 +125,7 @@ def _decide(device: GpuDevice, verdict: _Verdict, holders: tuple[Holder, ...]) -
     reason, note = verdict.reason, ""
     if target != asked_mw:
         note = f"asked {verdict.watts} W, the card allows {device.min_mw / 1000:g}..{device.max_mw / 1000:g} W"
-        if verdict.action == "set":
+        if verdict.action == "set" and reason == a.REASON_JOB_LIMIT:
             reason = a.REASON_JOB_LIMIT_CLAMPED
     return Decision(device, verdict.action, target, reason, holders, verdict.job_uid, verdict.watts, note)
 

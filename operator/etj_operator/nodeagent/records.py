@@ -67,6 +67,9 @@ class PodInfo:
     job_uid: str | None = None
     #: That job's name (the pod's namespace is the job's): how the agent reads the job, then checks its UID.
     job_name: str | None = None
+    #: A container of the pod may set GPU limits itself (``privileged``, or ``SYS_ADMIN`` added): a pod built
+    #: for the in-pod NVML path. The agent leaves such a pod's Auto limits to it (``PodManaged``).
+    sets_own_limits: bool = False
 
 
 @dataclass(frozen=True)
@@ -74,12 +77,17 @@ class JobIntent:
     """What a job asks of the GPUs its pods hold.
 
     ``watts``: the per-GPU limit (W), None when the job asks none. ``pod_managed``: mode Auto, where the pod's
-    harness picks the limit; ``watts`` is then a ceiling (the operator's cap) or None (leave the GPU alone).
+    harness picks the limit; ``watts`` is then the operator's cap (None: none). ``auto_watts``: mode Auto, the
+    operator's answer to the harness's request (``status.control.autoLimitWattsPerGPU``, at most the cap).
+
+    For mode Auto the agent applies ``auto_watts``, else ``watts``, else the default limit, to the GPUs of pods
+    without the privilege to set limits; a pod that has it sets its own, and ``watts`` is then a ceiling.
     """
 
     uid: str
     watts: int | None = None
     pod_managed: bool = False
+    auto_watts: int | None = None
     #: Where the limit comes from, for logs ("Fixed 300 W", "status.control 250 W").
     source: str = ""
     #: What could not be read from the job (a malformed spec or control section); the job then asks nothing.

@@ -76,7 +76,9 @@ def parse_metrics(text: str) -> list[Series]:
 
 
 #: The agent's reasons for a limit it set on a job's behalf (the others leave a GPU alone or reset it).
-AGENT_CAP_REASONS: Final = frozenset({a.REASON_JOB_LIMIT, a.REASON_JOB_LIMIT_CLAMPED, a.REASON_JOB_CEILING})
+AGENT_CAP_REASONS: Final = frozenset(
+    {a.REASON_JOB_LIMIT, a.REASON_JOB_LIMIT_CLAMPED, a.REASON_JOB_CEILING, a.REASON_AUTO_CANDIDATE}
+)
 
 
 @dataclass(frozen=True)
