@@ -29,27 +29,40 @@ from typing import Any, Final
 from etj_contract._fields import FieldProblem, Fields, describe_value, set_fields, to_rfc3339
 
 __all__ = [
+    "BASELINE_KEYS",
+    "BREAKDOWN_BASIS",
+    "BREAKDOWN_KEYS",
     "DISPLAY_KEYS",
     "DRAIN_KEYS",
     "ENERGY",
     "ENERGY_KEYS",
+    "FORECAST_DISPLAY_KEYS",
+    "FORECAST_KEYS",
     "HISTORY_POINT_LENGTH",
     "JOULES_PER_KWH",
     "KUEUE",
     "KUEUE_KEYS",
+    "NETWORK_MODEL_KEYS",
     "PLACEMENT",
     "PLACEMENT_KEYS",
     "POLICY",
     "POLICY_KEYS",
+    "RATE_WINDOW_KEYS",
     "SERIES_KEYS",
     "SIMULATED_SUFFIX",
     "UNKNOWN",
     "Drain",
+    "EnergyBreakdown",
     "EnergySection",
+    "ForecastSection",
+    "HarnessBaseline",
     "KueueSection",
+    "NetworkModel",
     "PlacementSection",
     "PolicySection",
+    "RateWindow",
     "SeriesEntry",
+    "format_duration",
 ]
 
 JOULES_PER_KWH: Final = 3.6e6
@@ -77,6 +90,7 @@ ENERGY_KEYS: Final[Mapping[str, str]] = {
     "display": "display",
     "rejected_samples": "rejectedSamples",
     "rejecting_since_seconds": "rejectingSinceTime",
+    "breakdown": "breakdown",
 }
 #: ``status.energy.display``: what ``kubectl get`` shows (strings; ``-`` when unknown, never 0).
 DISPLAY_KEYS: Final[Mapping[str, str]] = {"power": "power", "energy": "energy"}
@@ -202,6 +216,192 @@ class SeriesEntry:
         return out
 
 
+#: ``status.energy.breakdown``: attribute name -> camelCase key. ``communicationFraction``, ``modelled`` and
+#: ``basis`` are derived (written, never read back).
+BREAKDOWN_KEYS: Final[Mapping[str, str]] = {
+    "compute_joules": "computeJoules",
+    "communication_joules": "communicationJoules",
+    "unattributed_joules": "unattributedJoules",
+    "pending_joules": "pendingJoules",
+    "communication_fraction": "communicationFraction",
+    "network_bytes": "networkBytes",
+    "network_joules_modelled": "networkJoulesModelled",
+    "network_model": "networkModel",
+    "modelled": "modelled",
+    "basis": "basis",
+    "baseline": "harnessBaseline",
+}
+#: ``status.energy.breakdown.networkModel``: attribute name -> key (``picojoulesPerBit`` is derived).
+NETWORK_MODEL_KEYS: Final[Mapping[str, str]] = {
+    "intra_node_pj_per_bit": "intraNodePicojoulesPerBit",
+    "inter_node_pj_per_bit": "interNodePicojoulesPerBit",
+    "inter_node_share": "interNodeShare",
+    "pj_per_bit": "picojoulesPerBit",
+}
+#: ``status.energy.breakdown.harnessBaseline``: the report's cumulative figures as last seen.
+BASELINE_KEYS: Final[Mapping[str, str]] = {
+    "since": "since",
+    "step_seconds": "stepSeconds",
+    "comm_seconds": "commSeconds",
+    "bytes_sent": "bytesSent",
+}
+#: What the compute/communication split rests on (``status.energy.breakdown.basis``).
+BREAKDOWN_BASIS: Final = "attributed by rank 0's communication time"
+
+
+@dataclass(frozen=True)
+class NetworkModel:
+    """The link model the modelled network energy was computed with (``etj_operator.breakdown``; docs/energy.md).
+
+    A bit sent over a hop inside a pod costs ``intra_node_pj_per_bit``, over a hop between pods
+    ``inter_node_pj_per_bit``; ``inter_node_share`` of the hops are between pods. Units: pJ/bit.
+    """
+
+    intra_node_pj_per_bit: float
+    inter_node_pj_per_bit: float
+    inter_node_share: float
+
+    @property
+    def pj_per_bit(self) -> float:
+        """The energy of one bit averaged over the hops. Units: pJ/bit."""
+        share = self.inter_node_share
+        return share * self.inter_node_pj_per_bit + (1.0 - share) * self.intra_node_pj_per_bit
+
+    @classmethod
+    def _read(cls, raw: Any, path: str, problems: list[str]) -> NetworkModel | None:
+        f = Fields(raw, path, problems)
+        k = NETWORK_MODEL_KEYS
+        intra = f.number(k["intra_node_pj_per_bit"], 0.0)
+        inter = f.number(k["inter_node_pj_per_bit"], 0.0)
+        share = f.number(k["inter_node_share"], 0.0, 1.0)
+        if intra is None or inter is None or share is None:
+            return None
+        return cls(intra, inter, share)
+
+    def to_status(self) -> dict[str, Any]:
+        """The camelCase dict, with the averaged ``picojoulesPerBit``."""
+        k = NETWORK_MODEL_KEYS
+        return {
+            k["intra_node_pj_per_bit"]: self.intra_node_pj_per_bit,
+            k["inter_node_pj_per_bit"]: self.inter_node_pj_per_bit,
+            k["inter_node_share"]: round(self.inter_node_share, 6),
+            k["pj_per_bit"]: round(self.pj_per_bit, 6),
+        }
+
+
+@dataclass(frozen=True)
+class HarnessBaseline:
+    """The workload's cumulative communication figures as the breakdown last used them (``harnessBaseline``).
+
+    The next interval is the difference from these; ``since`` names the harness process they count from (a
+    different one, or figures that went backwards, is a new process). None: not reported.
+    """
+
+    since: str | None = None
+    step_seconds: float | None = None
+    comm_seconds: float | None = None
+    bytes_sent: int | None = None
+
+    @classmethod
+    def _read(cls, raw: Any, path: str, problems: list[str]) -> HarnessBaseline:
+        f = Fields(raw, path, problems)
+        k = BASELINE_KEYS
+        return cls(
+            since=f.string(k["since"]),
+            step_seconds=f.number(k["step_seconds"], 0.0),
+            comm_seconds=f.number(k["comm_seconds"], 0.0),
+            bytes_sent=f.integer(k["bytes_sent"]),
+        )
+
+    def to_status(self) -> dict[str, Any]:
+        """The camelCase dict of the figures that are set."""
+        return set_fields({key: getattr(self, attr) for attr, key in BASELINE_KEYS.items()})
+
+
+@dataclass(frozen=True)
+class EnergyBreakdown:
+    """The job's measured GPU energy split by what its time went to (``status.energy.breakdown``).
+
+    ``compute_joules + communication_joules + unattributed_joules`` is the account's ``joules`` (to rounding):
+    each interval's energy is split by the share of step time rank 0 spent with gradient communication in
+    flight over the same interval, or is unattributed when no timing covers it (``etj_operator.breakdown``).
+    The network figures are *modelled* (bytes sent x a link model), the network's energy outside the GPUs:
+    not part of ``joules``. Units: J, bytes.
+    """
+
+    compute_joules: float = 0.0
+    communication_joules: float = 0.0
+    unattributed_joules: float = 0.0
+    #: The part of ``unattributed_joules`` measured since ``baseline`` while the harness's timing had not moved on
+    #: yet: attributed (moved out of unattributed) by the window's share once the next report closes it; left
+    #: unattributed if none does (another harness process, the timing gone).
+    pending_joules: float = 0.0
+    #: Bytes all ranks sent for gradient communication, over every harness process seen (None: never reported).
+    network_bytes: int | None = None
+    #: Modelled energy of sending ``network_bytes`` (None: no bytes reported, or no model). Units: J.
+    network_joules_modelled: float | None = None
+    #: The link model of the last interval (None: none applied yet).
+    network_model: NetworkModel | None = None
+    baseline: HarnessBaseline = field(default_factory=HarnessBaseline)
+    problems: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def total_joules(self) -> float:
+        """The three parts together: the account's ``joules``."""
+        return self.compute_joules + self.communication_joules + self.unattributed_joules
+
+    @property
+    def communication_fraction(self) -> float | None:
+        """Communication's share of the attributed energy, 0..1 (None: nothing attributed yet)."""
+        attributed = self.compute_joules + self.communication_joules
+        return self.communication_joules / attributed if attributed > 0 else None
+
+    @classmethod
+    def from_status(cls, raw: Any, path: str = f"status.{ENERGY}.breakdown") -> EnergyBreakdown:
+        """Parse ``status.energy.breakdown``; never raises (a dropped part counts as unattributed next pass)."""
+        problems: list[str] = []
+        f = Fields(raw, path, problems)
+        k = BREAKDOWN_KEYS
+        model = f.mapping(k["network_model"])
+        baseline = f.mapping(k["baseline"])
+        unattributed = f.number(k["unattributed_joules"], 0.0) or 0.0
+        return cls(
+            compute_joules=f.number(k["compute_joules"], 0.0) or 0.0,
+            communication_joules=f.number(k["communication_joules"], 0.0) or 0.0,
+            unattributed_joules=unattributed,
+            pending_joules=min(unattributed, f.number(k["pending_joules"], 0.0) or 0.0),
+            network_bytes=f.integer(k["network_bytes"]),
+            network_joules_modelled=f.number(k["network_joules_modelled"], 0.0),
+            network_model=None
+            if model is None
+            else NetworkModel._read(model, f"{path}.{k['network_model']}", problems),
+            baseline=HarnessBaseline._read(baseline, f"{path}.{k['baseline']}", problems),
+            problems=tuple(problems),
+        )
+
+    def to_status(self) -> dict[str, Any]:
+        """The camelCase dict: the three parts always, the network figures (marked modelled) once known."""
+        k = BREAKDOWN_KEYS
+        fraction = self.communication_fraction
+        modelled = self.network_joules_modelled
+        return set_fields(
+            {
+                k["compute_joules"]: round(self.compute_joules, 6),
+                k["communication_joules"]: round(self.communication_joules, 6),
+                k["unattributed_joules"]: round(self.unattributed_joules, 6),
+                k["pending_joules"]: round(self.pending_joules, 6) or None,
+                k["communication_fraction"]: None if fraction is None else round(fraction, 6),
+                k["basis"]: BREAKDOWN_BASIS,
+                k["network_bytes"]: self.network_bytes,
+                # small figures (a few bytes x pJ): kept to 9 significant digits, not to a fixed decimal
+                k["network_joules_modelled"]: None if modelled is None else float(f"{modelled:.9g}"),
+                k["network_model"]: None if self.network_model is None else self.network_model.to_status(),
+                k["modelled"]: True if modelled is not None else None,
+                k["baseline"]: self.baseline.to_status() or None,
+            }
+        )
+
+
 @dataclass
 class EnergySection:
     """A job's energy account (``status.energy``); mutable: ``etj_operator.energy.integrate`` adds to it."""
@@ -230,6 +430,9 @@ class EnergySection:
     #: cycle without samples changes nothing). ``now - rejecting_since_seconds`` is how long the job's telemetry
     #: has been refused without a break. Units: unix seconds (written as the RFC 3339 ``rejectingSinceTime``).
     rejecting_since_seconds: float | None = None
+    #: The energy split into compute, communication and unattributed (``etj_operator.breakdown``); None until
+    #: the account has energy to split.
+    breakdown: EnergyBreakdown | None = None
     #: What :meth:`from_status` dropped, each naming the field's path (not part of the status, nor of equality).
     problems: tuple[str, ...] = field(default=(), compare=False)
 
@@ -282,6 +485,8 @@ class EnergySection:
             out[k["rejected_samples"]] = dict(sorted(self.rejected_samples.items()))
         if self.rejecting_since_seconds is not None:
             out[k["rejecting_since_seconds"]] = to_rfc3339(self.rejecting_since_seconds)
+        if self.breakdown is not None:
+            out[k["breakdown"]] = self.breakdown.to_status()
         return out
 
     def display(self) -> dict[str, str]:
@@ -315,6 +520,11 @@ class EnergySection:
                 problems.append(FieldProblem(f"{path}.{k['history']}[{index}]", describe_value(point), "dropped"))
         source = f.string(k["source"], 256) or ""
         rejected = _rejected_counts(f, k["rejected_samples"])
+        breakdown_raw = f.mapping(k["breakdown"])
+        breakdown = None
+        if breakdown_raw is not None:
+            breakdown = EnergyBreakdown.from_status(breakdown_raw, f"{path}.{k['breakdown']}")
+            problems.extend(breakdown.problems)
         return cls(
             joules=total("joules"),
             grams_co2e=total("grams_co2e"),
@@ -329,6 +539,7 @@ class EnergySection:
             history=history,
             rejected_samples=rejected,
             rejecting_since_seconds=f.time(k["rejecting_since_seconds"]),
+            breakdown=breakdown,
             problems=tuple(problems),
         )
 
@@ -627,3 +838,221 @@ class KueueSection:
                 k["draining"]: self.draining or None,
             }
         )
+
+
+# --- status.forecast -----------------------------------------------------------------------------------------
+#: ``status.forecast``: attribute name -> camelCase key (``display`` is derived: written, never read back).
+FORECAST_KEYS: Final[Mapping[str, str]] = {
+    "steps_done": "stepsDone",
+    "steps_total": "stepsTotal",
+    "steps_remaining": "stepsRemaining",
+    "samples_remaining": "samplesRemaining",
+    "steps_per_second": "stepsPerSecond",
+    "samples_per_second": "samplesPerSecond",
+    "remaining_seconds": "remainingSeconds",
+    "completion_seconds": "completionTime",
+    "power_watts": "powerWatts",
+    "energy_to_completion_kwh": "energyToCompletionKilowattHours",
+    "energy_at_completion_kwh": "energyAtCompletionKilowattHours",
+    "progress_seconds": "progressTime",
+    "power_seconds": "powerTime",
+    "simulated": "simulated",
+    "mature": "mature",
+    "reason": "reason",
+    "message": "message",
+    "window": "window",
+    "budget_hold": "budgetSuspended",
+    "display": "display",
+}
+#: ``status.forecast.display``: what ``kubectl get -o wide`` shows (ETA, Forecast); ``-`` when unknown.
+FORECAST_DISPLAY_KEYS: Final[Mapping[str, str]] = {"remaining": "remaining", "energy": "energy"}
+#: ``status.forecast.window``: the operator's own observations of the step count (attribute name -> key).
+RATE_WINDOW_KEYS: Final[Mapping[str, str]] = {
+    "anchor_step": "anchorStep",
+    "anchor_seconds": "anchorUnixSeconds",
+    "mid_step": "midStep",
+    "mid_seconds": "midUnixSeconds",
+    "last_step": "lastStep",
+    "last_seconds": "lastUnixSeconds",
+}
+#: Longest ``forecast.reason`` and ``forecast.message`` (the CRD's maxLength).
+_MAX_FORECAST_REASON: Final = 64
+_MAX_FORECAST_MESSAGE: Final = 1024
+
+
+@dataclass
+class RateWindow:
+    """The step observations the training speed is measured over (``status.forecast.window``).
+
+    Each point is a step count and the operator's clock when a pass first saw that count (never the workload's
+    timestamps). ``anchor`` starts the window, ``last`` is the newest observation, ``mid`` the point the anchor
+    moves to next (``etj_operator.forecast`` rolls it). A window with only ``last_step`` (no times) waits for the
+    step count to move after a hold: the time spent held is no training time. Units: unix seconds.
+    """
+
+    anchor_step: int | None = None
+    anchor_seconds: float | None = None
+    mid_step: int | None = None
+    mid_seconds: float | None = None
+    last_step: int | None = None
+    last_seconds: float | None = None
+
+    @classmethod
+    def _read(cls, raw: Any, path: str, problems: list[str]) -> RateWindow:
+        f = Fields(raw, path, problems)
+        k = RATE_WINDOW_KEYS
+        window = cls(
+            anchor_step=f.integer(k["anchor_step"]),
+            anchor_seconds=f.number(k["anchor_seconds"]),
+            mid_step=f.integer(k["mid_step"]),
+            mid_seconds=f.number(k["mid_seconds"]),
+            last_step=f.integer(k["last_step"]),
+            last_seconds=f.number(k["last_seconds"]),
+        )
+        # a point is a step and a time together: half a point is dropped (named), the rest kept
+        for name in ("anchor", "mid", "last"):
+            step, seconds = getattr(window, f"{name}_step"), getattr(window, f"{name}_seconds")
+            if name != "last" and (step is None) != (seconds is None):
+                problems.append(FieldProblem(f"{path}.{name}", "half a point (a step or a time alone)", "dropped"))
+                setattr(window, f"{name}_step", None)
+                setattr(window, f"{name}_seconds", None)
+        if window.last_seconds is not None and window.last_step is None:
+            problems.append(FieldProblem(f"{path}.{k['last_seconds']}", "a time without its step", "dropped"))
+            window.last_seconds = None
+        return window
+
+    def to_status(self) -> dict[str, Any]:
+        """The camelCase dict of the points that are set."""
+        return set_fields({key: getattr(self, attr) for attr, key in RATE_WINDOW_KEYS.items()})
+
+
+@dataclass
+class ForecastSection:
+    """Time and energy to completion (``status.forecast``), computed by ``etj_operator.forecast`` each pass.
+
+    The steps come from the workload's report (its word: ``step``, ``stepsTotal``, ``samplesPerStep``); the speed is
+    the operator's own measurement (steps over its clock, :class:`RateWindow`), the power the telemetry's. Every
+    figure is None while unknown (left out of the status, ``-`` in ``display``), and ``reason`` says why
+    (docs/energy.md, "Forecast"). ``budget_hold`` is the budget foresight's hold (``onForecast: Suspend``), kept
+    here with the forecast it was decided on.
+    """
+
+    steps_done: int | None = None
+    steps_total: int | None = None
+    steps_remaining: int | None = None
+    samples_remaining: int | None = None
+    #: The training speed the operator measured over its window. Units: steps/s.
+    steps_per_second: float | None = None
+    samples_per_second: float | None = None
+    #: D/V: the steps remaining over the measured speed, from ``progress_seconds``. Units: s.
+    remaining_seconds: float | None = None
+    #: Expected completion (``progress_seconds + remaining_seconds``). Units: unix seconds (``completionTime``).
+    completion_seconds: float | None = None
+    #: The job's mean measured power the energy figures assume. Units: W.
+    power_watts: float | None = None
+    #: From the newest power reading used (``power_seconds``) to completion, at ``power_watts``. Units: kWh.
+    energy_to_completion_kwh: float | None = None
+    #: Measured so far plus ``energy_to_completion_kwh``. Units: kWh.
+    energy_at_completion_kwh: float | None = None
+    #: When the operator last saw the step count advance. Units: unix seconds (``progressTime``).
+    progress_seconds: float | None = None
+    #: The newest power reading the energy figures use. Units: unix seconds (``powerTime``).
+    power_seconds: float | None = None
+    #: The power assumed is the simulated GPU's (the sandbox).
+    simulated: bool = False
+    #: Measured long enough for the budget foresight to act on (docs/energy.md, "Budget foresight").
+    mature: bool = False
+    #: ``Forecasting``, or why figures are unknown (``NoPlan``, ``NotEnoughProgress``, ``NoPower``, ``Finished``,
+    #: ``Suspended``, ``Paused``, ``Queued``).
+    reason: str | None = None
+    message: str | None = None
+    window: RateWindow | None = None
+    #: The budget foresight holds the job suspended (``spec.energy.energyBudget.onForecast: Suspend``).
+    budget_hold: bool = False
+    problems: tuple[str, ...] = field(default=(), compare=False)
+
+    def display(self) -> dict[str, str]:
+        """``status.forecast.display``: the remaining time (``1h02m``) and the energy at completion (``-``: unknown)."""
+        d = FORECAST_DISPLAY_KEYS
+        kwh = self.energy_at_completion_kwh
+        return {
+            d["remaining"]: UNKNOWN if self.remaining_seconds is None else format_duration(self.remaining_seconds),
+            d["energy"]: UNKNOWN if kwh is None else f"{kwh:.4g}kWh",
+        }
+
+    @classmethod
+    def from_status(cls, raw: Any, path: str = "status.forecast") -> ForecastSection:
+        """Parse ``status.forecast``; never raises (a dropped figure is unknown until the next pass computes it)."""
+        problems: list[str] = []
+        f = Fields(raw, path, problems)
+        k = FORECAST_KEYS
+        window = f.mapping(k["window"])
+        return cls(
+            steps_done=f.integer(k["steps_done"]),
+            steps_total=f.integer(k["steps_total"]),
+            steps_remaining=f.integer(k["steps_remaining"]),
+            samples_remaining=f.integer(k["samples_remaining"]),
+            steps_per_second=f.number(k["steps_per_second"], 0.0),
+            samples_per_second=f.number(k["samples_per_second"], 0.0),
+            remaining_seconds=f.number(k["remaining_seconds"], 0.0),
+            completion_seconds=f.time(k["completion_seconds"]),
+            power_watts=f.number(k["power_watts"], 0.0),
+            energy_to_completion_kwh=f.number(k["energy_to_completion_kwh"], 0.0),
+            energy_at_completion_kwh=f.number(k["energy_at_completion_kwh"], 0.0),
+            progress_seconds=f.time(k["progress_seconds"]),
+            power_seconds=f.time(k["power_seconds"]),
+            simulated=bool(f.boolean(k["simulated"])),
+            mature=bool(f.boolean(k["mature"])),
+            reason=f.string(k["reason"], _MAX_FORECAST_REASON),
+            message=f.string(k["message"], _MAX_FORECAST_MESSAGE),
+            window=None if window is None else RateWindow._read(window, f"{path}.{k['window']}", problems),
+            budget_hold=bool(f.boolean(k["budget_hold"])),
+            problems=tuple(problems),
+        )
+
+    def to_status(self) -> dict[str, Any]:
+        """The camelCase dict of the figures that are known, with ``display`` (``simulated`` and ``mature`` always)."""
+        k = FORECAST_KEYS
+
+        def when(seconds: float | None) -> str | None:
+            return None if seconds is None else to_rfc3339(seconds)
+
+        return set_fields(
+            {
+                k["steps_done"]: self.steps_done,
+                k["steps_total"]: self.steps_total,
+                k["steps_remaining"]: self.steps_remaining,
+                k["samples_remaining"]: self.samples_remaining,
+                k["steps_per_second"]: self.steps_per_second,
+                k["samples_per_second"]: self.samples_per_second,
+                k["remaining_seconds"]: self.remaining_seconds,
+                k["completion_seconds"]: when(self.completion_seconds),
+                k["power_watts"]: self.power_watts,
+                k["energy_to_completion_kwh"]: self.energy_to_completion_kwh,
+                k["energy_at_completion_kwh"]: self.energy_at_completion_kwh,
+                k["progress_seconds"]: when(self.progress_seconds),
+                k["power_seconds"]: when(self.power_seconds),
+                k["simulated"]: self.simulated,
+                k["mature"]: self.mature,
+                k["reason"]: self.reason,
+                k["message"]: None if self.message is None else self.message[:_MAX_FORECAST_MESSAGE],
+                k["window"]: None if self.window is None else (self.window.to_status() or None),
+                k["budget_hold"]: self.budget_hold or None,
+                k["display"]: self.display(),
+            }
+        )
+
+
+def format_duration(seconds: float) -> str:
+    """A duration as ``kubectl get`` shows it: ``2d03h``, ``1h02m``, ``3m10s``, ``42s`` (rounded down)."""
+    total = max(0, int(seconds))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"

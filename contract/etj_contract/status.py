@@ -65,3 +65,6 @@ class ConditionType(enum.StrEnum):
     #: While a per-GPU cap is asked (the throttle, a Fixed limit): whether the GPUs' measured limits are at or
     #: under it. The Throttled condition and phase are True only while this is.
     POWER_CAP_ENFORCED = "PowerCapEnforced"
+    #: With an energy budget: True (``ForecastOverBudget``) while the forecast energy at completion exceeds it,
+    #: False (``ForecastWithinBudget``) while it fits, Unknown while the forecast is unknown or not mature.
+    ENERGY_FORECAST = "EnergyForecast"

@@ -95,13 +95,13 @@ def is_final(conditions: Sequence[Condition]) -> bool:
 def set_condition(
     conditions: Sequence[Condition],
     ctype: str,
-    status: bool,
+    status: bool | None,
     reason: str,
     message: str,
     now: str,
     generation: int | None = None,
 ) -> list[Condition]:
-    """Return a new list with the condition set, following the module's rules."""
+    """Return a new list with the condition set, following the module's rules (``status`` None: Unknown)."""
     result = [copy.deepcopy(cnd) for cnd in conditions]
     if is_final(result) and ctype not in (INVALID,) and not (ctype in _FINAL and is_true(result, ctype)):
         return result
@@ -123,13 +123,13 @@ def clear_final(conditions: Sequence[Condition]) -> list[Condition]:
 def _apply(
     conditions: list[Condition],
     ctype: str,
-    status: bool,
+    status: bool | None,
     reason: str,
     message: str,
     now: str,
     generation: int | None,
 ) -> None:
-    value = "True" if status else "False"
+    value = "Unknown" if status is None else "True" if status else "False"
     existing = find(conditions, ctype)
     if existing is None:
         existing = {"type": ctype}

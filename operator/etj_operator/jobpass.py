@@ -14,7 +14,8 @@ between is here, in this order, and reads no clock and does no I/O (``tests/unit
    control, policy bookkeeping, placement, conditions, and what the pods must do.
 4. **Lifecycle**: :func:`~etj_operator.lifecycle.reconcile` turns pods and policies into phase, conditions and
    pod actions.
-5. **Settle**: what depends on the lifecycle's result (:func:`settle`).
+5. **Settle**: what depends on the lifecycle's result (:func:`settle`), then the forecast for the pass's final
+   phase (``status.forecast``, :func:`~etj_operator.forecast.forecast`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from etj_contract import (
     CONTROL,
     ENERGY,
     ENERGY_KEYS,
+    FORECAST,
     KUEUE,
     PLACEMENT,
     POLICY,
@@ -37,14 +39,16 @@ from etj_contract import (
     ConditionType,
     ControlSection,
     EnergySection,
+    ForecastSection,
     Phase,
     PlacementSection,
     PolicySection,
     WorkloadReport,
 )
-from etj_operator import builders, kueue
+from etj_operator import breakdown, builders, kueue
 from etj_operator import conditions as cond
 from etj_operator.energy import integrate
+from etj_operator.forecast import FINISHED, forecast
 from etj_operator.lifecycle import Event, Observation, Plan, PodView, reconcile, to_rfc3339
 from etj_operator.models import InvalidSpecError, JobSpec, parse_spec
 from etj_operator.policies import RESCHEDULING, PolicyInputs, PolicyOutcome, PolicySettings, decide
@@ -78,6 +82,7 @@ OWNED_KEYS: Final = (
     "stage",
     WORKLOAD,
     KUEUE,
+    FORECAST,
 )
 #: Phases in which no pod runs: nothing to read telemetry from.
 HELD_PHASES: Final = (Phase.SUSPENDED, Phase.PAUSED, Phase.QUEUED, *TERMINAL)
@@ -246,6 +251,7 @@ def decide_pass(obs: PassObservation) -> PassResult:
         plan.events.extend(step.events)
         kueue.after_lifecycle(obs.kueue, step, plan.status, obs.now)
     settle(plan, obs.now, generation, report)
+    _write_forecast(plan.status, before, report, obs.now, spec, outcome)
     return PassResult(
         plan=plan,
         before=before,
@@ -299,6 +305,7 @@ def _run_policies(
     # The limits the GPUs report (read back by the node agent or dcgm-exporter): what the cap is verified
     # against (and what integrate records in the history), never the limit asked.
     applied = [s.power_limit_watts for s in telemetry.samples if s.power_limit_watts is not None] if telemetry else []
+    joules_before = energy.joules
     if telemetry is not None:
         integrate(
             energy,
@@ -311,6 +318,14 @@ def _run_policies(
         gpus = {s.series for s in telemetry.samples}
         if gpus:
             gpu_count = len(gpus)
+    if energy.measured:  # the energy split by the harness's timing windows (etj_operator.breakdown)
+        energy.breakdown = breakdown.attribute(
+            energy.breakdown,
+            joules_before=joules_before,
+            joules_after=energy.joules,
+            communication=report.communication,
+            topology=_topology(spec, report),
+        )
     placement = PlacementSection.from_status(status.get(PLACEMENT))
     live = [p for p in pods if not p.terminating]
     pressured = sorted(
@@ -343,6 +358,15 @@ def _run_policies(
             pods_exist=bool(live),
             pressured_nodes=sorted(set(pressured)),
             applied_limits_watts=applied,
+            # the forecast as of the phase found (the one written is computed again for the pass's final phase)
+            forecast=forecast(
+                ForecastSection.from_status(status.get(FORECAST)),
+                report,
+                energy,
+                obs.now.timestamp(),
+                phase=status.get("phase"),
+                telemetry_interval_seconds=spec.energy.telemetry.interval_seconds,
+            ),
             settings=obs.settings,
         )
     )
@@ -353,6 +377,50 @@ def _run_policies(
     if not outcome.placement.empty:
         status[PLACEMENT] = outcome.placement.to_status()
     return outcome, gpu_count
+
+
+def _topology(spec: JobSpec, report: WorkloadReport) -> breakdown.Topology:
+    """The job's placement for the network model: its pods x spec.nprocPerNode ranks.
+
+    The pods: the report's world size over the ranks per pod when it divides (an elastic job may run fewer pods
+    than asked), else spec.replicas.
+    """
+    per_pod = max(1, spec.nproc_per_node)
+    world = report.communication.world_size if report.communication is not None else None
+    pods = world // per_pod if world and world % per_pod == 0 else spec.replicas
+    return breakdown.Topology(pods=max(1, pods), ranks_per_pod=per_pod)
+
+
+def _write_forecast(
+    status: dict[str, Any],
+    before: Mapping[str, Any],
+    report: WorkloadReport,
+    now: datetime,
+    spec: JobSpec | None,
+    outcome: PolicyOutcome | None,
+) -> None:
+    """Write ``status.forecast`` for the pass's final phase (etj_operator.forecast), with the foresight's hold.
+
+    The figures move only with their inputs (a new step count, a telemetry cycle, a phase), each of which the
+    pass writes anyway. So that the forecast never costs a write of its own, a pass in which no other owned key
+    changed keeps the forecast found unless its reason changed (docs/energy.md, "Forecast").
+    """
+    found = status.get(FORECAST)
+    previous = ForecastSection.from_status(found)
+    section = forecast(
+        previous,
+        report,
+        EnergySection.from_status(status.get(ENERGY)),
+        now.timestamp(),
+        phase=status.get("phase"),
+        telemetry_interval_seconds=spec.energy.telemetry.interval_seconds if spec is not None else 15,
+    )
+    if outcome is not None and section.reason != FINISHED:
+        section.budget_hold = outcome.forecast_hold
+    others_changed = any(status.get(key) != before.get(key) for key in OWNED_KEYS if key != FORECAST)
+    if found is not None and found == before.get(FORECAST) and not others_changed and section.reason == previous.reason:
+        return
+    status[FORECAST] = section.to_status()
 
 
 def _lost_reason(status: Mapping[str, Any]) -> str | None:
@@ -398,8 +466,9 @@ def settle(plan: Plan, now: datetime, generation: int, report: WorkloadReport | 
             section.current_watts = 0.0
             status[ENERGY] = section.to_status()
         control = ControlSection.from_status(status.get(CONTROL))
-        if control.power_limit_watts_per_gpu is not None:
-            status[CONTROL] = dataclasses.replace(control, power_limit_watts_per_gpu=None).to_status()
+        if control.power_limit_watts_per_gpu is not None or control.auto_limit_watts_per_gpu is not None:
+            ended = dataclasses.replace(control, power_limit_watts_per_gpu=None, auto_limit_watts_per_gpu=None)
+            status[CONTROL] = ended.to_status()
     if report is None:
         report = WorkloadReport.from_status(status.get(WORKLOAD))
     if report.last_kept_stage is not None:

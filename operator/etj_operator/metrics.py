@@ -35,7 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
-from etj_contract import CONTROL, ENERGY, ControlSection, EnergySection
+from etj_contract import CONTROL, ENERGY, FORECAST, JOULES_PER_KWH, ControlSection, EnergySection, ForecastSection
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -48,6 +48,13 @@ CARBON_GRAMS: Final = "etj_job_carbon_grams_total"
 REJECTED_SAMPLES: Final = "etj_telemetry_rejected_samples_total"
 POWER_WATTS: Final = "etj_job_power_watts"
 POWER_LIMIT_WATTS: Final = "etj_job_power_limit_watts"
+#: The forecast (status.forecast): the time to completion and the energy at completion.
+FORECAST_REMAINING_SECONDS: Final = "etj_job_forecast_remaining_seconds"
+FORECAST_ENERGY_JOULES: Final = "etj_job_forecast_energy_at_completion_joules"
+#: The energy breakdown (status.energy.breakdown): measured energy attributed, and the modelled network energy.
+COMPUTE_JOULES: Final = "etj_job_energy_compute_joules_total"
+COMMUNICATION_JOULES: Final = "etj_job_energy_communication_joules_total"
+NETWORK_JOULES_MODELLED: Final = "etj_job_network_energy_modelled_joules"
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,15 @@ class JobFigures:
     power_limit_watts: float | None = None
     #: ``status.energy.rejectedSamples``: samples the accounting refused, by reason (cumulative).
     rejected_samples: Mapping[str, int] = field(default_factory=dict)
+    #: ``status.forecast.remainingSeconds``: the forecast time to completion. Units: s.
+    forecast_remaining_seconds: float | None = None
+    #: ``status.forecast.energyAtCompletionKilowattHours``, in J.
+    forecast_energy_joules: float | None = None
+    #: ``status.energy.breakdown``: the energy attributed to compute and to communication (measured). Units: J.
+    compute_joules: float | None = None
+    communication_joules: float | None = None
+    #: ``status.energy.breakdown.networkJoulesModelled``: the network's energy, modelled (not the GPUs'). Units: J.
+    network_joules_modelled: float | None = None
 
     @classmethod
     def from_status(cls, status: Mapping[str, Any]) -> JobFigures:
@@ -94,12 +110,20 @@ class JobFigures:
         energy = None if raw is None else EnergySection.from_status(raw)
         measured = energy is not None and energy.measured
         limit = ControlSection.from_status(status.get(CONTROL)).power_limit_watts_per_gpu
+        forecast = ForecastSection.from_status(status.get(FORECAST))
+        at_completion = forecast.energy_at_completion_kwh
+        split = energy.breakdown if energy is not None and measured else None
         return cls(
             joules=energy.joules if energy is not None and measured else None,
             grams_co2e=energy.grams_co2e if energy is not None and measured else None,
             watts=None if energy is None else energy.current_watts,
             power_limit_watts=None if limit is None else float(limit),
             rejected_samples={} if energy is None else dict(energy.rejected_samples),
+            forecast_remaining_seconds=forecast.remaining_seconds,
+            forecast_energy_joules=None if at_completion is None else at_completion * JOULES_PER_KWH,
+            compute_joules=None if split is None else split.compute_joules,
+            communication_joules=None if split is None else split.communication_joules,
+            network_joules_modelled=None if split is None else split.network_joules_modelled,
         )
 
 
@@ -161,8 +185,40 @@ class JobStatusCollector(Collector):
             "Per-GPU power limit the operator asks for a job (W); absent when it asks none.",
             labels=JOB_LABELS,
         )
+        compute = CounterMetricFamily(
+            COMPUTE_JOULES,
+            "A job's GPU energy attributed to compute (J): measured, split by rank 0's communication time.",
+            labels=JOB_LABELS,
+        )
+        communication = CounterMetricFamily(
+            COMMUNICATION_JOULES,
+            "A job's GPU energy attributed to gradient communication (J; overlapped time counts here: an upper bound).",
+            labels=JOB_LABELS,
+        )
+        network = GaugeMetricFamily(
+            NETWORK_JOULES_MODELLED,
+            "MODELLED energy of the network carrying a job's gradient traffic (J): bytes x energy per bit; unmeasured.",
+            labels=JOB_LABELS,
+        )
+        remaining = GaugeMetricFamily(
+            FORECAST_REMAINING_SECONDS,
+            "A job's forecast time to completion (s, status.forecast.remainingSeconds); absent while unknown.",
+            labels=JOB_LABELS,
+        )
+        at_completion = GaugeMetricFamily(
+            FORECAST_ENERGY_JOULES,
+            "A job's forecast energy at completion (J): measured so far plus to completion; absent while unknown.",
+            labels=JOB_LABELS,
+        )
         for (namespace, job_name), figures in sorted(jobs.items()):
             labels = [namespace, job_name]
+            for family, value in (
+                (compute, figures.compute_joules),
+                (communication, figures.communication_joules),
+                (network, figures.network_joules_modelled),
+            ):
+                if value is not None:
+                    family.add_metric(labels, value)
             if figures.joules is not None:
                 energy.add_metric(labels, figures.joules)
             if figures.grams_co2e is not None:
@@ -173,7 +229,11 @@ class JobStatusCollector(Collector):
                 power.add_metric(labels, figures.watts)
             if figures.power_limit_watts is not None:
                 limit.add_metric(labels, figures.power_limit_watts)
-        return [energy, carbon, rejected, power, limit]
+            if figures.forecast_remaining_seconds is not None:
+                remaining.add_metric(labels, figures.forecast_remaining_seconds)
+            if figures.forecast_energy_joules is not None:
+                at_completion.add_metric(labels, figures.forecast_energy_joules)
+        return [energy, carbon, rejected, power, limit, compute, communication, network, remaining, at_completion]
 
 
 JOB_STATUS = JobStatusCollector()

@@ -21,6 +21,8 @@ from etj_operator import contract
 PowerMode = Literal["Unmanaged", "Fixed", "Auto"]
 TelemetrySource = Literal["Prometheus", "Direct"]
 BudgetAction = Literal["Stop", "Suspend", "Notify"]
+#: spec.energy.energyBudget.onForecast: what the budget foresight does when the forecast exceeds the budget.
+ForecastAction = Literal["Notify", "Suspend"]
 CleanPodPolicy = Literal["None", "Running", "All"]
 GuardAction = Literal["Rollback", "Stop"]
 PruneMethod = Literal["l1Unstructured", "lnStructured"]
@@ -119,6 +121,8 @@ class EnergyBudgetSpec:
 
     kilowatt_hours: float
     action: BudgetAction = "Stop"
+    #: What to do when the forecast energy at completion exceeds the budget (etj_operator.policies, foresight).
+    on_forecast: ForecastAction = "Notify"
 
 
 @dataclass(frozen=True)
@@ -458,10 +462,11 @@ def _parse_energy(r: _Reader, spec: Mapping[str, Any]) -> EnergySpec:
         bp = f"{p}.energyBudget"
         kwh = r.number(budget_raw, "kilowattHours", bp, None, 0, 1e6, exclusive_minimum=True)
         action: BudgetAction = r.choice(budget_raw, "action", bp, "Stop", ("Stop", "Suspend", "Notify"))
+        on_forecast: ForecastAction = r.choice(budget_raw, "onForecast", bp, "Notify", ("Notify", "Suspend"))
         if kwh is None:
             r.problem(f"{bp}.kilowattHours", "is required", "set the budget in kWh, e.g. 0.5")
         else:
-            budget = EnergyBudgetSpec(kwh, action)
+            budget = EnergyBudgetSpec(kwh, action, on_forecast)
     carbon = _parse_carbon(r, r.mapping(raw, "carbon", p), f"{p}.carbon")
     placement = _parse_placement(r, r.mapping(raw, "placement", p) or {}, f"{p}.placement")
     return EnergySpec(telemetry, power, budget, carbon, placement)

@@ -28,8 +28,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
 
-from etj_contract import ConditionType, ControlSection, Drain, Phase, PlacementSection, PolicySection, WorkloadReport
+from etj_contract import (
+    ConditionType,
+    ControlSection,
+    Drain,
+    ForecastSection,
+    Phase,
+    PlacementSection,
+    PolicySection,
+    WorkloadReport,
+    format_duration,
+)
 from etj_operator import contract as c
+from etj_operator.autolimit import answer_auto_request
 from etj_operator.energy import AccountingSettings, EnergyState
 from etj_operator.lifecycle import Event, to_rfc3339
 from etj_operator.models import JobSpec
@@ -42,6 +53,7 @@ BUDGET_EXCEEDED: Final = ConditionType.BUDGET_EXCEEDED
 PAUSED: Final = ConditionType.PAUSED
 RESCHEDULING: Final = ConditionType.RESCHEDULING
 POWER_CAP_ENFORCED: Final = ConditionType.POWER_CAP_ENFORCED
+ENERGY_FORECAST: Final = ConditionType.ENERGY_FORECAST
 #: A measured limit this far above the cap still counts as the cap (NVML works in mW; exporters round).
 CAP_TOLERANCE_WATTS: Final = 1.0
 POWER_PRESSURE_ANNOTATION: Final = f"{c.GROUP}/power-pressure"
@@ -50,6 +62,7 @@ DRAIN_BUDGET_STOP: Final = "EnergyBudgetStop"
 DRAIN_BUDGET_SUSPEND: Final = "EnergyBudgetSuspend"
 DRAIN_CARBON: Final = "CarbonPause"
 DRAIN_RESCHEDULE: Final = "PowerPressure"
+DRAIN_FORECAST_SUSPEND: Final = "EnergyForecastSuspend"
 
 
 @dataclass(frozen=True)
@@ -104,6 +117,8 @@ class PolicyInputs:
     #: The per-GPU power limits the job's GPUs report in this telemetry cycle (DCGM_FI_DEV_POWER_MGMT_LIMIT,
     #: as measured: read back by the node agent or dcgm-exporter, never the limit asked); empty: none report.
     applied_limits_watts: Sequence[float] = ()
+    #: The job's forecast this pass (etj_operator.forecast), for the budget foresight; None: not computed.
+    forecast: ForecastSection | None = None
     settings: PolicySettings = field(default_factory=PolicySettings)
 
 
@@ -112,7 +127,8 @@ class ConditionChange:
     """A condition to set on the job."""
 
     type: str
-    status: bool
+    #: None: Unknown.
+    status: bool | None
     reason: str
     message: str
 
@@ -134,6 +150,8 @@ class PolicyOutcome:
     recreate_pods: bool = False
     #: A throttle cap is asked *and* the GPUs' measured limits show it (the phase is Throttled only then).
     throttled: bool = False
+    #: The budget foresight holds the job suspended (kept in ``status.forecast.budgetSuspended``).
+    forecast_hold: bool = False
     decisions: list[str] = field(default_factory=list)
 
 
@@ -157,11 +175,13 @@ def decide(inputs: PolicyInputs) -> PolicyOutcome:
     _telemetry_condition(inputs, out)
     _energy_fraction(inputs, out)
     _budget(inputs, out)
+    _foresight(inputs, out)
     if out.fail is None and out.hold is None:
         _carbon(inputs, out)
     if out.fail is None and out.hold is None:
         _reschedule(inputs, out)
     _throttle(inputs, out)
+    _auto_limit(inputs, out)
     _verify_cap(inputs, out)
     _finish_drain(inputs, out)
     return out
@@ -303,6 +323,103 @@ def _budget(i: PolicyInputs, out: PolicyOutcome) -> None:
         out.decisions.append("stop")
 
 
+# --- budget foresight: the forecast energy at completion against the budget ------------------------------------
+#: Over the budget once the forecast exceeds it; within it again only once the forecast is at most this fraction
+#: of it (hysteresis: a forecast at the budget does not flap, nor does a suspended job resume on a raise that only
+#: just fits).
+FORECAST_FIT_FRACTION: Final = 0.95
+REASON_FORECAST_OVER: Final = "ForecastOverBudget"
+REASON_FORECAST_WITHIN: Final = "ForecastWithinBudget"
+REASON_FORECAST_NOT_MATURE: Final = "ForecastNotMature"
+REASON_NO_BUDGET: Final = "NoBudget"
+
+
+def _foresight(i: PolicyInputs, out: PolicyOutcome) -> None:
+    """The EnergyForecast condition, and ``onForecast``'s action, from a mature forecast (docs/energy.md).
+
+    One Warning Event ``EnergyForecastOverBudget`` when the condition turns True (the reason as found tells).
+    ``Suspend`` checkpoints and suspends the job like the budget's own Suspend, and holds it until the forecast
+    fits the budget; the forecast is kept as it was while the job is held (it makes no progress and draws no
+    power). The hard budget wins: once the measured energy reaches the budget, its own action decides.
+    """
+    fc = i.forecast
+    held = fc is not None and fc.budget_hold
+    out.forecast_hold = held
+    budget = i.spec.energy.energy_budget
+    found = i.condition_reasons.get(ENERGY_FORECAST)
+    if budget is None or fc is None:
+        if held:
+            _forecast_release(out, "no energy budget: resuming")
+        if budget is None and found is not None and found != REASON_NO_BUDGET:
+            message = "the job has no spec.energy.energyBudget"
+            out.conditions.append(ConditionChange(ENERGY_FORECAST, False, REASON_NO_BUDGET, message))
+        return
+    kwh = fc.energy_at_completion_kwh
+    if kwh is None or not fc.mature:
+        if kwh is None:
+            reason, message = fc.reason or "Unknown", f"the forecast is unknown: {fc.message or fc.reason}"
+        else:
+            reason = REASON_FORECAST_NOT_MATURE
+            message = f"{_foresight_text(fc, budget.kilowatt_hours)}; not acted on yet: {fc.message}"
+        out.conditions.append(ConditionChange(ENERGY_FORECAST, None, reason, message))
+        if held:  # the forecast it was held on is lost (a repaired status): measure again
+            _forecast_release(out, f"resuming: {message}")
+        return
+    over_before = found == REASON_FORECAST_OVER
+    over = kwh > (FORECAST_FIT_FRACTION * budget.kilowatt_hours if over_before else budget.kilowatt_hours)
+    text = _foresight_text(fc, budget.kilowatt_hours)
+    if over and kwh <= budget.kilowatt_hours:
+        text += f"; over until the forecast is at most {FORECAST_FIT_FRACTION * budget.kilowatt_hours:.3g} kWh"
+    spent = i.energy.kilowatt_hours >= budget.kilowatt_hours
+    if not over:
+        out.conditions.append(ConditionChange(ENERGY_FORECAST, False, REASON_FORECAST_WITHIN, text))
+        if out.policy.drain is not None and out.policy.drain.reason == DRAIN_FORECAST_SUSPEND:
+            out.policy.drain = None  # the budget was raised while the checkpoint was asked: no suspension
+        if held:
+            _forecast_release(out, f"resuming: {text}")
+        return
+    suspend = budget.on_forecast == "Suspend"
+    if held:
+        fit = kwh / FORECAST_FIT_FRACTION
+        text = f"{text}; suspended until the budget fits it (at least {fit:.3g} kWh)"
+    out.conditions.append(ConditionChange(ENERGY_FORECAST, True, REASON_FORECAST_OVER, text))
+    if not over_before:
+        action = "; checkpointing and suspending the job (onForecast: Suspend)" if suspend and not spent else ""
+        out.events.append(Event("Warning", "EnergyForecastOverBudget", text + action))
+        out.decisions.append("notify")
+    if spent or out.fail is not None or out.hold is not None or not suspend:
+        # the hard budget (measured) decides from here, or Notify: no hold of the foresight's
+        if held:
+            _forecast_release(out, f"the energy budget's own action applies: {text}")
+        return
+    if held:
+        out.hold = Phase.SUSPENDED
+        return
+    if _drain(i, out, DRAIN_FORECAST_SUSPEND):
+        _mark_drained(out)
+        out.forecast_hold = True
+        out.hold = Phase.SUSPENDED
+        out.decisions.append("suspend")
+
+
+def _forecast_release(out: PolicyOutcome, message: str) -> None:
+    out.forecast_hold = False
+    out.events.append(Event("Normal", REASON_FORECAST_WITHIN, message))
+    out.decisions.append("resume")
+
+
+def _foresight_text(fc: ForecastSection, budget_kwh: float) -> str:
+    """``forecast 1.32 kWh at completion (0.41 used, 0.91 to go at 812 W for 1h07m) over the 1 kWh budget``."""
+    at = fc.energy_at_completion_kwh or 0.0
+    to_go = fc.energy_to_completion_kwh or 0.0
+    parts = [f"{at - to_go:.3g} used", f"{to_go:.3g} to go"]
+    if fc.power_watts:
+        run = format_duration(to_go * 3.6e6 / fc.power_watts)
+        parts[-1] += f" at {fc.power_watts:.0f} W for {run}"
+    where = "over" if at > budget_kwh else "within"
+    return f"forecast {at:.3g} kWh at completion ({', '.join(parts)}) {where} the {budget_kwh:g} kWh budget"
+
+
 # --- carbon -----------------------------------------------------------------------------------------------
 def _carbon(i: PolicyInputs, out: PolicyOutcome) -> None:
     carbon = i.spec.energy.carbon
@@ -410,6 +527,16 @@ def _throttle(i: PolicyInputs, out: PolicyOutcome) -> None:
             out.decisions.append("release")
     else:
         out.policy.low_cycles = 0
+
+
+# --- Auto through the node agent: the answer to the harness's candidate limit (etj_operator.autolimit) ---------
+def _auto_limit(i: PolicyInputs, out: PolicyOutcome) -> None:
+    s = i.settings
+    out.control, events = answer_auto_request(
+        i.spec.energy.power.mode, out.control, i.workload.power_profile, i.workload.problems,
+        min_watts=s.gpu_min_limit_watts, max_watts=s.gpu_max_limit_watts,
+    )
+    out.events.extend(events)
 
 
 # --- verification: the cap asked, against the limits the GPUs report -----------------------------------------

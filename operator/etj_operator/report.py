@@ -5,17 +5,23 @@ Inputs, all from the EfficientTrainingJob object:
 * ``status.energy`` totals (joules, kilowattHours, averageWatts, peakWatts, gramsCO2e, source,
   lastSampleTime) and ``status.energy.history``: a bounded, downsampled list of points
   ``[unix_seconds, job_watts, per_gpu_limit_watts | null, cumulative_joules]``;
-* ``status.workload.stages``: compression stage results (name, applied, rolledBack, step, epoch, sizes
-  and accuracy before/after);
+* ``status.energy.breakdown``: the measured energy split into compute, communication and unattributed, and
+  the modelled network energy (:mod:`etj_operator.breakdown`);
+* ``status.workload.stages``: compression stage results (name, applied, rolledBack, step, epoch, the non-zero
+  parameters before and after (N1, N2) and their ratio, sizes and their ratio, accuracy before/after);
+* ``status.forecast``: time and energy to completion (unknown, with the reason, when absent);
 
-both read through the contract's records (:class:`~etj_contract.EnergySection`,
-:class:`~etj_contract.WorkloadReport`), so a malformed field is skipped, never fatal;
+all read through the contract's records (:class:`~etj_contract.EnergySection`,
+:class:`~etj_contract.WorkloadReport`, :class:`~etj_contract.ForecastSection`), so a malformed field is skipped,
+never fatal;
 * ``status.conditions``: Paused and Throttled with their lastTransitionTime;
 * ``spec`` for the GPU count (replicas x nprocPerNode) and the energy budget.
 
 The plot has two panels sharing a UTC time axis: job power with the power limit the GPUs reported (x GPUs),
 stage and condition markers, a shaded span while the job is paused; and cumulative energy with the
-budget line. Data from the simulated GPU is labelled as such in the JSON and the plot title.
+budget line and the forecast energy at completion; under them a bar panel of the energy breakdown (measured:
+compute, communication, unattributed, stacked; beside it the modelled network energy, hatched and labelled
+modelled). Data from the simulated GPU is labelled as such in the JSON and the plot title.
 
 :func:`write_report` takes a job dict (no cluster needed); :func:`fetch_job` reads one through the
 operator's API wrapper (:class:`~etj_operator.kubeapi.KubeApi`, a plain GET of the object);
@@ -37,7 +43,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from etj_contract import ENERGY, ENERGY_KEYS, WORKLOAD, ConditionType, EnergySection, WorkloadReport
+from etj_contract import (
+    BREAKDOWN_BASIS,
+    ENERGY,
+    ENERGY_KEYS,
+    FORECAST,
+    FORECAST_DISPLAY_KEYS,
+    UNKNOWN,
+    WORKLOAD,
+    ConditionType,
+    EnergyBreakdown,
+    EnergySection,
+    ForecastSection,
+    WorkloadReport,
+)
 from etj_contract import JOULES_PER_KWH as _JOULES_PER_KWH
 from etj_operator import contract
 
@@ -53,6 +72,8 @@ __all__ = [
 ]
 
 JOULES_PER_KWH = _JOULES_PER_KWH
+#: ``forecast.reason`` in the report when the job's status has no forecast at all.
+NO_FORECAST = "NoForecast"
 #: Condition types whose transitions the report marks.
 MARKED_CONDITIONS = (ConditionType.PAUSED, ConditionType.THROTTLED)
 
@@ -137,8 +158,8 @@ def _budget_kwh(spec: Mapping[str, Any]) -> float | None:
 def _stages(workload: WorkloadReport) -> list[dict[str, Any]]:
     stages = []
     for stage in workload.stages or ():
-        before, after = stage.size_bytes_before, stage.size_bytes_after
         acc_before, acc_after = stage.accuracy_before, stage.accuracy_after
+        param_ratio, size_ratio = stage.param_ratio, stage.size_ratio
         when = _seconds(stage.time)
         stages.append(
             {
@@ -149,9 +170,15 @@ def _stages(workload: WorkloadReport) -> list[dict[str, Any]]:
                 "epoch": stage.epoch,
                 "time": _iso(when),
                 "timeSeconds": when,
-                "sizeBytesBefore": before,
-                "sizeBytesAfter": after,
-                "sizeRatio": round(after / before, 4) if before and after is not None else None,
+                "paramsTotal": stage.params_total,
+                # N1 and N2: the model's non-zero parameters before and after the stage; paramRatio = N1 / N2
+                "paramsNonzeroBefore": stage.params_nonzero_before,
+                "paramsNonzero": stage.params_nonzero,
+                "paramRatio": None if param_ratio is None else round(param_ratio, 4),
+                "sizeBytesBefore": stage.size_bytes_before,
+                "sizeBytesAfter": stage.size_bytes_after,
+                # before / after (the contract's sizeRatio): 2.0 is half the size
+                "sizeRatio": None if size_ratio is None else round(size_ratio, 4),
                 "accuracyBefore": acc_before,
                 "accuracyAfter": acc_after,
                 "accuracyDrop": round(acc_before - acc_after, 6)
@@ -160,6 +187,66 @@ def _stages(workload: WorkloadReport) -> list[dict[str, Any]]:
             }
         )
     return stages
+
+
+def _forecast(status: Mapping[str, Any]) -> dict[str, Any]:
+    """``status.forecast`` as the report shows it: each figure, None while unknown, and why (``reason``)."""
+    raw = status.get(FORECAST)
+    if not isinstance(raw, Mapping):
+        message = "the job's status holds no forecast (none computed yet, or an operator without forecasts)"
+        return {"known": False, "reason": NO_FORECAST, "message": message}
+    fc = ForecastSection.from_status(raw)
+    known = fc.remaining_seconds is not None or fc.energy_at_completion_kwh is not None
+    return {
+        "known": known,
+        "reason": fc.reason,
+        "message": fc.message,
+        "stepsDone": fc.steps_done,
+        "stepsTotal": fc.steps_total,
+        "stepsRemaining": fc.steps_remaining,
+        "stepsPerSecond": fc.steps_per_second,
+        "remainingSeconds": fc.remaining_seconds,
+        "completionTime": _iso(fc.completion_seconds),
+        "completionSeconds": fc.completion_seconds,
+        "powerWatts": fc.power_watts,
+        "energyToCompletionKilowattHours": fc.energy_to_completion_kwh,
+        "energyAtCompletionKilowattHours": fc.energy_at_completion_kwh,
+        "progressTime": _iso(fc.progress_seconds),
+        "powerTime": _iso(fc.power_seconds),
+        "simulated": fc.simulated,
+        "display": fc.display(),
+        # the remaining time as kubectl shows it (2m30s; "-" unknown)
+        "eta": fc.display()[FORECAST_DISPLAY_KEYS["remaining"]],
+    }
+
+
+def _breakdown(measured: EnergySection | None) -> dict[str, Any]:
+    """``status.energy.breakdown``: the measured energy's split (attributed) and the network's (modelled)."""
+    split: EnergyBreakdown | None = measured.breakdown if measured is not None else None
+    if split is None:
+        reason = "no energy measured yet" if measured is None else "the job's status holds no energy breakdown"
+        return {"known": False, "reason": reason}
+    model = split.network_model
+    return {
+        "known": True,
+        "computeJoules": split.compute_joules,
+        "communicationJoules": split.communication_joules,
+        "unattributedJoules": split.unattributed_joules,
+        # the part of unattributedJoules measured since the last report whose window is still open
+        "pendingJoules": split.pending_joules,
+        "totalJoules": split.total_joules,
+        "communicationFraction": split.communication_fraction,
+        "basis": BREAKDOWN_BASIS,
+        "note": "measured GPU energy, attributed by time windows; communication overlapped with compute counts as"
+        " communication, so its share is an upper bound; unattributed: no timing covered the interval",
+        "network": {
+            "modelled": True,
+            "label": "modelled (not measured): bytes sent x 8 x energy per bit; the network's, not in the GPU total",
+            "bytes": split.network_bytes,
+            "joulesModelled": split.network_joules_modelled,
+            "model": None if model is None else model.to_status(),
+        },
+    }
 
 
 def _conditions(status: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -237,6 +324,8 @@ def build_summary(job: Mapping[str, Any]) -> dict[str, Any]:
             "budgetUsedFraction": round(kwh / budget, 6) if kwh is not None and budget else None,
         },
         "history": _history_summary(points),
+        ENERGY_KEYS["breakdown"]: _breakdown(measured),
+        "forecast": _forecast(status),
         "stages": _stages(workload),
         "conditions": _conditions(status),
         "workload": {
@@ -280,7 +369,12 @@ def plot_report(job: Mapping[str, Any], png_path: Path, summary: Mapping[str, An
     if summary["simulated"]:
         title += "  [SIMULATED GPU DATA]"
 
-    fig, (ax_power, ax_energy) = plt.subplots(2, 1, sharex=True, figsize=(11, 7), height_ratios=[3, 2])
+    fig = plt.figure(figsize=(11, 9.5))
+    grid = fig.add_gridspec(3, 1, height_ratios=[3, 2, 1.6])
+    # Any, as plt.subplots' axes were: matplotlib's stubs do not take datetimes as data
+    ax_power: Any = fig.add_subplot(grid[0])
+    ax_energy: Any = fig.add_subplot(grid[1], sharex=ax_power)
+    ax_split: Any = fig.add_subplot(grid[2])
     try:
         fig.suptitle(title, color="tab:red" if summary["simulated"] else "black")
         if not points:
@@ -302,13 +396,15 @@ def plot_report(job: Mapping[str, Any], png_path: Path, summary: Mapping[str, An
             if budget:
                 ax_energy.axhline(budget * JOULES_PER_KWH / divisor, color="tab:red", linestyle=":", label="budget")
             ax_energy.set_ylabel(f"cumulative energy ({unit})")
+            _draw_forecast(ax_energy, summary["forecast"], points, divisor, unit)
             _mark_events(ax_power, ax_energy, summary, points[-1].time_seconds)
             ax_energy.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S", tz=UTC))  # type: ignore[no-untyped-call]
             ax_energy.set_xlabel("time (UTC)")
+        _draw_breakdown(ax_split, summary[ENERGY_KEYS["breakdown"]])
         ax_power.set_ylabel("power (W)")
         ax_power.grid(True, alpha=0.3)
         ax_energy.grid(True, alpha=0.3)
-        for ax in (ax_power, ax_energy):
+        for ax in (ax_power, ax_energy):  # the breakdown's legend is beside its bars (_draw_breakdown)
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(loc="best", fontsize="small", framealpha=0.9)
         footer = f"source: {summary['energy'].get('source') or 'unknown'}"
@@ -317,6 +413,9 @@ def plot_report(job: Mapping[str, Any], png_path: Path, summary: Mapping[str, An
             footer += f"   total {totals['joules'] / 1000:.1f} kJ ({totals.get('kilowattHours') or 0:.4f} kWh)"
         if totals.get("gramsCO2e") is not None:
             footer += f"   {totals['gramsCO2e']:.1f} gCO2e"
+        forecast = summary["forecast"]
+        if not forecast.get("known"):
+            footer += f"   forecast unknown ({forecast.get('reason') or 'no reason given'})"
         untimed = [
             f"{entry['name']} (step {entry.get('step')}{', rolled back' if entry['rolledBack'] else ''})"
             for entry in summary["stages"]
@@ -331,6 +430,70 @@ def plot_report(job: Mapping[str, Any], png_path: Path, summary: Mapping[str, An
     finally:
         plt.close(fig)
     return png_path
+
+
+def _draw_forecast(
+    ax: Any, forecast: Mapping[str, Any], points: Sequence[HistoryPoint], divisor: float, unit: str
+) -> None:
+    """The forecast energy at completion, as text and, when near enough, as a dashed line to it.
+
+    The line runs from the last point to the completion when that is within five times the plotted span of it.
+    """
+    kwh, when = forecast.get("energyAtCompletionKilowattHours"), forecast.get("completionSeconds")
+    if not forecast.get("known") or kwh is None:
+        return
+    target = kwh * JOULES_PER_KWH / divisor
+    text = f"forecast at completion: {kwh:.4g} kWh"
+    if forecast.get("eta") not in (None, UNKNOWN):
+        text += f", ETA {forecast['eta']}"
+    if forecast.get("simulated"):
+        text += " (simulated power)"
+    last = points[-1]
+    if when is not None:
+        span = max(60.0, last.time_seconds - points[0].time_seconds)
+        if when - last.time_seconds <= 5 * span:
+            start = datetime.fromtimestamp(last.time_seconds, UTC)
+            end = datetime.fromtimestamp(when, UTC)
+            ax.plot([start, end], [last.cumulative_joules / divisor, target], color="tab:green", linestyle="--",
+                    label=f"forecast ({unit} at completion)")
+            ax.plot([end], [target], marker="o", color="tab:green")
+    ax.text(0.01, 0.95, text, transform=ax.transAxes, va="top", fontsize="small", color="tab:green",
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
+
+
+def _draw_breakdown(ax: Any, split: Mapping[str, Any]) -> None:
+    """Two horizontal bars: the measured GPU energy stacked by attribution, and the modelled network energy."""
+    if not split.get("known"):
+        ax.text(0.5, 0.5, f"energy breakdown unknown: {split.get('reason')}", ha="center", va="center",
+                transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    network = split["network"]
+    modelled = network.get("joulesModelled")
+    unit, divisor = _energy_unit(max(split["totalJoules"], modelled or 0.0))
+    parts = (
+        ("compute", split["computeJoules"], "tab:blue"),
+        ("communication (upper bound)", split["communicationJoules"], "tab:orange"),
+        ("unattributed (no timing)", split["unattributedJoules"], "lightgray"),
+    )
+    left = 0.0
+    for label, joules, color in parts:
+        ax.barh(1, joules / divisor, left=left, color=color, edgecolor="white", label=f"{label}: {joules:,.0f} J")
+        left += joules / divisor
+    if modelled is not None:
+        ax.barh(0, modelled / divisor, color="white", edgecolor="tab:purple", hatch="//",
+                label=f"network transfer, MODELLED: {modelled:,.3g} J")
+        ax.text(modelled / divisor, 0, f"  {modelled:,.3g} J modelled (not measured, not in the GPU total)",
+                va="center", fontsize="small", color="tab:purple")
+    else:
+        ax.text(0.0, 0, "  network transfer (modelled): unknown, no bytes reported", va="center", fontsize="small")
+    ax.set_yticks([1, 0], ["GPU energy\n(measured)", "network\n(modelled)"])
+    fraction = split.get("communicationFraction")
+    share = "-" if fraction is None else f"{fraction:.1%}"
+    ax.set_xlabel(f"energy ({unit}); communication share of the attributed energy {share}, {split['basis']}")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.set_ylim(-0.9, 1.5)
+    ax.legend(loc="lower right", ncol=2, fontsize="small", framealpha=0.9)
 
 
 def _mark_events(ax_power: Any, ax_energy: Any, summary: Mapping[str, Any], end_seconds: float) -> None:

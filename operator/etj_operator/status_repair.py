@@ -24,6 +24,7 @@ from typing import Any, Final
 from etj_contract import (
     CONTROL,
     ENERGY,
+    FORECAST,
     KUEUE,
     PLACEMENT,
     POLICY,
@@ -31,6 +32,7 @@ from etj_contract import (
     ControlSection,
     EnergySection,
     FieldProblem,
+    ForecastSection,
     KueueSection,
     Phase,
     PlacementSection,
@@ -101,6 +103,7 @@ SECTIONS: Final[dict[str, Callable[[Any], Any]]] = {
     PLACEMENT: PlacementSection.from_status,
     ENERGY: EnergySection.from_status,
     KUEUE: KueueSection.from_status,
+    FORECAST: ForecastSection.from_status,
 }
 #: Top-level objects whose inner shape the operator does not decide from (rebuilt every pass).
 OPAQUE_MAPS: Final = ("replicaStatuses", "workload")

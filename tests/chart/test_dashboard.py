@@ -142,6 +142,12 @@ def test_every_query_names_exported_metrics_only(path):
         "DCGM_FI_DEV_POWER_MGMT_LIMIT",
         "etj_jobs",
         "etj_policy_decisions_total",
+        # the forecast and the energy breakdown (the network's figure modelled, and labelled so)
+        "etj_job_forecast_remaining_seconds",
+        "etj_job_forecast_energy_at_completion_joules",
+        "etj_job_energy_compute_joules_total",
+        "etj_job_energy_communication_joules_total",
+        "etj_job_network_energy_modelled_joules",
     } <= used
 
 
@@ -199,3 +205,18 @@ def test_operator_metrics_are_selected_by_job_name_never_by_job(path):
         if grouped and grouped.group(1) == "job":
             wrong.append(f"{where}: label_values(..., job)")
     assert wrong == []
+
+
+@pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
+def test_the_modelled_network_energy_is_labelled_modelled(path):
+    """Whatever panel shows the modelled network energy says so in its title and legend: it is not measured."""
+    dashboard = json.loads(path.read_text())
+    shown = [
+        (panel, target)
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+        if "etj_job_network_energy_modelled_joules" in metric_names(target["expr"])
+    ]
+    assert shown
+    for panel, target in shown:
+        assert "MODELLED" in panel["title"] and "modelled" in target["legendFormat"]

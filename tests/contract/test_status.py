@@ -38,7 +38,7 @@ def test_the_condition_constants_of_the_operator_are_the_contracts() -> None:
         name = ConditionType(ctype).name
         assert getattr(conditions, name) == ctype, name
     policy_types = {policies.TELEMETRY_AVAILABLE, policies.THROTTLED, policies.BUDGET_EXCEEDED}
-    policy_types |= {policies.PAUSED, policies.RESCHEDULING, policies.POWER_CAP_ENFORCED}
+    policy_types |= {policies.PAUSED, policies.RESCHEDULING, policies.POWER_CAP_ENFORCED, policies.ENERGY_FORECAST}
     for ctype in policy_types:
         assert getattr(policies, ConditionType(ctype).name) == ctype
     # every member is one the operator sets: the lifecycle's and the policies'

@@ -89,9 +89,28 @@ def test_the_node_agent_applied_the_throttle_to_the_jobs_node_gpus_and_reset_the
     applied = result.agent_caps["digits-ddp"]
     assert len(applied) == gpus and all(uuid.startswith("GPU-") for uuid in applied)
     assert max(applied.values()) * gpus <= job["spec"]["energy"]["power"]["budgetWatts"]
-    # Auto mode: the agent defers to the harness (PodManaged) and applies the throttle as a ceiling (JobCeiling)
-    assert "JobCeiling" in result.agent_reasons["digits-ddp"]
+    # Auto mode through the agent: the operator's clamped answer to the harness's request, applied by the agent
+    assert "AutoCandidate" in result.agent_reasons["digits-ddp"]
+    assert "Auto mode through the agent" in text and "no SYS_ADMIN in the pod" in text
     assert "cap applied by the node agent on sandbox:" in text and "simulated" in text
     # node GPUs are hardware: after the pods, every one is back at its default (the agent reset them)
     assert result.node_gpus_after and all(limit == default for limit, default in result.node_gpus_after.values())
     assert "simulated GPUs back at their default" in text
+
+
+def test_the_report_and_the_output_carry_the_forecast_and_the_energy_breakdown(run):
+    result, text = run
+    [(json_path, _)] = result.reports
+    summary = json.loads(json_path.read_text())
+    split, forecast = summary["breakdown"], summary["forecast"]
+    # measured energy, every joule in one of the three parts (unattributed where no timing covered it)
+    assert split["known"] is True
+    parts = split["computeJoules"] + split["communicationJoules"] + split["unattributedJoules"]
+    assert parts == pytest.approx(summary["energy"]["joules"], abs=1e-3)
+    assert split["network"]["modelled"] is True
+    # the forecast: its figures, or unknown with the reason
+    assert isinstance(forecast["known"], bool) and (forecast["known"] or forecast["reason"])
+    assert "energy breakdown* (attributed by rank 0's communication time)" in text
+    assert "network transfer energy" in text and "forecast:" in text
+    # every stage names its non-zero parameters before and after (unknown shows as "-")
+    assert text.count("non-zero params N1") == len(summary["stages"])

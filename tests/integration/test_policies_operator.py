@@ -75,3 +75,17 @@ def test_carbon_pause_deletes_pods_and_resumes_when_the_grid_is_clean(cluster):
     cluster.wait_pods("green", 2)
     status = cluster.wait_phase("green", "Pending")
     assert any(x["type"] == "Paused" and x["status"] == "False" for x in status["conditions"])
+
+
+def test_the_forecast_follows_the_jobs_report(cluster):
+    cluster.apply(job_manifest("eta", replicas=1))
+    cluster.wait_pods("eta", 1)
+    cluster.set_phase("eta", "Running")
+    cluster.wait_phase("eta", "Running")
+    cluster.server.patch_status(c.REPORT_PLURAL, NS, "eta", {"step": 10, "stepsTotal": 100})
+    status = wait_until(
+        lambda: (s := cluster.status("eta")).get(c.FORECAST, {}).get("stepsRemaining") == 90 and s, 15, "a forecast"
+    )
+    # one step observation and no power (telemetry fails here): no speed yet, and it says why
+    assert status[c.FORECAST]["reason"] == "NotEnoughProgress"
+    assert status[c.FORECAST]["display"] == {"remaining": "-", "energy": "-"}

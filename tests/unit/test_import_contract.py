@@ -32,10 +32,13 @@ from import_graph import in_package as _in_package
 PURE_MODULES = frozenset(
     {
         "etj_operator",
+        "etj_operator.autolimit",
+        "etj_operator.breakdown",
         "etj_operator.builders",
         "etj_operator.conditions",
         "etj_operator.contract",
         "etj_operator.energy",
+        "etj_operator.forecast",
         "etj_operator.envvars",
         "etj_operator.jobpass",
         "etj_operator.kueue",

@@ -11,7 +11,7 @@ from prometheus_client import generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
-from etj_contract.sections import EnergySection
+from etj_contract.sections import EnergySection, ForecastSection
 from etj_operator import contract as c
 from etj_operator import metrics
 from etj_operator.config import OperatorConfig
@@ -88,6 +88,7 @@ def _record(namespace: str, job: str) -> None:
         {
             "energy": {"joules": 5.0, "gramsCO2e": 1.0, "currentWatts": 300.0, "rejectedSamples": {"x": 1}},
             "control": {c.CONTROL_POWER_LIMIT_WATTS_PER_GPU: 250},
+            "forecast": ForecastSection(remaining_seconds=60.0, energy_at_completion_kwh=0.5).to_status(),
         },
     )
     for family in metrics.PER_JOB_FAMILIES:
@@ -224,6 +225,8 @@ def test_forgetting_a_job_removes_all_its_series_and_only_its_series():
         metrics.REJECTED_SAMPLES.removesuffix("_total"),
         metrics.POWER_WATTS,
         metrics.POWER_LIMIT_WATTS,
+        metrics.FORECAST_REMAINING_SECONDS,
+        metrics.FORECAST_ENERGY_JOULES,
     }
     assert every_family <= {key.split("{")[0].removesuffix("_total").removesuffix("_created") for key in gone}
     kept_before = _job_series(NAMESPACE, "kept")
@@ -254,6 +257,8 @@ def declared_metric_names() -> set[str]:
             names.add(match.group(1) or match.group(2))
     names |= {metrics.ENERGY_JOULES, metrics.CARBON_GRAMS, metrics.REJECTED_SAMPLES}
     names |= {metrics.POWER_WATTS, metrics.POWER_LIMIT_WATTS}
+    # every family read from the jobs' status (the collector's, whatever constant names them)
+    names |= {f.name + ("_total" if f.type == "counter" else "") for f in metrics.JOB_STATUS.describe()}
     return names
 
 

@@ -176,3 +176,13 @@ def test_nested_garbage_never_crashes_the_parser(overrides):
         parse_spec(spec_of(**overrides), "digits")
     except InvalidSpecError as e:
         assert e.problems
+
+
+def test_the_budgets_on_forecast_defaults_to_notify_and_takes_the_crds_values():
+    spec = parse_spec(spec_of(energy={"energyBudget": {"kilowattHours": 1.0}}), "digits")
+    assert spec.energy.energy_budget is not None and spec.energy.energy_budget.on_forecast == "Notify"
+    spec = parse_spec(spec_of(energy={"energyBudget": {"kilowattHours": 1.0, "onForecast": "Suspend"}}), "digits")
+    assert spec.energy.energy_budget is not None and spec.energy.energy_budget.on_forecast == "Suspend"
+    with pytest.raises(InvalidSpecError) as raised:
+        parse_spec(spec_of(energy={"energyBudget": {"kilowattHours": 1.0, "onForecast": "Stop"}}), "digits")
+    assert "spec.energy.energyBudget.onForecast" in str(raised.value)

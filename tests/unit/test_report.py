@@ -5,8 +5,8 @@ import json
 import pytest
 import yaml
 
-from etj_contract.sections import EnergySection
-from etj_operator.report import build_summary, parse_history, run_report_command, write_report
+from etj_contract.sections import EnergyBreakdown, EnergySection, NetworkModel
+from etj_operator.report import NO_FORECAST, build_summary, parse_history, run_report_command, write_report
 
 T0 = 1_760_000_000.0  # unix seconds
 
@@ -106,7 +106,8 @@ def test_summary_carries_totals_history_stages_and_conditions():
     # Time-weighted: each reading holds until the next, as the synthetic energy was integrated.
     assert history["meanWatts"] == pytest.approx(energy["joules"] / 590, abs=0.01)
     prune, int8 = summary["stages"]
-    assert prune["sizeRatio"] == 0.7 and prune["accuracyDrop"] == pytest.approx(0.01)
+    # sizeRatio is the contract's, before over after: 1000 B -> 700 B
+    assert prune["sizeRatio"] == round(1000 / 700, 4) and prune["accuracyDrop"] == pytest.approx(0.01)
     assert prune["time"] == "2025-10-09T08:55:00Z"
     assert int8["rolledBack"] is True and int8["time"] is None
     assert [c["type"] for c in summary["conditions"]] == ["Throttled", "Paused"]
@@ -182,3 +183,103 @@ def test_the_command_fails_cleanly_on_a_file_that_is_no_job(tmp_path, capsys):
     bad.write_text("kind: ConfigMap\n")
     assert run_report_command("x", out_dir=str(tmp_path), from_file=str(bad)) == 1
     assert "does not hold" in capsys.readouterr().err
+
+
+def forecast_status():
+    """A status.forecast as the operator writes it (the CRD's keys), handwritten."""
+    return {
+        "stepsDone": 900,
+        "stepsTotal": 1200,
+        "stepsRemaining": 300,
+        "stepsPerSecond": 2.0,
+        "remainingSeconds": 150.0,
+        "completionTime": "2025-10-09T09:12:30Z",
+        "powerWatts": 1200.0,
+        "energyToCompletionKilowattHours": 0.05,
+        "energyAtCompletionKilowattHours": 0.32,
+        "progressTime": "2025-10-09T09:10:00Z",
+        "powerTime": "2025-10-09T09:09:50Z",
+        "simulated": True,
+        "reason": "Forecasting",
+        "display": {"remaining": "2m30s", "energy": "0.32kWh"},
+    }
+
+
+def with_breakdown(job, *, network=True):
+    split = EnergyBreakdown(
+        compute_joules=400_000.0,
+        communication_joules=100_000.0,
+        unattributed_joules=job["status"]["energy"]["joules"] - 500_000.0,
+        network_bytes=4 * 10**12 if network else None,
+        network_joules_modelled=1565.0 if network else None,
+        network_model=NetworkModel(5.5, 48.8, 0.5) if network else None,
+    )
+    job["status"]["energy"]["breakdown"] = split.to_status()
+    return job
+
+
+def test_the_forecast_is_reported_with_its_figures():
+    job = synthetic_job()
+    job["status"]["forecast"] = forecast_status()
+    forecast = build_summary(job)["forecast"]
+    assert forecast["known"] is True and forecast["reason"] == "Forecasting"
+    assert forecast["stepsRemaining"] == 300 and forecast["remainingSeconds"] == 150.0
+    assert forecast["energyAtCompletionKilowattHours"] == 0.32 and forecast["powerWatts"] == 1200.0
+    assert forecast["completionTime"] == "2025-10-09T09:12:30Z" and forecast["simulated"] is True
+    assert forecast["display"] == {"remaining": "2m30s", "energy": "0.32kWh"}
+
+
+def test_an_absent_or_unknown_forecast_is_unknown_with_its_reason():
+    job = synthetic_job()
+    absent = build_summary(job)["forecast"]
+    assert absent["known"] is False and absent["reason"] == NO_FORECAST
+    job["status"]["forecast"] = {"reason": "NoPlan", "message": "the program does not say how many steps it plans",
+                                 "stepsDone": 900, "simulated": False, "display": {"remaining": "-", "energy": "-"}}
+    unknown = build_summary(job)["forecast"]
+    assert unknown["known"] is False and unknown["reason"] == "NoPlan" and "steps" in unknown["message"]
+    assert unknown["remainingSeconds"] is None and unknown["energyAtCompletionKilowattHours"] is None  # not 0
+    job["status"]["forecast"] = {"remainingSeconds": "soon", "reason": "Forecasting"}  # malformed: skipped
+    assert build_summary(job)["forecast"]["remainingSeconds"] is None
+
+
+def test_the_breakdown_is_reported_measured_attributed_and_the_network_modelled():
+    job = with_breakdown(synthetic_job())
+    split = build_summary(job)["breakdown"]
+    energy = job["status"]["energy"]["joules"]
+    assert split["known"] is True
+    assert split["computeJoules"] + split["communicationJoules"] + split["unattributedJoules"] == pytest.approx(energy)
+    assert split["communicationFraction"] == pytest.approx(0.2)
+    assert "upper bound" in split["note"] and split["basis"] == "attributed by rank 0's communication time"
+    network = split["network"]
+    assert network["modelled"] is True and "modelled" in network["label"]
+    assert network["bytes"] == 4 * 10**12 and network["joulesModelled"] == 1565.0
+    assert network["model"]["interNodeShare"] == 0.5
+
+
+def test_without_a_breakdown_it_is_unknown_never_zero():
+    job = synthetic_job()
+    assert build_summary(job)["breakdown"] == {"known": False, "reason": "the job's status holds no energy breakdown"}
+    job["status"]["energy"] = EnergySection(source="Prometheus").to_status()
+    assert build_summary(job)["breakdown"]["known"] is False
+    split = build_summary(with_breakdown(synthetic_job(), network=False))["breakdown"]
+    assert split["network"]["joulesModelled"] is None and split["network"]["bytes"] is None
+
+
+def test_each_stage_carries_n1_n2_and_the_ratios():
+    job = synthetic_job()
+    prune = job["status"]["workload"]["stages"][0]
+    prune.update(paramsTotal=1000, paramsNonzeroBefore=1000, paramsNonzero=500)
+    first, second = build_summary(job)["stages"]
+    assert (first["paramsNonzeroBefore"], first["paramsNonzero"], first["paramRatio"]) == (1000, 500, 2.0)
+    assert first["paramsTotal"] == 1000 and first["sizeBytesBefore"] == 1000 and first["sizeBytesAfter"] == 700
+    assert second["paramsNonzeroBefore"] is None and second["paramRatio"] is None  # unknown, not 0
+    assert second["sizeRatio"] == 3.5
+
+
+def test_the_plot_draws_the_forecast_and_the_breakdown(tmp_path):
+    job = with_breakdown(synthetic_job())
+    job["status"]["forecast"] = forecast_status()
+    json_path, png_path = write_report(job, tmp_path)
+    summary = json.loads(json_path.read_text())
+    assert summary["forecast"]["known"] and summary["breakdown"]["known"]
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

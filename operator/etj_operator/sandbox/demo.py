@@ -17,6 +17,7 @@ the jobs, the node's GPU state file shows whether every GPU went back to its def
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,17 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from etj_contract import ENERGY, SIMULATED_SUFFIX, ConditionType, ControlSection, EnergySection, WorkloadReport
+from etj_contract import (
+    ENERGY,
+    ENERGY_KEYS,
+    FORECAST_DISPLAY_KEYS,
+    SIMULATED_SUFFIX,
+    ConditionType,
+    ControlSection,
+    EnergySection,
+    ForecastSection,
+    WorkloadReport,
+)
 from etj_contract import agent as a
 from etj_operator import contract as c
 from etj_operator.packagedata import data_path
@@ -45,6 +56,8 @@ DEFAULT_EXAMPLES = data_path("examples", "digits-ddp.yaml")  # the packaged copy
 DEFAULT_STATE_DIR = Path(".etj-sandbox") / "demo"
 #: Where the reports go (JSON + PNG per job).
 DEFAULT_REPORT_DIR = Path("reports")
+#: The remaining time in status.forecast.display (kubectl's ETA column).
+ETA = FORECAST_DISPLAY_KEYS["remaining"]
 SIMULATED_NOTE = ("GPU power and energy are SIMULATED: no GPU here, the harness's power model (source=simulated;"
                   " Prometheus jobs: the node's simulated DCGM exporter)")
 
@@ -149,10 +162,52 @@ def _stage_lines(job: Mapping[str, Any]) -> list[str]:
         before, after = stage.size_bytes_before, stage.size_bytes_after
         acc_b, acc_a = stage.accuracy_before, stage.accuracy_after
         size = f"{before:,} -> {after:,} B" if before is not None and after is not None else "size -"
+        if stage.size_ratio is not None:
+            size += f" (x{stage.size_ratio:.2f} smaller)"
+        n1, n2 = stage.params_nonzero_before, stage.params_nonzero
+        params = f"non-zero params N1 {_fmt(n1, ',')} -> N2 {_fmt(n2, ',')}" + (
+            f" (N1/N2 {stage.param_ratio:.2f})" if stage.param_ratio is not None else "")
         acc = (f"accuracy {acc_b * 100:.1f}% -> {acc_a * 100:.1f}%"
                if acc_b is not None and acc_a is not None else "accuracy -")
-        lines.append(f"  stage {stage.name}: {outcome} at epoch {stage.epoch}, {size} (zlib), {acc}")
+        lines.append(f"  stage {stage.name}: {outcome} at epoch {stage.epoch}, {params}, {size} (zlib), {acc}")
     return lines
+
+
+def _breakdown_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The report's energy breakdown: measured and attributed, then the network's, modelled."""
+    split = summary[ENERGY_KEYS["breakdown"]]
+    if not split.get("known"):
+        return [f"  energy breakdown: unknown ({split.get('reason')})"]
+    total = split["totalJoules"] or 0.0
+
+    def part(joules: float) -> str:
+        return f"{joules:,.0f} J ({joules / total:.0%})" if total > 0 else f"{joules:,.0f} J"
+
+    lines = [f"  energy breakdown* ({split['basis']}): compute {part(split['computeJoules'])}, communication"
+             f" {part(split['communicationJoules'])} (an upper bound: overlapped time counts),"
+             f" unattributed {part(split['unattributedJoules'])} (no timing covered it)"]
+    network = split["network"]
+    modelled, sent = network.get("joulesModelled"), network.get("bytes")
+    if modelled is None:
+        lines.append("  network transfer energy (modelled): unknown, the harness reported no bytes sent")
+    else:
+        model = network.get("model") or {}
+        lines.append(f"  network transfer energy: {modelled:.3g} J MODELLED (not measured, not in the GPU total):"
+                     f" {_fmt(sent, ',')} B x 8 x {_fmt(model.get('picojoulesPerBit'), '.3g')} pJ/bit"
+                     f" ({_fmt(model.get('interNodeShare'), '.0%')} of the ring's hops between pods)")
+    return lines
+
+
+def _forecast_line(summary: Mapping[str, Any]) -> str:
+    """The report's forecast: the figures when known, else unknown with the reason."""
+    forecast = summary["forecast"]
+    if not forecast.get("known"):
+        why = forecast.get("message") or ""
+        return f"  forecast: unknown ({forecast.get('reason') or '-'}{': ' + why if why else ''})"
+    kwh = forecast.get("energyAtCompletionKilowattHours")
+    return (f"  forecast: {_fmt(forecast.get('stepsRemaining'))} steps to go, ETA"
+            f" {forecast.get('eta') or '-'}, energy at completion"
+            f" {_fmt(kwh, '.6f')} kWh* ({forecast.get('reason') or '-'})")
 
 
 def demo(
@@ -261,7 +316,8 @@ def demo(
                             f" energy {_fmt(e.joules if e and e.measured else None, '.0f')} J* limit"
                             f" {_fmt(ctl.power_limit_watts_per_gpu)} W/GPU node agent"
                             f" {_agent_column(agent_view.get(job['metadata']['name'], ()))} W*"
-                            f" stage {st.get('stage') or '-'}")
+                            f" stage {st.get('stage') or '-'}"
+                            f" ETA {ForecastSection.from_status(st.get(c.FORECAST)).display()[ETA]}")
             console.print(_table(jobs, pods, time.monotonic() - started, agent_view))
         result.jobs = jobs
         result.succeeded = finished(jobs) and all((j.get("status") or {}).get("phase") == "Succeeded" for j in jobs)
@@ -315,6 +371,9 @@ def _summarise(console: Console, sandbox: Sandbox, result: DemoResult, report_di
         if status.get("phase") != "Succeeded":
             _show_pod_logs(console, sandbox, job)
         json_path, png_path = write_report(job, report_dir)
+        summary = json.loads(json_path.read_text())
+        for line in (*_breakdown_lines(summary), _forecast_line(summary)):
+            console.print(line, markup=False, highlight=False)
         result.reports.append((json_path.resolve(), png_path.resolve()))
         console.print(f"  report: {json_path.resolve()}")
         console.print(f"          {png_path.resolve()}  (simulated GPU data, labelled in the plot)")
@@ -335,9 +394,13 @@ def _agent_lines(sandbox: Sandbox, result: DemoResult, job: str) -> list[str]:
     else:
         lines.append(f"  node agent on {nodes}: applied no cap to this job's GPUs (reasons seen:"
                      f" {', '.join(reasons) or 'none: it never saw the pods hold GPUs'})")
+    if a.REASON_AUTO_CANDIDATE in reasons:
+        lines.append("    Auto mode through the agent: the harness asks for each candidate limit in its report, the"
+                     " operator clamps it")
+        lines.append("    to the GPU's range and the throttle (status.control.autoLimitWattsPerGPU), and the agent"
+                     " applies it (AutoCandidate); no SYS_ADMIN in the pod")
     if a.REASON_POD_MANAGED in reasons or a.REASON_JOB_CEILING in reasons:
-        lines.append("    Auto mode: the harness picks the limit in its pod and the agent leaves the GPU alone"
-                     " (PodManaged),")
+        lines.append("    Auto mode in a pod that sets its own limits: the agent leaves the GPU alone (PodManaged),")
         lines.append("    lowering it only to the operator's throttle (JobCeiling); the pod runs at min(its own,"
                      " the node's)")
     return lines
