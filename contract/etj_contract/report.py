@@ -261,8 +261,10 @@ class CommunicationStats:
     """Rank 0's timing of gradient communication, cumulative since ``since`` (the harness process's start).
 
     ``steps``: training steps timed; ``step_seconds``: their wall time; ``comm_seconds``: the time within them
-    that gradient communication was in flight (overlapping buckets counted once); ``bytes_sent``: the bytes all
-    ranks sent for it (estimated from the gradient buckets and the collective's algorithm); ``world_size``: the
+    that gradient communication was in flight (overlapping buckets counted once), estimated as ``steps`` x the
+    mean communication span of the iterations DDP samples for its own runtime statistics (the first 10, then
+    every 100th); ``bytes_sent``: the bytes all ranks sent for it (estimated from the gradient buckets and the
+    ring allreduce's traffic, not measured); ``world_size``: the
     ranks; ``backend``: the process group's backend (nccl, gloo). The workload's word: the operator attributes
     energy by it (docs/energy.md), never decides a policy from it.
     """

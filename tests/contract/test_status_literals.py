@@ -27,7 +27,7 @@ from etj_contract import sections as s
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = (ROOT / "operator" / "etj_operator", ROOT / "workloads" / "etj_workload")
 
-SECTIONS = frozenset({c.CONTROL, c.WORKLOAD, s.ENERGY, s.POLICY, s.PLACEMENT, s.KUEUE})
+SECTIONS = frozenset({c.CONTROL, c.WORKLOAD, s.ENERGY, s.POLICY, s.PLACEMENT, s.KUEUE, c.FORECAST})
 NESTED_KEYS = frozenset(
     {
         *(getattr(c, name) for name in c.names.__all__ if name.startswith(("CONTROL_", "WORKLOAD_"))),
@@ -45,11 +45,19 @@ NESTED_KEYS = frozenset(
         *s.DRAIN_KEYS.values(),
         *s.PLACEMENT_KEYS.values(),
         *s.KUEUE_KEYS.values(),
+        *s.BREAKDOWN_KEYS.values(),
+        *s.NETWORK_MODEL_KEYS.values(),
+        *s.BASELINE_KEYS.values(),
+        *s.FORECAST_KEYS.values(),
+        *s.RATE_WINDOW_KEYS.values(),
+        *r.COMMUNICATION_KEYS.values(),
+        r.STAGE_PARAM_RATIO,
+        r.STAGE_SIZE_RATIO,
         # keys of a status written before the time rule, read by the records only
         "carbonSince",
         "lastTime",
     }
-) - SECTIONS
+) - SECTIONS - {"completionTime"}  # status.forecast.completionTime is also the job's own status.completionTime
 #: Keys that other objects have too (metadata, spec, env, pods): flagged only on a receiver that names a section.
 GENERIC = frozenset(
     {
@@ -86,10 +94,12 @@ GENERIC = frozenset(
     }
 )
 #: Receivers that hold another format which reuses the status' names on purpose, per module ("{" stands for
-#: the module's dict displays): the energy report's own JSON summary (``etj report``), which the plot and the
-#: command's last line read back; the simulated GPU's state file (read by the sandbox, not a status).
+#: the module's dict displays): the energy report's own JSON summary (``etj report``), which the plot, the
+#: command's last line and the demo's output read back (its ``forecast`` and breakdown ``split``, ``network``
+#: and ``model`` objects); the simulated GPU's state file (read by the sandbox, not a status).
 OTHER_FORMATS = {
-    "operator/etj_operator/report.py": ("summary", "totals", "entry", "{"),
+    "operator/etj_operator/report.py": ("summary", "totals", "entry", "forecast", "split", "network", "model", "{"),
+    "operator/etj_operator/sandbox/demo.py": ("forecast", "split", "network", "model"),
     "workloads/etj_workload/gpu.py": ("{",),
 }
 #: Words that, in a receiver's text, say it holds a status section.
