@@ -188,11 +188,11 @@ def test_label_names_by_metric():
 
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda p: p.name)
-def test_operator_metrics_are_selected_by_job_name_never_by_job(path):
-    """``job`` is Prometheus' scrape-job label: the operator names a job ``job_name`` (the harness's own gauges,
-    scraped from the workers, still carry ``job``)."""
+def test_operator_and_harness_metrics_are_selected_by_job_name_never_by_job(path):
+    """``job`` is Prometheus' scrape-job label: the operator and the harness name a job ``job_name`` (a harness
+    gauge labelled ``job`` would be renamed ``exported_job`` by a scrape with ``honor_labels: false``)."""
     dashboard = json.loads(path.read_text())
-    operator = operator_metric_names()
+    operator = operator_metric_names() | harness_metric_names()
     wrong = []
     for where, expr in queries(dashboard):
         names = template_query_names(expr) if where.startswith("variable") else metric_names(expr)

@@ -32,6 +32,13 @@ def test_render_uses_dcgm_names_units_and_labels() -> None:
     assert families["DCGM_FI_DEV_POWER_MGMT_LIMIT"].samples[0].value == 500.0
 
 
+def test_training_gauges_name_the_job_job_name_never_job() -> None:
+    """``job`` is the scrape job's label in Prometheus; a gauge's own ``job`` would become ``exported_job``."""
+    families = {f.name: f for f in text_string_to_metric_families(render(snapshot()))}
+    labels = families["etj_training_step"].samples[0].labels
+    assert labels == {"job_name": "j", "namespace": "ns", "pod": "j-worker-0"}
+
+
 def test_server_serves_metrics() -> None:
     server = MetricsServer(snapshot, port=0, host="127.0.0.1")
     try:

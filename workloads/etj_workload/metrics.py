@@ -9,7 +9,8 @@ and can tell simulated figures apart:
 * ``DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION`` counter, mJ (integer; no ``_total`` suffix, as dcgm-exporter),
 * ``DCGM_FI_DEV_POWER_MGMT_LIMIT`` gauge, W (the limit in force).
 
-Training gauges (labels ``job``, ``namespace``): ``etj_training_step``, ``etj_training_epoch``,
+Training gauges (labels ``job_name``, ``namespace``, ``pod``: not ``job``, which Prometheus sets to the scrape
+job's name and, with ``honor_labels: false``, would rename to ``exported_job``): ``etj_training_step``, ``etj_training_epoch``,
 ``etj_training_samples_per_second``, ``etj_training_loss``, ``etj_training_accuracy``,
 ``etj_power_limit_watts``, ``etj_compression_stages_applied``.
 
@@ -97,7 +98,7 @@ def render(snapshot: MetricsSnapshot) -> str:
             else:
                 text = f"{gpu.power_limit_mw / 1000:.6f}"
             lines.append(f"{metric}{_labels(labels)} {text}")
-    job_labels = _labels([("job", snapshot.job), ("namespace", snapshot.namespace), ("pod", snapshot.pod)])
+    job_labels = _labels([("job_name", snapshot.job), ("namespace", snapshot.namespace), ("pod", snapshot.pod)])
     for name, value in snapshot.progress.items():
         metric = f"etj_{name}"
         lines += [f"# HELP {metric} {_PROGRESS_HELP.get(name, name)}", f"# TYPE {metric} gauge"]
