@@ -3,6 +3,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
+from workload_support import FakeClock
 
 import etj_contract as contract
 from etj_workload import power_model as pm
@@ -44,17 +45,6 @@ def test_limits_are_clamped_to_the_device() -> None:
     controller.train_begin()
     controller.set_cap(100)
     assert gpu.power_limit_mw() == 200_000
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def clocked_gpu(**kw: Any) -> tuple[SimulatedGpu, FakeClock]:

@@ -10,23 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from workload_support import FakeClock as Clock
 
 import etj_contract as contract
 from etj_workload import profiler
 from etj_workload.config import AutoPolicy, PowerPolicy
 from etj_workload.gpu import GpuPermissionError, SimulatedGpu
 from etj_workload.power import CONFIRM_TOLERANCE_MW, PowerController
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class NodeGpu(SimulatedGpu):

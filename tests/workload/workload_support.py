@@ -181,3 +181,16 @@ class FakeJobApiServer:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class FakeClock:
+    """A clock the test moves by hand (``now``, in seconds), called like ``time.monotonic``."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
