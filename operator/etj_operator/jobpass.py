@@ -53,7 +53,7 @@ from etj_operator.lifecycle import Event, Observation, Plan, PodView, reconcile,
 from etj_operator.models import InvalidSpecError, JobSpec, parse_spec
 from etj_operator.policies import RESCHEDULING, PolicyInputs, PolicyOutcome, PolicySettings, decide
 from etj_operator.status_repair import Problem, repair_status
-from etj_operator.telemetry.base import JobTelemetry
+from etj_operator.telemetry.base import AgentFindings, JobTelemetry
 
 __all__ = [
     "HELD_PHASES",
@@ -358,6 +358,7 @@ def _run_policies(
             pods_exist=bool(live),
             pressured_nodes=sorted(set(pressured)),
             applied_limits_watts=applied,
+            agent=telemetry.agent if telemetry else AgentFindings(),
             # the forecast as of the phase found (the one written is computed again for the pass's final phase)
             forecast=forecast(
                 ForecastSection.from_status(status.get(FORECAST)),

@@ -39,12 +39,13 @@ from etj_contract import (
     WorkloadReport,
     format_duration,
 )
+from etj_contract import agent as agent_names
 from etj_operator import contract as c
 from etj_operator.autolimit import answer_auto_request
 from etj_operator.energy import AccountingSettings, EnergyState
 from etj_operator.lifecycle import Event, to_rfc3339
 from etj_operator.models import JobSpec
-from etj_operator.telemetry.base import TelemetryCause
+from etj_operator.telemetry.base import AgentFindings, TelemetryCause
 
 # Condition types owned by the policies.
 TELEMETRY_AVAILABLE: Final = ConditionType.TELEMETRY_AVAILABLE
@@ -79,6 +80,9 @@ class PolicySettings:
     #: How long the GPUs' enforcer (the node agent, or the harness in the pod) may take to apply a new cap
     #: before the job says the cap is not enforced, with a Warning: an agent cycle and a scrape or two.
     cap_grace_seconds: float = 60.0
+    #: The operator runs with the node agent (ETJ_NODE_AGENT): the agent enforces caps, so its absence from a
+    #: node, its failed sets and the GPUs it does not find are causes PowerCapEnforced names.
+    node_agent: bool = False
     #: The energy accounting's bounds (ETJ_MAX_GPU_WATTS and neighbours), used where the pass integrates.
     accounting: AccountingSettings = field(default_factory=AccountingSettings)
 
@@ -117,6 +121,8 @@ class PolicyInputs:
     #: The per-GPU power limits the job's GPUs report in this telemetry cycle (DCGM_FI_DEV_POWER_MGMT_LIMIT,
     #: as measured: read back by the node agent or dcgm-exporter, never the limit asked); empty: none report.
     applied_limits_watts: Sequence[float] = ()
+    #: What the node agent's series said of the job's nodes and GPUs in this telemetry cycle (empty: not read).
+    agent: AgentFindings = field(default_factory=AgentFindings)
     #: The job's forecast this pass (etj_operator.forecast), for the budget foresight; None: not computed.
     forecast: ForecastSection | None = None
     settings: PolicySettings = field(default_factory=PolicySettings)
@@ -550,15 +556,49 @@ def asked_cap_watts(i: PolicyInputs, control: ControlSection) -> int | None:
     return min(known) if known else None
 
 
+#: PowerCapEnforced's reasons from the node agent's series, in the order they are chosen.
+NO_AGENT_ON_NODE: Final = "NoAgentOnNode"
+AGENT_APPLY_FAILED: Final = "AgentApplyFailed"
+GPU_NOT_FOUND: Final = "GpuNotFound"
+AGENT_CAUSES: Final = (NO_AGENT_ON_NODE, AGENT_APPLY_FAILED, GPU_NOT_FOUND)
+
+
+def _agent_cause(agent: AgentFindings) -> tuple[str, str] | None:
+    """Why the node agent does not enforce the cap, by its own series: (reason, words), or None.
+
+    The first that holds: no agent publishes on a node of the job's pods; the agent's last set on one of the
+    job's GPUs failed (NVML refused it: the error kind); the agent does not find a GPU of the job (an
+    allocated device that is none of the node's GPUs, or NVML's GpuNotFound).
+    """
+    if not agent.read:
+        return None
+    if agent.nodes_without_agent:
+        nodes = ", ".join(agent.nodes_without_agent)
+        plural = "s" if len(agent.nodes_without_agent) > 1 else ""
+        return NO_AGENT_ON_NODE, f"no node agent publishes on node{plural} {nodes}, so nothing there applies the cap"
+    not_found = agent_names.ERROR_GPU_NOT_FOUND
+    refused = [e for e in agent.gpu_errors if e.operation == agent_names.OPERATION_SET and e.kind != not_found]
+    if refused:
+        words = ", ".join(f"GPU {e.gpu} on {e.node}: {e.kind}" for e in refused)
+        return AGENT_APPLY_FAILED, f"NVML refused the node agent's limit ({words})"
+    missing = [f"GPU {e.gpu} on {e.node}" for e in agent.gpu_errors if e.kind == not_found]
+    missing += [f"device {u.device_id} of pod {u.pod} on {u.node}" for u in agent.unknown_devices]
+    if missing:
+        return GPU_NOT_FOUND, f"the node agent does not find {', '.join(dict.fromkeys(missing))}"
+    return None
+
+
 def _verify_cap(i: PolicyInputs, out: PolicyOutcome) -> None:
     """Say whether the cap asked is in force, from the limits the GPUs report (status says what was measured).
 
     PowerCapEnforced is True when every GPU that reports a limit reports one at or under the cap (within
     :data:`CAP_TOLERANCE_WATTS`) and all the job's GPUs report; the Throttled condition and phase follow it.
     Within ``cap_grace_seconds`` of a new cap the enforcer is still applying it (False, ``Applying``); after
-    that, False names the cause (``LimitNotApplied``: a GPU reports more; ``NoLimitReadings``: no GPU reports
-    a limit, so nothing can show the cap) and one Warning Event ``PowerCapNotEnforced`` says the cap is not
-    being enforced. Without a fresh telemetry cycle the last verdict stands.
+    that, False names the cause, the first that holds of: the node agent's (:func:`_agent_cause`, only with
+    ``settings.node_agent``), ``LimitNotApplied`` (a GPU reports more, or fewer GPUs report than the job has)
+    and ``NoLimitReadings`` (no GPU reports a limit, so nothing can show the cap). One Warning Event
+    ``PowerCapNotEnforced`` says the cap is not being enforced: once per cap, and once more each time the
+    condition turns to another of the agent's causes. Without a fresh telemetry cycle the last verdict stands.
     """
     policy = out.policy
     cap = asked_cap_watts(i, out.control)
@@ -597,6 +637,10 @@ def _verify_cap(i: PolicyInputs, out: PolicyOutcome) -> None:
             else:
                 reason = "LimitNotApplied"
                 found = f"only {len(readings)} of {gpus} GPUs report a limit"
+            agent_cause = _agent_cause(i.agent) if i.settings.node_agent else None
+            if agent_cause is not None:
+                reason, why = agent_cause
+                found = f"{why}; {found}"
             waited = i.now_seconds - (policy.cap_since_seconds or i.now_seconds)
             if waited < i.settings.cap_grace_seconds:
                 message = f"asked {cap} W per GPU {waited:.0f} s ago, still being applied: {found}"
@@ -604,7 +648,8 @@ def _verify_cap(i: PolicyInputs, out: PolicyOutcome) -> None:
             else:
                 message = f"asked {cap} W per GPU {waited:.0f} s ago and not in force: {found}"
                 out.conditions.append(ConditionChange(POWER_CAP_ENFORCED, False, reason, message))
-                if not policy.cap_warned:
+                found_reason = i.condition_reasons.get(POWER_CAP_ENFORCED)
+                if not policy.cap_warned or (reason in AGENT_CAUSES and found_reason != reason):
                     policy.cap_warned = True
                     warning = f"the power cap is not enforced: {message}"
                     out.events.append(Event("Warning", "PowerCapNotEnforced", warning))

@@ -206,6 +206,7 @@ class JobReconciler:
             gpu_max_limit_watts=config.gpu_max_limit_watts,
             checkpoint_timeout_seconds=config.checkpoint_timeout_seconds,
             cap_grace_seconds=config.cap_grace_seconds,
+            node_agent=config.node_agent,
             accounting=AccountingSettings(
                 max_gpu_watts=config.max_gpu_watts,
                 power_bound_tolerance=config.power_bound_tolerance,

@@ -27,9 +27,10 @@ from dcgm_exporter import DcgmExporter
 from prometheus_server import PrometheusServer, ScrapeJob, live_processes, require_prometheus
 
 from etj_operator.energy import EnergyState, integrate
+from etj_operator.nodeagent.gpus import GpuError
 from etj_operator.nodeagent.metrics import AgentSnapshot, GpuStatus, MetricsServer, render
-from etj_operator.nodeagent.records import Decision, GpuDevice, Holder
-from etj_operator.telemetry.base import PodTarget, TelemetryCause
+from etj_operator.nodeagent.records import Decision, GpuDevice, Holder, UnknownDevice
+from etj_operator.telemetry.base import AgentFindings, AgentGpuError, AgentUnknownDevice, PodTarget, TelemetryCause
 from etj_operator.telemetry.hub import JobRegistration, TelemetryHub
 from etj_operator.telemetry.prometheus import PrometheusTelemetry
 
@@ -59,9 +60,15 @@ def agent_metrics(node, real_uuid, namespace, pod):
         node,
         "nvml",
         gpus=[
-            GpuStatus(held, Decision(held, "set", 450_000, "JobLimit", (holder,), "job-uid")),
+            GpuStatus(
+                held,
+                Decision(held, "set", 450_000, "JobLimit", (holder,), "job-uid"),
+                # NVML refused the job's limit on its GPU (what PowerCapEnforced names: AgentApplyFailed)
+                errors=(GpuError("refused", kind="NoPermission", operation="set", uuid=real_uuid, index=0),),
+            ),
             GpuStatus(idle, Decision(idle, "set", 700_000, "NotHeld")),
         ],
+        unknown_devices=[UnknownDevice("MIG-gone", namespace, pod, "trainer")],
     )
     return MetricsServer(lambda: render(snapshot), lambda: True, port=0, host="127.0.0.1").start()
 
@@ -281,6 +288,19 @@ def test_where_the_node_agent_runs_its_pod_to_gpu_map_decides(cluster):
         assert (sample.gpu, sample.power_watts, sample.power_limit_watts) == (real["held"], 350.0, 700.0)
         assert result.rejected_by_kind == {"not_held": SPOOFED}
         assert "does not list GPU" in result.rejected_reasons["held/j-worker-0"]
+        # the agent's own word on the pod's GPU, from its real /metrics through Prometheus
+        assert result.agent["uid-t"] == AgentFindings(
+            read=True,
+            gpu_errors=(AgentGpuError("gpu-node-t", real["held"], "set", "NoPermission"),),
+            unknown_devices=(AgentUnknownDevice("gpu-node-t", "held/j-worker-0", "MIG-gone"),),
+        )
+
+
+def test_a_node_without_the_agents_series_is_named(cluster):
+    server, *_ = cluster
+    target = PodTarget("spoof", "j-worker-0", "j", uid="u", node="gpu-node-s")
+    result = collect(PrometheusTelemetry(server.url), [target])
+    assert result.agent["u"] == AgentFindings(read=True, nodes_without_agent=("gpu-node-s",))
 
 
 def test_simulated_label_marks_samples(cluster):

@@ -6,7 +6,14 @@ import pytest
 from prometheus_server import free_port
 
 from etj_operator.energy import EnergyState, integrate
-from etj_operator.telemetry.base import PodTarget, TelemetryCause, rfc3339_seconds
+from etj_operator.telemetry.base import (
+    AgentFindings,
+    AgentGpuError,
+    AgentUnknownDevice,
+    PodTarget,
+    TelemetryCause,
+    rfc3339_seconds,
+)
 from etj_operator.telemetry.prometheus import PrometheusHTTPError, PrometheusTelemetry
 
 TARGETS = [PodTarget("ml", "a-worker-0", "a"), PodTarget("ml", "b-worker-0", "b")]
@@ -71,6 +78,11 @@ def test_one_query_per_metric_reads_every_label_scheme_and_filters_out_gpus_with
     agent = (
         'label_replace(max by (exported_namespace, exported_pod, pod_namespace, pod_name, namespace, pod, UUID, gpu,'
         ' Hostname) (etj_node_agent_desired_power_limit_watts), "etj_sample", "agent", "", "")'
+        # the agent's failed operations and the devices it does not find ride in the same query
+        ' or label_replace(max by (UUID, gpu, Hostname, operation, error) (etj_node_agent_gpu_error == 1),'
+        ' "etj_sample", "agent_error", "", "")'
+        ' or label_replace(max by (exported_namespace, exported_pod, pod_namespace, pod_name, namespace, pod,'
+        ' device_id, Hostname) (etj_node_agent_unknown_device == 1), "etj_sample", "agent_unknown", "", "")'
     )
     limit = "DCGM_FI_DEV_POWER_MGMT_LIMIT"
     assert [q.promql for q in source.queries] == [
@@ -327,3 +339,70 @@ def test_a_series_the_pod_serves_itself_names_the_pods_host_not_a_node():
     assert [s.uid for s in asyncio.run(Canned(answers).collect([POD_B])).samples] == ["uid-b"]
     stale = gpu_answers(("j-worker-0", "GPU-UUID-1", "j-worker-0", X_MJ, 400, T_A + 200), evaluated=T_B + 16)
     assert asyncio.run(Canned(stale).collect([POD_B])).samples == []  # its time is still checked
+
+
+# --- the node agent's word on the job's nodes and GPUs ------------------------------------------------------------
+def agent_answers():
+    """One power answer: dcgm-exporter's GPUs on n1, n2 and n3; the agent on n1 (its map, a refused set on
+    GPU-1, an unknown device of a-worker-0) and on n2 (its map only; an error on a GPU nobody of the job holds)."""
+
+    def gpu(pod, uuid, host):
+        labels = {"namespace": "ml", "pod": pod, "gpu": "0", "UUID": uuid, "Hostname": host}
+        return {"metric": labels, "value": [1000.0, "300"]}
+
+    def agent(part, **labels):
+        return {"metric": {**labels, "etj_sample": part}, "value": [1000.0, "1"]}
+
+    return {
+        "POWER_USAGE": [
+            gpu("a-worker-0", "GPU-1", "n1"),
+            gpu("b-worker-0", "GPU-2", "n2"),
+            gpu("c-worker-0", "GPU-3", "n3"),
+            agent("agent", namespace="ml", pod="a-worker-0", UUID="GPU-1", gpu="0", Hostname="n1"),
+            agent("agent", namespace="ml", pod="b-worker-0", UUID="GPU-2", gpu="0", Hostname="n2"),
+            agent("agent_error", UUID="GPU-1", gpu="0", Hostname="n1", operation="set", error="NoPermission"),
+            agent("agent_error", UUID="GPU-9", gpu="3", Hostname="n2", operation="set", error="NotSupported"),
+            agent("agent_unknown", namespace="ml", pod="a-worker-0", device_id="MIG-7", Hostname="n1"),
+        ]
+    }
+
+
+def test_the_agents_series_name_missing_agents_refused_sets_and_unknown_devices_per_pod():
+    a = PodTarget("ml", "a-worker-0", "a", uid="uid-a", node="n1")
+    b = PodTarget("ml", "b-worker-0", "b", uid="uid-b", node="n2")
+    c = PodTarget("ml", "c-worker-0", "c", uid="uid-c", node="n3")
+    source = Canned(agent_answers())
+    result = asyncio.run(source.collect([a, b, c]))
+    assert len(source.asked) == 3  # no query added: the agent's series ride in the power query
+    assert result.agent["uid-a"] == AgentFindings(
+        read=True,
+        gpu_errors=(AgentGpuError("n1", "GPU-1", "set", "NoPermission"),),
+        unknown_devices=(AgentUnknownDevice("n1", "ml/a-worker-0", "MIG-7"),),
+    )
+    # the agent on n2 publishes; its error is on a GPU it does not list as b's: not b's
+    assert result.agent["uid-b"] == AgentFindings(read=True)
+    assert result.agent["uid-c"] == AgentFindings(read=True, nodes_without_agent=("n3",))
+    # the readings themselves are unchanged: each pod keeps its GPU
+    owners = sorted((s.uid, s.gpu) for s in result.samples)
+    assert owners == [("uid-a", "GPU-1"), ("uid-b", "GPU-2"), ("uid-c", "GPU-3")]
+    combined = AgentFindings.combine(result.agent.values())
+    assert combined.nodes_without_agent == ("n3",) and len(combined.gpu_errors) == 1 and combined.read
+
+
+def test_a_node_whose_agent_only_reports_errors_has_an_agent():
+    gpu = {"namespace": "ml", "pod": "a-worker-0", "UUID": "GPU-1", "Hostname": "n1"}
+    error = {"Hostname": "N1", "operation": "discover", "error": "LibraryError", "etj_sample": "agent_error"}
+    answers = {"POWER_USAGE": [{"metric": gpu, "value": [1, "9"]}, {"metric": error, "value": [1, "1"]}]}
+    result = asyncio.run(Canned(answers).collect([PodTarget("ml", "a-worker-0", "a", uid="u", node="n1")]))
+    assert result.agent["u"] == AgentFindings(read=True)  # an agent is there (host names compare case-insensitively)
+    assert [s.gpu for s in result.samples] == ["GPU-1"]  # its map lists nothing, and rejects nothing
+
+
+def test_without_the_agents_metric_nothing_is_said_of_the_agent():
+    source = Canned(agent_answers(), agent_metric=None)
+    result = asyncio.run(source.collect([PodTarget("ml", "c-worker-0", "c", node="n3")]))
+    assert result.agent == {} and len(result.samples) == 1
+    # no agent series from any node: this Prometheus may not scrape the agents, so nothing is said either
+    dcgm_only = {"POWER_USAGE": [x for x in agent_answers()["POWER_USAGE"] if "etj_sample" not in x["metric"]]}
+    result = asyncio.run(Canned(dcgm_only).collect([PodTarget("ml", "c-worker-0", "c", node="n3")]))
+    assert result.agent == {} and len(result.samples) == 1

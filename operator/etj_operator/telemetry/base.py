@@ -8,7 +8,7 @@ counter resets. Units live in the names (W, mJ, s).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -169,6 +169,61 @@ class GpuSample:
         return self.uid or f"{self.namespace}/{self.pod}"
 
 
+@dataclass(frozen=True, order=True)
+class AgentGpuError:
+    """A GPU of a job on which the node agent's last operation failed (``etj_node_agent_gpu_error`` = 1)."""
+
+    node: str
+    #: The GPU's UUID, else its index.
+    gpu: str
+    #: ``discover``, ``read`` or ``set`` (etj_contract.agent.OPERATION_*).
+    operation: str
+    #: The error kind (etj_contract.agent.ERROR_KINDS: ``NoPermission``, ``NotSupported``, ``GpuNotFound``...).
+    kind: str
+
+
+@dataclass(frozen=True, order=True)
+class AgentUnknownDevice:
+    """A device allocated to a job's pod that the node agent does not find among its node's GPUs.
+
+    From ``etj_node_agent_unknown_device`` = 1: a MIG device, or a GPU that fell off the bus.
+    """
+
+    node: str
+    #: ``namespace/pod``.
+    pod: str
+    device_id: str
+
+
+@dataclass(frozen=True)
+class AgentFindings:
+    """What the node agent's series said of one job's nodes and GPUs in one telemetry cycle.
+
+    Only a source that reads the agent's series fills it (``read``); Direct, or Prometheus without the agent's
+    metric, leaves it empty and ``read`` False: then nothing here says anything about the agent.
+    """
+
+    #: The source read the agent's series for the job's pods this cycle (Prometheus: it had some, from any node).
+    read: bool = False
+    #: Nodes running the job's pods on which no agent publishes any series (sorted).
+    nodes_without_agent: tuple[str, ...] = ()
+    #: The job's GPUs (those the agent lists as its pods') on which the agent's last operation failed (sorted).
+    gpu_errors: tuple[AgentGpuError, ...] = ()
+    #: Devices allocated to the job's pods that the agent does not find on the node (sorted).
+    unknown_devices: tuple[AgentUnknownDevice, ...] = ()
+
+    @classmethod
+    def combine(cls, parts: Iterable[AgentFindings]) -> AgentFindings:
+        """The findings of several pods as one job's (``read`` when any part was read)."""
+        found = list(parts)
+        return cls(
+            read=any(p.read for p in found),
+            nodes_without_agent=tuple(sorted({n for p in found for n in p.nodes_without_agent})),
+            gpu_errors=tuple(sorted({e for p in found for e in p.gpu_errors})),
+            unknown_devices=tuple(sorted({u for p in found for u in p.unknown_devices})),
+        )
+
+
 @dataclass
 class TelemetryResult:
     """What one cycle of a source produced."""
@@ -194,6 +249,9 @@ class TelemetryResult:
     status_code: int | None = None
     #: The cause of ``error`` (QUERY_FAILED, NOT_ALLOWED, ...), None without an error.
     error_cause: TelemetryCause | None = None
+    #: What the node agent's series say of each target's node and GPUs, by :attr:`PodTarget.owner`; empty when the
+    #: source does not read them.
+    agent: dict[str, AgentFindings] = field(default_factory=dict)
 
     def reject(self, target: PodTarget, reason: str, kind: str = "other") -> None:
         """Count a series that is not ``target``'s own (``kind`` names the reason for metrics)."""
@@ -233,3 +291,5 @@ class JobTelemetry:
     intensity_grams_per_kwh: float | None = None
     #: Why the job's carbon-intensity query was not run (the operator does not allow it); "" otherwise.
     intensity_refused: str = ""
+    #: What the node agent's series say of the job's nodes and GPUs (empty when the source does not read them).
+    agent: AgentFindings = field(default_factory=AgentFindings)

@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from etj_operator.metrics import TELEMETRY_CYCLE_SECONDS, TELEMETRY_ERRORS, TELEMETRY_REQUESTS
-from etj_operator.telemetry.base import GpuSample, JobTelemetry, PodTarget, TelemetryCause, TelemetrySource
+from etj_operator.telemetry.base import (
+    AgentFindings,
+    GpuSample,
+    JobTelemetry,
+    PodTarget,
+    TelemetryCause,
+    TelemetrySource,
+)
 from etj_operator.telemetry.metrics import TELEMETRY_REJECTED_SERIES
 
 if TYPE_CHECKING:
@@ -216,7 +223,10 @@ class TelemetryHub:
             by_owner[sample.owner].append(sample)
         for reg in regs:
             samples = [s for t in reg.targets for s in by_owner.get(t.owner, [])]
-            delivery = JobTelemetry(self.cycle, now, skey[0], samples, intensity_refused=reg.intensity_refused)
+            agent = AgentFindings.combine(result.agent[t.owner] for t in reg.targets if t.owner in result.agent)
+            delivery = JobTelemetry(
+                self.cycle, now, skey[0], samples, intensity_refused=reg.intensity_refused, agent=agent
+            )
             if result.error:
                 delivery.reason = f"{skey[0]} unavailable: {result.error}"
                 delivery.cause = result.error_cause or TelemetryCause.QUERY_FAILED

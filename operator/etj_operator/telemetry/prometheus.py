@@ -28,6 +28,13 @@ counts once (``duplicate``: the series from the pod's node's exporter first, the
 more GPUs than the pod requested count (``too_many_gpus``: node exporter first, then by GPU UUID). Rejected
 series are counted by kind in ``TelemetryResult.rejected_by_kind``.
 
+**The node agent's word** (``TelemetryResult.agent``, per target). The power query also carries, in the same
+``or`` union, the agent's ``etj_node_agent_gpu_error == 1`` (by GPU, node, operation and error kind) and
+``etj_node_agent_unknown_device == 1`` (by pod and device). For each target it says whether any agent series
+comes from the pod's node (none: ``nodes_without_agent``), which of the GPUs the agent lists as the pod's have
+a failed operation, and which devices allocated to the pod the agent does not find. No query is added. When no
+agent series comes from any node, nothing is said (this Prometheus may not scrape the agents at all).
+
 **HTTP.** The blocking client (requests) runs in worker threads (:func:`asyncio.to_thread`), one session per
 concurrent query, never on the event loop; :class:`ClientSettings` holds the credentials (a bearer token
 file re-read whenever it changes, basic auth, a CA bundle, a client certificate, extra headers). Failures
@@ -62,6 +69,9 @@ from etj_operator.telemetry.base import (
     REJECT_DUPLICATE,
     REJECT_NOT_HELD,
     REJECT_TOO_MANY_GPUS,
+    AgentFindings,
+    AgentGpuError,
+    AgentUnknownDevice,
     GpuSample,
     PodTarget,
     TelemetryCause,
@@ -75,6 +85,8 @@ if TYPE_CHECKING:
     from etj_operator.config import OperatorConfig
 
 __all__ = [
+    "AGENT_ERROR_METRIC",
+    "AGENT_UNKNOWN_DEVICE_METRIC",
     "AUTO_SCHEMES",
     "DEFAULT_AGENT_METRIC",
     "DEFAULT_ENERGY_METRIC",
@@ -99,6 +111,9 @@ DEFAULT_ENERGY_METRIC: Final = contract.METRIC_TOTAL_ENERGY_CONSUMPTION
 DEFAULT_LIMIT_METRIC: Final = contract.METRIC_POWER_MGMT_LIMIT
 #: The node agent's own per-GPU series, labelled with the pods the kubelet gave the GPU to: the pod->GPU map.
 DEFAULT_AGENT_METRIC: Final = agent_names.METRIC_AGENT_DESIRED_LIMIT
+#: The node agent's per-GPU error gauge and its unknown-device gauge, read with its pod->GPU map when that is read.
+AGENT_ERROR_METRIC: Final = agent_names.METRIC_AGENT_GPU_ERROR
+AGENT_UNKNOWN_DEVICE_METRIC: Final = agent_names.METRIC_AGENT_UNKNOWN_DEVICE
 #: Value of the ``source`` label on series produced by the simulated GPU (the harness's and test exporters').
 SIMULATED_SOURCE: Final = "simulated"
 
@@ -115,7 +130,8 @@ AUTO_SCHEMES: Final = ("exported_pod", "pod_name", "pod")
 _AGENT_SCHEMES: Final = tuple(LABEL_SCHEMES[name] for name in AUTO_SCHEMES)
 
 #: Label that marks the extra parts of an answer: "time" (each series' scrape time), "labels" (one series
-#: without any pod label, to name the labels Prometheus has), "agent" (the node agent's pod->GPU map).
+#: without any pod label, to name the labels Prometheus has), "agent" (the node agent's pod->GPU map),
+#: "agent_error" (the GPUs whose last agent operation failed), "agent_unknown" (devices the agent does not find).
 SAMPLE_TIME_LABEL: Final = "etj_sample"
 
 _LABEL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -354,6 +370,12 @@ class _Answer:
     #: Nodes (casefolded) where the node agent publishes, and per pod name and node the GPUs it lists for it.
     agent_nodes: set[str] = field(default_factory=set)
     agent_gpus: dict[tuple[str, str], dict[str, set[str]]] = field(default_factory=dict)
+    #: Nodes (casefolded) with any series of the agent (its map, its errors, its unknown devices).
+    agent_seen: set[str] = field(default_factory=set)
+    #: The agent's failed operations: (node casefolded, UUID, index) -> errors on that GPU.
+    agent_errors: dict[tuple[str, str, str], set[AgentGpuError]] = field(default_factory=dict)
+    #: The devices the agent does not find, per pod name.
+    agent_unknown: dict[tuple[str, str], set[AgentUnknownDevice]] = field(default_factory=dict)
 
 
 @dataclass
@@ -411,8 +433,9 @@ class PrometheusTelemetry:
         scheme (a label of ``LABEL_SCHEMES`` names its namespace label when ``namespace_label`` is not given).
         ``extra_matchers`` is added inside each GPU selector's braces (e.g. ``job="dcgm-exporter"``) to narrow
         the series Prometheus returns; ``limit_metric=None`` skips the limit query (2 queries per cycle);
-        ``agent_metric=None`` ignores the node agent's pod->GPU map. A GPU is named by ``gpu_label`` (the UUID,
-        stable across pod moves) or, when a series lacks it, by ``fallback_gpu_label`` (the index). A series'
+        ``agent_metric=None`` ignores the node agent's series (its pod->GPU map, errors, unknown devices). A GPU
+        is named by ``gpu_label`` (the UUID, stable across pod moves) or, when a series lacks it, by
+        ``fallback_gpu_label`` (the index). A series'
         node is its ``node_label`` (dcgm-exporter's ``Hostname``, the node name where the exporter's
         ``NODE_NAME`` is set, as its chart does) or ``fallback_node_label`` (``hostname`` on newer builds);
         ``node_label=None`` skips the node check.
@@ -519,6 +542,33 @@ class PrometheusTelemetry:
             parts.append(
                 f'label_replace(max by ({agent_by}) ({self.agent_metric}), "{SAMPLE_TIME_LABEL}", "agent", "", "")'
             )
+            # The agent's verdicts on the same GPUs ride along: a failed operation, a device it does not find.
+            error_by = ", ".join(
+                (
+                    agent_names.LABEL_UUID,
+                    agent_names.LABEL_GPU,
+                    agent_names.LABEL_HOSTNAME,
+                    agent_names.LABEL_OPERATION,
+                    agent_names.LABEL_ERROR,
+                )
+            )
+            parts.append(
+                f"label_replace(max by ({error_by}) ({AGENT_ERROR_METRIC} == 1),"
+                f' "{SAMPLE_TIME_LABEL}", "agent_error", "", "")'
+            )
+            unknown_by = ", ".join(
+                dict.fromkeys(
+                    [
+                        *(label for scheme in _AGENT_SCHEMES for label in reversed(scheme)),
+                        agent_names.LABEL_DEVICE_ID,
+                        agent_names.LABEL_HOSTNAME,
+                    ]
+                )
+            )
+            parts.append(
+                f"label_replace(max by ({unknown_by}) ({AGENT_UNKNOWN_DEVICE_METRIC} == 1),"
+                f' "{SAMPLE_TIME_LABEL}", "agent_unknown", "", "")'
+            )
         return " or ".join(parts)
 
     # --- the blocking part (worker threads) -----------------------------------------------------------
@@ -592,6 +642,10 @@ class PrometheusTelemetry:
             result.error = f"Prometheus at {_display_url(self.url)} gave a malformed answer ({type(e).__name__})"
             result.error_cause = TelemetryCause.QUERY_FAILED
             return result
+        if self.agent_metric and merged.agent_seen:  # no agent series at all: this Prometheus does not scrape agents
+            for pods in index.values():
+                for target in pods:
+                    result.agent[target.owner] = _agent_findings(target, merged)
         for candidate in self._attributed(index, merged, result):
             owner, origin, r = candidate.target, candidate.origin, candidate.reading
             result.samples.append(
@@ -650,6 +704,14 @@ class PrometheusTelemetry:
                 if self.agent_metric:
                     self._merge_agent(labels, self._pod_of(labels, _AGENT_SCHEMES), merged)
                 continue
+            if part == "agent_error":
+                if self.agent_metric:
+                    self._merge_agent_error(labels, merged)
+                continue
+            if part == "agent_unknown":
+                if self.agent_metric:
+                    self._merge_agent_unknown(labels, self._pod_of(labels, _AGENT_SCHEMES), merged)
+                continue
             pod = self._pod_of(labels, self.schemes)
             if pod is None:
                 continue
@@ -688,6 +750,7 @@ class PrometheusTelemetry:
         if not node:
             return
         merged.agent_nodes.add(node)
+        merged.agent_seen.add(node)
         if pod is None:
             return
         held = merged.agent_gpus.setdefault(pod, {}).setdefault(node, set())
@@ -696,6 +759,32 @@ class PrometheusTelemetry:
             held.add(uuid)
         if gpu_index:
             held.add(f"index:{gpu_index}")
+
+    @staticmethod
+    def _merge_agent_error(labels: Mapping[str, str], merged: _Answer) -> None:
+        host = labels.get(agent_names.LABEL_HOSTNAME, "")
+        if not host:
+            return
+        merged.agent_seen.add(host.casefold())
+        uuid, gpu_index = labels.get(agent_names.LABEL_UUID, ""), labels.get(agent_names.LABEL_GPU, "")
+        error = AgentGpuError(
+            node=host,
+            gpu=uuid or gpu_index,
+            operation=labels.get(agent_names.LABEL_OPERATION, ""),
+            kind=labels.get(agent_names.LABEL_ERROR, "") or agent_names.ERROR_UNKNOWN,
+        )
+        merged.agent_errors.setdefault((host.casefold(), uuid, gpu_index), set()).add(error)
+
+    @staticmethod
+    def _merge_agent_unknown(labels: Mapping[str, str], pod: tuple[str, str] | None, merged: _Answer) -> None:
+        host = labels.get(agent_names.LABEL_HOSTNAME, "")
+        if not host:
+            return
+        merged.agent_seen.add(host.casefold())
+        if pod is None:
+            return
+        unknown = AgentUnknownDevice(host, f"{pod[0]}/{pod[1]}", labels.get(agent_names.LABEL_DEVICE_ID, ""))
+        merged.agent_unknown.setdefault(pod, set()).add(unknown)
 
     def _attributed(
         self, index: Mapping[tuple[str, str], Sequence[PodTarget]], merged: _Answer, result: TelemetryResult
@@ -757,6 +846,30 @@ class PrometheusTelemetry:
             log.warning("Prometheus query at %s failed: %s", _display_url(self.url), describe_failure(e)[0])
             return None
         return _scalar(answer)
+
+
+def _agent_findings(target: PodTarget, merged: _Answer) -> AgentFindings:
+    """What the agent's series say of the target's node and GPUs (nothing when its node is unknown).
+
+    An error counts for the pod when it is on a GPU the agent lists as the pod's on the pod's node; an unknown
+    device when the agent names the pod as its holder, on the pod's node.
+    """
+    if not target.node:
+        return AgentFindings(read=True)
+    node = target.node.casefold()
+    if node not in merged.agent_seen:
+        return AgentFindings(read=True, nodes_without_agent=(target.node,))
+    held = merged.agent_gpus.get((target.namespace, target.pod), {}).get(node, set())
+    errors = {
+        error
+        for (host, uuid, gpu_index), found in merged.agent_errors.items()
+        if host == node and ((uuid and uuid in held) or (gpu_index and f"index:{gpu_index}" in held))
+        for error in found
+    }
+    unknown = {
+        u for u in merged.agent_unknown.get((target.namespace, target.pod), set()) if u.node.casefold() == node
+    }
+    return AgentFindings(read=True, gpu_errors=tuple(sorted(errors)), unknown_devices=tuple(sorted(unknown)))
 
 
 def _not_held(owner: PodTarget, origin: _Origin, merged: _Answer) -> str | None:
