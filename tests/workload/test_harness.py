@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from workload_support import base_env
 
+import etj_contract as contract
 from etj_workload import power_model as pm
 from etj_workload.callbacks import (
     CheckpointCallback,
@@ -23,7 +24,7 @@ from etj_workload.callbacks import (
     StepLimitCallback,
 )
 from etj_workload.config import HarnessEnv, parse_compression_plan, parse_power_policy
-from etj_workload.control import ControlChannel
+from etj_workload.control import ControlChannel, ControlState
 from etj_workload.gpu import SimulatedGpu
 from etj_workload.harness import EXIT_SIGTERM, Callback, Harness
 from etj_workload.models import DigitsMlp
@@ -296,3 +297,85 @@ def test_sigterm_restores_the_limit_in_a_real_process(tmp_path: Path) -> None:
     assert proc.returncode == EXIT_SIGTERM, out[-3000:]
     assert json.loads(state.read_text())["powerLimitWatts"] == 700
     assert list((tmp_path / "ckpt").glob("ckpt-*.pt")), "no checkpoint saved on SIGTERM"
+
+
+def test_the_report_states_the_step_plan_only_when_known() -> None:
+    harness, _, _ = make_harness()
+    with harness:
+        status = harness.status()
+        assert status["samplesPerStep"] == 8
+        assert "stepsTotal" not in status  # unknown: left out, never 0
+        assert "communication" not in status  # no DDP model: nothing timed
+        harness.steps_total = 120
+        assert harness.status()["stepsTotal"] == 120
+        harness.samples_per_step = 0  # a framework that could not tell the batch
+        assert "samplesPerStep" not in harness.status()
+
+
+class RecordingChannel:
+    """The control channel's interface, recording each publish and whether it was urgent (no thread)."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[dict[str, Any], bool]] = []
+
+    def poll(self) -> ControlState:
+        return ControlState()
+
+    def publish(self, workload: Mapping[str, Any], *, urgent: bool = False) -> None:
+        self.published.append((dict(workload), urgent))
+
+    def close(self, timeout_seconds: float = 5.0) -> bool:
+        return True
+
+
+def test_a_request_to_the_node_agent_is_published_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(contract.ENV_ETJ_POWER_ENFORCER, "agent")
+    policy = parse_power_policy(
+        json.dumps({"mode": "Auto", "auto": {"eta": 0.5, "warmupSteps": 1, "profileSteps": 2, "stepWatts": 100}})
+    )
+    gpu = SimulatedGpu(fixed_step_seconds=0.01)
+    model = DigitsMlp()
+    harness = Harness(
+        model,
+        None,
+        evaluate=lambda m: 0.0,
+        steps_per_epoch=10**6,
+        samples_per_step=8,
+        env=HarnessEnv(control_poll_steps=10**6, power=policy),  # no poll: only the request publishes
+        gpu=gpu,
+        install_signal_handlers=False,
+        steps_total=5000,
+    )
+    assert harness.power.horizon_steps == 5000  # the job's plan is the controller's horizon
+    channel = RecordingChannel()
+    harness.channel = channel  # type: ignore[assignment]
+    with harness:
+        harness.train_begin()
+        assert harness.power.asks_agent and harness.power.request_seq == 1
+        for _ in range(200):
+            if harness.power.request_seq >= 2:
+                break
+            if harness.power.requested_watts is not None:  # the node agent applies what the report asks
+                gpu.set_power_limit_mw(harness.power.requested_watts * 1000)
+            published = len(channel.published)
+            harness.step_begin()
+            harness.step_end(torch.tensor(1.0))
+        else:
+            raise AssertionError("no second request")
+        # the step that made the request published the report at once, urgent, carrying the request
+        workload, urgent = channel.published[-1]
+        assert len(channel.published) == published + 1 and urgent
+        profile = workload[contract.WORKLOAD_POWER_PROFILE]
+        assert profile[contract.PROFILE_REQUEST_SEQ] == 2
+        assert profile[contract.PROFILE_REQUESTED_WATTS] == harness.power.requested_watts
+
+
+def test_the_horizon_follows_the_plan_and_what_a_resumed_run_has_left() -> None:
+    harness, _, _ = make_harness()
+    with harness:
+        assert harness.power.horizon_steps is None  # no plan, no horizon
+        harness.steps_total = 300  # a framework callback sets it before train_begin
+        assert harness.power.horizon_steps == 300
+        harness.step = 120  # as a resumed run's position
+        harness.train_begin()
+        assert harness.power.horizon_steps == 180

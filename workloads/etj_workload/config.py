@@ -30,6 +30,7 @@ from etj_contract.plans import CompressionStage as Stage
 from etj_contract.plans import StageTrigger as Trigger
 
 __all__ = [
+    "ENV_COMM_TIMING",
     "ENV_SIMULATED_COMPUTE_FRACTION",
     "ENV_SIMULATED_SLEEP",
     "ENV_SIMULATED_STATE_FILE",
@@ -49,6 +50,7 @@ __all__ = [
     "QuantizeSpec",
     "Stage",
     "Trigger",
+    "parse_comm_timing",
     "parse_compression_plan",
     "parse_power_enforcer",
     "parse_power_policy",
@@ -64,6 +66,10 @@ ENV_SIMULATED_SLEEP = "ETJ_SIMULATED_SLEEP"
 ENV_SIMULATED_STEP_SECONDS = "ETJ_SIMULATED_STEP_SECONDS"
 #: Fraction of a step that is compute-bound and slows with the clock (0..1).
 ENV_SIMULATED_COMPUTE_FRACTION = "ETJ_SIMULATED_COMPUTE_FRACTION"
+
+# Harness-local switch (not set by the operator): "false" stops reading DDP's communication statistics.
+#: Whether the harness reports gradient communication (:mod:`etj_workload.commtiming`); default on.
+ENV_COMM_TIMING = "ETJ_COMM_TIMING"
 
 GpuBackendName = Literal["auto", "nvml", "simulated"]
 #: Who sets the limits of a Fixed policy and of the operator's throttle (``ETJ_POWER_ENFORCER``).
@@ -91,6 +97,16 @@ def parse_power_enforcer(raw: str | None, where: str = contract.ENV_ETJ_POWER_EN
     if value == contract.POWER_ENFORCER_POD:
         return "pod"
     raise ConfigError(f"{where}: must be {contract.POWER_ENFORCER_AGENT}|{contract.POWER_ENFORCER_POD}, got {raw!r}")
+
+
+def parse_comm_timing(raw: str | None, where: str = ENV_COMM_TIMING) -> bool:
+    """Parse ``ETJ_COMM_TIMING``: ``false``/``0``/``no``/``off`` switch the timing off; unset or empty: on."""
+    value = (raw or "").strip().lower()
+    if value in ("", "true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise ConfigError(f"{where}: must be true|false, got {raw!r}")
 
 
 def parse_compression_plan(raw: str | None, where: str = contract.ENV_ETJ_COMPRESSION_PLAN) -> CompressionPlan:
@@ -131,6 +147,8 @@ class HarnessEnv:
     gang_generation: int = 0
     power: PowerPolicy = field(default_factory=PowerPolicy)
     compression: CompressionPlan = field(default_factory=CompressionPlan)
+    #: Time gradient communication with a DDP hook (``ETJ_COMM_TIMING``).
+    comm_timing: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> HarnessEnv:
@@ -175,4 +193,5 @@ class HarnessEnv:
             gang_generation=integer(contract.ENV_ETJ_GANG_GENERATION, 0),
             power=parse_power_policy(env.get(contract.ENV_ETJ_POWER_POLICY)),
             compression=parse_compression_plan(env.get(contract.ENV_ETJ_COMPRESSION_PLAN)),
+            comm_timing=parse_comm_timing(env.get(ENV_COMM_TIMING)),
         )

@@ -27,21 +27,24 @@ quantize stage); 143 after SIGTERM (the checkpoint is saved first when all ranks
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from types import FrameType, TracebackType
 from typing import Any, Protocol
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 import etj_contract as contract
 from etj_workload import checkpoint as ckpt
+from etj_workload import commtiming
 from etj_workload.callbacks import Callback, subsystem_callbacks
 from etj_workload.compression import CompressionManager
 from etj_workload.config import (
@@ -53,7 +56,7 @@ from etj_workload.config import (
 )
 from etj_workload.control import Actions, ControlChannel, ControlState, JobApi, KubernetesJobApi, decide, utc_now_iso
 from etj_workload.distributed import DistOps, LocalOps, TorchDistOps
-from etj_workload.gpu import Gpu, GpuReading, open_gpu
+from etj_workload.gpu import Gpu, GpuReading, GpuSource, open_gpu
 from etj_workload.metrics import MetricsServer, MetricsSnapshot
 from etj_workload.power import PowerController
 from etj_workload.power_model import H100_SXM, SimulatedPowerModel
@@ -106,6 +109,94 @@ class CheckpointStore(Protocol):
         """Return what the framework resumed from (called at :meth:`Harness.train_begin`), or None."""
 
 
+# --- the control poll's wire format: one row of floats per rank --------------------------------------------------
+#: What each rank sends at a control poll (:meth:`Harness.poll_control`), in this order, as float64; NaN is "none".
+#: ``control`` is 1 when the row carries a control state (rank 0 with a control channel), 0 otherwise, and the
+#: fields after it are then rank 0's :class:`ControlState`; ``stage_requested`` is the stage's index in the
+#: job's compression plan (every rank has the same), -1 for none and for a name not in the plan.
+POLL_FIELDS: tuple[str, ...] = (
+    "sigterm",
+    "power_mw",
+    "energy_mj",
+    "power_limit_mw",
+    "control",
+    "power_limit_watts_per_gpu",
+    "checkpoint_requested",
+    "stop_requested",
+    "stage_requested",
+    "energy_fraction",
+    "auto_limit_watts_per_gpu",
+    "auto_request_seq",
+)
+#: The :class:`ControlState` fields the row carries (``problems``, the parse's notes, stays on rank 0).
+POLL_CONTROL_FIELDS = POLL_FIELDS[5:]
+
+
+@dataclass(frozen=True)
+class PollRow:
+    """One rank's part of a control poll."""
+
+    sigterm: bool
+    gpu: tuple[int, int, int] | None
+    """(power_mw, energy_mj, power_limit_mw) of the rank's GPU, or None when the rank sends no reading."""
+    control: ControlState | None
+    """Rank 0's control state (None: not rank 0, or no control channel)."""
+
+
+def _number(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _integer(value: float) -> int | None:
+    return None if math.isnan(value) else int(value)
+
+
+def encode_poll(row: PollRow, stages: Sequence[str]) -> list[float]:
+    """``row`` as the floats of :data:`POLL_FIELDS`; ``stages``: the plan's stage names, in plan order.
+
+    Integers travel exactly up to 2**53 (float64); larger ones are rounded, the same on every rank.
+    """
+    gpu = [math.nan] * 3 if row.gpu is None else [float(v) for v in row.gpu]
+    c = row.control
+    if c is None:
+        control = [0.0, *([math.nan] * len(POLL_CONTROL_FIELDS))]
+    else:
+        stage = stages.index(c.stage_requested) if c.stage_requested in stages else -1
+        control = [
+            1.0,
+            _number(c.power_limit_watts_per_gpu),
+            float(c.checkpoint_requested),
+            1.0 if c.stop_requested else 0.0,
+            float(stage),
+            _number(c.energy_fraction),
+            _number(c.auto_limit_watts_per_gpu),
+            float(c.auto_request_seq),
+        ]
+    return [1.0 if row.sigterm else 0.0, *gpu, *control]
+
+
+def decode_poll(values: Sequence[float], stages: Sequence[str]) -> PollRow:
+    """The :class:`PollRow` that :func:`encode_poll` made ``values`` from (a stage not in the plan reads as None)."""
+    if len(values) != len(POLL_FIELDS):
+        raise ValueError(f"a poll row has {len(POLL_FIELDS)} values, not {len(values)}")
+    power, energy, limit = values[1:4]
+    gpu = None if math.isnan(power) else (int(power), int(energy), int(limit))
+    control: ControlState | None = None
+    if values[4] == 1.0:
+        cap, checkpoint, stop, stage, fraction, auto, seq = values[5:]
+        index = int(stage)
+        control = ControlState(
+            power_limit_watts_per_gpu=_integer(cap),
+            checkpoint_requested=int(checkpoint),
+            stop_requested=stop == 1.0,
+            stage_requested=stages[index] if 0 <= index < len(stages) else None,
+            energy_fraction=None if math.isnan(fraction) else fraction,
+            auto_limit_watts_per_gpu=_integer(auto),
+            auto_request_seq=int(seq),
+        )
+    return PollRow(sigterm=values[0] == 1.0, gpu=gpu, control=control)
+
+
 def _simulated_gpu_options() -> dict[str, Any]:
     step_seconds = os.environ.get(ENV_SIMULATED_STEP_SECONDS)
     fraction = os.environ.get(ENV_SIMULATED_COMPUTE_FRACTION)
@@ -139,6 +230,7 @@ class Harness:
         stop_after_steps: int | None = None,
         install_signal_handlers: bool = True,
         checkpoint_store: CheckpointStore | None = None,
+        steps_total: int | None = None,
     ) -> None:
         self.env = env or HarnessEnv.from_env()
         self.model = model
@@ -146,6 +238,8 @@ class Harness:
         self.optimizer = optimizer
         self.steps_per_epoch = steps_per_epoch
         self.samples_per_step = samples_per_step
+        # The global steps the whole job plans (``stepsTotal``; the :attr:`steps_total` property).
+        self._steps_total = steps_total
         #: Every hook runs these in order: the subsystems' (:func:`~etj_workload.callbacks.subsystem_callbacks`)
         #: then the user's ``callbacks``.
         self.callbacks: list[Callback] = [*subsystem_callbacks(), *callbacks]
@@ -161,11 +255,23 @@ class Harness:
             )
         self.dist = dist_ops
         self.rank = dist_ops.rank
+        #: Reads DDP's communication statistics for ``status.workload.communication`` (rank 0 only), or None.
+        self.comm_reader = self._start_comm_reading(model, dist_ops.world_size)
+        #: Rank 0's timed steps (step-begin to step-end) and their wall time, for the communication section.
+        self.timed_steps = 0
+        self.timed_step_seconds = 0.0
         self.gpu = gpu or open_gpu(self.env.gpu_backend, self.env.dist.local_rank, **_simulated_gpu_options())
         sync = torch.cuda.synchronize if torch.cuda.is_available() else None
         self.power = PowerController(
-            self.gpu, self.env.power, world_size=dist_ops.world_size, reducer=dist_ops.reduce_window, sync=sync
+            self.gpu,
+            self.env.power,
+            world_size=dist_ops.world_size,
+            reducer=dist_ops.reduce_window,
+            sync=sync,
+            horizon_steps=steps_total if steps_total is None or steps_total >= 0 else None,
         )
+        if self.rank == 0:  # a new request to the node agent goes out at once (publish checks for a channel)
+            self.power.on_request = self._publish_request
         self._evaluate_fn = evaluate
         self.compression = CompressionManager(self.env.compression, self._evaluate_module)
         self.channel: ControlChannel | None = None
@@ -208,6 +314,31 @@ class Harness:
         self.has_step_triggers = any(s.trigger.step is not None for s in self.env.compression.stages)
         self._published_stages = 0
         self._closed = False
+        self._host = socket.gethostname()  # sent at the first poll: looked up once
+        #: Per rank: (host, GPU index, uuid, model name, source), gathered at the first control poll.
+        self._poll_identities: list[tuple[str, int, str, str, GpuSource]] | None = None
+        self._stage_names = tuple(s.name for s in self.env.compression.stages)
+        self._known_stages = frozenset(self._stage_names)
+
+    @property
+    def steps_total(self) -> int | None:
+        """The global steps the whole job plans (``stepsTotal``; None: the program does not say).
+
+        Setting it (the framework callbacks do, before :meth:`train_begin`) also sets the power controller's
+        horizon, which :meth:`train_begin` shortens by the steps a resumed run has done.
+        """
+        return self._steps_total
+
+    @steps_total.setter
+    def steps_total(self, value: int | None) -> None:
+        self._steps_total = value
+        self.power.horizon_steps = self._remaining_steps()
+
+    def _remaining_steps(self) -> int | None:
+        """The planned steps left from the current step (at least 1; None: the plan is unknown)."""
+        if self._steps_total is None or self._steps_total < 0:
+            return None
+        return max(1, self._steps_total - self.step)
 
     # --- context manager: whatever happens, limits are restored and threads stopped ------------------
     def __enter__(self) -> Harness:
@@ -259,6 +390,8 @@ class Harness:
         if self._install_signal_handlers and threading.current_thread() is threading.main_thread():
             self._previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
         self._resume()
+        # the controller counts its steps from here: its horizon is what is left of the plan
+        self.power.horizon_steps = self._remaining_steps()
         for cb in self.callbacks:
             cb.on_train_begin(self)
         self._publish(urgent=True)
@@ -288,6 +421,8 @@ class Harness:
     def step_end(self, loss: torch.Tensor | float | None = None) -> None:
         """A step ended: account energy, advance profiling, poll control every N steps."""
         measured = time.perf_counter() - self._step_started
+        self.timed_steps += 1
+        self.timed_step_seconds += measured
         self.step_device_seconds = self.gpu.account_step(measured)
         self.step += 1
         self.batch_in_epoch += 1
@@ -349,37 +484,65 @@ class Harness:
         self._publish(urgent=True)
 
     def poll_control(self) -> None:
-        """Exchange control and GPU readings across ranks, act on the operator's control, publish."""
-        payload: dict[str, Any] = {
-            "sigterm": self._sigterm,
-            "host": socket.gethostname(),
-            "gpu": self.gpu.reading().as_dict() if self.metrics is not None or self.rank != 0 else None,
-        }
-        if self.rank == 0 and self.channel is not None:
-            payload["control"] = asdict(self.channel.poll())
-        gathered = self.dist.all_gather_object(payload)
-        me = gathered[self.rank]
-        self._peer_readings = [
-            GpuReading(**p["gpu"])
-            for i, p in enumerate(gathered)
-            if i != self.rank and p["gpu"] and p["host"] == me["host"]
-        ]
-        if gathered[0].get("control") is not None:
-            self.control = ControlState(**gathered[0]["control"])
+        """Exchange control and GPU readings across ranks, act on the operator's control, publish.
+
+        One tensor all-gather of a few floats per rank (:func:`encode_poll`); the first poll also gathers, once,
+        each rank's host and GPU identity (strings that never change), for the metrics' peer readings.
+        """
+        if self._poll_identities is None:
+            self._poll_identities = self.dist.all_gather_object(
+                (self._host, self.gpu.index, self.gpu.uuid(), self.gpu.name(), self.gpu.source)
+            )
+        sent = self.metrics is not None or self.rank != 0
+        local = self.channel.poll() if self.rank == 0 and self.channel is not None else None
+        row = PollRow(
+            sigterm=self._sigterm,
+            gpu=(self.gpu.power_mw(), self.gpu.energy_mj(), self.gpu.power_limit_mw()) if sent else None,
+            control=local,
+        )
+        gathered = self.dist.all_gather_floats(encode_poll(row, self._stage_names))
+        rows = [decode_poll(values, self._stage_names) for values in gathered]
+        host = self._poll_identities[self.rank][0]
+        peers: list[GpuReading] = []  # assigned whole: the metrics thread reads the list
+        for i, (r, (peer_host, index, uuid, name, source)) in enumerate(zip(rows, self._poll_identities, strict=True)):
+            if i != self.rank and r.gpu is not None and peer_host == host:
+                power_mw, energy_mj, limit_mw = r.gpu
+                peers.append(GpuReading(index, uuid, name, source, power_mw, energy_mj, limit_mw))
+        self._peer_readings = peers
+        control = rows[0].control
+        if control is not None:
+            if local is not None:  # rank 0 keeps what the wire drops: a name not in the plan, the parse problems
+                control = replace(control, stage_requested=local.stage_requested, problems=local.problems)
+            self.control = control
         actions = decide(
             self.control,
             acknowledged_checkpoint=self.acknowledged_checkpoint,
             done_stages=self.compression.done,
-            known_stages=frozenset(s.name for s in self.env.compression.stages),
+            known_stages=self._known_stages,
         )
         self._perform(actions)
-        if any(p["sigterm"] for p in gathered) and not self.should_stop:
+        if any(r.sigterm for r in rows) and not self.should_stop:
             self.save_checkpoint()
             self.stop("SIGTERM")
         self._update_interval()
         self._publish()
 
     # --- internals -------------------------------------------------------------------------------
+    def _start_comm_reading(self, model: nn.Module, world_size: int) -> commtiming.DdpCommReader | None:
+        """Rank 0 of a DDP ``model`` of more than one rank reads DDP's statistics (``ETJ_COMM_TIMING``, default on)."""
+        if (
+            not self.env.comm_timing
+            or self.rank != 0
+            or world_size <= 1
+            or not isinstance(model, DistributedDataParallel)
+        ):
+            return None
+        return commtiming.DdpCommReader(model, since=utc_now_iso())
+
+    def _publish_request(self) -> None:
+        """The power controller asked the node agent for a new limit: publish the report now (rank 0)."""
+        self._publish(urgent=True)
+
     def _evaluate_module(self, module: nn.Module) -> float:
         was_training = module.training
         module.eval()
@@ -551,6 +714,14 @@ class Harness:
             status[contract.WORKLOAD_CHECKPOINT] = self.last_checkpoint
         if self.stop_reason is not None:
             status[contract.WORKLOAD_STOP_REASON] = self.stop_reason
+        if self.steps_total is not None and self.steps_total >= 0:
+            status[contract.WORKLOAD_STEPS_TOTAL] = int(self.steps_total)
+        if self.samples_per_step > 0:
+            status[contract.WORKLOAD_SAMPLES_PER_STEP] = int(self.samples_per_step)
+        if self.comm_reader is not None:
+            comm = self.comm_reader.stats(self.timed_steps, self.timed_step_seconds)
+            if comm is not None:
+                status[contract.WORKLOAD_COMMUNICATION] = comm.to_status()
         return status
 
     def _publish(self, urgent: bool = False) -> None:

@@ -10,8 +10,8 @@ and can tell simulated figures apart:
 * ``DCGM_FI_DEV_POWER_MGMT_LIMIT`` gauge, W (the limit in force).
 
 Training gauges (labels ``job_name``, ``namespace``, ``pod``: not ``job``, which Prometheus sets to the scrape
-job's name and, with ``honor_labels: false``, would rename to ``exported_job``): ``etj_training_step``, ``etj_training_epoch``,
-``etj_training_samples_per_second``, ``etj_training_loss``, ``etj_training_accuracy``,
+job's name and, with ``honor_labels: false``, would rename to ``exported_job``): ``etj_training_step``,
+``etj_training_epoch``, ``etj_training_samples_per_second``, ``etj_training_loss``, ``etj_training_accuracy``,
 ``etj_power_limit_watts``, ``etj_compression_stages_applied``.
 
 The text is rendered here (not by prometheus_client, which would append ``_total`` to the counter).

@@ -87,6 +87,9 @@ def run(config: TrainConfig, env: HarnessEnv | None = None) -> int:
     loss_fn = nn.CrossEntropyLoss()
     steps_per_epoch = datasets.steps_per_epoch(len(data.train_x), config.batch_size, world_size)
     evaluate = _make_evaluate(data.test_x, data.test_y, device, rank, world_size)
+    steps_total = config.epochs * steps_per_epoch
+    if config.stop_after_steps is not None:
+        steps_total = min(steps_total, config.stop_after_steps)
     with Harness(
         model,
         optimizer,
@@ -95,6 +98,7 @@ def run(config: TrainConfig, env: HarnessEnv | None = None) -> int:
         samples_per_step=config.batch_size * world_size,
         env=env,
         stop_after_steps=config.stop_after_steps,
+        steps_total=steps_total,
     ) as harness:
         position = harness.train_begin()
         for epoch in range(position.epoch, config.epochs):

@@ -20,7 +20,8 @@ How the Trainer's events map onto the harness (every rank gets every event, at t
   :attr:`~EtjTrainerCallback.resume_from_checkpoint`, and the pruning of the stages it kept is re-created now,
   so that the Trainer loads the pruned weights into a pruned model.
 * ``on_train_begin``: ``Harness.train_begin`` (the power policy starts, Auto profiles; the harness's state
-  from the checkpoint; the metrics endpoint).
+  from the checkpoint; the metrics endpoint). The Trainer's ``state.max_steps`` is the job's step plan
+  (``stepsTotal``).
 * ``on_step_begin``/``on_step_end``: one harness step per optimizer step (after gradient accumulation), so
   Auto measures whole steps and the operator's control is polled every ``ETJ_CONTROL_POLL_STEPS`` of them.
   The loss in the report is the Trainer's logged mean (``logging_steps``): the callback sees no per-step loss.
@@ -217,6 +218,7 @@ class EtjTrainerCallback(TrainerCallback):
         """Harness.train_begin: the harness's state from the checkpoint, the power policy, metrics."""
         harness = self._require()
         harness.optimizer = kwargs.get("optimizer")
+        harness.steps_total = state.max_steps if state.max_steps and state.max_steps > 0 else None
         self._store.trainer_state = state
         harness.train_begin()
         self._control(control)

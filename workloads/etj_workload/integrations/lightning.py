@@ -21,8 +21,9 @@ How Lightning's hooks map onto the harness (every rank runs every hook, at the s
   ``etj-<step>.json``); the pruning of the stages it kept is re-created here, before Lightning loads the
   weights into the module.
 * ``on_train_start``: ``Harness.train_begin`` (the harness's state from the checkpoint, the power policy, Auto
-  profiling, the metrics endpoint). It takes over SIGTERM from Lightning's handler while training runs:
-  the harness checkpoints at the next poll and stops (exit code 143), as in its own loop.
+  profiling, the metrics endpoint); the step plan (``stepsTotal``) is ``max_steps`` when set, else
+  ``trainer.estimated_stepping_batches`` when finite. It takes over SIGTERM from Lightning's handler while
+  training runs: the harness checkpoints at the next poll and stops (exit code 143), as in its own loop.
 * ``on_train_batch_start``/``on_train_batch_end``: one harness step per optimizer step (``trainer.global_step``
   advancing; with ``accumulate_grad_batches`` a step spans several batches), with the training step's loss.
 * ``on_train_epoch_start``/``on_train_epoch_end``: ``Harness.epoch_begin``/``epoch_end`` (evaluation,
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
 import os
 import re
 import warnings
@@ -107,6 +109,18 @@ def trainer_options(env: Mapping[str, str] | None = None) -> dict[str, Any]:
         "num_nodes": max(world // local, 1),
         "strategy": "ddp" if world > 1 else "auto",
     }
+
+
+def _planned_steps(trainer: pl.Trainer) -> int | None:
+    """The optimizer steps ``fit`` plans: ``max_steps`` when set, else Lightning's estimate; None when unknown."""
+    if trainer.max_steps > 0:
+        return int(trainer.max_steps)
+    try:
+        estimate = float(trainer.estimated_stepping_batches)
+    except Exception as e:  # a loader without a length, no max_epochs: Lightning cannot say
+        log.debug("no step plan: estimated_stepping_batches failed (%r)", e)
+        return None
+    return int(estimate) if math.isfinite(estimate) and estimate > 0 else None
 
 
 class _LightningCheckpoints:
@@ -222,6 +236,7 @@ class EtjLightningCallback(pl.Callback):
         if not harness.samples_per_step:
             batch = getattr(trainer.train_dataloader, "batch_size", None) or 0
             harness.samples_per_step = batch * trainer.accumulate_grad_batches * trainer.world_size
+        harness.steps_total = _planned_steps(trainer)
         harness.train_begin()
         self._control(trainer)
 

@@ -1,0 +1,276 @@
+"""The control poll: its wire format (a row of floats per rank), in process with scripted peers, on 2 gloo ranks."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from torch import nn
+from workload_support import base_env, free_port
+
+from etj_workload.config import HarnessEnv, parse_compression_plan
+from etj_workload.control import ControlState, decide
+from etj_workload.distributed import LocalOps
+from etj_workload.gpu import GpuReading, SimulatedGpu
+from etj_workload.harness import POLL_CONTROL_FIELDS, POLL_FIELDS, Harness, PollRow, decode_poll, encode_poll
+
+STAGES = ("prune-a", "prune-b", "int8")
+PLAN = json.dumps(
+    {"stages": [{"name": name, "trigger": {"epoch": 99}, "prune": {"amount": 0.1}} for name in STAGES[:2]]}
+)
+FULL_CONTROL = ControlState(
+    power_limit_watts_per_gpu=410,
+    checkpoint_requested=7,
+    stop_requested=True,
+    stage_requested="prune-b",
+    energy_fraction=0.625,
+    auto_limit_watts_per_gpu=395,
+    auto_request_seq=12,
+)
+
+
+def round_trip(row: PollRow, stages: Sequence[str] = STAGES) -> PollRow:
+    values = encode_poll(row, stages)
+    assert len(values) == len(POLL_FIELDS)
+    return decode_poll(values, stages)
+
+
+def test_the_row_carries_every_field_of_the_control_state() -> None:
+    # a field added to ControlState must be added to the wire too, or the other ranks would never see it
+    carried = {f.name for f in dataclasses.fields(ControlState)} - {"problems"}
+    assert set(POLL_CONTROL_FIELDS) == carried
+
+
+def test_a_full_row_round_trips() -> None:
+    row = PollRow(sigterm=True, gpu=(312_000, 2**50 + 3, 700_000), control=FULL_CONTROL)
+    assert round_trip(row) == row
+
+
+def test_none_travels_as_nan_and_comes_back_as_none() -> None:
+    row = PollRow(sigterm=False, gpu=None, control=None)
+    values = encode_poll(row, STAGES)
+    assert values[0] == 0.0 and all(math.isnan(v) for v in values[1:4]) and values[4] == 0.0
+    assert round_trip(row) == row
+    empty = PollRow(sigterm=False, gpu=(0, 0, 0), control=ControlState())
+    assert round_trip(empty) == empty
+    assert encode_poll(empty, STAGES)[POLL_FIELDS.index("stage_requested")] == -1.0
+
+
+def test_an_unknown_stage_reads_as_none_and_decides_the_same() -> None:
+    sent = dataclasses.replace(FULL_CONTROL, stage_requested="not-in-the-plan")
+    received = round_trip(PollRow(sigterm=False, gpu=None, control=sent)).control
+    assert received == dataclasses.replace(sent, stage_requested=None)
+    known = frozenset(STAGES)
+    for done in (frozenset(), frozenset({"prune-a"})):
+        kwargs: dict[str, Any] = {"acknowledged_checkpoint": 3, "done_stages": done, "known_stages": known}
+        assert decide(received, **kwargs) == decide(sent, **kwargs)
+    # a known stage keeps its name; a plan without stages has none to name
+    assert round_trip(PollRow(False, None, FULL_CONTROL)).control == FULL_CONTROL
+    assert round_trip(PollRow(False, None, FULL_CONTROL), stages=()).control == dataclasses.replace(
+        FULL_CONTROL, stage_requested=None
+    )
+
+
+def test_a_row_of_the_wrong_length_is_refused() -> None:
+    with pytest.raises(ValueError, match="poll row"):
+        decode_poll([0.0] * (len(POLL_FIELDS) - 1), STAGES)
+
+
+def test_local_ops_gathers_its_own_row() -> None:
+    assert LocalOps().all_gather_floats([1, 2.5, math.inf]) == [[1.0, 2.5, math.inf]]
+
+
+# --- rank 1 of a world of 3, the other ranks scripted -----------------------------------------------------------
+LONG_HOST = "node-" + "x" * 240 + ".cluster.local"
+
+
+class ScriptedOps(LocalOps):
+    """Rank 1 of 3: the collectives return the scripted peers' parts, this rank's own in its place."""
+
+    rank = 1
+    world_size = 3
+
+    def __init__(self, identities: list[Any], rows: list[list[float]]) -> None:
+        self.identities, self.rows = identities, rows
+        self.gathers: list[str] = []
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        self.gathers.append("object")
+        return [self.identities[0], obj, self.identities[2]]
+
+    def all_gather_floats(self, values: Sequence[float]) -> list[list[float]]:
+        self.gathers.append("floats")
+        return [self.rows[0], [float(v) for v in values], self.rows[2]]
+
+
+def scripted_harness(ops: ScriptedOps, host: str) -> Harness:
+    harness = Harness(
+        nn.Linear(4, 2),
+        None,
+        evaluate=lambda m: 0.0,
+        steps_per_epoch=10,
+        samples_per_step=8,
+        env=HarnessEnv(control_poll_steps=1, compression=parse_compression_plan(PLAN)),
+        gpu=SimulatedGpu(index=1),
+        dist_ops=ops,
+        install_signal_handlers=False,
+    )
+    harness._host = host
+    return harness
+
+
+def test_peer_readings_control_and_sigterm_come_from_the_rows() -> None:
+    gpu0 = SimulatedGpu(index=0).reading()
+    identities = [
+        (LONG_HOST, 0, gpu0.uuid, gpu0.name, gpu0.source),
+        None,
+        (LONG_HOST[:-1] + "X", 2, "GPU-2", "m", "nvml"),
+    ]
+    control = ControlState(power_limit_watts_per_gpu=500, stage_requested="prune-a")
+    rows = [
+        encode_poll(PollRow(False, (250_000, 9_000, 600_000), control), STAGES),
+        [],
+        encode_poll(PollRow(False, (1, 2, 3), None), STAGES),
+    ]
+    ops = ScriptedOps(identities, rows)
+    with scripted_harness(ops, LONG_HOST) as harness:
+        harness.poll_control()
+        # rank 0 on this (long-named) host is a peer; rank 2, whose host differs in its last letter, is not
+        assert harness._peer_readings == [
+            dataclasses.replace(gpu0, power_mw=250_000, energy_mj=9_000, power_limit_mw=600_000)
+        ]
+        assert harness.control == control
+        assert harness.gpu.power_limit_mw() == 500_000
+        assert "prune-a" in harness.compression.done and not harness.should_stop
+        # the identities are gathered once; then one float gather per poll
+        rows[2] = encode_poll(PollRow(True, None, None), STAGES)  # rank 2 got SIGTERM
+        harness.poll_control()
+        assert harness.should_stop and harness.stop_reason == "SIGTERM"
+        assert ops.gathers == ["object", "floats", "floats"]
+
+
+def test_a_peer_without_a_reading_is_left_out() -> None:
+    gpu0 = SimulatedGpu(index=0).reading()
+    identities = [("h", 0, gpu0.uuid, gpu0.name, gpu0.source), None, ("h", 2, "GPU-2", "m", "simulated")]
+    rows = [encode_poll(PollRow(False, None, None), STAGES), [], encode_poll(PollRow(False, (5, 6, 7), None), STAGES)]
+    with scripted_harness(ScriptedOps(identities, rows), "h") as harness:
+        harness.poll_control()
+        assert harness._peer_readings == [GpuReading(2, "GPU-2", "m", "simulated", 5, 6, 7)]
+        assert harness.control == ControlState()  # rank 0 sent no control: the state stays as it was
+
+
+# --- a real 2-rank gloo world ------------------------------------------------------------------------------------
+WORKER = r"""
+import json, math, sys
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from etj_workload.config import HarnessEnv, parse_compression_plan
+from etj_workload.control import ControlChannel
+from etj_workload.distributed import TorchDistOps
+from etj_workload.gpu import SimulatedGpu
+from etj_workload.harness import Harness
+
+out, plan = sys.argv[1], sys.argv[2]
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+ops = TorchDistOps()
+gathered = ops.all_gather_floats([float(rank), math.nan, 2.0**53])
+
+
+class Api:
+    def read_control(self):
+        return {"powerLimitWattsPerGPU": 450, "stageRequested": "prune-b", "checkpointRequested": 2}
+
+    def patch_workload(self, workload):
+        pass
+
+
+h = Harness(nn.Linear(4, 2), None, evaluate=lambda m: 0.0, steps_per_epoch=100, samples_per_step=8,
+            env=HarnessEnv(control_poll_steps=1, compression=parse_compression_plan(plan)),
+            gpu=SimulatedGpu(index=rank), install_signal_handlers=False)
+if rank == 0:
+    h.channel = ControlChannel(Api(), min_patch_interval_seconds=0.0, min_read_interval_seconds=0.0)
+polls = []
+for _ in range(200):  # until rank 0's channel has read the control (every rank decides from the same row)
+    h.poll_control()
+    done = torch.tensor([float(h.control.power_limit_watts_per_gpu is not None)])
+    dist.all_reduce(done, op=dist.ReduceOp.MIN)
+    if done.item() == 1.0:
+        break
+    import time; time.sleep(0.01)
+first = {"control": h.control.to_status(), "done": sorted(h.compression.done),
+         "limit_mw": h.gpu.power_limit_mw(), "peers": [g.as_dict() for g in h._peer_readings],
+         "own": h.gpu.reading().as_dict(), "ack": h.acknowledged_checkpoint}
+if rank == 1:
+    h._sigterm = True
+h.poll_control()
+result = {"gathered": [[None if math.isnan(v) else v for v in r] for r in gathered], "first": first,
+          "stop_reason": h.stop_reason}
+h.close()
+with open(f"{out}.{rank}", "w") as f:
+    json.dump(result, f)
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    out = tmp_path_factory.mktemp("poll") / "result"
+    port = free_port()
+    procs = []
+    for rank in range(2):
+        extra = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": str(rank)}
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", WORKER, str(out), PLAN],
+                env=base_env(extra),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=120)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(outputs)
+    return [json.loads(Path(f"{out}.{rank}").read_text()) for rank in range(2)]
+
+
+def test_gloo_gathers_one_row_per_rank_nan_included(two_ranks: list[dict[str, Any]]) -> None:
+    for result in two_ranks:
+        assert result["gathered"] == [[0.0, None, 2.0**53], [1.0, None, 2.0**53]]
+
+
+def test_both_ranks_obey_rank_0s_control_and_a_sigterm_on_rank_1(two_ranks: list[dict[str, Any]]) -> None:
+    first0, first1 = two_ranks[0]["first"], two_ranks[1]["first"]
+    assert (
+        first0["control"]
+        == first1["control"]
+        == {
+            "powerLimitWattsPerGPU": 450,
+            "stageRequested": "prune-b",
+            "checkpointRequested": 2,
+        }
+    )
+    for first in (first0, first1):
+        assert first["done"] == ["prune-b"] and first["limit_mw"] == 450_000 and first["ack"] == 2
+    # rank 0 serves no metrics, so sends no reading; rank 1's reaches rank 0 (same host)
+    assert first1["peers"] == []
+    peer = first0["peers"][0]
+    assert len(first0["peers"]) == 1 and peer["index"] == 1 and peer["uuid"] == first1["own"]["uuid"]
+    assert [r["stop_reason"] for r in two_ranks] == ["SIGTERM", "SIGTERM"]
