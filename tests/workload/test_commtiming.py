@@ -1,13 +1,11 @@
 """DDP's communication statistics (etj_workload.commtiming) and the report's step plan and communication section."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from workload_support import base_env, free_port
+from workload_support import run_script_ranks
 
 import etj_contract as contract
 from etj_contract import CommunicationStats
@@ -254,29 +252,7 @@ dist.destroy_process_group()
 @pytest.fixture(scope="module")
 def two_rank_world(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     out = tmp_path_factory.mktemp("comm") / "result"
-    port = free_port()
-    procs = []
-    for rank in range(2):
-        env = base_env({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": str(rank)})
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", WORKER, str(out), "12"],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    outputs = []
-    try:
-        for p in procs:
-            outputs.append(p.communicate(timeout=120)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(outputs)
-    return [json.loads(Path(f"{out}.{rank}").read_text()) for rank in range(2)]
+    return run_script_ranks(WORKER, out, "12")
 
 
 def test_ddp_keeps_its_own_allreduce(two_rank_world: list[dict[str, Any]]) -> None:

@@ -5,15 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import subprocess
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import pytest
 from torch import nn
-from workload_support import base_env, free_port
+from workload_support import run_script_ranks
 
 from etj_workload.config import HarnessEnv, parse_compression_plan
 from etj_workload.control import ControlState, decide
@@ -226,29 +223,7 @@ dist.destroy_process_group()
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     out = tmp_path_factory.mktemp("poll") / "result"
-    port = free_port()
-    procs = []
-    for rank in range(2):
-        extra = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": str(rank)}
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", WORKER, str(out), PLAN],
-                env=base_env(extra),
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-    outputs = []
-    try:
-        for p in procs:
-            outputs.append(p.communicate(timeout=120)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(outputs)
-    return [json.loads(Path(f"{out}.{rank}").read_text()) for rank in range(2)]
+    return run_script_ranks(WORKER, out, PLAN)
 
 
 def test_gloo_gathers_one_row_per_rank_nan_included(two_ranks: list[dict[str, Any]]) -> None:

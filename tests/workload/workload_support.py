@@ -80,6 +80,34 @@ def run_world(
     return WorldResult([p.returncode for p in procs], outputs, result)
 
 
+def run_script_ranks(script: str, out: Path, *args: str, world_size: int = 2, timeout: float = 120) -> list[Any]:
+    """Run ``python -c SCRIPT OUT ARGS...`` as ``world_size`` ranks (env:// rendezvous); each rank writes JSON to
+    ``OUT.<rank>``. Returns the ranks' results, after checking every rank exited 0."""
+    port = free_port()
+    procs = []
+    for rank in range(world_size):
+        extra = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(world_size), "RANK": str(rank)}
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", script, str(out), *args],
+                env=base_env(extra),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+    outputs = []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=timeout)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0] * world_size, "\n".join(outputs)
+    return [json.loads(Path(f"{out}.{rank}").read_text()) for rank in range(world_size)]
+
+
 def assert_ok(world: WorldResult) -> dict[str, Any]:
     assert world.returncodes == [0] * len(world.returncodes), "\n".join(o[-3000:] for o in world.outputs)
     assert world.result is not None
