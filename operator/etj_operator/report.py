@@ -609,6 +609,62 @@ def _load_file(path: str) -> dict[str, Any]:
     return loaded
 
 
+def _text(value: Any, spec: str = "") -> str:
+    """A figure of the summary as text: ``-`` when unknown."""
+    if value is None:
+        return UNKNOWN
+    if isinstance(value, (int, float)) and spec:
+        return f"{value:{spec}}"
+    return f"{value}"
+
+
+def summary_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The breakdown's and the forecast's lines, as ``etj report`` and the demo print them.
+
+    The breakdown: measured, attributed, and the network's, modelled. Figures marked ``*`` are simulated in the
+    sandbox.
+    """
+    return [*_breakdown_lines(summary), _forecast_line(summary)]
+
+
+def _breakdown_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The report's energy breakdown: measured and attributed, then the network's, modelled."""
+    split = summary[ENERGY_KEYS["breakdown"]]
+    if not split.get("known"):
+        return [f"  energy breakdown: unknown ({split.get('reason')})"]
+    total = split["totalJoules"] or 0.0
+
+    def part(joules: float) -> str:
+        return f"{joules:,.0f} J ({joules / total:.0%})" if total > 0 else f"{joules:,.0f} J"
+
+    lines = [f"  energy breakdown* ({split['basis']}): compute {part(split['computeJoules'])}, communication"
+             f" {part(split['communicationJoules'])} (an upper bound: overlapped time counts),"
+             f" unattributed {part(split['unattributedJoules'])} (no timing covered it)"]
+    network = split["network"]
+    modelled, sent = network.get("joulesModelled"), network.get("bytes")
+    if modelled is None:
+        lines.append("  network transfer energy (modelled): unknown, the harness reported no bytes sent")
+    else:
+        model = network.get("model") or {}
+        lines.append(f"  network transfer energy: {modelled:.3g} J MODELLED (not measured, not in the GPU total):"
+                     f" {_text(sent, ',')} B x 8 x {_text(model.get('picojoulesPerBit'), '.3g')} pJ/bit"
+                     f" ({_text(model.get('interNodeShare'), '.0%')} of the ring's hops between pods)")
+    return lines
+
+
+def _forecast_line(summary: Mapping[str, Any]) -> str:
+    """The report's forecast: the figures when known, else unknown with the reason."""
+    forecast = summary["forecast"]
+    if not forecast.get("known"):
+        why = forecast.get("message") or ""
+        return f"  forecast: unknown ({forecast.get('reason') or '-'}{': ' + why if why else ''})"
+    kwh = forecast.get("energyAtCompletionKilowattHours")
+    return (f"  forecast: {_text(forecast.get('stepsRemaining'))} steps to go, ETA"
+            f" {forecast.get('eta') or '-'}, energy at completion"
+            f" {_text(kwh, '.6f')} kWh* ({forecast.get('reason') or '-'})")
+
+
+
 def run_report_command(
     job: str,
     namespace: str | None = None,
@@ -635,6 +691,8 @@ def run_report_command(
         f"{summary['job']['namespace']}/{summary['job']['name']}{label}: phase {summary.get('phase')}, "
         f"{energy}, source {totals.get('source') or 'unknown'}"
     )
+    for line in summary_lines(summary):
+        print(line)
     print(f"wrote {json_path}")
     print(f"wrote {png_path}")
     return 0

@@ -94,12 +94,11 @@ GENERIC = frozenset(
     }
 )
 #: Receivers that hold another format which reuses the status' names on purpose, per module ("{" stands for
-#: the module's dict displays): the energy report's own JSON summary (``etj report``), which the plot, the
-#: command's last line and the demo's output read back (its ``forecast`` and breakdown ``split``, ``network``
+#: the module's dict displays): the energy report's own JSON summary (``etj report``), which the plot and the
+#: command's last lines read back (its ``forecast`` and breakdown ``split``, ``network``
 #: and ``model`` objects); the simulated GPU's state file (read by the sandbox, not a status).
 OTHER_FORMATS = {
     "operator/etj_operator/report.py": ("summary", "totals", "entry", "forecast", "split", "network", "model", "{"),
-    "operator/etj_operator/sandbox/demo.py": ("forecast", "split", "network", "model"),
     "workloads/etj_workload/gpu.py": ("{",),
 }
 #: Words that, in a receiver's text, say it holds a status section.

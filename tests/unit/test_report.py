@@ -175,6 +175,8 @@ def test_the_command_reads_a_saved_manifest(tmp_path, capsys):
     assert run_report_command("resnet", out_dir=str(tmp_path / "r"), from_file=str(manifest)) == 0
     out = capsys.readouterr().out
     assert "SIMULATED" in out and "resnet-report.png" in out
+    # the breakdown and the forecast are printed too, each unknown with its reason when the status has none
+    assert "energy breakdown" in out and "forecast: " in out
     assert (tmp_path / "r" / "resnet-report.json").exists()
 
 

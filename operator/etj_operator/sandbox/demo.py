@@ -32,7 +32,6 @@ from rich.text import Text
 
 from etj_contract import (
     ENERGY,
-    ENERGY_KEYS,
     FORECAST_DISPLAY_KEYS,
     SIMULATED_SUFFIX,
     ConditionType,
@@ -44,6 +43,7 @@ from etj_contract import (
 from etj_contract import agent as a
 from etj_operator import contract as c
 from etj_operator.packagedata import data_path
+from etj_operator.report import summary_lines
 from etj_operator.sandbox.agents import AGENT_CAP_REASONS, AgentGpu, agent_gpus, node_gpu_limits
 from etj_operator.sandbox.sandbox import REPO_ROOT, Sandbox, SandboxOptions, crd_path
 
@@ -171,43 +171,6 @@ def _stage_lines(job: Mapping[str, Any]) -> list[str]:
                if acc_b is not None and acc_a is not None else "accuracy -")
         lines.append(f"  stage {stage.name}: {outcome} at epoch {stage.epoch}, {params}, {size} (zlib), {acc}")
     return lines
-
-
-def _breakdown_lines(summary: Mapping[str, Any]) -> list[str]:
-    """The report's energy breakdown: measured and attributed, then the network's, modelled."""
-    split = summary[ENERGY_KEYS["breakdown"]]
-    if not split.get("known"):
-        return [f"  energy breakdown: unknown ({split.get('reason')})"]
-    total = split["totalJoules"] or 0.0
-
-    def part(joules: float) -> str:
-        return f"{joules:,.0f} J ({joules / total:.0%})" if total > 0 else f"{joules:,.0f} J"
-
-    lines = [f"  energy breakdown* ({split['basis']}): compute {part(split['computeJoules'])}, communication"
-             f" {part(split['communicationJoules'])} (an upper bound: overlapped time counts),"
-             f" unattributed {part(split['unattributedJoules'])} (no timing covered it)"]
-    network = split["network"]
-    modelled, sent = network.get("joulesModelled"), network.get("bytes")
-    if modelled is None:
-        lines.append("  network transfer energy (modelled): unknown, the harness reported no bytes sent")
-    else:
-        model = network.get("model") or {}
-        lines.append(f"  network transfer energy: {modelled:.3g} J MODELLED (not measured, not in the GPU total):"
-                     f" {_fmt(sent, ',')} B x 8 x {_fmt(model.get('picojoulesPerBit'), '.3g')} pJ/bit"
-                     f" ({_fmt(model.get('interNodeShare'), '.0%')} of the ring's hops between pods)")
-    return lines
-
-
-def _forecast_line(summary: Mapping[str, Any]) -> str:
-    """The report's forecast: the figures when known, else unknown with the reason."""
-    forecast = summary["forecast"]
-    if not forecast.get("known"):
-        why = forecast.get("message") or ""
-        return f"  forecast: unknown ({forecast.get('reason') or '-'}{': ' + why if why else ''})"
-    kwh = forecast.get("energyAtCompletionKilowattHours")
-    return (f"  forecast: {_fmt(forecast.get('stepsRemaining'))} steps to go, ETA"
-            f" {forecast.get('eta') or '-'}, energy at completion"
-            f" {_fmt(kwh, '.6f')} kWh* ({forecast.get('reason') or '-'})")
 
 
 def demo(
@@ -372,7 +335,7 @@ def _summarise(console: Console, sandbox: Sandbox, result: DemoResult, report_di
             _show_pod_logs(console, sandbox, job)
         json_path, png_path = write_report(job, report_dir)
         summary = json.loads(json_path.read_text())
-        for line in (*_breakdown_lines(summary), _forecast_line(summary)):
+        for line in summary_lines(summary):
             console.print(line, markup=False, highlight=False)
         result.reports.append((json_path.resolve(), png_path.resolve()))
         console.print(f"  report: {json_path.resolve()}")
