@@ -114,6 +114,7 @@ POLICY_KEYS: Final[Mapping[str, str]] = {
     "drain": "drain",
     "budget_suspended": "budgetSuspended",
     "budget_notified": "budgetNotified",
+    "forecast_suspended": "forecastSuspended",
     "carbon_paused": "carbonPaused",
     "carbon_since_seconds": "carbonSinceUnixSeconds",
     "low_cycles": "lowCycles",
@@ -643,6 +644,8 @@ class PolicySection:
     budget_suspended: bool = False
     #: The Notify action's Warning was posted (once per crossing).
     budget_notified: bool = False
+    #: The budget foresight (``onForecast: Suspend``) holds the job suspended, until the budget fits the forecast.
+    forecast_suspended: bool = False
     #: The carbon policy holds the job paused.
     carbon_paused: bool = False
     #: When the carbon policy last paused or resumed the job (its dwell time counts from here). Units: unix s.
@@ -674,6 +677,7 @@ class PolicySection:
             drain=None if drain_raw is None else Drain._read(drain_raw, f"{path}.{k['drain']}", problems),
             budget_suspended=bool(f.boolean(k["budget_suspended"])),
             budget_notified=bool(f.boolean(k["budget_notified"])),
+            forecast_suspended=bool(f.boolean(k["forecast_suspended"])),
             carbon_paused=bool(f.boolean(k["carbon_paused"])),
             carbon_since_seconds=since,
             low_cycles=f.integer(k["low_cycles"]) or 0,
@@ -692,6 +696,7 @@ class PolicySection:
                 k["drain"]: None if self.drain is None else self.drain.to_status(),
                 k["budget_suspended"]: self.budget_suspended or None,
                 k["budget_notified"]: self.budget_notified or None,
+                k["forecast_suspended"]: self.forecast_suspended or None,
                 k["carbon_paused"]: self.carbon_paused or None,
                 k["carbon_since_seconds"]: self.carbon_since_seconds,
                 k["low_cycles"]: self.low_cycles or None,
@@ -861,7 +866,6 @@ FORECAST_KEYS: Final[Mapping[str, str]] = {
     "reason": "reason",
     "message": "message",
     "window": "window",
-    "budget_hold": "budgetSuspended",
     "display": "display",
 }
 #: ``status.forecast.display``: what ``kubectl get -o wide`` shows (ETA, Forecast); ``-`` when unknown.
@@ -933,8 +937,8 @@ class ForecastSection:
     The steps come from the workload's report (its word: ``step``, ``stepsTotal``, ``samplesPerStep``); the speed is
     the operator's own measurement (steps over its clock, :class:`RateWindow`), the power the telemetry's. Every
     figure is None while unknown (left out of the status, ``-`` in ``display``), and ``reason`` says why
-    (docs/energy.md, "Forecast"). ``budget_hold`` is the budget foresight's hold (``onForecast: Suspend``), kept
-    here with the forecast it was decided on.
+    (docs/energy.md, "Forecast"). The budget foresight's hold is the policies' (``status.policy
+    .forecastSuspended``); while the job is held, the forecast keeps the figures it was suspended on.
     """
 
     steps_done: int | None = None
@@ -968,7 +972,6 @@ class ForecastSection:
     message: str | None = None
     window: RateWindow | None = None
     #: The budget foresight holds the job suspended (``spec.energy.energyBudget.onForecast: Suspend``).
-    budget_hold: bool = False
     problems: tuple[str, ...] = field(default=(), compare=False)
 
     def display(self) -> dict[str, str]:
@@ -1006,7 +1009,6 @@ class ForecastSection:
             reason=f.string(k["reason"], _MAX_FORECAST_REASON),
             message=f.string(k["message"], _MAX_FORECAST_MESSAGE),
             window=None if window is None else RateWindow._read(window, f"{path}.{k['window']}", problems),
-            budget_hold=bool(f.boolean(k["budget_hold"])),
             problems=tuple(problems),
         )
 
@@ -1037,7 +1039,6 @@ class ForecastSection:
                 k["reason"]: self.reason,
                 k["message"]: None if self.message is None else self.message[:_MAX_FORECAST_MESSAGE],
                 k["window"]: None if self.window is None else (self.window.to_status() or None),
-                k["budget_hold"]: self.budget_hold or None,
                 k["display"]: self.display(),
             }
         )

@@ -95,7 +95,7 @@ def forecast(
 
     ``previous``: the forecast as found in the status (its window continues); ``report``: the workload's report
     as parsed this pass (None: none yet); ``energy``: the job's account after this pass's integration;
-    ``phase``: the job's phase. The foresight's hold (``budget_hold``) is carried over unchanged.
+    ``phase``: the job's phase.
     """
     step = report.step if report is not None else None
     total = report.steps_total if report is not None else None
@@ -108,7 +108,6 @@ def forecast(
         steps_done=step,
         steps_total=total,
         simulated=energy.simulated,
-        budget_hold=previous.budget_hold,
     )
     if phase in TERMINAL:
         return _finished(out, energy, phase)
@@ -175,7 +174,6 @@ def forecast(
 
 def _finished(out: ForecastSection, energy: EnergySection, phase: str | None) -> ForecastSection:
     """A finished job: nothing remains; the energy at completion is the energy measured."""
-    out.budget_hold = False
     out.steps_remaining = 0
     out.remaining_seconds = 0.0
     out.energy_to_completion_kwh = 0.0

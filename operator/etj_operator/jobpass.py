@@ -48,7 +48,7 @@ from etj_contract import (
 from etj_operator import breakdown, builders, kueue
 from etj_operator import conditions as cond
 from etj_operator.energy import integrate
-from etj_operator.forecast import FINISHED, forecast
+from etj_operator.forecast import forecast
 from etj_operator.lifecycle import Event, Observation, Plan, PodView, reconcile, to_rfc3339
 from etj_operator.models import InvalidSpecError, JobSpec, parse_spec
 from etj_operator.policies import RESCHEDULING, PolicyInputs, PolicyOutcome, PolicySettings, decide
@@ -416,8 +416,6 @@ def _write_forecast(
         phase=status.get("phase"),
         telemetry_interval_seconds=spec.energy.telemetry.interval_seconds if spec is not None else 15,
     )
-    if outcome is not None and section.reason != FINISHED:
-        section.budget_hold = outcome.forecast_hold
     others_changed = any(status.get(key) != before.get(key) for key in OWNED_KEYS if key != FORECAST)
     if found is not None and found == before.get(FORECAST) and not others_changed and section.reason == previous.reason:
         return

@@ -156,8 +156,6 @@ class PolicyOutcome:
     recreate_pods: bool = False
     #: A throttle cap is asked *and* the GPUs' measured limits show it (the phase is Throttled only then).
     throttled: bool = False
-    #: The budget foresight holds the job suspended (kept in ``status.forecast.budgetSuspended``).
-    forecast_hold: bool = False
     decisions: list[str] = field(default_factory=list)
 
 
@@ -349,8 +347,7 @@ def _foresight(i: PolicyInputs, out: PolicyOutcome) -> None:
     power). The hard budget wins: once the measured energy reaches the budget, its own action decides.
     """
     fc = i.forecast
-    held = fc is not None and fc.budget_hold
-    out.forecast_hold = held
+    held = out.policy.forecast_suspended
     budget = i.spec.energy.energy_budget
     found = i.condition_reasons.get(ENERGY_FORECAST)
     if budget is None or fc is None:
@@ -403,13 +400,13 @@ def _foresight(i: PolicyInputs, out: PolicyOutcome) -> None:
         return
     if _drain(i, out, DRAIN_FORECAST_SUSPEND):
         _mark_drained(out)
-        out.forecast_hold = True
+        out.policy.forecast_suspended = True
         out.hold = Phase.SUSPENDED
         out.decisions.append("suspend")
 
 
 def _forecast_release(out: PolicyOutcome, message: str) -> None:
-    out.forecast_hold = False
+    out.policy.forecast_suspended = False
     out.events.append(Event("Normal", REASON_FORECAST_WITHIN, message))
     out.decisions.append("resume")
 

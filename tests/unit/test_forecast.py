@@ -317,7 +317,6 @@ def sections(draw: st.DrawFn) -> ForecastSection:
         reason=draw(st.none() | st.sampled_from(fmod.REASONS).map(str)),
         message=draw(st.none() | st.text(max_size=200)),
         window=window,
-        budget_hold=draw(st.booleans()),
     )
 
 

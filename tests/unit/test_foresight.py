@@ -115,6 +115,9 @@ class Job:
     def forecast(self) -> ForecastSection:
         return ForecastSection.from_status(self.status.get("forecast"))
 
+    def policy(self) -> PolicySection:
+        return PolicySection.from_status(self.status.get("policy"))
+
     def condition(self) -> dict[str, Any] | None:
         return cond.find(self.status.get("conditions") or [], "EnergyForecast")
 
@@ -164,14 +167,14 @@ def test_suspend_checkpoints_and_suspends_before_the_budget_is_spent_and_keeps_t
     job.run_until(lambda r: r.plan.status.get("phase") == "Suspended", limit=5)
     assert not job.pods and job.kwh() < 0.1
     suspended_on = job.forecast()
-    assert suspended_on.budget_hold and suspended_on.reason == "Suspended"
+    assert job.policy().forecast_suspended and suspended_on.reason == "Suspended"
     assert suspended_on.remaining_seconds is None and suspended_on.energy_at_completion_kwh is not None
     for _ in range(40):  # 10 minutes suspended: no pods, no progress, the forecast stays what it was
         result = job.step()
         assert result.plan.status["phase"] == "Suspended" and not result.plan.create_pods
     held = job.forecast()
     assert held.energy_at_completion_kwh == suspended_on.energy_at_completion_kwh
-    assert held.steps_remaining == suspended_on.steps_remaining and held.budget_hold
+    assert held.steps_remaining == suspended_on.steps_remaining and job.policy().forecast_suspended
     assert len(job.events("EnergyForecastOverBudget")) == 1
     assert "at least" in (job.condition() or {})["message"]  # says what budget would resume it
 
@@ -194,7 +197,7 @@ def test_a_raised_budget_resumes_the_job_with_hysteresis() -> None:
     assert result.plan.create_pods
     found = job.condition()
     assert found is not None and found["status"] == "False" and found["reason"] == "ForecastWithinBudget"
-    assert job.events("ForecastWithinBudget") and not job.forecast().budget_hold
+    assert job.events("ForecastWithinBudget") and not job.policy().forecast_suspended
     # running again: the speed is measured afresh (the suspension is no training time)
     job.run_until(lambda r: ForecastSection.from_status(r.plan.status["forecast"]).mature)
     assert job.status["phase"] == "Running" and len(job.events("EnergyForecastOverBudget")) == 1
@@ -211,7 +214,7 @@ def test_the_hard_budget_wins_over_the_foresight() -> None:
         workload=WorkloadReport(), fresh_telemetry=False, telemetry_ok=False, forecast=fc,
     ))
     assert out.fail is not None and out.fail[0] == "EnergyBudgetExceeded"  # the budget's own Stop
-    assert not out.forecast_hold and out.hold is None
+    assert not out.policy.forecast_suspended and out.hold is None
 
 
 def test_an_immature_forecast_is_never_acted_on() -> None:
@@ -226,7 +229,7 @@ def test_an_immature_forecast_is_never_acted_on() -> None:
     ))
     change = next(c for c in out.conditions if c.type == "EnergyForecast")
     assert change.status is None and change.reason == "ForecastNotMature"
-    assert out.hold is None and out.policy.drain is None and out.events == [] and not out.forecast_hold
+    assert out.hold is None and out.policy.drain is None and out.events == [] and not out.policy.forecast_suspended
 
 
 def test_the_forecast_costs_no_write_of_its_own() -> None:
