@@ -189,8 +189,12 @@ def decide_pass(obs: PassObservation) -> PassResult:
 
     outcome: PolicyOutcome | None = None
     gpu_count = obs.gpu_count
+    # the forecast the policies saw, and the phase it is for (the one written is for the pass's final phase)
+    forecast_seen: tuple[Any, ForecastSection] | None = None
     if spec is not None and not spec.suspend and status.get("phase") not in TERMINAL:
-        outcome, gpu_count = _run_policies(spec, status, pods, obs, report)
+        phase_found = status.get("phase")
+        outcome, gpu_count, seen = _run_policies(spec, status, pods, obs, report)
+        forecast_seen = (phase_found, seen)
         for change in outcome.conditions:
             status["conditions"] = cond.set_condition(
                 list(status.get("conditions") or []),
@@ -251,7 +255,7 @@ def decide_pass(obs: PassObservation) -> PassResult:
         plan.events.extend(step.events)
         kueue.after_lifecycle(obs.kueue, step, plan.status, obs.now)
     settle(plan, obs.now, generation, report)
-    _write_forecast(plan.status, before, report, obs.now, spec, outcome)
+    _write_forecast(plan.status, before, report, obs.now, spec, forecast_seen)
     return PassResult(
         plan=plan,
         before=before,
@@ -290,8 +294,12 @@ def _run_policies(
     pods: list[PodView],
     obs: PassObservation,
     report: WorkloadReport,
-) -> tuple[PolicyOutcome, int]:
-    """Integrate the telemetry cycle, run the policies, and write their sections into ``status``."""
+) -> tuple[PolicyOutcome, int, ForecastSection]:
+    """Integrate the telemetry cycle, run the policies, and write their sections into ``status``.
+
+    Returns the policies' outcome, the GPU count, and the forecast they saw (after this pass's integration, as
+    of the phase found).
+    """
     telemetry = obs.telemetry
     energy = EnergySection.from_status(status.get(ENERGY))
     control = ControlSection.from_status(status.get(CONTROL))
@@ -333,6 +341,15 @@ def _run_policies(
         for p in live
         if p.node_name and p.node_name in obs.pressured_nodes and p.node_name not in placement.avoided_nodes
     )
+    # the forecast as of the phase found, after this pass's integration (the budget foresight's input)
+    forecast_found = forecast(
+        ForecastSection.from_status(status.get(FORECAST)),
+        report,
+        energy,
+        obs.now.timestamp(),
+        phase=status.get("phase"),
+        telemetry_interval_seconds=spec.energy.telemetry.interval_seconds,
+    )
     outcome = decide(
         PolicyInputs(
             spec=spec,
@@ -359,15 +376,7 @@ def _run_policies(
             pressured_nodes=sorted(set(pressured)),
             applied_limits_watts=applied,
             agent=telemetry.agent if telemetry else AgentFindings(),
-            # the forecast as of the phase found (the one written is computed again for the pass's final phase)
-            forecast=forecast(
-                ForecastSection.from_status(status.get(FORECAST)),
-                report,
-                energy,
-                obs.now.timestamp(),
-                phase=status.get("phase"),
-                telemetry_interval_seconds=spec.energy.telemetry.interval_seconds,
-            ),
+            forecast=forecast_found,
             settings=obs.settings,
         )
     )
@@ -377,7 +386,7 @@ def _run_policies(
     status[POLICY] = outcome.policy.to_status()
     if not outcome.placement.empty:
         status[PLACEMENT] = outcome.placement.to_status()
-    return outcome, gpu_count
+    return outcome, gpu_count, forecast_found
 
 
 def _topology(spec: JobSpec, report: WorkloadReport) -> breakdown.Topology:
@@ -398,24 +407,28 @@ def _write_forecast(
     report: WorkloadReport,
     now: datetime,
     spec: JobSpec | None,
-    outcome: PolicyOutcome | None,
+    seen: tuple[Any, ForecastSection] | None,
 ) -> None:
-    """Write ``status.forecast`` for the pass's final phase (etj_operator.forecast), with the foresight's hold.
+    """Write ``status.forecast`` for the pass's final phase (etj_operator.forecast).
 
+    ``seen``: the phase and forecast the policies saw; reused when the phase stayed the same, else computed again.
     The figures move only with their inputs (a new step count, a telemetry cycle, a phase), each of which the
     pass writes anyway. So that the forecast never costs a write of its own, a pass in which no other owned key
     changed keeps the forecast found unless its reason changed (docs/energy.md, "Forecast").
     """
     found = status.get(FORECAST)
     previous = ForecastSection.from_status(found)
-    section = forecast(
-        previous,
-        report,
-        EnergySection.from_status(status.get(ENERGY)),
-        now.timestamp(),
-        phase=status.get("phase"),
-        telemetry_interval_seconds=spec.energy.telemetry.interval_seconds if spec is not None else 15,
-    )
+    if seen is not None and seen[0] == status.get("phase"):
+        section = seen[1]  # nothing the forecast reads changed since the policies saw it
+    else:
+        section = forecast(
+            previous,
+            report,
+            EnergySection.from_status(status.get(ENERGY)),
+            now.timestamp(),
+            phase=status.get("phase"),
+            telemetry_interval_seconds=spec.energy.telemetry.interval_seconds if spec is not None else 15,
+        )
     others_changed = any(status.get(key) != before.get(key) for key in OWNED_KEYS if key != FORECAST)
     if found is not None and found == before.get(FORECAST) and not others_changed and section.reason == previous.reason:
         return
