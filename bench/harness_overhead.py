@@ -1,26 +1,32 @@
 """Step-time overhead of the harness vs. a bare DDP loop, 2 ranks (gloo, CPU), with a confidence interval.
 
-Each rank holds two DDP copies of the same model (same initial weights, same batch), both all-reduced by DDP's
-built-in allreduce: the *bare* one, and the *harness* one, under a :class:`Harness` that reads DDP's runtime
-statistics for its report's communication section at every publish (``etj_workload.commtiming``: communication
-reading ON, as in a pod; ``--no-comm-timing`` switches it off). The run
-is a sequence of pairs of blocks, each pair one block of bare steps and one of harness steps, their order
-alternating from pair to pair (AB, BA, AB, ...), so that drift (CPU frequency, the other rank's scheduling)
-falls on both arms. A block's time is the mean of its steps (the mean, not the median: the control poll every
-10 steps, an all-gather, is part of the harness's cost: a block holds whole poll intervals). A pair's ratio is
-harness block / bare block; the figure is the median of the pairs' ratios (robust to a burst of other load on
-the machine hitting one block) with a 95 % percentile-bootstrap interval of that median over pairs (10,000
-resamples, seeded); the mean of the ratios with its Student-t interval is printed beside it, and the same
-median for rank 0's process CPU time (``time.process_time``: less sensitive to other load on the machine).
-The harness runs as in a pod: simulated GPU (accounting only, no slowdown sleeping), Unmanaged power,
-control poll every 10 steps (``--poll-steps``), no metrics endpoint; rank 0's control channel talks to an
-in-memory job API (:class:`MemoryJobApi`: no network, the channel's thread and rate limits as in a pod), so
-every poll builds and publishes the report, communication section included.
-Only rank 0's clock is used; the ranks are in lockstep through the allreduces. ``--profile FILE`` runs rank 0's
-measured pairs under cProfile and writes its statistics there (for finding the overhead, not for the figure).
+Each rank trains one DDP model (all-reduced by DDP's built-in allreduce) in two arms that take turns: *bare*
+steps, and *harness* steps, the same steps between a :class:`Harness`'s ``step_begin``/``step_end``. The harness
+reads DDP's runtime statistics for its report's communication section at every publish
+(``etj_workload.commtiming``: communication reading ON, as in a pod; ``--no-comm-timing`` switches it off). Both
+arms train the same model object: an earlier version gave each arm its own copy, and a run with *both* arms bare
+(an A/A run) then came out 1.3 % apart with an interval excluding 1 (the two copies' memory, not the code, made
+the difference). The harness installs nothing on the model, so the bare steps run as bare as before.
 
-Usage: .venv/bin/python bench/harness_overhead.py [--pairs 240 --block-steps 10 --width 512 --no-comm-timing]
-       [--poll-steps 10 (1000: blocks without a control poll, to tell the poll's cost from the per-step hooks')]
+The run is a sequence of pairs of blocks, each pair one block of bare steps and one of harness steps, their
+order alternating from pair to pair (AB, BA, AB, ...), so that drift (CPU frequency, the other rank's
+scheduling) falls on both arms. The control poll (an all-gather, the report built and published) comes about
+every ``--poll-seconds`` as in a pod (rank 0 picks its step), so a harness block holds a poll or not: the
+figure is the ratio of the arms' total times over all pairs (every poll counted once), with a 95 %
+percentile-bootstrap interval over pairs (the pairs resampled, 10,000 times, seeded). Printed beside it: the
+median of the pairs' ratios, and rank 0's process CPU time ratio (``time.process_time``).
+
+Each rank is pinned to its own core (``--no-pin`` to leave them to the scheduler): on a 2-core VM that cut the
+pair ratios' spread in an A/A run by a third. The harness runs as in a pod: simulated GPU (accounting only, no
+slowdown sleeping), Unmanaged power, control poll about every second (the operator's default; ``--poll-seconds
+0 --poll-steps N``: every N steps), no metrics endpoint; rank 0's control channel talks to an in-memory job
+API (:class:`MemoryJobApi`: no network, the channel's thread and rate limits as in a pod), so every poll builds
+and publishes the report, communication section included. Only rank 0's clock is used; the ranks are in
+lockstep through the allreduces. ``--profile FILE`` runs rank 0's measured pairs under cProfile and writes its
+statistics there (for finding the overhead, not for the figure).
+
+Usage: .venv/bin/python bench/harness_overhead.py [--pairs 300 --block-steps 40 --width 512 --no-comm-timing]
+       [--poll-seconds 1.0 | --poll-seconds 0 --poll-steps 10] [--no-pin]
 Ends with ``name: value`` lines: ``harness_step_time_ratio`` (target <= 1.01) and its
 ``harness_step_time_ratio_ci_low`` / ``harness_step_time_ratio_ci_high``.
 """
@@ -29,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import math
 import os
 import random
 import socket
@@ -53,10 +58,8 @@ from etj_workload.gpu import SimulatedGpu  # noqa: E402
 from etj_workload.harness import Harness  # noqa: E402
 from etj_workload.models import SyntheticMlp  # noqa: E402
 
-#: t quantiles (two-sided 95 %) for the degrees of freedom used here; large n: the normal's 1.96.
-_T975 = {10: 2.228, 20: 2.086, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
-
-#: per block: (wall seconds per step, process CPU seconds per step), bare and harness; the communication stats
+#: per block: (wall seconds per step, process CPU seconds per step), bare and harness; the communication stats and
+#: the number of control polls in the measured pairs
 Result = tuple[list[tuple[float, float]], list[tuple[float, float]], dict[str, object]]
 
 
@@ -78,15 +81,13 @@ class MemoryJobApi:
 def worker(rank: int, world: int, port: int, args: argparse.Namespace, queue: mp.Queue[Result]) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.pin and len(cpus) >= world:
+        os.sched_setaffinity(0, {cpus[rank]})
     dist.init_process_group("gloo", rank=rank, world_size=world)
-
-    def build() -> DistributedDataParallel:
-        torch.manual_seed(0)
-        return DistributedDataParallel(SyntheticMlp(width=args.width, depth=args.depth))
-
-    bare_model, harness_model = build(), build()
-    bare_opt = torch.optim.SGD(bare_model.parameters(), lr=1e-3)
-    harness_opt = torch.optim.SGD(harness_model.parameters(), lr=1e-3)
+    torch.manual_seed(0)
+    model = DistributedDataParallel(SyntheticMlp(width=args.width, depth=args.depth))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     x = torch.randn(args.batch, 256)
     y = torch.randint(0, 10, (args.batch,))
@@ -99,23 +100,34 @@ def worker(rank: int, world: int, port: int, args: argparse.Namespace, queue: mp
         return loss
 
     harness = Harness(
-        harness_model,
-        harness_opt,
+        model,
+        optimizer,
         evaluate=lambda m: 0.0,
         steps_per_epoch=10**9,
         samples_per_step=args.batch * world,
-        env=HarnessEnv(control_poll_steps=args.poll_steps, comm_timing=not args.no_comm_timing),
+        env=HarnessEnv(
+            control_poll_steps=args.poll_steps,
+            control_poll_seconds=args.poll_seconds,
+            comm_timing=not args.no_comm_timing,
+        ),
         gpu=SimulatedGpu(index=rank),
         job_api=MemoryJobApi() if rank == 0 else None,
         install_signal_handlers=False,
     )
     harness.train_begin()
     harness.epoch_begin(0)
+    polls = [0]  # the measured pairs' control polls
+    poll = harness.poll_control
+
+    def counted_poll() -> None:
+        polls[0] += 1
+        poll()
+
 
     def bare_block() -> tuple[float, float]:
         start, cpu = time.perf_counter(), time.process_time()
         for _ in range(args.block_steps):
-            one_step(bare_model, bare_opt)
+            one_step(model, optimizer)
         n = args.block_steps
         return (time.perf_counter() - start) / n, (time.process_time() - cpu) / n
 
@@ -123,7 +135,7 @@ def worker(rank: int, world: int, port: int, args: argparse.Namespace, queue: mp
         start, cpu = time.perf_counter(), time.process_time()
         for _ in range(args.block_steps):
             harness.step_begin()
-            loss = one_step(harness_model, harness_opt)
+            loss = one_step(model, optimizer)
             harness.step_end(loss)
         n = args.block_steps
         return (time.perf_counter() - start) / n, (time.process_time() - cpu) / n
@@ -131,6 +143,7 @@ def worker(rank: int, world: int, port: int, args: argparse.Namespace, queue: mp
     for _ in range(args.warmup_pairs):
         bare_block()
         harness_block()
+    harness.poll_control = counted_poll  # type: ignore[method-assign]
     bare: list[tuple[float, float]] = []
     with_harness: list[tuple[float, float]] = []
     profiler = cProfile.Profile() if args.profile and rank == 0 else None
@@ -146,45 +159,44 @@ def worker(rank: int, world: int, port: int, args: argparse.Namespace, queue: mp
     if profiler is not None:
         profiler.disable()
         profiler.dump_stats(args.profile)
-    comm: dict[str, object] = harness.status().get("communication", {})
+    info: dict[str, object] = {"comm": harness.status().get("communication", {}), "polls": polls[0]}
     harness.close()
     if rank == 0:
-        queue.put((bare, with_harness, comm))
+        queue.put((bare, with_harness, info))
     dist.destroy_process_group()
 
 
-def bootstrap_median_ci(values: list[float], *, resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
-    """95 % percentile-bootstrap interval of the median of ``values``."""
+def bootstrap_ratio_ci(
+    numerators: list[float], denominators: list[float], *, resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float]:
+    """95 % percentile-bootstrap interval of ``sum(numerators) / sum(denominators)``, the pairs resampled."""
     rng = random.Random(seed)
-    n = len(values)
-    medians = sorted(statistics.median(rng.choices(values, k=n)) for _ in range(resamples))
-    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
-
-
-def t_mean_ci(values: list[float]) -> tuple[float, float]:
-    """95 % Student-t interval of the mean of ``values`` (quantile from a small table, conservative)."""
-    n = len(values)
-    df = n - 1
-    quantile = next((q for d, q in sorted(_T975.items()) if df <= d), 1.96)
-    half = quantile * statistics.stdev(values) / math.sqrt(n)
-    mean = statistics.fmean(values)
-    return mean - half, mean + half
+    n = len(numerators)
+    ratios = []
+    for _ in range(resamples):
+        picks = rng.choices(range(n), k=n)
+        ratios.append(sum(numerators[i] for i in picks) / sum(denominators[i] for i in picks))
+    ratios.sort()
+    return ratios[int(0.025 * resamples)], ratios[int(0.975 * resamples) - 1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--pairs", type=int, default=240)
+    parser.add_argument("--pairs", type=int, default=300)
     parser.add_argument("--warmup-pairs", type=int, default=3)
-    parser.add_argument("--block-steps", type=int, default=10, help="a multiple of the poll interval")
+    parser.add_argument("--block-steps", type=int, default=40)
     parser.add_argument(
-        "--poll-steps", type=int, default=10, help="the control poll interval (ETJ_CONTROL_POLL_STEPS; pods: 10)"
+        "--poll-seconds", type=float, default=1.0,
+        help="the control poll interval (ETJ_CONTROL_POLL_SECONDS; pods: 1); 0: every --poll-steps steps",
     )
+    parser.add_argument("--poll-steps", type=int, default=10, help="ETJ_CONTROL_POLL_STEPS, with --poll-seconds 0")
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument(
         "--no-comm-timing", action="store_true", help="the harness arm without reading DDP's statistics"
     )
+    parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin each rank to its own core")
     parser.add_argument("--profile", help="write rank 0's cProfile statistics of the measured pairs there")
     parser.add_argument("--ratios-file", help="write the pairs' ratios there, one a line")
     args = parser.parse_args()
@@ -198,28 +210,36 @@ def main() -> None:
     procs = [ctx.Process(target=worker, args=(r, 2, port, args, queue)) for r in range(2)]
     for p in procs:
         p.start()
-    bare, with_harness, comm = queue.get(timeout=900)
+    bare, with_harness, info = queue.get(timeout=1800)
     for p in procs:
         p.join()
-    ratios = [h[0] / b[0] for h, b in zip(with_harness, bare, strict=True)]
-    cpu_ratios = [h[1] / b[1] for h, b in zip(with_harness, bare, strict=True) if b[1] > 0]
-    ratio = statistics.median(ratios)
-    low, high = bootstrap_median_ci(ratios)
-    t_low, t_high = t_mean_ci(ratios)
+    bare_times = [b[0] for b in bare]
+    harness_times = [h[0] for h in with_harness]
+    ratios = [h / b for h, b in zip(harness_times, bare_times, strict=True)]
+    ratio = sum(harness_times) / sum(bare_times)
+    low, high = bootstrap_ratio_ci(harness_times, bare_times)
+    cpu_ratio = sum(h[1] for h in with_harness) / max(1e-12, sum(b[1] for b in bare))
     if args.ratios_file:
         Path(args.ratios_file).write_text("".join(f"{r:.5f}\n" for r in ratios))
     timing = "off" if args.no_comm_timing else "on"
+    polls = int(info["polls"])  # type: ignore[call-overload]
+    harness_steps = args.pairs * args.block_steps
+    cadence = f"about every {args.poll_seconds:g} s" if args.poll_seconds > 0 else f"every {args.poll_steps} steps"
     print(f"model: SyntheticMlp width={args.width} depth={args.depth} batch/rank={args.batch}, 2 ranks gloo CPU")
     print(
-        f"pairs: {args.pairs} of {args.block_steps}-step blocks (alternating order), control poll every "
-        f"{args.poll_steps} steps, communication reading {timing}"
+        f"pairs: {args.pairs} of {args.block_steps}-step blocks (alternating order), ranks "
+        f"{'pinned to a core each' if args.pin else 'not pinned'}, communication reading {timing}"
     )
-    print(f"communication: {comm}")
+    print(
+        f"control polls: {polls} in {harness_steps} harness steps (one every {harness_steps / max(1, polls):.0f}), "
+        f"{cadence}"
+    )
+    print(f"communication (both arms' steps: one model): {info['comm']}")
     print(f"pair_ratio_stdev: {statistics.stdev(ratios):.4f}")
-    print(f"harness_step_time_ratio_mean: {statistics.fmean(ratios):.4f} (t interval [{t_low:.4f}, {t_high:.4f}])")
-    print(f"harness_cpu_time_ratio: {statistics.median(cpu_ratios):.4f} (rank 0's process CPU time, median of pairs)")
-    print(f"bare_step_ms_median: {statistics.median(b[0] for b in bare) * 1e3:.3f}")
-    print(f"harness_step_ms_median: {statistics.median(h[0] for h in with_harness) * 1e3:.3f}")
+    print(f"pair_ratio_median: {statistics.median(ratios):.4f}")
+    print(f"harness_cpu_time_ratio: {cpu_ratio:.4f} (rank 0's process CPU time, total over pairs)")
+    print(f"bare_step_ms_median: {statistics.median(bare_times) * 1e3:.3f}")
+    print(f"harness_step_ms_median: {statistics.median(harness_times) * 1e3:.3f}")
     print(f"harness_step_time_ratio: {ratio:.4f}")
     print(f"harness_step_time_ratio_ci_low: {low:.4f}")
     print(f"harness_step_time_ratio_ci_high: {high:.4f}")

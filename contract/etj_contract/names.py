@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_METRICS_PORT",
     "ENV_ETJ_CHECKPOINT_DIR",
     "ENV_ETJ_COMPRESSION_PLAN",
+    "ENV_ETJ_CONTROL_POLL_SECONDS",
     "ENV_ETJ_CONTROL_POLL_STEPS",
     "ENV_ETJ_GANG_GENERATION",
     "ENV_ETJ_GPU_BACKEND",
@@ -62,6 +63,7 @@ __all__ = [
     "LABEL_REPLICA_INDEX",
     "LABEL_ROLE",
     "MANAGED_BY",
+    "MAX_CONTROL_POLL_SECONDS",
     "METRIC_LABEL_SOURCE",
     "METRIC_POWER_MGMT_LIMIT",
     "METRIC_POWER_USAGE",
@@ -165,8 +167,15 @@ ENV_ETJ_CHECKPOINT_DIR: Final = "ETJ_CHECKPOINT_DIR"
 ENV_ETJ_POWER_POLICY: Final = "ETJ_POWER_POLICY"
 #: Port of the harness's DCGM-compatible /metrics endpoint (Direct telemetry).
 ENV_ETJ_METRICS_PORT: Final = "ETJ_METRICS_PORT"
-#: How many training steps between two reads of status.control by rank 0.
+#: How many training steps between two control polls (read of status.control by rank 0, its report published),
+#: when ETJ_CONTROL_POLL_SECONDS is 0.
 ENV_ETJ_CONTROL_POLL_STEPS: Final = "ETJ_CONTROL_POLL_STEPS"
+#: About how many seconds between two control polls (rank 0 picks the step of the next one from the step time it
+#: measured); 0 or unset: every ETJ_CONTROL_POLL_STEPS steps.
+ENV_ETJ_CONTROL_POLL_SECONDS: Final = "ETJ_CONTROL_POLL_SECONDS"
+#: The longest ETJ_CONTROL_POLL_SECONDS: the operator's stop, checkpoint and cap requests, and the checkpoint
+#: after a SIGTERM, wait for a poll.
+MAX_CONTROL_POLL_SECONDS: Final = 60.0
 #: "nvml", "simulated" or "auto" (nvml when a GPU is visible, else simulated).
 ENV_ETJ_GPU_BACKEND: Final = "ETJ_GPU_BACKEND"
 #: Gang generation of this pod (the job's status.restarts when the pod was created).

@@ -349,6 +349,8 @@ class PodOptions:
 
     control_poll_steps: int = 10
     gpu_backend: str = "auto"
+    #: The harness's control poll interval in seconds (0: every ``control_poll_steps`` steps).
+    control_poll_seconds: float = 1.0
     #: The node agent runs on the GPU nodes (``OperatorConfig.node_agent``): it enforces every limit (Fixed, the
     #: throttle, Auto's candidates as the operator answers them), so no pod gets SYS_ADMIN (:meth:`agent_enforces`).
     node_agent: bool = False
@@ -408,6 +410,7 @@ def build_worker_pod(
         replica_index=index,
         gang_generation=gang_generation,
         control_poll_steps=options.control_poll_steps,
+        control_poll_seconds=options.control_poll_seconds,
         gpu_backend=options.gpu_backend,
     )
     containers = pod_spec.get("containers") or []

@@ -72,8 +72,11 @@ class OperatorConfig:
     reconcile_interval_seconds: float = 10.0
     #: After a wake-up, wait this long so that a burst of events is handled by one reconcile.
     reconcile_debounce_seconds: float = 0.05
-    #: Steps between two reads of status.control by the harness's rank 0.
+    #: Steps between two control polls of the harness (its rank 0 reads status.control, publishes its report),
+    #: when ``control_poll_seconds`` is 0.
     control_poll_steps: int = 10
+    #: About this many seconds between two control polls of the harness (0: every ``control_poll_steps``).
+    control_poll_seconds: float = 1.0
     #: GPU backend the harness uses: auto (NVML when a GPU is visible), nvml, or simulated.
     gpu_backend: str = "auto"
     #: Port of the operator's own Prometheus metrics (0 disables).
@@ -187,6 +190,8 @@ class OperatorConfig:
             reconcile_interval_seconds=number("ETJ_RECONCILE_INTERVAL_SECONDS", cls.reconcile_interval_seconds),
             reconcile_debounce_seconds=number("ETJ_RECONCILE_DEBOUNCE_SECONDS", cls.reconcile_debounce_seconds),
             control_poll_steps=max(1, int(number("ETJ_CONTROL_POLL_STEPS", cls.control_poll_steps))),
+            control_poll_seconds=min(contract.MAX_CONTROL_POLL_SECONDS, max(0.0, number("ETJ_CONTROL_POLL_SECONDS",
+                                                                               cls.control_poll_seconds))),
             gpu_backend=backend,
             metrics_port=int(number("ETJ_METRICS_PORT", cls.metrics_port)),
             prometheus_url=env.get("ETJ_PROMETHEUS_URL", cls.prometheus_url),

@@ -38,6 +38,7 @@ class EnvContext:
     replica_index: int
     gang_generation: int
     control_poll_steps: int = 10
+    control_poll_seconds: float = 1.0
     gpu_backend: str = "auto"
     metrics_port: int = c.DEFAULT_METRICS_PORT
     master_port: int = c.DEFAULT_MASTER_PORT
@@ -98,6 +99,7 @@ def harness_env(ctx: EnvContext) -> list[EnvVar]:
         _var(c.ENV_ETJ_REPLICA_INDEX, ctx.replica_index),
         _var(c.ENV_ETJ_GANG_GENERATION, ctx.gang_generation),
         _var(c.ENV_ETJ_CONTROL_POLL_STEPS, ctx.control_poll_steps),
+        _var(c.ENV_ETJ_CONTROL_POLL_SECONDS, f"{ctx.control_poll_seconds:g}"),
         _var(c.ENV_ETJ_METRICS_PORT, ctx.metrics_port),
         _var(c.ENV_ETJ_GPU_BACKEND, ctx.gpu_backend),
     ]

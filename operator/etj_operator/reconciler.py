@@ -402,7 +402,12 @@ class JobReconciler:
         if spec is None or not plan.create_pods or not state.children_ensured:
             return
         generation = int(plan.status.get("restarts") or 0)
-        options = builders.PodOptions(self.config.control_poll_steps, self.config.gpu_backend, self.config.node_agent)
+        options = builders.PodOptions(
+            control_poll_steps=self.config.control_poll_steps,
+            gpu_backend=self.config.gpu_backend,
+            control_poll_seconds=self.config.control_poll_seconds,
+            node_agent=self.config.node_agent,
+        )
         directive = _placement_directive(spec, PlacementSection.from_status(plan.status.get(PLACEMENT)))
         manifests = []
         for index in plan.create_pods:

@@ -3,6 +3,7 @@ import json
 import pytest
 
 from etj_operator import contract as c
+from etj_operator.config import OperatorConfig
 from etj_operator.envvars import EnvContext, worker_env
 from etj_operator.models import parse_spec
 
@@ -189,3 +190,20 @@ def test_a_whole_float_trigger_goes_over_as_the_integer_the_operator_read():
 
 def test_gang_generation_is_passed():
     assert env_of(generation=3)[c.ENV_ETJ_GANG_GENERATION] == "3"
+
+
+def test_the_control_poll_settings_reach_the_pod():
+    spec = parse_spec(job_manifest()["spec"], "digits")
+    ctx = EnvContext(job_name="digits", namespace="ml", spec=spec, replica_index=0, gang_generation=0)
+    env = {v["name"]: v["value"] for v in worker_env(ctx)}
+    assert (env[c.ENV_ETJ_CONTROL_POLL_SECONDS], env[c.ENV_ETJ_CONTROL_POLL_STEPS]) == ("1", "10")  # the defaults
+    tuned = EnvContext(job_name="digits", namespace="ml", spec=spec, replica_index=0, gang_generation=0,
+                       control_poll_steps=4, control_poll_seconds=2.5)
+    env = {v["name"]: v["value"] for v in worker_env(tuned)}
+    assert (env[c.ENV_ETJ_CONTROL_POLL_SECONDS], env[c.ENV_ETJ_CONTROL_POLL_STEPS]) == ("2.5", "4")
+
+
+def test_the_operator_reads_and_bounds_the_poll_seconds():
+    assert OperatorConfig.from_env({}).control_poll_seconds == 1.0
+    assert OperatorConfig.from_env({"ETJ_CONTROL_POLL_SECONDS": "0"}).control_poll_seconds == 0.0
+    assert OperatorConfig.from_env({"ETJ_CONTROL_POLL_SECONDS": "600"}).control_poll_seconds == 60.0

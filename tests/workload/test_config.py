@@ -92,6 +92,7 @@ def test_harness_env_reads_operator_and_torchrun_env() -> None:
             "ETJ_CHECKPOINT_DIR": "/ckpt",
             "ETJ_METRICS_PORT": "9400",
             "ETJ_CONTROL_POLL_STEPS": "5",
+            "ETJ_CONTROL_POLL_SECONDS": "1.5",
             "ETJ_GPU_BACKEND": "simulated",
             "ETJ_GANG_GENERATION": "2",
             "ETJ_POWER_POLICY": '{"mode": "Fixed", "limitWatts": 400}',
@@ -100,6 +101,8 @@ def test_harness_env_reads_operator_and_torchrun_env() -> None:
     assert (env.dist.rank, env.dist.world_size, env.dist.local_rank, env.dist.distributed) == (3, 4, 1, True)
     assert (env.job_name, env.job_namespace, env.checkpoint_dir, env.metrics_port) == ("j", "n", "/ckpt", 9400)
     assert (env.control_poll_steps, env.gpu_backend, env.gang_generation) == (5, "simulated", 2)
+    assert env.control_poll_seconds == 1.5
+    assert HarnessEnv.from_env({}).control_poll_seconds == 0.0  # unset: every N steps, as before
     assert env.power.limit_watts == 400
 
 
@@ -108,3 +111,6 @@ def test_harness_env_rejects_bad_values() -> None:
         HarnessEnv.from_env({"ETJ_GPU_BACKEND": "cuda"})
     with pytest.raises(ConfigError, match="ETJ_CONTROL_POLL_STEPS"):
         HarnessEnv.from_env({"ETJ_CONTROL_POLL_STEPS": "x"})
+    for bad in ("soon", "-1", "61", "nan"):
+        with pytest.raises(ConfigError, match="ETJ_CONTROL_POLL_SECONDS"):
+            HarnessEnv.from_env({"ETJ_CONTROL_POLL_SECONDS": bad})

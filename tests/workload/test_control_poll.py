@@ -16,7 +16,15 @@ from etj_workload.config import HarnessEnv, parse_compression_plan
 from etj_workload.control import ControlState, decide
 from etj_workload.distributed import LocalOps
 from etj_workload.gpu import GpuReading, SimulatedGpu
-from etj_workload.harness import POLL_CONTROL_FIELDS, POLL_FIELDS, Harness, PollRow, decode_poll, encode_poll
+from etj_workload.harness import (
+    POLL_CONTROL_FIELDS,
+    POLL_FIELDS,
+    Harness,
+    PollRow,
+    decode_poll,
+    encode_poll,
+    next_poll_interval,
+)
 
 STAGES = ("prune-a", "prune-b", "int8")
 PLAN = json.dumps(
@@ -46,14 +54,14 @@ def test_the_row_carries_every_field_of_the_control_state() -> None:
 
 
 def test_a_full_row_round_trips() -> None:
-    row = PollRow(sigterm=True, gpu=(312_000, 2**50 + 3, 700_000), control=FULL_CONTROL)
+    row = PollRow(sigterm=True, gpu=(312_000, 2**50 + 3, 700_000), control=FULL_CONTROL, next_poll_steps=80)
     assert round_trip(row) == row
 
 
 def test_none_travels_as_nan_and_comes_back_as_none() -> None:
     row = PollRow(sigterm=False, gpu=None, control=None)
     values = encode_poll(row, STAGES)
-    assert values[0] == 0.0 and all(math.isnan(v) for v in values[1:4]) and values[4] == 0.0
+    assert values[0] == 0.0 and all(math.isnan(v) for v in values[1:5]) and values[POLL_FIELDS.index("control")] == 0.0
     assert round_trip(row) == row
     empty = PollRow(sigterm=False, gpu=(0, 0, 0), control=ControlState())
     assert round_trip(empty) == empty
@@ -104,17 +112,20 @@ class ScriptedOps(LocalOps):
 
     def all_gather_floats(self, values: Sequence[float]) -> list[list[float]]:
         self.gathers.append("floats")
-        return [self.rows[0], [float(v) for v in values], self.rows[2]]
+        self.sent = [float(v) for v in values]
+        return [self.rows[0], self.sent, self.rows[2]]
 
 
-def scripted_harness(ops: ScriptedOps, host: str) -> Harness:
+def scripted_harness(ops: ScriptedOps, host: str, poll_seconds: float = 0.0) -> Harness:
     harness = Harness(
         nn.Linear(4, 2),
         None,
         evaluate=lambda m: 0.0,
         steps_per_epoch=10,
         samples_per_step=8,
-        env=HarnessEnv(control_poll_steps=1, compression=parse_compression_plan(PLAN)),
+        env=HarnessEnv(
+            control_poll_steps=1, control_poll_seconds=poll_seconds, compression=parse_compression_plan(PLAN)
+        ),
         gpu=SimulatedGpu(index=1),
         dist_ops=ops,
         install_signal_handlers=False,
@@ -161,6 +172,47 @@ def test_a_peer_without_a_reading_is_left_out() -> None:
         harness.poll_control()
         assert harness._peer_readings == [GpuReading(2, "GPU-2", "m", "simulated", 5, 6, 7)]
         assert harness.control == ControlState()  # rank 0 sent no control: the state stays as it was
+
+
+# --- time-based polling: rank 0 picks the step of the next poll ---------------------------------------------------
+def test_the_interval_is_about_the_poll_seconds_at_the_measured_step_time() -> None:
+    assert next_poll_interval(1.0, 64, 64 * 0.0125) == 80  # 12.5 ms steps: a poll a second
+    assert next_poll_interval(1.0, 8, 8 * 0.0125) == 16  # ... reached by doubling, from a first poll at step 1
+    assert next_poll_interval(1.0, 1, 0.0125) == 2
+    assert next_poll_interval(1.0, 10, 10 * 3.0) == 1  # 3 s steps: every step
+    assert next_poll_interval(1.0, 4, 1.0) == 4  # exactly a second: the same interval again
+    assert next_poll_interval(1.0, 0, 0.0) == 1 and next_poll_interval(1.0, 5, 0.0) == 1  # nothing measured
+
+
+def test_every_rank_polls_at_the_step_rank_0_chose() -> None:
+    gpu0 = SimulatedGpu(index=0).reading()
+    identities = [("h", 0, gpu0.uuid, gpu0.name, gpu0.source), None, ("h", 2, "GPU-2", "m", "simulated")]
+    rows = [
+        encode_poll(PollRow(False, None, None, next_poll_steps=7), STAGES),
+        [],
+        encode_poll(PollRow(False, None, None), STAGES),
+    ]
+    ops = ScriptedOps(identities, rows)
+    with scripted_harness(ops, "h", poll_seconds=1.0) as harness:
+        assert harness.poll_due(1)  # the first step's end: a first poll at once
+        harness.step = 3
+        harness.poll_control()
+        # rank 1 sent no choice of its own (NaN): it is rank 0's, the next poll 7 steps on
+        assert math.isnan(ops.sent[POLL_FIELDS.index("next_poll_steps")])
+        assert [s for s in range(4, 14) if harness.poll_due(s)] == [10, 11, 12, 13]
+        harness.step = 10
+        rows[0] = encode_poll(PollRow(False, None, None), STAGES)  # a row without a choice: the next step
+        harness.poll_control()
+        assert not harness.poll_due(10) and harness.poll_due(11)
+
+
+def test_without_poll_seconds_the_poll_is_every_n_steps() -> None:
+    harness = Harness(
+        nn.Linear(4, 2), None, evaluate=lambda m: 0.0, steps_per_epoch=10, samples_per_step=8,
+        env=HarnessEnv(control_poll_steps=4), gpu=SimulatedGpu(index=0), install_signal_handlers=False,
+    )
+    with harness:
+        assert [s for s in range(1, 13) if harness.poll_due(s)] == [4, 8, 12]
 
 
 # --- a real 2-rank gloo world ------------------------------------------------------------------------------------
@@ -249,3 +301,42 @@ def test_both_ranks_obey_rank_0s_control_and_a_sigterm_on_rank_1(two_ranks: list
     peer = first0["peers"][0]
     assert len(first0["peers"]) == 1 and peer["index"] == 1 and peer["uuid"] == first1["own"]["uuid"]
     assert [r["stop_reason"] for r in two_ranks] == ["SIGTERM", "SIGTERM"]
+
+
+TIMED_WORKER = r"""
+import json, sys, time
+import torch.distributed as dist
+from torch import nn
+
+from etj_workload.config import HarnessEnv
+from etj_workload.gpu import SimulatedGpu
+from etj_workload.harness import Harness
+
+out = sys.argv[1]
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+h = Harness(nn.Linear(4, 2), None, evaluate=lambda m: 0.0, steps_per_epoch=1000, samples_per_step=8,
+            # rank 1's setting differs (in pods it is the same): only rank 0's choice may count
+            env=HarnessEnv(control_poll_steps=1, control_poll_seconds=1.0 if rank == 0 else 0.1),
+            gpu=SimulatedGpu(index=rank), install_signal_handlers=False)
+polls = []
+poll = h.poll_control
+h.poll_control = lambda: (polls.append(h.step), poll())[1]
+h.train_begin()
+h.epoch_begin(0)
+for _ in range(60):
+    h.step_begin()
+    time.sleep(0.02)
+    h.step_end(0.0)
+h.close()
+with open(f"{out}.{rank}", "w") as f:
+    json.dump({"polls": polls}, f)
+dist.barrier()
+dist.destroy_process_group()
+"""
+
+
+def test_two_ranks_poll_at_the_steps_rank_0_chose(tmp_path) -> None:
+    polls = [r["polls"] for r in run_script_ranks(TIMED_WORKER, tmp_path / "timed")]
+    assert polls[0] == polls[1]
+    assert polls[0][:2] == [1, 3] and len(polls[0]) < 60  # a poll at once, then rank 0 spaces them out

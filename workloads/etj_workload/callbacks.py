@@ -13,7 +13,8 @@ below, then the user's. The order is part of the behaviour:
    final triggers), and evaluates the final model when nothing did. An energyFraction stage is never due
    here: the operator requests it (``status.control.stageRequested``) and :class:`ControlCallback` applies it.
 4. :class:`CheckpointCallback` saves after the epoch's stages (and the final model at train end).
-5. :class:`ControlCallback` polls the operator's control every ``ETJ_CONTROL_POLL_STEPS`` steps.
+5. :class:`ControlCallback` polls the operator's control (about every ``ETJ_CONTROL_POLL_SECONDS``, or every
+   ``ETJ_CONTROL_POLL_STEPS`` steps).
 6. :class:`StepLimitCallback` saves and stops once ``stop_after_steps`` steps are done.
 7. The user's callbacks: they see a step, an epoch or the training after all of the above.
 
@@ -187,11 +188,11 @@ class CheckpointCallback(Callback):
 
 
 class ControlCallback(Callback):
-    """The operator's control channel: polled (a small all-gather) every ``ETJ_CONTROL_POLL_STEPS`` steps."""
+    """The operator's control channel: polled (a small all-gather) when :meth:`Harness.poll_due` says so."""
 
     def on_step_end(self, harness: Harness, step: int) -> None:
-        """Poll on every N-th step: cap, stages, checkpoint requests, stop."""
-        if step % harness.env.control_poll_steps == 0:
+        """Poll when due: cap, stages, checkpoint requests, stop."""
+        if harness.poll_due(step):
             harness.poll_control()
 
 

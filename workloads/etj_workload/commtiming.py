@@ -12,7 +12,7 @@ nothing.
 
 :class:`DdpCommReader` reads them with ``DistributedDataParallel._get_ddp_logging_data()`` (a copy of DDP's
 logging maps under the reducer's lock, about 10 us on the project's CPU VM), only when the harness builds its
-report (every ``ETJ_CONTROL_POLL_STEPS`` steps), never per step, and adds no GPU synchronization. From one reading
+report (at each control poll), never per step, and adds no GPU synchronization. From one reading
 and rank 0's timed steps (:func:`estimate`):
 
 * ``commSeconds`` = steps x the sampled average comm time per iteration, capped at ``stepSeconds``: an

@@ -143,6 +143,9 @@ class HarnessEnv:
     checkpoint_dir: str | None = None
     metrics_port: int | None = None
     control_poll_steps: int = 10
+    #: About this many seconds between two control polls (``ETJ_CONTROL_POLL_SECONDS``); 0: every
+    #: ``control_poll_steps`` steps.
+    control_poll_seconds: float = 0.0
     gpu_backend: GpuBackendName = "auto"
     gang_generation: int = 0
     power: PowerPolicy = field(default_factory=PowerPolicy)
@@ -179,6 +182,18 @@ class HarnessEnv:
         poll_steps = integer(contract.ENV_ETJ_CONTROL_POLL_STEPS, 10)
         if poll_steps < 1:
             raise ConfigError(f"{contract.ENV_ETJ_CONTROL_POLL_STEPS}: must be >= 1, got {poll_steps}")
+        poll_seconds_raw = env.get(contract.ENV_ETJ_CONTROL_POLL_SECONDS, "")
+        try:
+            poll_seconds = float(poll_seconds_raw) if poll_seconds_raw else 0.0
+        except ValueError as e:
+            raise ConfigError(
+                f"{contract.ENV_ETJ_CONTROL_POLL_SECONDS}: expected a number of seconds, got {poll_seconds_raw!r}"
+            ) from e
+        if not 0.0 <= poll_seconds <= contract.MAX_CONTROL_POLL_SECONDS:
+            raise ConfigError(
+                f"{contract.ENV_ETJ_CONTROL_POLL_SECONDS}: must be between 0 and "
+                f"{contract.MAX_CONTROL_POLL_SECONDS:g}, got {poll_seconds_raw!r}"
+            )
         metrics_port_raw = env.get(contract.ENV_ETJ_METRICS_PORT, "")
         metrics_port = integer(contract.ENV_ETJ_METRICS_PORT, 0) if metrics_port_raw else None
         return cls(
@@ -189,6 +204,7 @@ class HarnessEnv:
             checkpoint_dir=env.get(contract.ENV_ETJ_CHECKPOINT_DIR) or None,
             metrics_port=metrics_port,
             control_poll_steps=poll_steps,
+            control_poll_seconds=poll_seconds,
             gpu_backend=backend,  # type: ignore[arg-type]
             gang_generation=integer(contract.ENV_ETJ_GANG_GENERATION, 0),
             power=parse_power_policy(env.get(contract.ENV_ETJ_POWER_POLICY)),

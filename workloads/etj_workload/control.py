@@ -9,7 +9,7 @@
   job's ServiceAccount may write (docs/security.md); the operator mirrors it into ``status.workload``. It
   speaks HTTP through :class:`etj_workload.kubeclient.KubeClient` (standard library only). Tests inject a fake.
 * :class:`ControlChannel` runs that I/O in a background thread, so a training step never waits on the
-  API: reads happen when requested (every ``ETJ_CONTROL_POLL_STEPS`` steps) and their result is
+  API: reads happen when requested (at each control poll) and their result is
   picked up at the next poll; patches are merged, rate-limited and retried with the contract's
   :class:`etj_contract.backoff.Backoff` (exponential, jittered, capped, the server's Retry-After as a floor).
 """

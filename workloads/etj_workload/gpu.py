@@ -346,6 +346,7 @@ class SimulatedGpu(Gpu):
         self._settling_from_mw: int | None = None
         self._settling_left = 0
         self.model = model
+        self._operating: tuple[power_model.SimulatedPowerModel, float, float, float] | None = None
         self.sleep_slowdown = sleep_slowdown
         self.fixed_step_seconds = fixed_step_seconds
         self._state_file = state_file
@@ -502,7 +503,8 @@ class SimulatedGpu(Gpu):
         if self._settling_left > 0 and self._settling_from_mw is not None:
             limit_watts = self._settling_from_mw / 1000.0  # the new limit has not taken effect yet
             self._settling_left -= 1
-        modelled_seconds = power_model.step_seconds(self.model, limit_watts, full_clock_seconds)
+        time_factor, busy_watts = self._operating_point(limit_watts)
+        modelled_seconds = full_clock_seconds * time_factor
         slowdown_seconds = modelled_seconds - full_clock_seconds
         if self.sleep_slowdown and slowdown_seconds > 0:
             self._sleep(slowdown_seconds)
@@ -512,11 +514,24 @@ class SimulatedGpu(Gpu):
             # Wall time since the last mark that was not this step is idle time.
             stepped_seconds = measured_seconds + (slowdown_seconds if self.sleep_slowdown else 0.0)
             idle_seconds = max(0.0, wall_seconds - stepped_seconds)
-            busy_watts = power_model.busy_power_watts(self.model, limit_watts)
             self._energy_mj += (self.model.idle_watts * idle_seconds + busy_watts * modelled_seconds) * 1000
             self._last_mark_seconds = now
             self._busy_until_seconds = now + max(1.0, 2 * modelled_seconds)
         return modelled_seconds
+
+    def _operating_point(self, limit_watts: float) -> tuple[float, float]:
+        """Return (step time factor, busy watts) of the model under ``limit_watts``.
+
+        The last answer is kept: a step under the same limit as the one before is the rule, and each answer
+        costs two bisections of the model.
+        """
+        cached = self._operating
+        if cached is not None and cached[0] is self.model and cached[1] == limit_watts:
+            return cached[2], cached[3]
+        time_factor = power_model.step_seconds(self.model, limit_watts, 1.0)
+        busy_watts = power_model.busy_power_watts(self.model, limit_watts)
+        self._operating = (self.model, limit_watts, time_factor, busy_watts)
+        return time_factor, busy_watts
 
     def _write_state(self, effective_mw: int | None = None) -> None:
         effective = self._limit_mw if effective_mw is None else effective_mw

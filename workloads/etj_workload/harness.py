@@ -18,8 +18,10 @@ Use it around your own loop::
         h.train_end()                              # final stages, final checkpoint, limits restored
     sys.exit(h.exit_code)
 
-Every rank calls every hook at the same step; the collectives inside (a small all-gather every
-``ETJ_CONTROL_POLL_STEPS`` steps, all-reduces while Auto profiles, evaluation) rely on it.
+Every rank calls every hook at the same step; the collectives inside (a small all-gather at each control poll,
+all-reduces while Auto profiles, evaluation) rely on it. The control poll comes about every
+``ETJ_CONTROL_POLL_SECONDS`` (rank 0 picks the step of the next one and sends it in the poll, so the ranks stay
+in step), or every ``ETJ_CONTROL_POLL_STEPS`` steps when that is 0.
 Exit codes: 0 finished, or stopped on request (stopRequested, the accuracy guard's Stop, a kept
 quantize stage); 143 after SIGTERM (the checkpoint is saved first when all ranks get to it in time).
 """
@@ -111,6 +113,7 @@ class CheckpointStore(Protocol):
 
 # --- the control poll's wire format: one row of floats per rank --------------------------------------------------
 #: What each rank sends at a control poll (:meth:`Harness.poll_control`), in this order, as float64; NaN is "none".
+#: ``next_poll_steps`` is rank 0's choice of the steps to the next poll (time-based polling; NaN otherwise).
 #: ``control`` is 1 when the row carries a control state (rank 0 with a control channel), 0 otherwise, and the
 #: fields after it are then rank 0's :class:`ControlState`; ``stage_requested`` is the stage's index in the
 #: job's compression plan (every rank has the same), -1 for none and for a name not in the plan.
@@ -119,6 +122,7 @@ POLL_FIELDS: tuple[str, ...] = (
     "power_mw",
     "energy_mj",
     "power_limit_mw",
+    "next_poll_steps",
     "control",
     "power_limit_watts_per_gpu",
     "checkpoint_requested",
@@ -129,7 +133,7 @@ POLL_FIELDS: tuple[str, ...] = (
     "auto_request_seq",
 )
 #: The :class:`ControlState` fields the row carries (``problems``, the parse's notes, stays on rank 0).
-POLL_CONTROL_FIELDS = POLL_FIELDS[5:]
+POLL_CONTROL_FIELDS = POLL_FIELDS[6:]
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,8 @@ class PollRow:
     """(power_mw, energy_mj, power_limit_mw) of the rank's GPU, or None when the rank sends no reading."""
     control: ControlState | None
     """Rank 0's control state (None: not rank 0, or no control channel)."""
+    next_poll_steps: int | None = None
+    """Rank 0's choice: the next poll comes this many steps after this one (None: polls every N steps)."""
 
 
 def _number(value: float | None) -> float:
@@ -172,7 +178,7 @@ def encode_poll(row: PollRow, stages: Sequence[str]) -> list[float]:
             _number(c.auto_limit_watts_per_gpu),
             float(c.auto_request_seq),
         ]
-    return [1.0 if row.sigterm else 0.0, *gpu, *control]
+    return [1.0 if row.sigterm else 0.0, *gpu, _number(row.next_poll_steps), *control]
 
 
 def decode_poll(values: Sequence[float], stages: Sequence[str]) -> PollRow:
@@ -182,8 +188,8 @@ def decode_poll(values: Sequence[float], stages: Sequence[str]) -> PollRow:
     power, energy, limit = values[1:4]
     gpu = None if math.isnan(power) else (int(power), int(energy), int(limit))
     control: ControlState | None = None
-    if values[4] == 1.0:
-        cap, checkpoint, stop, stage, fraction, auto, seq = values[5:]
+    if values[5] == 1.0:
+        cap, checkpoint, stop, stage, fraction, auto, seq = values[6:]
         index = int(stage)
         control = ControlState(
             power_limit_watts_per_gpu=_integer(cap),
@@ -194,7 +200,21 @@ def decode_poll(values: Sequence[float], stages: Sequence[str]) -> PollRow:
             auto_limit_watts_per_gpu=_integer(auto),
             auto_request_seq=int(seq),
         )
-    return PollRow(sigterm=values[0] == 1.0, gpu=gpu, control=control)
+    return PollRow(sigterm=values[0] == 1.0, gpu=gpu, control=control, next_poll_steps=_integer(values[4]))
+
+
+def next_poll_interval(poll_seconds: float, steps: int, elapsed_seconds: float) -> int:
+    """Return the steps to the next control poll: about ``poll_seconds`` at the last interval's step time.
+
+    The last interval is ``steps`` steps in ``elapsed_seconds`` of wall time, the poll included.
+
+    At most twice the last interval, so a few fast steps (after a warm-up, a resume, an evaluation) do not put the
+    next poll far away; at least one step.
+    """
+    if steps <= 0 or elapsed_seconds <= 0:
+        return 1
+    wanted = math.ceil(poll_seconds * steps / elapsed_seconds)
+    return max(1, min(wanted, 2 * steps))
 
 
 def _simulated_gpu_options() -> dict[str, Any]:
@@ -303,6 +323,8 @@ class Harness:
         self._loss_count = 0
         self._interval_start = time.perf_counter()
         self._interval_step = 0
+        #: With time-based polling: the step at whose end every rank polls next (0: the first step's end).
+        self._next_poll_step = 0
         self._samples_per_second = 0.0
         self._last_loss: float | None = None
         self._step_started = 0.0
@@ -483,6 +505,18 @@ class Harness:
             self.stop("Quantized")
         self._publish(urgent=True)
 
+    def poll_due(self, step: int) -> bool:
+        """Whether the control poll is due at the end of ``step`` (every rank answers the same)."""
+        if self.env.control_poll_seconds > 0:
+            return step >= self._next_poll_step
+        return step % self.env.control_poll_steps == 0
+
+    def _choose_poll_interval(self) -> int:
+        """Rank 0: the steps to the next poll, from the wall time of the steps since the last one."""
+        return next_poll_interval(
+            self.env.control_poll_seconds, self.step - self._interval_step, time.perf_counter() - self._interval_start
+        )
+
     def poll_control(self) -> None:
         """Exchange control and GPU readings across ranks, act on the operator's control, publish.
 
@@ -495,13 +529,17 @@ class Harness:
             )
         sent = self.metrics is not None or self.rank != 0
         local = self.channel.poll() if self.rank == 0 and self.channel is not None else None
+        timed = self.env.control_poll_seconds > 0
         row = PollRow(
             sigterm=self._sigterm,
             gpu=(self.gpu.power_mw(), self.gpu.energy_mj(), self.gpu.power_limit_mw()) if sent else None,
             control=local,
+            next_poll_steps=self._choose_poll_interval() if timed and self.rank == 0 else None,
         )
         gathered = self.dist.all_gather_floats(encode_poll(row, self._stage_names))
         rows = [decode_poll(values, self._stage_names) for values in gathered]
+        if timed:  # every rank takes rank 0's choice: the next poll is at the same step everywhere
+            self._next_poll_step = self.step + max(1, rows[0].next_poll_steps or 1)
         host = self._poll_identities[self.rank][0]
         peers: list[GpuReading] = []  # assigned whole: the metrics thread reads the list
         for i, (r, (peer_host, index, uuid, name, source)) in enumerate(zip(rows, self._poll_identities, strict=True)):

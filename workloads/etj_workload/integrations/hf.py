@@ -23,7 +23,7 @@ How the Trainer's events map onto the harness (every rank gets every event, at t
   from the checkpoint; the metrics endpoint). The Trainer's ``state.max_steps`` is the job's step plan
   (``stepsTotal``).
 * ``on_step_begin``/``on_step_end``: one harness step per optimizer step (after gradient accumulation), so
-  Auto measures whole steps and the operator's control is polled every ``ETJ_CONTROL_POLL_STEPS`` of them.
+  Auto measures whole steps, and the control poll's interval is counted in them.
   The loss in the report is the Trainer's logged mean (``logging_steps``): the callback sees no per-step loss.
 * ``on_epoch_begin``/``on_epoch_end``: ``Harness.epoch_begin``/``epoch_end`` (evaluation, epoch-triggered
   stages, a checkpoint).
