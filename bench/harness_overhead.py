@@ -11,7 +11,8 @@ the difference). The harness installs nothing on the model, so the bare steps ru
 The run is a sequence of pairs of blocks, each pair one block of bare steps and one of harness steps, their
 order alternating from pair to pair (AB, BA, AB, ...), so that drift (CPU frequency, the other rank's
 scheduling) falls on both arms. The control poll (an all-gather, the report built and published) comes about
-every ``--poll-seconds`` as in a pod (rank 0 picks its step), so a harness block holds a poll or not: the
+every ``--poll-seconds`` of the harness arm's own time, as in a pod (rank 0 picks its step; :class:`ArmClock`),
+so a harness block holds a poll or not: the
 figure is the ratio of the arms' total times over all pairs (every poll counted once), with a 95 %
 percentile-bootstrap interval over pairs (the pairs resampled, 10,000 times, seeded). Printed beside it: the
 median of the pairs' ratios, and rank 0's process CPU time ratio (``time.process_time``).
@@ -63,6 +64,32 @@ from etj_workload.models import SyntheticMlp  # noqa: E402
 Result = tuple[list[tuple[float, float]], list[tuple[float, float]], dict[str, object]]
 
 
+class ArmClock:
+    """A clock that runs only while the harness arm runs: the harness's own (``Harness(clock=...)``).
+
+    The control poll's interval is worked out from the wall time per step since the last poll. Here half of the
+    wall time is the bare arm's, which a pod does not have: on the plain wall clock the harness would see its
+    steps twice as long as they are and poll twice as often as in a pod. On this clock it sees its own steps
+    only, and polls as a pod at this step time would.
+    """
+
+    def __init__(self) -> None:
+        self.banked = 0.0
+        self.started: float | None = None
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+
+    def stop(self) -> None:
+        if self.started is not None:
+            self.banked += time.perf_counter() - self.started
+            self.started = None
+
+    def __call__(self) -> float:
+        running = 0.0 if self.started is None else time.perf_counter() - self.started
+        return self.banked + running
+
+
 class MemoryJobApi:
     """The job's API as the control channel sees it, in memory: no control set, the report merged in."""
 
@@ -99,9 +126,11 @@ def worker(rank: int, world: int, port: int, args: argparse.Namespace, queue: mp
         optimizer.step()
         return loss
 
+    clock = ArmClock()
     harness = Harness(
         model,
         optimizer,
+        clock=clock,
         evaluate=lambda m: 0.0,
         steps_per_epoch=10**9,
         samples_per_step=args.batch * world,
@@ -117,11 +146,15 @@ def worker(rank: int, world: int, port: int, args: argparse.Namespace, queue: mp
     harness.train_begin()
     harness.epoch_begin(0)
     polls = [0]  # the measured pairs' control polls
+    poll_seconds = [0.0]  # ... and rank 0's time in them
+    hook_seconds = [0.0]  # rank 0's time in step_begin and step_end (the polls included)
     poll = harness.poll_control
 
     def counted_poll() -> None:
         polls[0] += 1
+        start = time.perf_counter()
         poll()
+        poll_seconds[0] += time.perf_counter() - start
 
 
     def bare_block() -> tuple[float, float]:
@@ -133,10 +166,16 @@ def worker(rank: int, world: int, port: int, args: argparse.Namespace, queue: mp
 
     def harness_block() -> tuple[float, float]:
         start, cpu = time.perf_counter(), time.process_time()
+        clock.start()
         for _ in range(args.block_steps):
+            t0 = time.perf_counter()
             harness.step_begin()
+            t1 = time.perf_counter()
             loss = one_step(model, optimizer)
+            t2 = time.perf_counter()
             harness.step_end(loss)
+            hook_seconds[0] += time.perf_counter() - t2 + t1 - t0
+        clock.stop()
         n = args.block_steps
         return (time.perf_counter() - start) / n, (time.process_time() - cpu) / n
 
@@ -144,6 +183,7 @@ def worker(rank: int, world: int, port: int, args: argparse.Namespace, queue: mp
         bare_block()
         harness_block()
     harness.poll_control = counted_poll  # type: ignore[method-assign]
+    hook_seconds[0] = 0.0
     bare: list[tuple[float, float]] = []
     with_harness: list[tuple[float, float]] = []
     profiler = cProfile.Profile() if args.profile and rank == 0 else None
@@ -159,7 +199,12 @@ def worker(rank: int, world: int, port: int, args: argparse.Namespace, queue: mp
     if profiler is not None:
         profiler.disable()
         profiler.dump_stats(args.profile)
-    info: dict[str, object] = {"comm": harness.status().get("communication", {}), "polls": polls[0]}
+    info: dict[str, object] = {
+        "comm": harness.status().get("communication", {}),
+        "polls": polls[0],
+        "poll_seconds": poll_seconds[0],
+        "hook_seconds": hook_seconds[0],
+    }
     harness.close()
     if rank == 0:
         queue.put((bare, with_harness, info))
@@ -235,6 +280,14 @@ def main() -> None:
         f"{cadence}"
     )
     print(f"communication (both arms' steps: one model): {info['comm']}")
+    hooks, in_polls = float(info["hook_seconds"]), float(info["poll_seconds"])  # type: ignore[arg-type]
+    print(
+        f"rank 0 inside the harness: {hooks / harness_steps * 1e6:.1f} us a step, of which the polls "
+        f"{in_polls / harness_steps * 1e6:.1f} us ({in_polls / max(1, polls) * 1e3:.2f} ms a poll); "
+        f"the steps' other hooks {(hooks - in_polls) / harness_steps * 1e6:.1f} us"
+    )
+    print(f"harness_direct_time_ratio: {1 + hooks / (statistics.median(bare_times) * harness_steps):.4f} "
+          "(rank 0's time inside the harness's calls over the bare step time)")
     print(f"pair_ratio_stdev: {statistics.stdev(ratios):.4f}")
     print(f"pair_ratio_median: {statistics.median(ratios):.4f}")
     print(f"harness_cpu_time_ratio: {cpu_ratio:.4f} (rank 0's process CPU time, total over pairs)")

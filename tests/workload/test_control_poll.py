@@ -9,14 +9,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+import torch
 from torch import nn
-from workload_support import run_script_ranks
+from workload_support import FakeClock, run_script_ranks
 
 from etj_workload.config import HarnessEnv, parse_compression_plan
 from etj_workload.control import ControlState, decide
 from etj_workload.distributed import LocalOps
 from etj_workload.gpu import GpuReading, SimulatedGpu
 from etj_workload.harness import (
+    LOSS_FOLD,
     POLL_CONTROL_FIELDS,
     POLL_FIELDS,
     Harness,
@@ -206,6 +208,27 @@ def test_every_rank_polls_at_the_step_rank_0_chose() -> None:
         assert not harness.poll_due(10) and harness.poll_due(11)
 
 
+def test_on_a_steady_step_time_the_polls_space_out_to_the_poll_seconds() -> None:
+    clock = FakeClock()
+    harness = Harness(
+        nn.Linear(4, 2), None, evaluate=lambda m: 0.0, steps_per_epoch=10**6, samples_per_step=8,
+        env=HarnessEnv(control_poll_seconds=1.0), gpu=SimulatedGpu(index=0), install_signal_handlers=False,
+        clock=clock,
+    )
+    polled: list[int] = []
+    poll = harness.poll_control
+    harness.poll_control = lambda: (polled.append(harness.step), poll())[1]  # type: ignore[method-assign]
+    with harness:
+        harness.train_begin()
+        harness.epoch_begin(0)
+        for _ in range(400):
+            harness.step_begin()
+            clock.advance(0.0125)  # 12.5 ms steps
+            harness.step_end(0.0)
+    # doubling from the first step's end, then every 80 steps: 80 x 12.5 ms = 1 s
+    assert polled == [1, 3, 7, 15, 31, 63, 127, 207, 287, 367]
+
+
 def test_without_poll_seconds_the_poll_is_every_n_steps() -> None:
     harness = Harness(
         nn.Linear(4, 2), None, evaluate=lambda m: 0.0, steps_per_epoch=10, samples_per_step=8,
@@ -340,3 +363,28 @@ def test_two_ranks_poll_at_the_steps_rank_0_chose(tmp_path) -> None:
     polls = [r["polls"] for r in run_script_ranks(TIMED_WORKER, tmp_path / "timed")]
     assert polls[0] == polls[1]
     assert polls[0][:2] == [1, 3] and len(polls[0]) < 60  # a poll at once, then rank 0 spaces them out
+
+
+def test_the_reported_loss_is_the_mean_of_the_interval_s_steps() -> None:
+    harness = Harness(
+        nn.Linear(4, 2), None, evaluate=lambda m: 0.0, steps_per_epoch=10**6, samples_per_step=8,
+        env=HarnessEnv(control_poll_steps=10**6), gpu=SimulatedGpu(index=0), install_signal_handlers=False,
+    )
+    with harness:
+        harness.train_begin()
+        for value in range(LOSS_FOLD + 10):  # past one fold: the kept losses are summed once on the way
+            harness.step_begin()
+            harness.step_end(torch.tensor(float(value), requires_grad=True) * 1.0)
+        harness.step_begin()
+        harness.step_end(5.0)  # a plain float counts too
+        harness.step_begin()
+        harness.step_end(torch.tensor([1.0], dtype=torch.float16))  # another dtype and shape: summed on the host
+        harness.poll_control()
+        n = LOSS_FOLD + 10
+        assert harness.status()["loss"] == pytest.approx((n * (n - 1) / 2 + 5.0 + 1.0) / (n + 2), abs=1e-6)
+        harness.step_begin()
+        harness.step_end(torch.tensor(2.0))
+        harness.poll_control()
+        assert harness.status()["loss"] == 2.0  # the next interval starts afresh
+        harness.poll_control()
+        assert harness.status()["loss"] == 2.0  # an interval without a step keeps the last mean

@@ -439,6 +439,11 @@ class SimulatedGpu(Gpu):
         return self._limit_mw
 
     def _effective_mw(self) -> int:
+        if self._node_state_file is None:  # no node GPU: the own limit (no file to look at)
+            effective = self._limit_mw
+            if effective != self._mirrored_mw:
+                self._write_state(effective)
+            return effective
         node_mw = self.node_power_limit_mw()
         low, high = self.power_limit_constraints_mw()
         effective = self._limit_mw if node_mw is None else min(self._limit_mw, max(low, min(high, node_mw)))

@@ -203,6 +203,10 @@ def decode_poll(values: Sequence[float], stages: Sequence[str]) -> PollRow:
     return PollRow(sigterm=values[0] == 1.0, gpu=gpu, control=control, next_poll_steps=_integer(values[4]))
 
 
+#: How many losses the harness keeps before it sums them (the memory of the steps between two polls).
+LOSS_FOLD = 256
+
+
 def next_poll_interval(poll_seconds: float, steps: int, elapsed_seconds: float) -> int:
     """Return the steps to the next control poll: about ``poll_seconds`` at the last interval's step time.
 
@@ -251,7 +255,11 @@ class Harness:
         install_signal_handlers: bool = True,
         checkpoint_store: CheckpointStore | None = None,
         steps_total: int | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
+        #: The clock of step times, the report's speed and the control poll's interval (seconds; tests and
+        #: benchmarks may pass their own).
+        self._clock = clock
         self.env = env or HarnessEnv.from_env()
         self.model = model
         self.module: nn.Module = getattr(model, "module", model)
@@ -319,9 +327,13 @@ class Harness:
         self._resume_skip: tuple[int, int] | None = None
         self._sigterm = False
         self._previous_sigterm: Any = None
-        self._loss_sum: torch.Tensor | None = None
-        self._loss_count = 0
-        self._interval_start = time.perf_counter()
+        #: The steps' losses since the last poll, detached (summed at the poll: no tensor op per step but the
+        #: detach; folded into one every LOSS_FOLD values), and the plain floats' sum and count.
+        self._losses: list[torch.Tensor] = []
+        self._loss_folded = 0
+        self._float_loss_sum = 0.0
+        self._float_loss_count = 0
+        self._interval_start = self._clock()
         self._interval_step = 0
         #: With time-based polling: the step at whose end every rank polls next (0: the first step's end).
         self._next_poll_step = 0
@@ -417,7 +429,7 @@ class Harness:
         for cb in self.callbacks:
             cb.on_train_begin(self)
         self._publish(urgent=True)
-        self._interval_start = time.perf_counter()
+        self._interval_start = self._clock()
         self._interval_step = self.step
         return Position(self.epoch, self.batch_in_epoch, self.step)
 
@@ -438,20 +450,23 @@ class Harness:
         """A step starts (marks its start time)."""
         for cb in self.callbacks:
             cb.on_step_begin(self, self.step)
-        self._step_started = time.perf_counter()
+        self._step_started = self._clock()
 
     def step_end(self, loss: torch.Tensor | float | None = None) -> None:
         """A step ended: account energy, advance profiling, poll control every N steps."""
-        measured = time.perf_counter() - self._step_started
+        measured = self._clock() - self._step_started
         self.timed_steps += 1
         self.timed_step_seconds += measured
         self.step_device_seconds = self.gpu.account_step(measured)
         self.step += 1
         self.batch_in_epoch += 1
-        if loss is not None:
-            detached = loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss))
-            self._loss_sum = detached if self._loss_sum is None else self._loss_sum + detached
-            self._loss_count += 1
+        if isinstance(loss, torch.Tensor):
+            self._losses.append(loss.detach())
+            if len(self._losses) >= LOSS_FOLD:
+                self._fold_losses()
+        elif loss is not None:
+            self._float_loss_sum += float(loss)
+            self._float_loss_count += 1
         step = self.step
         for cb in self.callbacks:
             cb.on_step_end(self, step)
@@ -514,7 +529,7 @@ class Harness:
     def _choose_poll_interval(self) -> int:
         """Rank 0: the steps to the next poll, from the wall time of the steps since the last one."""
         return next_poll_interval(
-            self.env.control_poll_seconds, self.step - self._interval_step, time.perf_counter() - self._interval_start
+            self.env.control_poll_seconds, self.step - self._interval_step, self._clock() - self._interval_start
         )
 
     def poll_control(self) -> None:
@@ -600,14 +615,30 @@ class Harness:
             self.stop("StopRequested")
 
     def _update_interval(self) -> None:
-        now = time.perf_counter()
+        now = self._clock()
         steps = self.step - self._interval_step
         if steps > 0 and now > self._interval_start:
             self._samples_per_second = steps * self.samples_per_step / (now - self._interval_start)
         self._interval_start, self._interval_step = now, self.step
-        if self._loss_sum is not None and self._loss_count:
-            self._last_loss = float(self._loss_sum.item()) / self._loss_count
-        self._loss_sum, self._loss_count = None, 0
+        total, count = self._float_loss_sum, self._float_loss_count
+        if self._losses:
+            self._fold_losses()
+            total += float(self._losses[0].item())  # the one device-to-host copy of the interval
+            count += self._loss_folded
+        if count:
+            self._last_loss = total / count
+        self._losses, self._loss_folded = [], 0
+        self._float_loss_sum, self._float_loss_count = 0.0, 0
+
+    def _fold_losses(self) -> None:
+        """Sum the kept losses into one tensor (on their device: no synchronization)."""
+        losses = self._losses
+        count = len(losses) - 1 if self._loss_folded else len(losses)  # a folded sum is its own count already
+        try:
+            folded = torch.stack(losses).sum()
+        except RuntimeError:  # of different shapes, dtypes or devices: on the host, one at a time
+            folded = torch.tensor(sum(float(t.sum()) for t in losses))
+        self._losses, self._loss_folded = [folded], self._loss_folded + count
 
     def harness_state(self) -> dict[str, Any]:
         """The harness's own part of a checkpoint: stages kept, the Auto choice, the last request acknowledged.
