@@ -80,6 +80,9 @@ OPERATOR_ENV_DEFAULTS: Mapping[str, str] = {
     "ETJ_RECONCILE_INTERVAL_SECONDS": "2",
     "ETJ_TELEMETRY_INTERVAL_SECONDS": "1",
     "ETJ_CONTROL_POLL_STEPS": "5",
+    # a quick poll (the product's default is 1 s): the sandbox's CPU jobs are short, and Auto through the agent
+    # waits for a report per candidate
+    "ETJ_CONTROL_POLL_SECONDS": "0.2",
 }
 
 
