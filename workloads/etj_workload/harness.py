@@ -453,7 +453,7 @@ class Harness:
         self._step_started = self._clock()
 
     def step_end(self, loss: torch.Tensor | float | None = None) -> None:
-        """A step ended: account energy, advance profiling, poll control every N steps."""
+        """A step ended: account energy, advance profiling, poll control when due (:meth:`poll_due`)."""
         measured = self._clock() - self._step_started
         self.timed_steps += 1
         self.timed_step_seconds += measured
